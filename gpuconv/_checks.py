@@ -1,0 +1,103 @@
+"""Argument checks shared by the public ops.
+
+Every public op validates its inputs here before any implementation runs, so that a bad
+call fails with a ``ValueError``/``TypeError`` that names the op, the argument and the
+shapes, never with a crash, a wrong-shape output or an unexplained NaN.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import backend
+
+
+def is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def float_array(op: str, name: str, x: Any, ndim: int | Sequence[int] | None = None):
+    """Check that ``x`` is a floating-point array (of rank ``ndim``) and return it.
+
+    Python lists are not accepted: the caller chooses the dtype and device.
+    """
+    if not is_array(x):
+        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
+    if not np.issubdtype(np.dtype(x.dtype), np.floating):
+        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {x.dtype}")
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in ranks:
+            want = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{op}: {name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def int_array(op: str, name: str, x: Any, ndim: int | Sequence[int] | None = None):
+    """Check that ``x`` is an integer array (class indices, token ids) and return it."""
+    if not is_array(x):
+        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
+    if not np.issubdtype(np.dtype(x.dtype), np.integer):
+        raise TypeError(f"{op}: {name} must have an integer dtype, got {x.dtype}")
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in ranks:
+            want = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{op}: {name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def same_kind(op: str, main_name: str, main: Any, **others: Any) -> None:
+    """Arrays in ``others`` (None allowed) must share ``main``'s dtype and device."""
+    for name, a in others.items():
+        if a is None:
+            continue
+        if backend.device_of(a) != backend.device_of(main):
+            raise ValueError(f"{op}: {name} is on {backend.device_of(a)} but {main_name} is on "
+                             f"{backend.device_of(main)}")
+        if a.dtype != main.dtype:
+            raise TypeError(f"{op}: {name} has dtype {a.dtype} but {main_name} has dtype "
+                            f"{main.dtype}; convert one of them")
+
+
+def shape_is(op: str, name: str, x: Any, shape: tuple) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+
+
+def ntuple(op: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
+    """Normalise an int or a length-``n`` sequence of ints, each ``>= minimum``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        values = (int(value),) * n
+    elif (isinstance(value, (tuple, list)) and len(value) == n
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+        values = tuple(int(v) for v in value)
+    else:
+        raise TypeError(f"{op}: {name} must be an int or a sequence of {n} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return values
+
+
+def positive_int(op: str, name: str, value: Any) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def finite_float(op: str, name: str, value: Any, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number in [low, high] (bounds optional, open where asked)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{op}: {name} must be finite, got {value!r}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{op}: {name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{op}: {name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+    return v

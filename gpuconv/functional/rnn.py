@@ -1,0 +1,2 @@
+"""rnn ops (being written)."""
+__all__: list[str] = []

@@ -1,0 +1,158 @@
+"""The op registry: for each op, its implementations and how one is chosen.
+
+An *implementation* is a function registered under ``(op, impl)``. Every implementation
+of an op takes the same arguments, already validated and normalised by the public function
+in :mod:`gpuconv.functional` (tuples for stride/padding, arrays of one dtype on one device),
+and returns the same results.
+
+Implementations live in ``gpuconv/kernels/<kind>/<family>.py``; the registry imports those
+modules the first time an op is looked up, so ``import gpuconv`` stays cheap. Kinds:
+
+- ``reference``: plain NumPy, any float dtype, the oracle for every other impl;
+- ``numpy_impl`` (impl name ``numpy``): the fast CPU path;
+- ``numba_cuda``: readable GPU kernels in ``numba.cuda``;
+- ``cuda_c``: CuPy ``RawModule`` launchers over ``kernels/*.cu``.
+
+Choosing: ``impl=`` forces one; otherwise the available impl for the arrays' device with the
+highest priority wins (a priority may be a function of the call's arguments, so that e.g.
+a direct kernel wins for depthwise convolution and im2col + GEMM otherwise).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Union
+
+from .. import backend
+
+__all__ = ["Impl", "register", "implementations", "available", "ops", "select", "dispatch"]
+
+KINDS = ("reference", "numpy_impl", "numba_cuda", "cuda_c")
+FAMILIES = ("conv", "pool", "activation", "linear", "loss", "norm", "rnn", "optim")
+
+Priority = Union[int, Callable[..., int]]
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One registered implementation of one op."""
+
+    op: str
+    name: str
+    fn: Callable
+    device: str                      # "cpu" or "cuda"
+    dtypes: frozenset | None         # dtype names accepted; None = any floating dtype
+    is_available: Callable[[], bool] = field(compare=False)
+    priority: Priority = 0
+
+    def supports(self, dtype) -> bool:
+        return self.dtypes is None or str(dtype) in self.dtypes
+
+    def score(self, args, kwargs) -> int:
+        return self.priority(*args, **kwargs) if callable(self.priority) else self.priority
+
+
+_REGISTRY: dict[str, dict[str, Impl]] = {}
+_loaded = False
+
+
+def _always() -> bool:
+    return True
+
+
+def register(op: str, name: str, *, device: str = "cpu", dtypes: Iterable[str] | None = None,
+             available: Callable[[], bool] | None = None, priority: Priority = 0):
+    """Decorator: register ``fn`` as implementation ``name`` of ``op``.
+
+    ``available`` says whether it can run on this machine (default: always, on CPU;
+    ``backend.gpu_available`` for ``device="cuda"``). ``priority`` ranks the impls of one
+    device when the caller does not force one.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if available is None:
+        available = backend.gpu_available if device == "cuda" else _always
+
+    def deco(fn: Callable) -> Callable:
+        impls = _REGISTRY.setdefault(op, {})
+        if name in impls:
+            raise ValueError(f"{op!r} already has an implementation named {name!r}")
+        impls[name] = Impl(op, name, fn, device, None if dtypes is None else frozenset(dtypes),
+                           available, priority)
+        return fn
+    return deco
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for kind in KINDS:
+        for family in FAMILIES:
+            mod = f"{__name__}.{kind}.{family}"
+            if importlib.util.find_spec(mod) is not None:
+                importlib.import_module(mod)
+
+
+def ops() -> list[str]:
+    """Every op that has at least one implementation."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def implementations(op: str) -> list[Impl]:
+    """Every registered implementation of ``op``, runnable here or not."""
+    _load()
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(_REGISTRY))}")
+    return list(_REGISTRY[op].values())
+
+
+def available(op: str, array: Any = None) -> list[str]:
+    """Names of the implementations of ``op`` that can run on this machine.
+
+    With ``array``, only those that run on that array's device and dtype.
+    """
+    out = []
+    for impl in implementations(op):
+        if array is not None and (impl.device != backend.device_of(array)
+                                  or not impl.supports(array.dtype)):
+            continue
+        if impl.is_available():
+            out.append(impl.name)
+    return out
+
+
+def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict | None = None) -> Impl:
+    """The implementation of ``op`` to run for ``array`` (the op's main input)."""
+    kwargs = kwargs or {}
+    impls = {i.name: i for i in implementations(op)}
+    device = backend.device_of(array)
+    dtype = array.dtype
+    if impl is not None:
+        if impl not in impls:
+            raise ValueError(f"{op}: unknown impl {impl!r}; registered: {', '.join(impls)}")
+        chosen = impls[impl]
+        if chosen.device != device:
+            raise ValueError(f"{op}: impl {impl!r} runs on {chosen.device} arrays, "
+                             f"but the input is a {device} array")
+        if not chosen.supports(dtype):
+            raise TypeError(f"{op}: impl {impl!r} does not support dtype {dtype}; "
+                            f"it supports {sorted(chosen.dtypes)}")
+        if not chosen.is_available():
+            raise RuntimeError(f"{op}: impl {impl!r} cannot run on this machine")
+        return chosen
+    candidates = [i for i in impls.values()
+                  if i.device == device and i.supports(dtype) and i.is_available()]
+    if not candidates:
+        raise TypeError(f"{op}: no implementation runs on a {device} array of dtype {dtype}; "
+                        f"registered: {', '.join(f'{i.name} ({i.device})' for i in impls.values())}")
+    return max(candidates, key=lambda i: i.score(args, kwargs))
+
+
+def dispatch(op: str, impl: str | None, *args, **kwargs):
+    """Select an implementation for ``args[0]`` and call it with ``args`` and ``kwargs``."""
+    chosen = select(op, impl, args[0], args, kwargs)
+    return chosen.fn(*args, **kwargs)

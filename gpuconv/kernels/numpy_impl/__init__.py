@@ -1,0 +1,1 @@
+"""numpy_impl implementations, one module per op family."""

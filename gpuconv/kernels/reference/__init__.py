@@ -1,0 +1,1 @@
+"""reference implementations, one module per op family."""

@@ -1,0 +1,22 @@
+import os
+
+import pytest
+
+from gpuconv import backend
+
+# Hypothesis budget sized for the 2-core CI machine.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=25, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs():
+    """Every output an impl allocates through backend.empty starts as NaN in tests."""
+    with backend.poisoned():
+        yield

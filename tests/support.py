@@ -1,0 +1,99 @@
+"""Shared test helpers: the tolerance table, error measures, impl parametrisation and
+finite differences. Tests import it as ``from support import ...``."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from gpuconv import backend, kernels
+
+# Relative error ||out - ref|| / ||ref|| allowed per dtype of the computation (DESIGN.md).
+TOL = {
+    "float64": 1e-10,
+    "float32": 1e-5,
+    "tf32": 1e-3,
+    "float16": 1e-3,
+    "bfloat16": 1e-2,
+}
+
+# Central finite differences in float64: step and the agreement required.
+FD_EPS = 1e-6
+FD_TOL = 1e-6
+
+
+def rel_err(out, ref) -> float:
+    """||out - ref|| / ||ref|| in float64 (||out - ref|| when ref is all zeros)."""
+    out = backend.to_numpy(out).astype(np.float64)
+    ref = backend.to_numpy(ref).astype(np.float64)
+    assert out.shape == ref.shape, f"shape {out.shape} != reference shape {ref.shape}"
+    assert np.all(np.isfinite(out)), "output has NaN/inf (unwritten or overflowed elements)"
+    den = np.linalg.norm(ref)
+    num = np.linalg.norm(out - ref)
+    return float(num / den) if den > 0 else float(num)
+
+
+def assert_close(out, ref, dtype, what: str = "") -> None:
+    """Relative error within the tolerance of ``dtype`` (a dtype or a TOL key)."""
+    key = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    err = rel_err(out, ref)
+    assert err <= TOL[key], f"{what} relative error {err:.3e} > {TOL[key]:.0e} ({key})"
+
+
+def impl_params(op: str, *, include_reference: bool = False) -> list:
+    """pytest params over the registered impls of ``op``; GPU ones carry the ``gpu`` mark
+    and skip where they cannot run."""
+    params = []
+    for impl in kernels.implementations(op):
+        if impl.name == "reference" and not include_reference:
+            continue
+        marks = []
+        if impl.device == "cuda":
+            marks.append(pytest.mark.gpu)
+        if not impl.is_available():
+            marks.append(pytest.mark.skip(reason=f"{impl.name} cannot run here"))
+        params.append(pytest.param(impl.name, marks=marks, id=impl.name))
+    return params
+
+
+def on_device_of(impl_name: str, op: str, *arrays):
+    """Move NumPy test inputs to the device the impl runs on (None passes through)."""
+    impl = next(i for i in kernels.implementations(op) if i.name == impl_name)
+    out = tuple(None if a is None else backend.to_device(a, impl.device)
+                if impl.device == "cuda" else a for a in arrays)
+    return out if len(out) != 1 else out[0]
+
+
+def numerical_grad(f, x: np.ndarray, eps: float = FD_EPS) -> np.ndarray:
+    """d f(x) / dx by central differences, element by element (float64, small x)."""
+    assert x.dtype == np.float64
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    assert flat.base is x or flat is x or np.shares_memory(flat, x)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def check_grads(loss, analytic: dict, inputs: dict, tol: float = FD_TOL) -> None:
+    """Compare analytic gradients with finite differences.
+
+    ``loss()`` evaluates a scalar from the arrays in ``inputs`` (mutated in place);
+    ``analytic[name]`` is the gradient of that scalar with respect to ``inputs[name]``.
+    """
+    for name, x in inputs.items():
+        num = numerical_grad(loss, x)
+        err = rel_err(analytic[name], num)
+        assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol:.0e}"
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded from the test's parameters, so each case is reproducible."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
