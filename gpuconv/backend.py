@@ -185,6 +185,8 @@ def _export_tree(out: Any, kind: str):
         return [_export_tree(o, kind) for o in out]
     if out is None or isinstance(out, (int, float)):
         return out
+    if isinstance(out, np.generic):  # a NumPy reduction's scalar: hand back a 0-d array
+        out = np.asarray(out)
     return export_array(out, kind)
 
 

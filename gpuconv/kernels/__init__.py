@@ -90,6 +90,8 @@ def _load() -> None:
         return
     _loaded = True
     for kind in KINDS:
+        if importlib.util.find_spec(f"{__name__}.{kind}") is None:
+            continue
         for family in FAMILIES:
             mod = f"{__name__}.{kind}.{family}"
             if importlib.util.find_spec(mod) is not None:

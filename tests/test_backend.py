@@ -1,0 +1,139 @@
+"""The array-module layer and the op registry: dispatch rules, impl forcing, interop."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpuconv import backend, kernels
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """An empty registry, so these tests register toy ops without touching the real ones."""
+    monkeypatch.setattr(kernels, "_REGISTRY", {})
+    monkeypatch.setattr(kernels, "_loaded", True)
+    return kernels
+
+
+def _toy(registry, *, fast_available=True, fast_priority=0):
+    registry.register("toy", "reference", priority=-100)(lambda x: ("reference", x))
+    registry.register("toy", "numpy", priority=fast_priority,
+                      available=lambda: fast_available)(lambda x: ("numpy", x))
+    registry.register("toy", "gpu", device="cuda")(lambda x: ("gpu", x))
+
+
+def test_dispatch_picks_highest_priority_available_cpu_impl(registry):
+    _toy(registry)
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "numpy"
+
+
+def test_dispatch_skips_unavailable_impl(registry):
+    _toy(registry, fast_available=False)
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
+
+
+def test_priority_may_depend_on_the_arguments(registry):
+    _toy(registry, fast_priority=lambda x: 1 if x.size > 4 else -200)
+    assert registry.dispatch("toy", None, np.zeros(8))[0] == "numpy"
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
+
+
+def test_impl_keyword_forces_an_impl(registry):
+    _toy(registry)
+    assert registry.dispatch("toy", "reference", np.zeros(2))[0] == "reference"
+
+
+def test_unknown_impl_is_a_value_error_listing_the_registered_ones(registry):
+    _toy(registry)
+    with pytest.raises(ValueError, match="unknown impl 'nope'.*reference"):
+        registry.dispatch("toy", "nope", np.zeros(2))
+
+
+def test_forcing_a_gpu_impl_on_a_cpu_array_is_a_value_error(registry):
+    _toy(registry)
+    with pytest.raises(ValueError, match="runs on cuda arrays"):
+        registry.dispatch("toy", "gpu", np.zeros(2))
+
+
+def test_dtype_restricted_impl_is_skipped_for_other_dtypes(registry):
+    registry.register("toy", "reference", priority=-100)(lambda x: "reference")
+    registry.register("toy", "f32", dtypes=["float32"])(lambda x: "f32")
+    assert registry.dispatch("toy", None, np.zeros(2, np.float64)) == "reference"
+    assert registry.dispatch("toy", None, np.zeros(2, np.float32)) == "f32"
+    with pytest.raises(TypeError, match="does not support dtype float64"):
+        registry.dispatch("toy", "f32", np.zeros(2, np.float64))
+
+
+def test_available_lists_runnable_impls_for_an_array(registry):
+    _toy(registry)
+    assert registry.available("toy", np.zeros(2)) == ["reference", "numpy"]
+    assert "gpu" not in registry.available("toy")  # no GPU on a CI machine
+
+
+def test_registering_a_name_twice_is_an_error(registry):
+    _toy(registry)
+    with pytest.raises(ValueError, match="already has an implementation"):
+        registry.register("toy", "numpy")(lambda x: x)
+
+
+def test_unknown_op_is_a_value_error(registry):
+    with pytest.raises(ValueError, match="unknown op 'nothing'"):
+        registry.implementations("nothing")
+
+
+def test_every_op_has_a_reference_impl():
+    for op in kernels.ops():
+        names = [i.name for i in kernels.implementations(op)]
+        assert "reference" in names, f"{op} has no reference impl: {names}"
+
+
+def test_numpy_arrays_belong_to_numpy():
+    x = np.zeros(3)
+    assert backend.array_module(x) is np
+    assert backend.device_of(x) == "cpu"
+
+
+def test_auto_device_is_cpu_without_a_gpu():
+    if backend.gpu_available():
+        pytest.skip("a GPU is present")
+    assert backend.resolve_device("auto") == "cpu"
+    with pytest.raises(RuntimeError, match="device='cuda' was requested"):
+        backend.resolve_device("cuda")
+
+
+def test_bad_device_name_is_a_value_error():
+    with pytest.raises(ValueError, match="device must be"):
+        backend.resolve_device("tpu")
+
+
+def test_poisoned_empty_is_nan_and_plain_empty_is_not_filled():
+    with backend.poisoned():
+        assert np.isnan(backend.empty((3,), np.float32)).all()
+
+
+def test_interop_hands_back_torch_tensors_without_copying():
+    torch = pytest.importorskip("torch")
+
+    @backend.interop
+    def double_in_place(x):
+        assert isinstance(x, np.ndarray)
+        x *= 2
+        return x, x.sum()
+
+    t = torch.arange(4, dtype=torch.float32)
+    out, total = double_in_place(t)
+    assert isinstance(out, torch.Tensor) and isinstance(total, torch.Tensor)
+    assert t.tolist() == [0.0, 2.0, 4.0, 6.0]  # the op saw the caller's memory
+    assert out.data_ptr() == t.data_ptr()
+
+
+def test_import_is_cheap_and_loads_no_gpu_or_torch_module():
+    code = ("import sys, time; t = time.perf_counter(); import gpuconv, gpuconv.functional; "
+            "dt = time.perf_counter() - t; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('cupy', 'numba', 'numba_cuda', 'torch', 'jax', 'scipy')]; print(dt, bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, bad = out.stdout.split(" ", 1)
+    assert bad.strip() == "[]", f"import gpuconv loaded {bad.strip()}"
+    assert float(seconds) < 1.0, f"import took {float(seconds):.2f} s"
