@@ -4,6 +4,11 @@ import pytest
 
 from gpuconv import backend
 
+# Without a GPU, numba.cuda runs as its CPU simulator so that the numba_cuda kernels are
+# still tested (tests/test_numba_cuda.py). It must be set before numba.cuda is imported.
+if not backend.gpu_available():
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 # Hypothesis budget sized for the 2-core CI machine.
 try:
     from hypothesis import HealthCheck, settings
