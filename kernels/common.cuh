@@ -1,0 +1,31 @@
+// common.cuh: small device helpers shared by the kernel families.
+//
+// Kept header-only and free of the C++ standard library so that NVRTC (CuPy RawModule)
+// and nvcc compile every .cu file as it is.
+#pragma once
+
+// Threads per block of the block-wide reductions below; a power of two, at most 1024.
+#define GPUCONV_REDUCE_THREADS 256
+
+// A grid-stride loop over [0, total) with 64-bit indices, so that tensors of more than
+// 2^31 elements are covered by any grid size.
+#define GPUCONV_GRID_STRIDE_LOOP(i, total)                                        \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
+         i += (long long)gridDim.x * blockDim.x)
+
+// Sum of `value` over the block (blockDim.x == GPUCONV_REDUCE_THREADS), returned to every
+// thread. A fixed tree in shared memory: the result does not depend on scheduling
+// (deterministic). Safe to call repeatedly: it synchronises before the buffer is reused.
+template <typename T>
+__device__ __forceinline__ T gpuconv_block_sum(T value) {
+    __shared__ T partial[GPUCONV_REDUCE_THREADS];
+    partial[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = GPUCONV_REDUCE_THREADS / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    const T total = partial[0];
+    __syncthreads();
+    return total;
+}
