@@ -1,0 +1,57 @@
+"""Gradient clipping by the global norm of all gradients."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from .. import _checks as C, backend
+
+__all__ = ["clip_grad_norm_"]
+
+
+def clip_grad_norm_(parameters: Iterable, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
+    """Scale all gradients in place so that their joint norm is at most ``max_norm``.
+
+    As ``torch.nn.utils.clip_grad_norm_``: ``total = ||(||g_1||_p, ||g_2||_p, ...)||_p`` over
+    the parameters whose ``grad`` is not None (``norm_type = inf`` takes the largest
+    absolute entry), then every gradient is multiplied by ``min(1, max_norm / (total + 1e-6))``.
+    Returns ``total`` (measured before clipping; 0.0 when no parameter has a gradient).
+    A NaN or infinite ``total`` raises ``ValueError`` when ``error_if_nonfinite`` is true;
+    otherwise the gradients are scaled by the resulting NaN or 0 factor, as torch does.
+    """
+    op = "clip_grad_norm_"
+    max_norm = C.finite_float(op, "max_norm", max_norm, low=0.0)
+    norm_type = _norm_order(op, norm_type)
+    params = [parameters] if hasattr(parameters, "grad") else list(parameters)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    devices = {backend.device_of(g) for g in grads}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: gradients are on several devices {sorted(devices)}")
+    xp = backend.array_module(grads[0])
+    # Empty gradients add nothing to the norm (and the inf-norm of nothing is undefined).
+    norms = [xp.linalg.norm(g.reshape(-1), ord=norm_type) for g in grads if g.size]
+    if not norms:
+        return 0.0
+    norms = xp.stack(norms)
+    total = float(xp.linalg.norm(norms, ord=norm_type))
+    if error_if_nonfinite and not math.isfinite(total):
+        raise ValueError(f"{op}: the total norm of order {norm_type} of the gradients is "
+                         f"{total}; pass error_if_nonfinite=False to scale by it anyway")
+    coef = max_norm / (total + 1e-6)
+    if not coef >= 1.0:  # also true for NaN, which torch propagates into the gradients
+        for g in grads:
+            g *= coef
+    return total
+
+
+def _norm_order(op: str, value) -> float:
+    try:
+        order = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: norm_type must be a real number, got {value!r}") from None
+    if not (order > 0 and (math.isfinite(order) or order == math.inf)):
+        raise ValueError(f"{op}: norm_type must be > 0 or inf, got {value!r}")
+    return order

@@ -1,0 +1,288 @@
+"""The optimizer base class: parameter groups, per-parameter state and checkpoints.
+
+A parameter is any object ``p`` with ``p.data`` (a NumPy or CuPy float array that the
+optimizer updates in place) and ``p.grad`` (an array of the same shape, dtype and device,
+or None when the parameter received no gradient; it is then skipped). Optimizers never
+write to ``p.grad``.
+
+Each optimizer implements one method, ``_update(p, grad, state, group)``: the update of a
+single parameter from its gradient, its state dict and its group's hyperparameters, done
+in place with the parameter's array module. That method is the seam for a fused GPU
+kernel: a replacement reads and writes the same ``state`` entries.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from .. import _checks as C, backend
+
+__all__ = ["Optimizer"]
+
+
+class Optimizer:
+    """Base class: holds ``param_groups`` and ``state`` and drives ``_update``.
+
+    ``params`` is an iterable of parameters, or a list of dicts ``{"params": [...], "lr": ...}``
+    whose missing keys take the constructor's values (``defaults``), as in ``torch.optim``.
+
+    ``state[i]`` is the state of the ``i``-th parameter counted across the groups in order
+    (the numbering ``state_dict`` uses): arrays of the parameter's shape, dtype and device,
+    and ints (step counts).
+    """
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
+        self._name = type(self).__name__
+        self.defaults = self._check_hyperparameters(dict(defaults))
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        if hasattr(params, "data") or C.is_array(params):
+            raise TypeError(f"{self._name}: params must be an iterable of parameters or of "
+                            f"dicts, got a single {type(params).__name__}")
+        groups = list(params)
+        if not groups:
+            raise ValueError(f"{self._name}: params is an empty list; give at least one parameter")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------ groups
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Validate and normalise the hyperparameters of ``group`` (subclasses extend)."""
+        real(self._name, group, "lr", low=0.0)
+        real(self._name, group, "weight_decay", low=0.0)
+        real(self._name, group, "l1", low=0.0)
+        return group
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Append a group; its missing hyperparameters take the values in ``defaults``."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(f"{self._name}: a parameter group must be a dict with a 'params' "
+                            f"key, got {type(param_group).__name__}")
+        unknown = set(param_group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"{self._name}: unknown hyperparameter(s) {sorted(unknown)} in a "
+                             f"parameter group; known: {sorted(self.defaults)}")
+        params = param_group["params"]
+        params = [params] if hasattr(params, "data") else list(params)
+        if not params:
+            raise ValueError(f"{self._name}: a parameter group has an empty params list")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(params):
+            if not (hasattr(p, "data") and hasattr(p, "grad")):
+                raise TypeError(f"{self._name}: params[{i}] must have .data and .grad, "
+                                f"got {type(p).__name__}")
+            C.float_array(self._name, f"params[{i}].data", p.data)
+            if id(p) in seen:
+                raise ValueError(f"{self._name}: params[{i}] appears more than once "
+                                 "(in this group or an earlier one)")
+            seen.add(id(p))
+        group = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        group = self._check_hyperparameters(group)
+        group["params"] = params
+        self.param_groups.append(group)
+
+    # ------------------------------------------------------------------ stepping
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradients: ``p.grad = None`` (default), or fill them with zeros in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad[...] = 0
+
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Update every parameter that has a gradient; returns ``closure()`` when given."""
+        loss = None if closure is None else closure()
+        for index, group, p in self._indexed_params():
+            grad = p.grad
+            if grad is None:
+                continue
+            C.same_kind(self._name, "param.data", p.data, grad=grad)
+            C.shape_is(self._name, "grad", grad, p.data.shape)
+            self._update(p, grad, self.state.setdefault(index, {}), group)
+        return loss
+
+    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Update ``p.data`` in place from ``grad`` (never written to). ``state`` is this
+        parameter's dict (empty before its first update), ``group`` its hyperparameters."""
+        raise NotImplementedError
+
+    def _indexed_params(self):
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield index, group, p
+                index += 1
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot ``{"state": {i: {name: array | int}}, "param_groups": [...]}``.
+
+        Parameters are named by their index across the groups (``"params": [0, 1, ...]``).
+        Arrays are copies on the parameters' device, so later steps leave the snapshot alone.
+        """
+        groups, start = [], 0
+        for group in self.param_groups:
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved["params"] = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            groups.append(saved)
+        state = {i: {k: (v.copy() if C.is_array(v) else v) for k, v in s.items()}
+                 for i, s in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict`` taken from an optimizer of the same kind over parameters
+        of the same shapes in the same order.
+
+        Hyperparameters (``lr`` included) come from the snapshot; state arrays are copied to
+        each parameter's device and dtype. Anything that does not fit raises ``ValueError``.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{self._name}: the state has {len(saved_groups)} parameter "
+                             f"groups but this optimizer has {len(self.param_groups)}")
+        groups = [self._loaded_group(g, saved, i)
+                  for i, (g, saved) in enumerate(zip(self.param_groups, saved_groups))]
+        flat = [p for g in self.param_groups for p in g["params"]]
+        state = {}
+        for index, saved in state_dict["state"].items():
+            index = int(index)
+            if not 0 <= index < len(flat):
+                raise ValueError(f"{self._name}: the state names parameter {index} but there "
+                                 f"are {len(flat)} parameters")
+            state[index] = {name: self._loaded_value(flat[index], index, name, value)
+                            for name, value in saved.items()}
+        self.param_groups, self.state = groups, state
+
+    def _loaded_group(self, group: dict[str, Any], saved: Mapping[str, Any], i: int) -> dict:
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(f"{self._name}: parameter group {i} of the state has "
+                             f"{len(saved['params'])} parameters but this optimizer's has "
+                             f"{len(group['params'])}")
+        keys = set(saved) - {"params", "initial_lr"}
+        if keys != set(self.defaults):
+            raise ValueError(f"{self._name}: parameter group {i} of the state has "
+                             f"hyperparameters {sorted(keys)}, expected {sorted(self.defaults)} "
+                             "(a state from another kind of optimizer?)")
+        loaded = {k: _plain(v) for k, v in saved.items() if k != "params"}
+        loaded = self._check_hyperparameters(loaded)
+        loaded["params"] = group["params"]
+        return loaded
+
+    def _loaded_value(self, p, index: int, name: str, value: Any):
+        if not C.is_array(value) or np.issubdtype(np.dtype(value.dtype), np.integer):
+            return int(value)
+        if tuple(value.shape) != tuple(p.data.shape):
+            raise ValueError(f"{self._name}: state[{index}][{name!r}] has shape "
+                             f"{tuple(value.shape)} but parameter {index} has shape "
+                             f"{tuple(p.data.shape)}")
+        xp = backend.array_module(p.data)
+        if xp is np:
+            value = backend.to_numpy(value)
+        return xp.array(value, dtype=p.data.dtype, copy=True)
+
+    def state_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The ``state_dict`` flattened to ``{str: numpy.ndarray}``, ready for ``np.savez``.
+
+        Keys are ``f"{prefix}param_groups.{g}.{name}"`` (hyperparameters as 0-d arrays, betas
+        as a 1-d array, ``params`` as int64 indices) and ``f"{prefix}state.{i}.{name}"``
+        (host copies of the state arrays; step counts as 0-d int64). Nothing needs pickle.
+        """
+        sd = self.state_dict()
+        out: dict[str, np.ndarray] = {}
+        for g, group in enumerate(sd["param_groups"]):
+            for name, value in group.items():
+                out[f"{prefix}param_groups.{g}.{name}"] = _numeric_array(self._name, name, value)
+        for i, state in sd["state"].items():
+            for name, value in state.items():
+                out[f"{prefix}state.{i}.{name}"] = (backend.to_numpy(value) if C.is_array(value)
+                                                    else np.asarray(value, dtype=np.int64))
+        return out
+
+    def load_state_arrays(self, arrays: Mapping[str, Any], prefix: str = "") -> None:
+        """Inverse of :meth:`state_arrays`: reads the keys that start with ``prefix`` from
+        ``arrays`` (a dict, or the ``NpzFile`` of ``np.load(path, allow_pickle=False)``)."""
+        groups: dict[int, dict[str, Any]] = {}
+        state: dict[int, dict[str, Any]] = {}
+        for key in arrays.keys():
+            if not key.startswith(prefix):
+                continue
+            parts = key[len(prefix):].split(".")
+            if (len(parts) != 3 or parts[0] not in ("param_groups", "state")
+                    or not parts[1].isdigit()):
+                raise ValueError(f"{self._name}: unexpected key {key!r} in the state arrays")
+            table = groups if parts[0] == "param_groups" else state
+            table.setdefault(int(parts[1]), {})[parts[2]] = np.asarray(arrays[key])
+        if sorted(groups) != list(range(len(groups))):
+            raise ValueError(f"{self._name}: the state arrays have parameter groups "
+                             f"{sorted(groups)}; expected 0..n-1")
+        param_groups = []
+        for g in range(len(groups)):
+            group = dict(groups[g])
+            if "params" not in group:
+                raise ValueError(f"{self._name}: the state arrays lack "
+                                 f"{prefix}param_groups.{g}.params")
+            group["params"] = [int(i) for i in group["params"]]
+            param_groups.append(group)
+        self.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+# ---------------------------------------------------------------------- helpers for subclasses
+
+def real(op: str, group: dict[str, Any], name: str, **bounds) -> None:
+    """Replace ``group[name]`` by its value as a validated float (bounds as ``finite_float``)."""
+    group[name] = C.finite_float(op, name, group[name], **bounds)
+
+
+def regularised_grad(xp, w, grad, weight_decay: float, l1: float):
+    """``grad + weight_decay * w + l1 * sign(w)`` and whether the result is a new array.
+
+    Without regularisation the gradient itself comes back (not to be written to); otherwise
+    a fresh array that the caller may overwrite.
+    """
+    if not weight_decay and not l1:
+        return grad, False
+    if weight_decay:
+        g = xp.multiply(w, weight_decay)
+        g += grad
+    else:
+        g = grad.copy()
+    if l1:
+        penalty = xp.sign(w)
+        penalty *= l1
+        g += penalty
+    return g, True
+
+
+def subtract_scaled(w, scale: float, d, d_is_scratch: bool) -> None:
+    """``w -= scale * d`` in place; scales ``d`` itself when it is scratch space."""
+    if d_is_scratch:
+        d *= scale
+        w -= d
+    else:
+        w -= scale * d
+
+
+def _plain(value: Any):
+    """A hyperparameter read back from arrays as a Python number, bool or tuple."""
+    if not C.is_array(value):
+        return tuple(value) if isinstance(value, list) else value
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else tuple(value.tolist())
+
+
+def _numeric_array(op: str, name: str, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{op}: hyperparameter {name!r} = {value!r} cannot be stored as a "
+                        "numeric array")
+    return arr.astype(np.int64) if name == "params" else arr
+

@@ -1,0 +1,78 @@
+"""RMSprop: gradients scaled by a running root mean square, optionally centred."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .. import backend
+from .optimizer import Optimizer, real, regularised_grad, subtract_scaled
+
+__all__ = ["RMSprop"]
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop as ``torch.optim.RMSprop``, plus an L1 penalty.
+
+    Per parameter ``w`` with gradient ``g`` (``v``, ``m`` and ``b`` start at 0)::
+
+        g = g + weight_decay * w + l1 * sign(w)
+        v = alpha * v + (1 - alpha) * g * g
+        if centered:  m = alpha * m + (1 - alpha) * g;  s = sqrt(v - m * m) + eps
+        else:         s = sqrt(v) + eps
+        if momentum:  b = momentum * b + g / s;  w = w - lr * b
+        else:         w = w - lr * g / s
+
+    State: ``step``, ``square_avg`` (v), ``grad_avg`` (m, when centered),
+    ``momentum_buffer`` (b, when momentum > 0).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
+                 centered: bool = False, *, l1: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, l1=l1))
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        group = super()._check_hyperparameters(group)
+        # alpha > 1 would make the running average negative and its square root NaN.
+        real(self._name, group, "alpha", low=0.0, high=1.0)
+        real(self._name, group, "eps", low=0.0, low_open=True)
+        real(self._name, group, "momentum", low=0.0)
+        group["centered"] = bool(group["centered"])
+        return group
+
+    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+        xp = backend.array_module(p.data)
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = xp.zeros_like(p.data)
+            if group["centered"]:
+                state["grad_avg"] = xp.zeros_like(p.data)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = xp.zeros_like(p.data)
+        state["step"] += 1
+        g, _ = regularised_grad(xp, p.data, grad, group["weight_decay"], group["l1"])
+        alpha = group["alpha"]
+        square_avg = state["square_avg"]
+        scratch = xp.multiply(g, g)
+        scratch *= 1 - alpha
+        square_avg *= alpha
+        square_avg += scratch
+        if group["centered"]:
+            grad_avg = state["grad_avg"]
+            xp.subtract(g, grad_avg, out=scratch)
+            scratch *= 1 - alpha
+            grad_avg += scratch
+            xp.multiply(grad_avg, grad_avg, out=scratch)
+            xp.subtract(square_avg, scratch, out=scratch)
+            xp.sqrt(scratch, out=scratch)
+        else:
+            xp.sqrt(square_avg, out=scratch)
+        scratch += group["eps"]
+        xp.divide(g, scratch, out=scratch)
+        if group["momentum"] > 0:
+            buf = state["momentum_buffer"]
+            buf *= group["momentum"]
+            buf += scratch
+            subtract_scaled(p.data, group["lr"], buf, False)
+        else:
+            subtract_scaled(p.data, group["lr"], scratch, True)

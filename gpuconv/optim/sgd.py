@@ -1,0 +1,63 @@
+"""Stochastic gradient descent with momentum, Nesterov momentum and weight decay."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .. import backend
+from .optimizer import Optimizer, real, regularised_grad, subtract_scaled
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    r"""SGD as ``torch.optim.SGD``, plus an L1 penalty.
+
+    Per parameter ``w`` with gradient ``g``, at step ``t``::
+
+        g = g + weight_decay * w + l1 * sign(w)
+        if momentum:
+            b = g                                        (t = 1)
+            b = momentum * b + (1 - dampening) * g       (t > 1)
+            g = g + momentum * b   if nesterov   else   b
+        w = w - lr * g
+
+    ``l1 * sign(w)`` is the subgradient of ``l1 * |w|`` (0 where ``w == 0``).
+    State: ``momentum_buffer`` (when ``momentum > 0``).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0,
+                 dampening: float = 0, weight_decay: float = 0, nesterov: bool = False,
+                 *, l1: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov, l1=l1))
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        group = super()._check_hyperparameters(group)
+        real(self._name, group, "momentum", low=0.0)
+        real(self._name, group, "dampening")
+        group["nesterov"] = bool(group["nesterov"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
+                             f"dampening == 0, got momentum={group['momentum']}, "
+                             f"dampening={group['dampening']}")
+        return group
+
+    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+        xp = backend.array_module(p.data)
+        g, g_is_new = regularised_grad(xp, p.data, grad, group["weight_decay"], group["l1"])
+        momentum = group["momentum"]
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g if g_is_new else g.copy()
+                g_is_new = False
+            else:
+                buf *= momentum
+                buf += g if group["dampening"] == 0 else (1 - group["dampening"]) * g
+            if group["nesterov"]:
+                d = xp.multiply(buf, momentum)
+                d += g
+                g, g_is_new = d, True
+            else:
+                g, g_is_new = buf, False
+        subtract_scaled(p.data, group["lr"], g, g_is_new)
