@@ -55,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root")
 
     sub.add_parser("info", help="versions, devices and which kernel implementations run here")
+
+    b = sub.add_parser("bench", help="time every kernel implementation against the references")
+    b.add_argument("families", nargs="*", metavar="OP", default=["conv", "pool", "lstm"],
+                   help="conv, pool, lstm, train (default: conv pool lstm)")
+    b.add_argument("--impl", action="append", default=[], help="only this impl (repeatable)")
+    b.add_argument("--dtype", default="float32", choices=("float32", "tf32", "bfloat16", "float16"))
+    b.add_argument("--suite", choices=("gpu", "cpu", "quick"),
+                   help="default: gpu on a GPU, cpu otherwise, quick with --quick")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument("--json", help="write the report as JSON here")
+    b.add_argument("--plot", help="write a PNG chart of the ratios here")
+    b.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (seconds)")
     return p
 
 
@@ -185,9 +197,27 @@ def _info(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from . import benchmark
+
+    report = benchmark.run(args.families, impls=args.impl, dtype=args.dtype, suite=args.suite,
+                           quick=args.quick, device=args.device)
+    if args.json:
+        benchmark.save_json(report, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        benchmark.plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    wrong = [r for r in report["rows"] if not r["correct"]]
+    for r in wrong:
+        print(f"WRONG: {r['impl']} on {r['case']} {r['pass']}: relative error {r['rel_err']:.2e}",
+              file=sys.stderr)
+    return 1 if wrong else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "info": _info}[args.command]
+    handler = {"train": _train, "eval": _eval, "info": _info, "bench": _bench}[args.command]
     try:
         return handler(args)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError,

@@ -7,16 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from gpuconv import backend, kernels
-
-# Relative error ||out - ref|| / ||ref|| allowed per dtype of the computation (DESIGN.md).
-TOL = {
-    "float64": 1e-10,
-    "float32": 1e-5,
-    "tf32": 1e-3,
-    "float16": 1e-3,
-    "bfloat16": 1e-2,
-}
+from gpuconv import backend, kernels, testing
+from gpuconv.testing import TOL  # noqa: F401  (the one per-dtype tolerance table)
 
 # Central finite differences in float64: step and the agreement required.
 FD_EPS = 1e-6
@@ -24,14 +16,11 @@ FD_TOL = 1e-6
 
 
 def rel_err(out, ref) -> float:
-    """||out - ref|| / ||ref|| in float64 (||out - ref|| when ref is all zeros)."""
-    out = backend.to_numpy(out).astype(np.float64)
-    ref = backend.to_numpy(ref).astype(np.float64)
+    """||out - ref|| / ||ref|| in float64, asserting equal shapes and finite outputs."""
+    out, ref = backend.to_numpy(out), backend.to_numpy(ref)
     assert out.shape == ref.shape, f"shape {out.shape} != reference shape {ref.shape}"
     assert np.all(np.isfinite(out)), "output has NaN/inf (unwritten or overflowed elements)"
-    den = np.linalg.norm(ref)
-    num = np.linalg.norm(out - ref)
-    return float(num / den) if den > 0 else float(num)
+    return testing.rel_err(out, ref)
 
 
 def assert_close(out, ref, dtype, what: str = "") -> None:

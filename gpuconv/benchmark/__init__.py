@@ -1,0 +1,237 @@
+"""The benchmark harness behind ``gpuconv bench``.
+
+For each case of a suite (``bench/suites/<family>.json``) and each pass (forward,
+backward), it times every implementation of the op that can run here, and PyTorch where it
+is importable (cuDNN on a GPU, its CPU kernels otherwise), on random data rotated among
+several input sets. Every timed result is first checked against an oracle computed in
+float64 on the CPU (the ``reference`` impl, or the ``numpy`` impl where the reference
+would take too long); a wrong result is marked and never counted as a win.
+
+Figures per row: median time and spread, achieved FLOP/s and bytes/s, the fraction of this
+device's floor (the larger of FLOPs / measured GEMM rate and bytes / measured copy
+bandwidth, over the measured time), the relative error, and the ratio to the best correct
+reference (reference time / our time: above 1 is faster than the reference).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .. import __version__, backend, kernels
+from .._resources import bench_suite_dir
+from ..testing import TOL, rel_err
+from .cases import SUITE_PASSES, Pass
+from .timing import measure_ceilings, time_call
+
+__all__ = ["FAMILIES", "DTYPES", "load_suite", "run", "environment"]
+
+FAMILIES = ("conv", "pool", "lstm", "train")
+DTYPES = ("float32", "tf32", "bfloat16", "float16")
+ROTATE = 3  # input sets timed in turn, so that no run finds its data in a warm cache
+# Above this many FLOPs the oracle is the numpy impl in float64 (itself tested against the
+# reference), since the readable reference would take minutes.
+REFERENCE_ORACLE_MAX_FLOPS = 2e10
+
+
+def load_suite(family: str, suite: str) -> list[dict]:
+    """The cases of ``suite`` ("gpu", "cpu" or "quick") in ``bench/suites/<family>.json``."""
+    path = bench_suite_dir() / f"{family}.json"
+    suites = json.loads(path.read_text())["suites"]
+    if suite not in suites:
+        raise ValueError(f"suite {suite!r} is not in {path.name}; it has {', '.join(suites)}")
+    return suites[suite]
+
+
+def environment(device: str) -> dict:
+    """Versions and device facts recorded in every JSON report."""
+    env = {"gpuconv": __version__, "numpy": np.__version__, "python": platform.python_version(),
+           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           "device": "cpu", "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    if device == "cuda":
+        cp = backend.cupy_or_none()
+        props = cp.cuda.runtime.getDeviceProperties(0)
+        env.update(device=props["name"].decode(), cupy=cp.__version__,
+                   cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+                   driver=cp.cuda.runtime.driverGetVersion())
+    torch = _torch()
+    if torch is not None:
+        env["torch"] = torch.__version__
+        if device == "cuda":
+            env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _array_dtype(dtype: str):
+    return {"float32": np.float32, "tf32": np.float32, "float16": np.float16}.get(dtype)
+
+
+def _outputs(result) -> list:
+    return [r for r in (result if isinstance(result, tuple) else (result,)) if r is not None]
+
+
+def _max_err(result, oracle) -> float:
+    return max(rel_err(o, r) for o, r in zip(_outputs(result), _outputs(oracle)))
+
+
+def _oracle(p: Pass, inputs64: tuple):
+    name = "reference" if p.flops <= REFERENCE_ORACLE_MAX_FLOPS else "numpy"
+    return p.call(inputs64, name)
+
+
+def _row(case: dict, p: Pass, source: str, impl: str, dtype: str, device: str, timing,
+         err: float, ceilings: dict, itemsize: int) -> dict:
+    nbytes = p.bytes(itemsize)
+    seconds = timing.median_ms * 1e-3
+    floor_s = max(p.flops / ceilings["gemm_flops_per_s"], nbytes / ceilings["copy_bytes_per_s"])
+    return {"case": case["label"], "pass": p.name, "op": p.op, "source": source, "impl": impl,
+            "dtype": dtype, "device": device, "median_ms": timing.median_ms,
+            "min_ms": timing.min_ms, "max_ms": timing.max_ms, "runs": timing.runs,
+            "flops": p.flops, "bytes": nbytes, "tflops": p.flops / seconds / 1e12,
+            "tbps": nbytes / seconds / 1e12, "floor_ms": floor_s * 1e3,
+            "fraction_of_floor": floor_s / seconds, "rel_err": err,
+            "correct": bool(err <= TOL[dtype])}
+
+
+def _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick) -> list:
+    rows = []
+    probe = sets[0][0]
+    for impl in kernels.available(p.op, probe):
+        if impls and impl not in impls:
+            continue
+        err = _max_err(p.call(sets[0], impl), oracle)
+        timing = time_call(lambda *a: p.call(a, impl), sets, device, quick)
+        rows.append(_row(case, p, "gpuconv", impl, dtype, device, timing, err, ceilings,
+                         probe.dtype.itemsize))
+    return rows
+
+
+def _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick):
+    torch = _torch()
+    if torch is None or p.torch_call is None:
+        return None
+    tdtype = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
+              "float16": torch.float16}[dtype]
+    tdev = "cuda" if device == "cuda" else "cpu"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    closures = [p.torch_call(torch, tuple(torch.from_numpy(a).to(tdev, tdtype) for a in s))
+                for s in sets64]
+    result = closures[0]()
+    err = _max_err(tuple(r.float().cpu().numpy() for r in _outputs(result)), oracle)
+    # On a GPU the CUDA events bracket torch's launches too: both use the legacy null stream.
+    timing = time_call(lambda closure: closure(), [(c,) for c in closures], device, quick)
+    return _row(case, p, "torch", "cudnn" if device == "cuda" else "torch_cpu", dtype, device,
+                timing, err, ceilings, torch.empty((), dtype=tdtype).element_size())
+
+
+def _with_ratios(rows: list) -> list:
+    refs = [r for r in rows if r["source"] != "gpuconv" and r["correct"]]
+    best = min((r["median_ms"] for r in refs), default=None)
+    for r in rows:
+        r["ratio_to_best_reference"] = (best / r["median_ms"]
+                                        if best is not None and r["correct"] else None)
+    return rows
+
+
+def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype: str = "float32",
+        suite: str | None = None, quick: bool = False, device: str = "auto",
+        log: Callable[[str], None] = print) -> dict:
+    """Run the benchmark and return the report (``environment``, ``ceilings``, ``rows``)."""
+    device = backend.resolve_device(device)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device == "cpu" and dtype != "float32":
+        raise ValueError(f"dtype {dtype} is benchmarked on a GPU only; on the CPU use float32")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown}; choose from {', '.join(FAMILIES)}")
+    suite = suite or ("quick" if quick else ("gpu" if device == "cuda" else "cpu"))
+    xp = backend.cupy_or_none() if device == "cuda" else np
+    ceilings = measure_ceilings(device, quick)
+    log(f"ceilings on {device}: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"float32 GEMM {ceilings['gemm_flops_per_s'] / 1e12:.2f} TFLOP/s")
+    rows = []
+    for family in families:
+        if family == "train":
+            from .training import train_rows
+            rows += train_rows(load_suite(family, suite), device, quick, log)
+            continue
+        for case in load_suite(family, suite):
+            for p in SUITE_PASSES[family](case):
+                rows += _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log)
+    return {"environment": environment(device), "ceilings": ceilings, "suite": suite,
+            "dtype": dtype, "rows": rows}
+
+
+def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
+    sets64 = [p.make(np.random.default_rng(seed)) for seed in range(ROTATE)]
+    oracle = _oracle(p, sets64[0])
+    rows = []
+    array_dtype = _array_dtype(dtype)
+    if array_dtype is not None:
+        sets = [tuple(xp.asarray(a.astype(array_dtype)) for a in s) for s in sets64]
+        rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
+    torch_row = _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick)
+    if torch_row is not None:
+        rows.append(torch_row)
+    rows = _with_ratios(rows)
+    for r in rows:
+        log(format_row(r))
+    return rows
+
+
+def format_row(r: dict) -> str:
+    ratio = r.get("ratio_to_best_reference")
+    verdict = "WRONG" if not r["correct"] else (f"{ratio:.2f}x ref" if ratio else "")
+    return (f"{r['case']:>22s} {r['pass']:>8s} {r['impl']:>18s} {r['median_ms']:10.3f} ms "
+            f"[{r['min_ms']:.3f}-{r['max_ms']:.3f}] {r['tflops']:8.3f} TFLOP/s "
+            f"{r['tbps'] * 1e3:8.1f} GB/s {100 * r['fraction_of_floor']:6.1f}% of floor "
+            f"err {r['rel_err']:.1e} {verdict}")
+
+
+def save_json(report: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2, default=float))
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """A bar chart of each gpuconv impl's speed ratio to the best reference, per case."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["source"] == "gpuconv"]
+    labels = sorted({f"{r['case']} {r['pass']}" for r in rows})
+    impls = sorted({r["impl"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) * max(1, len(impls))), 4.5))
+    width = 0.8 / max(1, len(impls))
+    for k, impl in enumerate(impls):
+        values = []
+        for label in labels:
+            ratios = [r["ratio_to_best_reference"] for r in rows
+                      if f"{r['case']} {r['pass']}" == label and r["impl"] == impl]
+            values.append(ratios[0] if ratios and ratios[0] is not None else 0.0)
+        ax.bar(np.arange(len(labels)) + k * width, values, width, label=impl)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=45, ha="right")
+    ax.set_ylabel("speed vs best reference (x)")
+    ax.set_title(f"gpuconv bench on {report['environment']['device']} ({report['dtype']})")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

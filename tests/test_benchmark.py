@@ -1,0 +1,95 @@
+"""The benchmark harness itself, on the CPU: counts, correctness flags, report schema, speed."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from gpuconv import benchmark, kernels
+from gpuconv.benchmark.cases import conv_geometry, conv_passes
+
+
+def test_conv_flop_count_of_lenet_c1():
+    case = {"label": "lenet_c1", "N": 256, "C": 1, "H": 28, "W": 28, "K": 6, "R": 5, "S": 5,
+            "stride": 1, "pad": 2}
+    fwd, bwd = conv_passes(case)
+    # 256 images x 6 maps x 28x28 outputs x 25 multiply-adds x 2 FLOPs
+    assert fwd.flops == 2 * 256 * 6 * 28 * 28 * 25 == 60_211_200
+    assert bwd.flops == 2 * fwd.flops
+
+
+def test_conv_minimum_bytes_count_every_tensor_once():
+    case = {"label": "t", "N": 2, "C": 4, "H": 8, "W": 8, "K": 6, "R": 3, "S": 3, "stride": 2,
+            "pad": 1, "groups": 2}
+    geo = conv_geometry(case)
+    assert (geo["OH"], geo["OW"]) == (4, 4)
+    x, w, y, b = 2 * 4 * 64, 6 * 2 * 9, 2 * 6 * 16, 6
+    fwd, bwd = conv_passes(case)
+    assert fwd.bytes(4) == 4 * (x + w + b + y)
+    assert bwd.bytes(4) == 4 * (y + 2 * x + 2 * w + b)  # reads gy, x, w; writes gx, gw, gb
+
+
+def test_suites_hold_the_design_shapes():
+    labels = [c["label"] for c in benchmark.load_suite("conv", "gpu")]
+    assert labels == ["lenet_c1", "lenet_c2", "alex_c1", "vgg_3x3_64", "res_3x3_128",
+                      "res_3x3_256", "res_1x1_256_64", "res_3x3_s2"]
+
+
+def test_unknown_suite_is_a_value_error():
+    with pytest.raises(ValueError, match="suite 'nope'"):
+        benchmark.load_suite("conv", "nope")
+
+
+@pytest.fixture
+def wrong_conv_impl(monkeypatch):
+    """A conv2d impl that is off by a little (a scaled result), registered for this test."""
+    reference = next(i.fn for i in kernels.implementations("conv2d") if i.name == "reference")
+    impls = dict(kernels._REGISTRY["conv2d"])
+    monkeypatch.setitem(kernels._REGISTRY, "conv2d", impls)
+    kernels.register("conv2d", "wrong", priority=-1000)(
+        lambda *a: reference(*a) * np.float32(1.001))
+    return "wrong"
+
+
+def test_a_wrong_impl_is_flagged_and_gets_no_ratio(wrong_conv_impl):
+    report = benchmark.run(["conv"], impls=[wrong_conv_impl, "numpy"], quick=True,
+                           log=lambda s: None)
+    wrong = [r for r in report["rows"] if r["impl"] == "wrong"]
+    assert wrong and all(not r["correct"] for r in wrong)
+    assert all(r["ratio_to_best_reference"] is None for r in wrong)
+    numpy_rows = [r for r in report["rows"] if r["impl"] == "numpy" and r["pass"] == "forward"]
+    assert numpy_rows and all(r["correct"] for r in numpy_rows)
+
+
+def test_report_json_schema(tmp_path):
+    report = benchmark.run(["conv"], impls=["numpy"], quick=True, log=lambda s: None)
+    path = tmp_path / "report.json"
+    benchmark.save_json(report, path)
+    data = json.loads(path.read_text())
+    assert {"environment", "ceilings", "suite", "dtype", "rows"} <= set(data)
+    assert {"gpuconv", "numpy", "device", "date"} <= set(data["environment"])
+    assert data["ceilings"]["copy_bytes_per_s"] > 0 and data["ceilings"]["gemm_flops_per_s"] > 0
+    row = next(r for r in data["rows"] if r["impl"] == "numpy")
+    for key in ("case", "pass", "median_ms", "min_ms", "max_ms", "runs", "flops", "bytes",
+                "tflops", "tbps", "fraction_of_floor", "rel_err", "correct",
+                "ratio_to_best_reference"):
+        assert key in row
+    assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+
+
+def test_plot_writes_a_png(tmp_path):
+    report = benchmark.run(["conv"], impls=["numpy"], quick=True, log=lambda s: None)
+    benchmark.plot(report, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_quick_bench_finishes_in_seconds(tmp_path):
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "gpuconv", "bench", "conv", "--quick",
+                          "--impl", "numpy", "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert time.perf_counter() - t0 < 60
+    assert json.loads((tmp_path / "r.json").read_text())["suite"] == "quick"
