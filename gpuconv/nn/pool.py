@@ -1,0 +1,123 @@
+"""Pooling layers: MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d (torch's arguments)."""
+from __future__ import annotations
+
+from .. import functional as F
+from .module import Module
+
+__all__ = ["MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d",
+           "AdaptiveAvgPool2d"]
+
+
+class _Pool(Module):
+    """y = op(x, *args); backward calls op_backward(grad, x, *args)."""
+
+    _op = None
+    _op_backward = None
+
+    def _args(self) -> tuple:
+        raise NotImplementedError
+
+    def forward(self, input):
+        self._save(input)
+        return type(self)._op(input, *self._args())
+
+    def backward(self, grad_output):
+        (input,) = self._saved()
+        return type(self)._op_backward(grad_output, input, *self._args())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in vars(self).items()
+                         if not k.startswith("_") and k != "training")
+
+
+class _MaxPool(_Pool):
+    """Max pooling; the forward keeps the argmax indices so that backward scatters the
+    gradient without searching again. ``return_indices=True`` makes forward return
+    ``(output, indices)`` as torch (then the layer cannot sit inside a Sequential)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices: bool = False, ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.dilation = dilation
+        self.return_indices = return_indices
+        self.ceil_mode = ceil_mode
+
+    def _args(self) -> tuple:
+        return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+
+    def forward(self, input):
+        out, indices = type(self)._op(input, *self._args(), return_indices=True)
+        self._save(input, indices)
+        return (out, indices) if self.return_indices else out
+
+    def backward(self, grad_output):
+        input, indices = self._saved()
+        return type(self)._op_backward(grad_output, input, *self._args(), indices=indices)
+
+
+class MaxPool1d(_MaxPool):
+    """Max pooling over (N, C, L)."""
+
+    _op, _op_backward = F.max_pool1d, F.max_pool1d_backward
+
+
+class MaxPool2d(_MaxPool):
+    """Max pooling over (N, C, H, W)."""
+
+    _op, _op_backward = F.max_pool2d, F.max_pool2d_backward
+
+
+class AvgPool1d(_Pool):
+    """Average pooling over (N, C, L)."""
+
+    _op, _op_backward = F.avg_pool1d, F.avg_pool1d_backward
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+        self.count_include_pad = count_include_pad
+
+    def _args(self) -> tuple:
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+
+
+class AvgPool2d(AvgPool1d):
+    """Average pooling over (N, C, H, W); ``divisor_override`` replaces the window size as
+    the divisor."""
+
+    _op, _op_backward = F.avg_pool2d, F.avg_pool2d_backward
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+        self.divisor_override = divisor_override
+
+    def _args(self) -> tuple:
+        return super()._args() + (self.divisor_override,)
+
+
+class AdaptiveAvgPool1d(_Pool):
+    """Average pooling of (N, C, L) to a fixed output length, windows as torch computes them."""
+
+    _op, _op_backward = F.adaptive_avg_pool1d, F.adaptive_avg_pool1d_backward
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def _args(self) -> tuple:
+        return (self.output_size,)
+
+
+class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
+    """Average pooling of (N, C, H, W) to a fixed output size (oh, ow) (an int means square;
+    None keeps that input size), windows as torch computes them."""
+
+    _op, _op_backward = F.adaptive_avg_pool2d, F.adaptive_avg_pool2d_backward

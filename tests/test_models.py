@@ -1,0 +1,164 @@
+"""gpuconv.models: shapes, training signal, determinism, registry, and torch replicas."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from gpuconv import models, nn
+from support import FD_TOL, assert_close, check_grads, numerical_grad, rel_err, rng_for
+
+# (name, factory kwargs, input shape); small widths keep the CPU steps fast.
+MODELS = [
+    ("lenet5", dict(), (4, 1, 28, 28)),
+    ("lenet5", dict(input_size=32, in_channels=3), (2, 3, 32, 32)),
+    ("lenet5", dict(input_size=8), (4, 1, 8, 8)),
+    ("vgg_small", dict(widths=(4, 8, 8)), (4, 3, 32, 32)),
+    ("vgg_small", dict(in_channels=1, widths=(4, 8), batch_norm=False), (4, 1, 28, 28)),
+    ("resnet_small", dict(widths=(4, 8, 8)), (4, 3, 32, 32)),
+    ("resnet_small", dict(in_channels=1, widths=(4, 8), num_blocks=(2, 1)), (4, 1, 16, 16)),
+    ("cnn1d", dict(), (4, 1, 40)),
+    ("lstm_classifier", dict(hidden_size=8), (4, 1, 40)),
+    ("gru_classifier", dict(hidden_size=8, num_layers=2, bidirectional=True), (4, 1, 40)),
+]
+
+
+def _params():
+    return [pytest.param(name, kw, shape, id=f"{name}-{i}") for i, (name, kw, shape) in
+            enumerate(MODELS)]
+
+
+@pytest.mark.parametrize("name, kwargs, shape", _params())
+def test_output_shape(name, kwargs, shape):
+    model = models.get_model(name, num_classes=7, **kwargs)
+    x = rng_for("shape", name).standard_normal(shape).astype(np.float32)
+    out = model(x)
+    assert out.shape == (shape[0], 7) and out.dtype == np.float32
+    assert model.backward(np.ones_like(out)).shape == shape
+
+
+@pytest.mark.parametrize("name, kwargs, shape", _params())
+def test_a_few_sgd_steps_lower_the_loss(name, kwargs, shape):
+    nn.manual_seed(0)
+    model = models.get_model(name, **kwargs)
+    rng = rng_for("sgd", name, shape)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.integers(0, 10, shape[0])
+    loss_fn = nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(6):
+        model.zero_grad()
+        losses.append(float(loss_fn(model(x), y)))
+        model.backward(loss_fn.backward())
+        for p in model.parameters():
+            p.data -= 0.1 * p.grad
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+@pytest.mark.parametrize("name, kwargs, shape", _params())
+def test_same_seed_gives_the_same_initial_weights(name, kwargs, shape):
+    nn.manual_seed(123)
+    a = models.get_model(name, **kwargs).state_dict()
+    nn.manual_seed(123)
+    b = models.get_model(name, **kwargs).state_dict()
+    nn.manual_seed(124)
+    c = models.get_model(name, **kwargs).state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert any(not np.array_equal(a[k], c[k]) for k in a if a[k].dtype != np.int64)
+
+
+def test_registry_lists_every_model_and_rejects_unknown_names():
+    assert sorted(models.MODELS) == sorted({name for name, _, _ in MODELS})
+    with pytest.raises(ValueError, match="unknown model 'alexnet'.*lenet5"):
+        models.get_model("alexnet")
+
+
+@pytest.mark.parametrize("input_size, features", [(28, 400), (32, 400), (8, 64), (16, 64)])
+def test_lenet5_feature_count(input_size, features):
+    assert models.lenet5(input_size=input_size).fc1.weight.shape == (120, features)
+
+
+def test_lenet5_rejects_a_tiny_input():
+    with pytest.raises(ValueError, match="input_size must be at least 4"):
+        models.lenet5(input_size=3)
+
+
+def test_cnn1d_has_the_mnist1d_paper_size():
+    model = models.cnn1d()
+    assert model.linear.weight.shape == (10, 125)
+    assert sum(p.size for p in model.parameters()) == 5210
+
+
+def test_resnet_small_stage_shapes():
+    model = models.resnet_small(widths=(4, 8, 16), num_blocks=(2, 1, 1))
+    assert [n for n, _ in model.named_children()] == [
+        "conv1", "bn1", "relu", "layer1", "layer2", "layer3", "pool", "flatten", "fc"]
+    assert len(model.layer1) == 2 and isinstance(model.layer2[0], nn.BasicBlock)
+    assert model.layer2[0].shortcut[0].stride == (2, 2) and len(model.layer1[0].shortcut) == 0
+
+
+@pytest.mark.parametrize("factory, kwargs", [
+    (models.lstm_classifier, dict(hidden_size=3)),
+    (models.gru_classifier, dict(hidden_size=2, num_layers=2, bidirectional=True)),
+    (models.lstm_classifier, dict(input_size=2, hidden_size=2, bidirectional=True)),
+])
+def test_rnn_classifier_backward_matches_finite_differences(factory, kwargs):
+    model = factory(num_classes=3, dtype=np.float64, **kwargs)
+    rng = rng_for("rnn-classifier", factory.__name__, sorted(kwargs.items()))
+    x = rng.standard_normal((2, kwargs.get("input_size", 1), 5))
+    g = rng.standard_normal((2, 3))
+    model(x)
+    gx = model.backward(g)
+    params = dict(model.named_parameters())
+    check_grads(lambda: float(np.sum(model(x) * g)),
+                {"input": gx, **{n: p.grad for n, p in params.items()}},
+                {"input": x, **{n: p.data for n, p in params.items()}})
+
+
+def test_resnet_input_gradient_matches_finite_differences():
+    model = models.resnet_small(in_channels=1, widths=(2, 3), num_blocks=(1, 1),
+                                dtype=np.float64)
+    rng = rng_for("resnet-fd")
+    x = rng.standard_normal((2, 1, 6, 6))
+    g = rng.standard_normal((2, 10))
+    model(x)
+    gx = model.backward(g)
+    assert rel_err(gx, numerical_grad(lambda: float(np.sum(model(x) * g)), x)) <= FD_TOL
+
+
+# --------------------------------------------------------------------------- torch replicas
+
+def _torch_lenet5(tnn):
+    return tnn.Sequential(OrderedDict([
+        ("conv1", tnn.Conv2d(1, 6, 5, padding=2)), ("relu1", tnn.ReLU()),
+        ("pool1", tnn.MaxPool2d(2)), ("conv2", tnn.Conv2d(6, 16, 5)), ("relu2", tnn.ReLU()),
+        ("pool2", tnn.MaxPool2d(2)), ("flatten", tnn.Flatten()),
+        ("fc1", tnn.Linear(400, 120)), ("relu3", tnn.ReLU()), ("fc2", tnn.Linear(120, 84)),
+        ("relu4", tnn.ReLU()), ("fc3", tnn.Linear(84, 10))]))
+
+
+def _torch_cnn1d(tnn):
+    """MNIST-1D's ConvBase (Greydanus, models.py), as a Sequential with its layer names."""
+    return tnn.Sequential(OrderedDict([
+        ("conv1", tnn.Conv1d(1, 25, 5, stride=2, padding=1)), ("relu1", tnn.ReLU()),
+        ("conv2", tnn.Conv1d(25, 25, 3, stride=2, padding=1)), ("relu2", tnn.ReLU()),
+        ("conv3", tnn.Conv1d(25, 25, 3, stride=2, padding=1)), ("relu3", tnn.ReLU()),
+        ("flatten", tnn.Flatten()), ("linear", tnn.Linear(125, 10))]))
+
+
+@pytest.mark.parametrize("ours, replica, shape", [
+    (models.lenet5, _torch_lenet5, (3, 1, 28, 28)),
+    (models.cnn1d, _torch_cnn1d, (3, 1, 40)),
+])
+def test_model_matches_its_torch_replica(ours, replica, shape):
+    torch = pytest.importorskip("torch")
+    theirs = replica(torch.nn)
+    model = ours()
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
+    model.load_state_dict(theirs.state_dict())
+    x = rng_for("replica", shape).standard_normal(shape).astype(np.float32)
+    assert_close(model(x), theirs(torch.from_numpy(x)).detach().numpy(), "float32")
