@@ -86,13 +86,13 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_checkpoint(path: str | os.PathLike, model, optimizer=None, **meta: Any) -> None:
+def save_checkpoint(path: str | os.PathLike, model, optimizer=None, meta: dict | None = None) -> None:
     """Save ``model.state_dict()``, the optimizer's state and JSON-able ``meta`` to ``path``."""
     arrays = {_MODEL + k: backend.to_numpy(v) for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({_OPTIM + k: backend.to_numpy(v)
                        for k, v in optimizer.state_arrays().items()})
-    arrays[_META] = np.array(json.dumps(meta))
+    arrays[_META] = np.array(json.dumps(meta or {}))
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
 
@@ -225,8 +225,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
             best, since_best = watched_acc, 0
             history.best_epoch = epoch + 1
             if checkpoint is not None:
-                save_checkpoint(checkpoint, model, optimizer, epoch=epoch + 1, best=best,
-                                history=asdict(history), **(checkpoint_meta or {}))
+                save_checkpoint(checkpoint, model, optimizer,
+                                {**(checkpoint_meta or {}), "epoch": epoch + 1, "best": best,
+                                 "history": asdict(history)})
         else:
             since_best += 1
         if early_stopping is not None and since_best >= early_stopping:

@@ -1,2 +1,260 @@
-"""activation ops (being written)."""
-__all__: list[str] = []
+"""Activations: relu, leaky_relu, elu, sigmoid, tanh, softmax, log_softmax, dropout.
+
+Every op takes an array of any shape and floating dtype and returns a new array of the same
+shape and dtype (``dropout`` with ``training=False`` returns its input itself, like torch).
+
+Backward convention: each ``*_backward`` takes ``grad_output`` (shaped like the forward's
+result) followed by the forward's input and arguments, and returns ``grad_input``. It
+recomputes what it needs from the input. The four ops whose derivative is cheapest in terms
+of their result (``sigmoid``, ``tanh``, ``softmax``, ``log_softmax``) also take that saved
+result as ``output=``, which skips the recomputation; it must be the forward's result for
+this input (only its shape, dtype and device are checked).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks as C, backend, kernels
+
+__all__ = [
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward",
+    "log_softmax", "log_softmax_backward", "dropout", "dropout_backward",
+]
+
+_SEED_LIMIT = 2 ** 64
+
+
+def _grad_pair(op: str, grad_output, input) -> None:
+    """``input`` and ``grad_output``: floating, same dtype, device and shape."""
+    C.float_array(op, "input", input)
+    C.float_array(op, "grad_output", grad_output)
+    C.same_kind(op, "input", input, grad_output=grad_output)
+    C.shape_is(op, "grad_output", grad_output, input.shape)
+
+
+def _saved_output(op: str, output, input) -> None:
+    if output is None:
+        return
+    C.float_array(op, "output", output)
+    C.same_kind(op, "input", input, output=output)
+    C.shape_is(op, "output", output, input.shape)
+
+
+def _dim(op: str, dim, input) -> int:
+    """``dim`` as a non-negative axis of ``input`` (negative counts from the end)."""
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise TypeError(f"{op}: dim must be an int, got {dim!r}")
+    ndim = input.ndim
+    if ndim == 0:
+        raise ValueError(f"{op}: input must have at least 1 dimension, got shape ()")
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{op}: dim {dim} is out of range for input of shape "
+                         f"{tuple(input.shape)} (valid: {-ndim} to {ndim - 1})")
+    dim = int(dim) % ndim
+    if input.shape[dim] == 0:
+        raise ValueError(f"{op}: dim {dim} of input shape {tuple(input.shape)} is empty; "
+                         "there is nothing to normalise over")
+    return dim
+
+
+def _dropout_args(op: str, p, training, seed) -> tuple[float, bool, int]:
+    p = C.finite_float(op, "p", p, low=0.0, high=1.0)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"{op}: training must be a bool, got {training!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"{op}: seed must be an int, got {seed!r}")
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"{op}: seed must be in [0, 2**64), got {seed}")
+    return p, bool(training), int(seed)
+
+
+# --------------------------------------------------------------------------- pointwise
+
+@backend.interop
+def relu(input, *, impl: str | None = None):
+    """Rectified linear unit, ``y = max(x, 0)``.
+
+    input: any shape, floating dtype. Returns an array of the same shape and dtype.
+    """
+    C.float_array("relu", "input", input)
+    return kernels.dispatch("relu", impl, input)
+
+
+@backend.interop
+def relu_backward(grad_output, input, *, impl: str | None = None):
+    """``grad_input = grad_output * (x > 0)`` (the gradient at 0 is 0, as in torch).
+
+    grad_output, input: the same shape and dtype. Returns grad_input of that shape.
+    """
+    _grad_pair("relu_backward", grad_output, input)
+    return kernels.dispatch("relu_backward", impl, grad_output, input)
+
+
+@backend.interop
+def leaky_relu(input, negative_slope: float = 0.01, *, impl: str | None = None):
+    """``y = x`` where ``x > 0``, else ``negative_slope * x``.
+
+    input: any shape, floating dtype; negative_slope: any finite number.
+    """
+    C.float_array("leaky_relu", "input", input)
+    slope = C.finite_float("leaky_relu", "negative_slope", negative_slope)
+    return kernels.dispatch("leaky_relu", impl, input, slope)
+
+
+@backend.interop
+def leaky_relu_backward(grad_output, input, negative_slope: float = 0.01, *,
+                        impl: str | None = None):
+    """``grad_input = grad_output`` where ``x > 0``, else ``negative_slope * grad_output``."""
+    _grad_pair("leaky_relu_backward", grad_output, input)
+    slope = C.finite_float("leaky_relu_backward", "negative_slope", negative_slope)
+    return kernels.dispatch("leaky_relu_backward", impl, grad_output, input, slope)
+
+
+@backend.interop
+def elu(input, alpha: float = 1.0, *, impl: str | None = None):
+    """Exponential linear unit: ``y = x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``.
+
+    input: any shape, floating dtype; alpha: any finite number (torch allows any sign).
+    """
+    C.float_array("elu", "input", input)
+    alpha = C.finite_float("elu", "alpha", alpha)
+    return kernels.dispatch("elu", impl, input, alpha)
+
+
+@backend.interop
+def elu_backward(grad_output, input, alpha: float = 1.0, *, impl: str | None = None):
+    """``grad_input = grad_output`` where ``x > 0``, else ``grad_output * alpha * exp(x)``."""
+    _grad_pair("elu_backward", grad_output, input)
+    alpha = C.finite_float("elu_backward", "alpha", alpha)
+    return kernels.dispatch("elu_backward", impl, grad_output, input, alpha)
+
+
+@backend.interop
+def sigmoid(input, *, impl: str | None = None):
+    """Logistic function ``y = 1 / (1 + exp(-x))``, without overflow for any finite x.
+
+    input: any shape, floating dtype.
+    """
+    C.float_array("sigmoid", "input", input)
+    return kernels.dispatch("sigmoid", impl, input)
+
+
+@backend.interop
+def sigmoid_backward(grad_output, input, *, output=None, impl: str | None = None):
+    """``grad_input = grad_output * y * (1 - y)`` with ``y = sigmoid(x)``.
+
+    output: the saved ``sigmoid(input)``, optional; given, it is used instead of recomputing.
+    """
+    _grad_pair("sigmoid_backward", grad_output, input)
+    _saved_output("sigmoid_backward", output, input)
+    return kernels.dispatch("sigmoid_backward", impl, grad_output, input, output)
+
+
+@backend.interop
+def tanh(input, *, impl: str | None = None):
+    """Hyperbolic tangent, ``y = tanh(x)``. input: any shape, floating dtype."""
+    C.float_array("tanh", "input", input)
+    return kernels.dispatch("tanh", impl, input)
+
+
+@backend.interop
+def tanh_backward(grad_output, input, *, output=None, impl: str | None = None):
+    """``grad_input = grad_output * (1 - y**2)`` with ``y = tanh(x)``.
+
+    output: the saved ``tanh(input)``, optional; given, it is used instead of recomputing.
+    """
+    _grad_pair("tanh_backward", grad_output, input)
+    _saved_output("tanh_backward", output, input)
+    return kernels.dispatch("tanh_backward", impl, grad_output, input, output)
+
+
+# --------------------------------------------------------------------------- along a dim
+
+@backend.interop
+def softmax(input, dim: int, *, impl: str | None = None):
+    """``y = exp(x - m) / sum(exp(x - m), dim)`` with ``m = max(x, dim)``.
+
+    input: at least 1-D, floating dtype; dim: the axis that sums to 1 (negative counts from
+    the end). Subtracting the maximum keeps every exponent <= 0, so large inputs (1e4) give
+    no inf or NaN.
+    """
+    C.float_array("softmax", "input", input)
+    dim = _dim("softmax", dim, input)
+    return kernels.dispatch("softmax", impl, input, dim)
+
+
+@backend.interop
+def softmax_backward(grad_output, input, dim: int, *, output=None, impl: str | None = None):
+    """``grad_input = y * (g - sum(g * y, dim))`` with ``y = softmax(x, dim)``, ``g = grad_output``.
+
+    output: the saved ``softmax(input, dim)``, optional; given, it is used instead of recomputing.
+    """
+    _grad_pair("softmax_backward", grad_output, input)
+    dim = _dim("softmax_backward", dim, input)
+    _saved_output("softmax_backward", output, input)
+    return kernels.dispatch("softmax_backward", impl, grad_output, input, dim, output)
+
+
+@backend.interop
+def log_softmax(input, dim: int, *, impl: str | None = None):
+    """``y = x - m - log(sum(exp(x - m), dim))`` with ``m = max(x, dim)``.
+
+    input: at least 1-D, floating dtype; dim: the normalised axis (negative counts from the end).
+    """
+    C.float_array("log_softmax", "input", input)
+    dim = _dim("log_softmax", dim, input)
+    return kernels.dispatch("log_softmax", impl, input, dim)
+
+
+@backend.interop
+def log_softmax_backward(grad_output, input, dim: int, *, output=None,
+                         impl: str | None = None):
+    """``grad_input = g - exp(y) * sum(g, dim)``, ``y = log_softmax(x, dim)``, ``g = grad_output``.
+
+    output: the saved ``log_softmax(input, dim)``, optional; given, it is used instead of
+    recomputing.
+    """
+    _grad_pair("log_softmax_backward", grad_output, input)
+    dim = _dim("log_softmax_backward", dim, input)
+    _saved_output("log_softmax_backward", output, input)
+    return kernels.dispatch("log_softmax_backward", impl, grad_output, input, dim, output)
+
+
+# --------------------------------------------------------------------------- dropout
+
+@backend.interop
+def dropout(input, p: float = 0.5, training: bool = True, seed: int = 0, *,
+            impl: str | None = None):
+    """Inverted dropout: ``y = x * keep / (1 - p)``, each element kept with probability ``1 - p``.
+
+    input: any shape, floating dtype; p: drop probability in [0, 1] (p=1 gives zeros);
+    training=False returns ``input`` itself. seed: an int in [0, 2**64).
+
+    The mask is a pure function of ``(seed, input.size)``, so the backward pass recomputes
+    it and a run replays exactly; callers vary the seed from call to call (e.g. with the step
+    number). The rule, shared by every impl on every device: number the elements
+    ``i = 0, 1, ...`` in C order of ``input.shape``; ``w_i`` is 64-bit word ``i % 4`` of
+    Philox4x64-10 with key ``(seed, 0)`` applied to the counter ``(i // 4 + 1, 0, 0, 0)``;
+    element ``i`` is kept iff ``u_i = (w_i >> 11) * 2**-53 >= p``. This is exactly
+    ``numpy.random.Generator(numpy.random.Philox(key=seed)).random(input.size) >= p``.
+    """
+    C.float_array("dropout", "input", input)
+    p, training, seed = _dropout_args("dropout", p, training, seed)
+    if not training:
+        return input
+    return kernels.dispatch("dropout", impl, input, p, seed)
+
+
+@backend.interop
+def dropout_backward(grad_output, input, p: float = 0.5, training: bool = True, seed: int = 0,
+                     *, impl: str | None = None):
+    """``grad_input = grad_output * keep / (1 - p)`` with the forward's mask (same seed).
+
+    grad_output, input: the same shape and dtype. training=False returns ``grad_output`` itself.
+    """
+    _grad_pair("dropout_backward", grad_output, input)
+    p, training, seed = _dropout_args("dropout_backward", p, training, seed)
+    if not training:
+        return grad_output
+    return kernels.dispatch("dropout_backward", impl, grad_output, p, seed)

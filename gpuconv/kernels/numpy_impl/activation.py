@@ -1,0 +1,179 @@
+"""Fast CPU activations in plain NumPy (contract: :mod:`gpuconv.kernels.reference.activation`).
+
+Each op writes its result into one array from ``backend.empty`` through ufunc ``out=``
+arguments and works in place from there. Choices between two values per element are
+branch-free: a boolean mask is multiplied in (one operand being 0, the sum of the two
+cases is exact), because ``where=``/``np.where``/``np.putmask`` run several times slower
+on the unpredictable masks that activations produce.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import backend
+from .. import register
+
+# Dropout draws random words in blocks of this many elements, so its mask stays in cache
+# and never costs 8 bytes per element of the whole input.
+_DROPOUT_BLOCK = 1 << 16
+
+
+def _out(like):
+    return backend.empty(like.shape, like.dtype)
+
+
+def _select_factor(out, keep_one, other_mask, other):
+    """Fill ``out`` with 1 where ``keep_one`` and ``other`` where ``other_mask`` (complementary
+    masks) as ``other * other_mask + keep_one``; one of the two terms is 0, so it is exact."""
+    np.multiply(other_mask, other, out=out)
+    return np.add(out, keep_one, out=out)
+
+
+@register("relu", "numpy")
+def relu(x):
+    return np.maximum(x, 0, out=_out(x))
+
+
+@register("relu_backward", "numpy")
+def relu_backward(g, x):
+    return np.multiply(g, x > 0, out=_out(g))
+
+
+@register("leaky_relu", "numpy")
+def leaky_relu(x, slope):
+    if slope == 0:
+        return relu(x)  # max(x, 0 * x) would give NaN for x = inf
+    # For x > 0, x beats slope * x under max when slope <= 1 and under min when slope > 1;
+    # for x < 0 the same comparison picks slope * x.
+    pick = np.maximum if slope <= 1 else np.minimum
+    out = np.multiply(x, slope, out=_out(x))
+    return pick(x, out, out=out)
+
+
+@register("leaky_relu_backward", "numpy")
+def leaky_relu_backward(g, x, slope):
+    out = _out(g)
+    _select_factor(out, x > 0, x <= 0, out.dtype.type(slope))
+    return np.multiply(out, g, out=out)
+
+
+@register("elu", "numpy")
+def elu(x, alpha):
+    out = np.minimum(x, 0, out=_out(x))
+    np.expm1(out, out=out)
+    np.multiply(out, alpha, out=out)
+    # The negative part is 0 where x > 0 and max(x, 0) is 0 elsewhere: the sum is exact.
+    return np.add(out, np.maximum(x, 0), out=out)
+
+
+@register("elu_backward", "numpy")
+def elu_backward(g, x, alpha):
+    out = np.minimum(x, 0, out=_out(g))
+    np.exp(out, out=out)
+    np.multiply(out, alpha, out=out)
+    _select_factor(out, x > 0, x <= 0, out)
+    return np.multiply(out, g, out=out)
+
+
+@register("sigmoid", "numpy")
+def sigmoid(x):
+    # sigmoid(x) = n / (1 + e) with e = exp(-|x|) <= 1 (no overflow) and n = 1 for x >= 0,
+    # n = e for x < 0; n = max(e, [x >= 0]) because e <= 1. copysign gives -|x| in one pass.
+    out = np.copysign(x, -1, out=_out(x))
+    np.exp(out, out=out)
+    denominator = np.add(out, 1)
+    np.maximum(out, x >= 0, out=out)
+    return np.divide(out, denominator, out=out)
+
+
+@register("sigmoid_backward", "numpy")
+def sigmoid_backward(g, x, output):
+    y = sigmoid(x) if output is None else output
+    out = np.subtract(1, y, out=_out(g))
+    np.multiply(out, y, out=out)
+    return np.multiply(out, g, out=out)
+
+
+@register("tanh", "numpy")
+def tanh(x):
+    return np.tanh(x, out=_out(x))
+
+
+@register("tanh_backward", "numpy")
+def tanh_backward(g, x, output):
+    y = np.tanh(x) if output is None else output
+    out = np.multiply(y, y, out=_out(g))
+    np.subtract(1, out, out=out)
+    return np.multiply(out, g, out=out)
+
+
+def _shifted(x, dim):
+    """``x - max(x, dim)`` in a fresh output array (every exponent of it is <= 0)."""
+    return np.subtract(x, np.max(x, axis=dim, keepdims=True), out=_out(x))
+
+
+@register("softmax", "numpy")
+def softmax(x, dim):
+    out = _shifted(x, dim)
+    np.exp(out, out=out)
+    return np.divide(out, np.sum(out, axis=dim, keepdims=True), out=out)
+
+
+@register("softmax_backward", "numpy")
+def softmax_backward(g, x, dim, output):
+    y = softmax(x, dim) if output is None else output
+    out = np.multiply(g, y, out=_out(g))
+    dot = np.sum(out, axis=dim, keepdims=True)
+    np.subtract(g, dot, out=out)
+    return np.multiply(out, y, out=out)
+
+
+@register("log_softmax", "numpy")
+def log_softmax(x, dim):
+    out = _shifted(x, dim)
+    log_sum = np.log(np.sum(np.exp(out), axis=dim, keepdims=True))
+    return np.subtract(out, log_sum, out=out)
+
+
+@register("log_softmax_backward", "numpy")
+def log_softmax_backward(g, x, dim, output):
+    # exp(log_softmax(x)) is softmax(x); either way `out` is a fresh array to work in.
+    out = softmax(x, dim) if output is None else np.exp(output, out=_out(g))
+    np.multiply(out, np.sum(g, axis=dim, keepdims=True), out=out)
+    return np.subtract(g, out, out=out)
+
+
+def _keep_threshold(p: float) -> np.uint64:
+    """Element ``i`` is kept iff its Philox word ``w_i >= _keep_threshold(p)`` (0 <= p < 1).
+
+    The rule is ``u_i = (w_i >> 11) * 2**-53 >= p``, i.e. ``w_i >> 11 >= ceil(p * 2**53)``
+    (``p * 2**53`` is exact), i.e. ``w_i >= ceil(p * 2**53) << 11``: no float conversion.
+    """
+    return np.uint64(math.ceil(p * 2.0 ** 53) << 11)
+
+
+# Dropout is linear in its input, so the backward pass is the forward pass applied to
+# grad_output with the same mask and scale.
+@register("dropout", "numpy")
+@register("dropout_backward", "numpy")
+def dropout(x, p, seed):
+    if p == 1:
+        return np.zeros(x.shape, x.dtype)
+    out = _out(x)
+    if p == 0:
+        np.copyto(out, x)
+        return out
+    words = np.random.Philox(key=seed)
+    threshold = _keep_threshold(p)
+    scale = x.dtype.type(1 / (1 - p))
+    src, dst = x.reshape(-1), out.reshape(-1)
+    keep = np.empty(min(x.size, _DROPOUT_BLOCK), dtype=bool)
+    for start in range(0, x.size, _DROPOUT_BLOCK):
+        stop = min(start + _DROPOUT_BLOCK, x.size)
+        k = np.greater_equal(words.random_raw(stop - start), threshold, out=keep[:stop - start])
+        d = dst[start:stop]
+        np.multiply(src[start:stop], scale, out=d)
+        np.multiply(d, k, out=d)
+    return out

@@ -1,0 +1,115 @@
+"""Reference activations: the formulas as written, in NumPy, for any float dtype.
+
+Python scalars (slope, alpha, p) never promote an array's dtype, so float32 stays float32.
+
+Backward functions take ``(grad_output, input, <the forward's arguments>)``; those of
+sigmoid, tanh, softmax and log_softmax end with ``output``, the saved forward result or None
+(then it is recomputed from ``input``). ``dropout`` takes ``(input, p, seed)`` and
+``dropout_backward`` ``(grad_output, p, seed)``: the mask needs only the seed and the shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import register
+
+_LOWEST = -100
+
+
+@register("relu", "reference", priority=_LOWEST)
+def relu(x):
+    return np.where(x > 0, x, 0)
+
+
+@register("relu_backward", "reference", priority=_LOWEST)
+def relu_backward(g, x):
+    return np.where(x > 0, g, 0)
+
+
+@register("leaky_relu", "reference", priority=_LOWEST)
+def leaky_relu(x, slope):
+    return np.where(x > 0, x, x * slope)
+
+
+@register("leaky_relu_backward", "reference", priority=_LOWEST)
+def leaky_relu_backward(g, x, slope):
+    return np.where(x > 0, g, g * slope)
+
+
+@register("elu", "reference", priority=_LOWEST)
+def elu(x, alpha):
+    # expm1 of min(x, 0): no overflow on the discarded branch, full precision near 0.
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+@register("elu_backward", "reference", priority=_LOWEST)
+def elu_backward(g, x, alpha):
+    return np.where(x > 0, g, g * alpha * np.exp(np.minimum(x, 0)))
+
+
+@register("sigmoid", "reference", priority=_LOWEST)
+def sigmoid(x):
+    # Both branches use exp(-|x|) <= 1, so nothing overflows.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+@register("sigmoid_backward", "reference", priority=_LOWEST)
+def sigmoid_backward(g, x, output):
+    y = sigmoid(x) if output is None else output
+    return g * y * (1 - y)
+
+
+@register("tanh", "reference", priority=_LOWEST)
+def tanh(x):
+    return np.tanh(x)
+
+
+@register("tanh_backward", "reference", priority=_LOWEST)
+def tanh_backward(g, x, output):
+    y = np.tanh(x) if output is None else output
+    return g * (1 - y * y)
+
+
+@register("softmax", "reference", priority=_LOWEST)
+def softmax(x, dim):
+    e = np.exp(x - np.max(x, axis=dim, keepdims=True))
+    return e / np.sum(e, axis=dim, keepdims=True)
+
+
+@register("softmax_backward", "reference", priority=_LOWEST)
+def softmax_backward(g, x, dim, output):
+    y = softmax(x, dim) if output is None else output
+    return y * (g - np.sum(g * y, axis=dim, keepdims=True))
+
+
+@register("log_softmax", "reference", priority=_LOWEST)
+def log_softmax(x, dim):
+    shifted = x - np.max(x, axis=dim, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
+
+
+@register("log_softmax_backward", "reference", priority=_LOWEST)
+def log_softmax_backward(g, x, dim, output):
+    y = log_softmax(x, dim) if output is None else output
+    return g - np.exp(y) * np.sum(g, axis=dim, keepdims=True)
+
+
+def dropout_uniforms(seed: int, shape) -> np.ndarray:
+    """The uniforms ``u`` in [0, 1) behind the dropout mask of :func:`gpuconv.functional.dropout`:
+    Philox keyed by ``seed``, one per element in C order; an element is kept iff ``u >= p``."""
+    return np.random.Generator(np.random.Philox(key=seed)).random(shape)
+
+
+@register("dropout", "reference", priority=_LOWEST)
+def dropout(x, p, seed):
+    if p == 1:
+        return np.zeros_like(x)
+    keep = dropout_uniforms(seed, x.shape) >= p
+    return np.where(keep, x / (1 - p), 0)
+
+
+@register("dropout_backward", "reference", priority=_LOWEST)
+def dropout_backward(g, p, seed):
+    # The same mask and scale as the forward pass: dropout is linear in its input.
+    return dropout(g, p, seed)
