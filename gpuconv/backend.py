@@ -195,15 +195,15 @@ def _import_tree(x: Any, kinds: list):
         arr, kind = import_array(x)
         kinds.append(kind)
         return arr
-    if isinstance(x, tuple) and any(_is_foreign_array(e) for e in x):
-        return tuple(_import_tree(e, kinds) for e in x)
+    if isinstance(x, (tuple, list)) and any(_is_foreign_array(e) for e in x):
+        return type(x)(_import_tree(e, kinds) for e in x)
     return x
 
 
 def interop(fn: Callable) -> Callable:
     """Decorator for public ops: foreign arrays in (torch, JAX, ...), the same kind out.
 
-    Positional and keyword arguments that are foreign arrays (or tuples of them) are
+    Positional and keyword arguments that are foreign arrays (or tuples/lists of them) are
     viewed as NumPy/CuPy arrays; array results are exported back to the kind of the
     first foreign argument. NumPy and CuPy callers pay only an isinstance check.
     """

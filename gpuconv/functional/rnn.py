@@ -47,14 +47,6 @@ def _shape(op: str, name: str, x, expected: tuple, why: str) -> None:
                          f"got {tuple(x.shape)}")
 
 
-def _imported(x):
-    """A foreign array (torch, JAX) inside a list, viewed as NumPy/CuPy; anything else as is
-    (the interop decorator only looks inside tuples)."""
-    if hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__"):
-        return backend.import_array(x)[0]
-    return x
-
-
 def _check_weights(op: str, kind: str, hidden: int, in_size: int, in_what: str,
                    names: Sequence[str], main, w_ih, w_hh, b_ih, b_hh) -> None:
     """Ranks, dtypes and shapes of one layer's weights for hidden size ``hidden``."""
@@ -281,7 +273,7 @@ def _check_params(op: str, kind: str, params, num_layers: int, D: int, x) -> lis
             f"num_layers={num_layers} x {D} direction{'s' if D > 1 else ''}) or {2 * n} "
             f"without biases, got {len(params)}")
     per = 4 if len(params) == 4 * n else 2
-    params = [_imported(p) for p in params]
+    params = list(params)
     names = _param_names(num_layers, D, per)
     C.float_array(op, names[1], params[1], 2)
     H = params[1].shape[1]
@@ -310,7 +302,7 @@ def _initial_states(op: str, kind: str, hx, shape: tuple, x) -> tuple:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"{op}: hx must be None or a pair (h0, c0), got "
                             f"{type(hx).__name__}")
-        states = tuple(_imported(h) for h in hx)
+        states = tuple(hx)
     else:
         states = (hx,)
     why = (f"num_layers x num_directions = {shape[0]}, batch {shape[1]}, "
