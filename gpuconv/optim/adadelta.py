@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .. import backend
-from .optimizer import Optimizer, real, regularised_grad
+from .optimizer import Optimizer, apply_update, real
 
 __all__ = ["Adadelta"]
 
@@ -34,28 +34,11 @@ class Adadelta(Optimizer):
         return group
 
     def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
-        xp = backend.array_module(p.data)
         if not state:
+            xp = backend.array_module(p.data)
             state["step"] = 0
             state["square_avg"] = xp.zeros_like(p.data)
             state["acc_delta"] = xp.zeros_like(p.data)
         state["step"] += 1
-        g, _ = regularised_grad(xp, p.data, grad, group["weight_decay"], group["l1"])
-        rho, eps = group["rho"], group["eps"]
-        square_avg, acc_delta = state["square_avg"], state["acc_delta"]
-        std = xp.multiply(g, g)
-        std *= 1 - rho
-        square_avg *= rho
-        square_avg += std
-        xp.add(square_avg, eps, out=std)
-        xp.sqrt(std, out=std)
-        delta = xp.add(acc_delta, eps)
-        xp.sqrt(delta, out=delta)
-        delta /= std
-        delta *= g
-        xp.multiply(delta, delta, out=std)
-        std *= 1 - rho
-        acc_delta *= rho
-        acc_delta += std
-        delta *= group["lr"]
-        p.data -= delta
+        apply_update("adadelta_step", p.data, grad, [state["square_avg"], state["acc_delta"]],
+                     group["lr"], group["rho"], group["eps"], group["weight_decay"], group["l1"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .. import backend
-from .optimizer import Optimizer, real, regularised_grad
+from .optimizer import Optimizer, apply_update, real
 
 __all__ = ["Adagrad"]
 
@@ -37,18 +37,11 @@ class Adagrad(Optimizer):
         return group
 
     def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
-        xp = backend.array_module(p.data)
         if not state:
             state["step"] = 0
-            state["sum"] = xp.full_like(p.data, group["initial_accumulator_value"])
+            state["sum"] = backend.array_module(p.data).full_like(
+                p.data, group["initial_accumulator_value"])
         state["step"] += 1
-        g, _ = regularised_grad(xp, p.data, grad, group["weight_decay"], group["l1"])
-        step_size = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
-        total = state["sum"]
-        scratch = xp.multiply(g, g)
-        total += scratch
-        xp.sqrt(total, out=scratch)
-        scratch += group["eps"]
-        xp.divide(g, scratch, out=scratch)
-        scratch *= step_size
-        p.data -= scratch
+        clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
+        apply_update("adagrad_step", p.data, grad, [state["sum"]], clr, group["eps"],
+                     group["weight_decay"], group["l1"])

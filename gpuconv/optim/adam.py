@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .. import _checks as C, backend
-from .optimizer import Optimizer, real, regularised_grad
+from .optimizer import Optimizer, apply_update, real
 
 __all__ = ["Adam", "AdamW"]
 
@@ -44,37 +44,20 @@ class Adam(Optimizer):
         return group
 
     def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
-        xp = backend.array_module(p.data)
         if not state:
+            xp = backend.array_module(p.data)
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
-        step = state["step"]
-        lr, (beta1, beta2) = group["lr"], group["betas"]
-        coupled_decay = 0.0 if self._decoupled_weight_decay else group["weight_decay"]
-        g, _ = regularised_grad(xp, p.data, grad, coupled_decay, group["l1"])
-        if self._decoupled_weight_decay and group["weight_decay"]:
-            p.data *= 1 - lr * group["weight_decay"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        scratch = xp.subtract(g, exp_avg)
-        scratch *= 1 - beta1
-        exp_avg += scratch
-        xp.multiply(g, g, out=scratch)
-        scratch *= 1 - beta2
-        exp_avg_sq *= beta2
-        exp_avg_sq += scratch
-        second = exp_avg_sq
-        if group["amsgrad"]:
-            second = xp.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-        xp.sqrt(second, out=scratch)
-        scratch /= (1 - beta2 ** step) ** 0.5
-        scratch += group["eps"]
-        xp.divide(exp_avg, scratch, out=scratch)
-        scratch *= lr / (1 - beta1 ** step)
-        p.data -= scratch
+        step, (beta1, beta2) = state["step"], group["betas"]
+        buffers = [state["exp_avg"], state["exp_avg_sq"],
+                   state["max_exp_avg_sq"] if group["amsgrad"] else None]
+        apply_update("adam_step", p.data, grad, buffers, group["lr"], beta1, beta2, group["eps"],
+                     group["weight_decay"], group["l1"], 1 - beta1 ** step, 1 - beta2 ** step,
+                     self._decoupled_weight_decay)
 
 
 class AdamW(Adam):

@@ -7,8 +7,9 @@ write to ``p.grad``.
 
 Each optimizer implements one method, ``_update(p, grad, state, group)``: the update of a
 single parameter from its gradient, its state dict and its group's hyperparameters, done
-in place with the parameter's array module. That method is the seam for a fused GPU
-kernel: a replacement reads and writes the same ``state`` entries.
+in place. It keeps the state dict and the step count and hands the arithmetic to
+:func:`apply_update`, which runs the registered op ``<optimizer>_step``: a fused kernel on a
+GPU (one launch per parameter and step), the NumPy reference on the CPU.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .. import _checks as C, backend
+from .. import _checks as C, backend, kernels
 
 __all__ = ["Optimizer"]
 
@@ -242,33 +243,22 @@ def real(op: str, group: dict[str, Any], name: str, **bounds) -> None:
     group[name] = C.finite_float(op, name, group[name], **bounds)
 
 
-def regularised_grad(xp, w, grad, weight_decay: float, l1: float):
-    """``grad + weight_decay * w + l1 * sign(w)`` and whether the result is a new array.
+def apply_update(op: str, param, grad, buffers: list, *scalars) -> None:
+    """Run the registered in-place update ``op`` on ``param`` and its state ``buffers`` (None
+    for an unused one); the contract is in ``gpuconv/kernels/reference/optim.py``.
 
-    Without regularisation the gradient itself comes back (not to be written to); otherwise
-    a fresh array that the caller may overwrite.
+    The registry picks the implementation from the array's device: one fused kernel launch
+    on a GPU, the NumPy reference on the CPU. The update wants C-contiguous arrays; any other
+    parameter or buffer is updated through a contiguous copy that is written back.
     """
-    if not weight_decay and not l1:
-        return grad, False
-    if weight_decay:
-        g = xp.multiply(w, weight_decay)
-        g += grad
-    else:
-        g = grad.copy()
-    if l1:
-        penalty = xp.sign(w)
-        penalty *= l1
-        g += penalty
-    return g, True
-
-
-def subtract_scaled(w, scale: float, d, d_is_scratch: bool) -> None:
-    """``w -= scale * d`` in place; scales ``d`` itself when it is scratch space."""
-    if d_is_scratch:
-        d *= scale
-        w -= d
-    else:
-        w -= scale * d
+    xp = backend.array_module(param)
+    arrays = [param, *buffers]
+    dense = [a if a is None or a.flags.c_contiguous else xp.ascontiguousarray(a)
+             for a in arrays]
+    kernels.dispatch(op, None, dense[0], xp.ascontiguousarray(grad), *dense[1:], *scalars)
+    for a, d in zip(arrays, dense):
+        if d is not a:
+            a[...] = d
 
 
 def _plain(value: Any):

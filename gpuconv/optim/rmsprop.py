@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .. import backend
-from .optimizer import Optimizer, real, regularised_grad, subtract_scaled
+from .optimizer import Optimizer, apply_update, real
 
 __all__ = ["RMSprop"]
 
@@ -41,8 +41,8 @@ class RMSprop(Optimizer):
         return group
 
     def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
-        xp = backend.array_module(p.data)
         if not state:
+            xp = backend.array_module(p.data)
             state["step"] = 0
             state["square_avg"] = xp.zeros_like(p.data)
             if group["centered"]:
@@ -50,29 +50,8 @@ class RMSprop(Optimizer):
             if group["momentum"] > 0:
                 state["momentum_buffer"] = xp.zeros_like(p.data)
         state["step"] += 1
-        g, _ = regularised_grad(xp, p.data, grad, group["weight_decay"], group["l1"])
-        alpha = group["alpha"]
-        square_avg = state["square_avg"]
-        scratch = xp.multiply(g, g)
-        scratch *= 1 - alpha
-        square_avg *= alpha
-        square_avg += scratch
-        if group["centered"]:
-            grad_avg = state["grad_avg"]
-            xp.subtract(g, grad_avg, out=scratch)
-            scratch *= 1 - alpha
-            grad_avg += scratch
-            xp.multiply(grad_avg, grad_avg, out=scratch)
-            xp.subtract(square_avg, scratch, out=scratch)
-            xp.sqrt(scratch, out=scratch)
-        else:
-            xp.sqrt(square_avg, out=scratch)
-        scratch += group["eps"]
-        xp.divide(g, scratch, out=scratch)
-        if group["momentum"] > 0:
-            buf = state["momentum_buffer"]
-            buf *= group["momentum"]
-            buf += scratch
-            subtract_scaled(p.data, group["lr"], buf, False)
-        else:
-            subtract_scaled(p.data, group["lr"], scratch, True)
+        buffers = [state["square_avg"],
+                   state["grad_avg"] if group["centered"] else None,
+                   state["momentum_buffer"] if group["momentum"] > 0 else None]
+        apply_update("rmsprop_step", p.data, grad, buffers, group["lr"], group["alpha"],
+                     group["eps"], group["weight_decay"], group["momentum"], group["l1"])

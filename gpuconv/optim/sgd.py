@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .. import backend
-from .optimizer import Optimizer, real, regularised_grad, subtract_scaled
+from .optimizer import Optimizer, apply_update, real
 
 __all__ = ["SGD"]
 
@@ -43,21 +43,13 @@ class SGD(Optimizer):
         return group
 
     def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
-        xp = backend.array_module(p.data)
-        g, g_is_new = regularised_grad(xp, p.data, grad, group["weight_decay"], group["l1"])
         momentum = group["momentum"]
-        if momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g if g_is_new else g.copy()
-                g_is_new = False
-            else:
-                buf *= momentum
-                buf += g if group["dampening"] == 0 else (1 - group["dampening"]) * g
-            if group["nesterov"]:
-                d = xp.multiply(buf, momentum)
-                d += g
-                g, g_is_new = d, True
-            else:
-                g, g_is_new = buf, False
-        subtract_scaled(p.data, group["lr"], g, g_is_new)
+        buf = state.get("momentum_buffer") if momentum else None
+        # The first step fills the buffer with the gradient; it joins the state only then.
+        first_step = bool(momentum) and buf is None
+        if first_step:
+            buf = backend.array_module(p.data).empty_like(p.data)
+        apply_update("sgd_step", p.data, grad, [buf], group["lr"], momentum, group["dampening"],
+                     group["weight_decay"], group["l1"], group["nesterov"], first_step)
+        if first_step:
+            state["momentum_buffer"] = buf

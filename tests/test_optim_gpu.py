@@ -1,0 +1,412 @@
+"""The fused optimizer updates (ops ``<optimizer>_step``): every impl against the reference.
+
+Without a GPU (this machine, CI) three things run:
+
+- the numba.cuda kernels under the CUDA simulator;
+- the CUDA C kernels of ``kernels/optim.cu`` compiled for the host by g++ (a small header
+  stands in for the CUDA keywords and thread indices), driven through their CuPy launchers
+  with ``launch`` replaced by a loop over every thread of the requested grid. That checks
+  the kernels' arithmetic and grid-stride indexing, and that each launcher passes exactly
+  the argument types its entry point declares; not NVRTC, the device or CuPy itself;
+- the optimizers on non-contiguous parameters (the CPU path).
+
+On a GPU the tests marked ``gpu`` run every CUDA impl on CuPy arrays, and each optimizer's
+CuPy path against its NumPy path for three steps.
+
+A case is one update from random state (not zeros), so every term of the formula counts.
+Every element that the reference moves, it moves by far more than the tolerance (checked),
+so an element a kernel leaves unwritten fails; a first SGD step's momentum buffer is a fresh
+output and starts as NaN.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from gpuconv import backend, kernels, optim
+from gpuconv._resources import cuda_source_dir
+from gpuconv.kernels.cuda_c import optim as cuda_c_optim
+from gpuconv.kernels.numba_cuda import optim as numba_optim, simulator_enabled
+from support import TOL, assert_close, impl_params, on_device_of, rng_for
+
+DTYPES = ["float64", "float32"]
+SHAPE = (3, 5)
+OPS = ("sgd_step", "adam_step", "rmsprop_step", "adagrad_step", "adadelta_step")
+
+# The registry contract (gpuconv/kernels/reference/optim.py): each op's state buffers and
+# scalars in argument order, with the scalars' values when a case does not set them.
+BUFFERS = {
+    "sgd_step": ("momentum_buffer",),
+    "adam_step": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "rmsprop_step": ("square_avg", "grad_avg", "momentum_buffer"),
+    "adagrad_step": ("state_sum",),
+    "adadelta_step": ("square_avg", "acc_delta"),
+}
+SCALARS = {
+    "sgd_step": dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, l1=0.0,
+                     nesterov=False, first_step=False),
+    "adam_step": dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, l1=0.0,
+                      bias_correction1=1 - 0.9 ** 3, bias_correction2=1 - 0.999 ** 3,
+                      decoupled_weight_decay=False),
+    "rmsprop_step": dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, l1=0.0),
+    "adagrad_step": dict(clr=0.1, eps=1e-10, weight_decay=0.0, l1=0.0),
+    "adadelta_step": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, l1=0.0),
+}
+# Buffers that hold signed values; the others hold running sums of squares (positive).
+SIGNED = {"exp_avg", "grad_avg", "momentum_buffer"}
+
+
+class Case(NamedTuple):
+    op: str
+    buffers: tuple  # the state buffers in use; the op's others are None
+    scalars: dict   # overrides of SCALARS[op]
+
+    def __str__(self) -> str:
+        used = "+".join(self.buffers) or "stateless"
+        return f"{self.op}[{used}](" + ",".join(f"{k}={v}" for k, v in self.scalars.items()) + ")"
+
+    def args(self) -> list:
+        return list({**SCALARS[self.op], **self.scalars}.values())
+
+
+ADAM_ALL = BUFFERS["adam_step"]
+RMSPROP_ALL = BUFFERS["rmsprop_step"]
+ADAM_EVERY_BUFFER = Case("adam_step", ADAM_ALL, dict(weight_decay=0.1, l1=0.05))
+RMSPROP_EVERY_BUFFER = Case("rmsprop_step", RMSPROP_ALL, dict(momentum=0.9, weight_decay=0.1,
+                                                              l1=0.05))
+CASES = [
+    Case("sgd_step", (), dict(weight_decay=0.1, l1=0.05)),
+    Case("sgd_step", ("momentum_buffer",), dict(momentum=0.9, dampening=0.1, weight_decay=0.01,
+                                                first_step=True)),
+    Case("sgd_step", ("momentum_buffer",), dict(momentum=0.9, dampening=0.1, l1=0.05)),
+    Case("sgd_step", ("momentum_buffer",), dict(momentum=0.9, nesterov=True, weight_decay=0.1,
+                                                l1=0.05)),
+    Case("sgd_step", ("momentum_buffer",), dict(momentum=0.5, nesterov=True, first_step=True)),
+    Case("adam_step", ADAM_ALL[:2], {}),
+    ADAM_EVERY_BUFFER,
+    # AdamW's shrink stays below the Adam step, so that the two never cancel.
+    Case("adam_step", ADAM_ALL, dict(weight_decay=0.005, decoupled_weight_decay=True)),
+    Case("adam_step", ADAM_ALL[:2], dict(beta1=0.5, beta2=0.6, bias_correction1=1 - 0.5 ** 2,
+                                         bias_correction2=1 - 0.6 ** 2, weight_decay=0.1,
+                                         l1=0.05, decoupled_weight_decay=True)),
+    Case("rmsprop_step", ("square_avg",), {}),
+    Case("rmsprop_step", ("square_avg", "grad_avg"), dict(alpha=0.9)),
+    Case("rmsprop_step", ("square_avg", "momentum_buffer"), dict(momentum=0.9, eps=1e-3)),
+    RMSPROP_EVERY_BUFFER,
+    Case("adagrad_step", ("state_sum",), {}),
+    Case("adagrad_step", ("state_sum",), dict(clr=0.05, eps=1e-6, weight_decay=0.1, l1=0.05)),
+    Case("adadelta_step", BUFFERS["adadelta_step"], {}),
+    Case("adadelta_step", BUFFERS["adadelta_step"], dict(lr=0.5, rho=0.5, eps=1e-4,
+                                                         weight_decay=0.1, l1=0.05)),
+]
+
+
+def _signed(rng, low: float, high: float):
+    return rng.choice((-1.0, 1.0), SHAPE) * rng.uniform(low, high, SHAPE)
+
+
+def _inputs(case: Case, dtype: str) -> list:
+    """``[param, grad, *buffers]`` in ``dtype``, None for the buffers not in use.
+
+    The magnitudes keep every element moving: |param| <= 2, so with the cases' weight_decay
+    and l1 the regularised |g| >= 0.25, far from the signed buffers (|b| <= 0.01), and g * g
+    >= 0.0625 lies above the sums of squares (<= 0.05 plus grad_avg ** 2 when centred).
+    """
+    rng = rng_for("optim_step", str(case))
+    param = np.clip(rng.standard_normal(SHAPE), -2.0, 2.0)
+    param[0, 0] = 0.0  # the l1 term's sign(0) = 0
+    grad = _signed(rng, 0.5, 1.5)
+    buffers = {}
+    for name in BUFFERS[case.op]:
+        if name not in case.buffers:
+            buffers[name] = None
+        elif name in SIGNED:
+            buffers[name] = _signed(rng, 0.0, 0.01)
+        else:
+            buffers[name] = rng.uniform(0.01, 0.05, SHAPE)
+    if buffers.get("grad_avg") is not None:  # centred: the variance must stay positive
+        buffers["square_avg"] += buffers["grad_avg"] ** 2
+    if buffers.get("max_exp_avg_sq") is not None:  # amsgrad: half the maxima kept, half replaced
+        buffers["max_exp_avg_sq"] = buffers["exp_avg_sq"] * rng.choice((0.5, 2.0), SHAPE)
+    if case.scalars.get("first_step"):  # the first step writes the buffer without reading it
+        buffers["momentum_buffer"] = np.full(SHAPE, np.nan)
+    return [None if a is None else a.astype(dtype) for a in (param, grad, *buffers.values())]
+
+
+def _assert_moved_like(name: str, out, before, ref, dtype: str) -> None:
+    """``out`` equals ``ref`` element by element within the tolerance of ``dtype`` (relative
+    to the element plus the array's rms, so elements near zero get an absolute bound), and
+    every element that the reference moves, it moves by more than that bound."""
+    bound = TOL[dtype] * (np.abs(ref) + np.sqrt(np.mean(ref ** 2)))
+    assert np.all(np.isfinite(out)), f"{name}: NaN/inf at {np.argwhere(~np.isfinite(out))}"
+    wrong = np.abs(out - ref) > bound
+    assert not wrong.any(), (f"{name}: elements {np.argwhere(wrong).tolist()} are "
+                             f"{out[wrong]}, the reference says {ref[wrong]}")
+    weak = (ref != before) & (np.abs(ref - before) <= bound)
+    assert not weak.any(), (f"weak case: {name} moves by less than the tolerance at "
+                            f"{np.argwhere(weak).tolist()}")
+
+
+def _impl(op: str, name: str):
+    return next(i.fn for i in kernels.implementations(op) if i.name == name)
+
+
+def check_step(fn, case: Case, dtype: str, to_device=lambda a: a) -> None:
+    """One update by ``fn`` on arrays moved by ``to_device`` against the reference in
+    float64 on the same values."""
+    arrays = _inputs(case, dtype)
+    ref = [None if a is None else a.astype(np.float64) for a in arrays]
+    before = [None if a is None else a.copy() for a in ref]
+    _impl(case.op, "reference")(*ref, *case.args())
+    dev = [None if a is None else to_device(a) for a in arrays]
+    fn(*dev, *case.args())
+    names = ("param", "grad", *BUFFERS[case.op])
+    for name, out, b, r in zip(names, dev, before, ref):
+        if out is None:
+            continue
+        out = backend.to_numpy(out)
+        assert out.dtype == np.dtype(dtype), f"{name} became {out.dtype}"
+        if name == "grad":
+            np.testing.assert_array_equal(out, b, err_msg="the gradient was written")
+        else:
+            _assert_moved_like(name, out, b, r, dtype)
+
+
+# --------------------------------------------------------------------------- registry
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_update_op_has_fused_gpu_impls_for_float32_and_float64(op):
+    impls = {i.name: i for i in kernels.implementations(op)}
+    assert impls["reference"].device == "cpu"
+    for name in ("cuda_fused", "numba_cuda"):
+        assert impls[name].device == "cuda"
+        assert impls[name].supports("float32") and impls[name].supports("float64")
+    assert impls["cuda_fused"].priority > impls["numba_cuda"].priority
+
+
+@pytest.mark.parametrize("impl", ["cuda_fused", "numba_cuda"])
+def test_fused_impls_refuse_arrays_that_are_not_c_contiguous(impl):
+    case = ADAM_EVERY_BUFFER
+    param, grad, *buffers = _inputs(case, "float64")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _impl(case.op, impl)(np.asfortranarray(param), grad, *buffers, *case.args())
+
+
+# --------------------------------------------------------------------------- numba.cuda simulator
+
+simulator_only = pytest.mark.skipif(not simulator_enabled(),
+                                    reason="runs under NUMBA_ENABLE_CUDASIM=1 (no GPU)")
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_numba_cuda_step_matches_reference(case, dtype):
+    check_step(_impl(case.op, "numba_cuda"), case, dtype)
+
+
+@simulator_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_cuda_grid_stride_loop_updates_each_element_once(dtype, monkeypatch):
+    monkeypatch.setattr(numba_optim, "THREADS", 4)
+    monkeypatch.setattr(numba_optim, "MAX_BLOCKS", 2)
+    check_step(_impl("adam_step", "numba_cuda"), ADAM_EVERY_BUFFER, dtype)
+
+
+# --------------------------------------------------------------------------- CUDA C on the host
+
+# Stand-ins that let g++ compile kernels/optim.cu as it is: the CUDA qualifiers vanish and
+# the thread indices become globals that the test sets before each simulated thread runs.
+HOST_SHIM = """
+#include <cmath>
+using std::sqrt;
+struct gpuconv_host_dim3 { unsigned x; };
+extern "C" { gpuconv_host_dim3 blockIdx, threadIdx, blockDim, gridDim; }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+inline void __syncthreads() {}
+"""
+GXX = shutil.which("g++")
+# Entry-point parameter types -> (the launcher argument's type, the ctypes type).
+C_TYPES = {"T*": (np.ndarray, ctypes.c_void_p), "const T*": (np.ndarray, ctypes.c_void_p),
+           "long long": (np.int64, ctypes.c_longlong), "double": (np.float64, ctypes.c_double),
+           "int": (np.int32, ctypes.c_int)}
+C_DTYPES = {"f32": np.float32, "f64": np.float64}
+
+
+def _entry_point_params() -> dict[str, list[str]]:
+    """``{kernel name without suffix: [parameter type, ...]}`` read from kernels/optim.cu."""
+    text = (cuda_source_dir() / "optim.cu").read_text().replace("\\\n", " ")
+    found = re.findall(r'extern "C" __global__ void (\w+)_##SUFFIX\(([^)]*)\)', text)
+    return {name: [" ".join(p.split()[:-1]) for p in params.split(",")]
+            for name, params in found}
+
+
+@pytest.fixture(scope="module")
+def host_optim(tmp_path_factory):
+    """kernels/optim.cu built for the host, loaded with ctypes."""
+    if GXX is None:
+        pytest.skip("g++ is not installed")
+    build = tmp_path_factory.mktemp("optim_host")
+    (build / "shim.h").write_text(HOST_SHIM)
+    lib = build / "liboptim.so"
+    cmd = [GXX, "-std=c++17", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", "-x", "c++",
+           "-include", str(build / "shim.h"), f"-I{cuda_source_dir()}",
+           str(cuda_source_dir() / "optim.cu"), "-o", str(lib)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+    return ctypes.CDLL(str(lib))
+
+
+def _host_argument(kind: str, arg, dtype):
+    """The ctypes value of one launcher argument, after checking it has the type the
+    entry point declares (a pointer is an array of the kernel's dtype or a null pointer)."""
+    expected, _ = C_TYPES[kind]
+    if expected is np.ndarray:
+        if isinstance(arg, np.ndarray):
+            assert arg.dtype == dtype and arg.flags.c_contiguous, f"{kind} got {arg.dtype}"
+            return arg.ctypes.data
+        assert type(arg) is np.uint64 and arg == 0, f"{kind} got {arg!r}"
+        return None
+    assert type(arg) is expected, f"{kind} parameter got {type(arg).__name__}"
+    return arg.item()
+
+
+@pytest.fixture
+def host_launch(host_optim, monkeypatch):
+    """Replace the CuPy launch of kernels/optim.cu by the host build, run thread by thread."""
+    params = _entry_point_params()
+    dims = {n: ctypes.c_uint.in_dll(host_optim, n)
+            for n in ("blockIdx", "threadIdx", "blockDim", "gridDim")}
+
+    def launch(family, name, grid, block, args, shared_mem=0, defines=()):
+        assert (family, shared_mem, tuple(defines)) == ("optim", 0, ())
+        base, suffix = name.rsplit("_", 1)
+        kinds = params[base]
+        assert len(args) == len(kinds), f"{name} takes {len(kinds)} arguments, got {len(args)}"
+        values = [_host_argument(k, a, C_DTYPES[suffix]) for k, a in zip(kinds, args)]
+        kernel = getattr(host_optim, name)
+        kernel.argtypes = [C_TYPES[k][1] for k in kinds]
+        dims["gridDim"].value, dims["blockDim"].value = grid[0], block[0]
+        for b in range(grid[0]):
+            for t in range(block[0]):
+                dims["blockIdx"].value, dims["threadIdx"].value = b, t
+                kernel(*values)
+
+    monkeypatch.setattr(cuda_c_optim, "launch", launch)
+
+
+def test_every_cuda_c_entry_point_is_found():
+    assert sorted(_entry_point_params()) == sorted(OPS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_c_step_on_the_host_matches_reference(case, dtype, host_launch):
+    check_step(_impl(case.op, "cuda_fused"), case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_c_grid_stride_loop_updates_each_element_once(dtype, host_launch, monkeypatch):
+    monkeypatch.setattr(cuda_c_optim, "THREADS_1D", 4)
+    monkeypatch.setattr(cuda_c_optim, "MAX_BLOCKS", 2)
+    check_step(_impl("rmsprop_step", "cuda_fused"), RMSPROP_EVERY_BUFFER, dtype)
+
+
+# --------------------------------------------------------------------------- optimizers
+
+OPTIMIZERS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, l1=0.05)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("Adam", dict(lr=0.1, amsgrad=True, weight_decay=0.1, l1=0.05)),
+    ("AdamW", dict(lr=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.1, betas=(0.5, 0.6), l1=0.05)),
+    ("RMSprop", dict(alpha=0.9)),
+    ("RMSprop", dict(momentum=0.9, centered=True, weight_decay=0.1, l1=0.05)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.5, l1=0.05)),
+    ("Adadelta", dict(lr=0.5, rho=0.5, weight_decay=0.1, l1=0.05)),
+]
+OPTIMIZER_IDS = [f"{n}-" + ",".join(f"{k}={v}" for k, v in kw.items()) for n, kw in OPTIMIZERS]
+STEPS = 3
+needs_gpu = [pytest.mark.gpu,
+             pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_gpu)]
+
+
+class Param:
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+
+def _start(name: str):
+    rng = rng_for("optim_gpu_trajectory", name)
+    return rng.standard_normal(SHAPE), [rng.standard_normal(SHAPE) for _ in range(STEPS)]
+
+
+def _trajectory(name: str, kw: dict, data, grads: list) -> list[dict]:
+    """After each step: the parameter and its state arrays, copied to the host."""
+    p = Param(data)
+    opt = getattr(optim, name)([p], **kw)
+    out = []
+    for g in grads:
+        p.grad = g
+        opt.step()
+        arrays = {k: v for k, v in opt.state[0].items() if not isinstance(v, int)}
+        out.append({k: backend.to_numpy(v).copy() for k, v in {"param": p.data, **arrays}.items()})
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_noncontiguous_parameter_is_updated_in_place_like_a_contiguous_one(name, kw, device):
+    w0, grads = _start(name)
+    base = backend.to_device(np.zeros((2 * SHAPE[1], SHAPE[0])), device)
+    view = base[::-2].T  # negatively strided and transposed: neither C- nor F-contiguous
+    view[...] = backend.to_device(w0, device)
+    strided_grads = [backend.to_device(np.asfortranarray(g), device) for g in grads]
+    got = _trajectory(name, kw, view, strided_grads)
+    want = _trajectory(name, kw, backend.to_device(w0, device),
+                       [backend.to_device(g, device) for g in grads])
+    np.testing.assert_array_equal(backend.to_numpy(view), want[-1]["param"])
+    for t, (g, w) in enumerate(zip(got, want)):
+        for key in w:
+            np.testing.assert_array_equal(g[key], w[key], err_msg=f"step {t + 1}, {key}")
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+def _gpu_params():
+    return [pytest.param(case, p.values[0], marks=p.marks, id=f"{case}-{p.values[0]}")
+            for case in CASES for p in impl_params(case.op)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case, impl", _gpu_params())
+def test_gpu_step_matches_reference(case, impl, dtype):
+    check_step(_impl(case.op, impl), case, dtype, lambda a: on_device_of(impl, case.op, a))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_cupy_optimizer_tracks_the_numpy_path_for_three_steps(name, kw, dtype):
+    w0, grads = _start(name)
+    want = _trajectory(name, kw, w0, grads)
+    got = _trajectory(name, kw, backend.to_device(w0.astype(dtype), "cuda"),
+                      [backend.to_device(g.astype(dtype), "cuda") for g in grads])
+    for t, (g, w) in enumerate(zip(got, want)):
+        assert g.keys() == w.keys()
+        for key in w:
+            assert g[key].dtype == np.dtype(dtype)
+            assert_close(g[key], w[key], dtype, f"step {t + 1}, {key}")
