@@ -82,11 +82,32 @@ def _load_dataset(name: str, root: str | None):
     return loader() if root is None or name in ("digits", "mnist1d") else loader(root=root)
 
 
+# How each model takes its input: images (C, H, W) or sequences/signals (C, L).
+IMAGE_MODELS = ("lenet5", "vgg_small", "resnet_small")
+SIGNAL_MODELS = ("cnn1d", "lstm_classifier", "gru_classifier")
+
+
+def _model_kwargs(name: str, shape: tuple) -> dict:
+    """The factory arguments that fit a model to one sample's shape."""
+    if name in IMAGE_MODELS:
+        if len(shape) != 3:
+            raise ValueError(f"model {name} takes images (C, H, W); this dataset's samples have "
+                             f"shape {shape}: use one of {', '.join(SIGNAL_MODELS)}")
+        return {"in_channels": shape[0], **({"input_size": shape[-1]} if name == "lenet5" else {})}
+    if name in SIGNAL_MODELS:
+        if len(shape) != 2:
+            raise ValueError(f"model {name} takes signals (C, L); this dataset's samples have "
+                             f"shape {shape}: use one of {', '.join(IMAGE_MODELS)}")
+        return {"input_length": shape[-1]} if name == "cnn1d" else {"input_size": shape[0]}
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(IMAGE_MODELS + SIGNAL_MODELS)}")
+
+
 def _build_model(name: str, sample_shape: tuple, num_classes: int, seed: int):
     from . import models, nn
 
+    kwargs = _model_kwargs(name, sample_shape)
     nn.manual_seed(seed)
-    return models.get_model(name, num_classes=num_classes, input_shape=sample_shape)
+    return models.get_model(name, num_classes=num_classes, **kwargs)
 
 
 def _make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -105,10 +126,9 @@ def _train(args) -> int:
     from .train import evaluate, fit, load_checkpoint
 
     defaults = DEFAULTS.get(args.dataset, FALLBACK)
-    epochs = args.epochs or defaults["epochs"]
-    batch_size = args.batch_size or defaults["batch_size"]
-    opt_name = args.optimizer or defaults["optimizer"]
-    lr = args.lr if args.lr is not None else defaults["lr"]
+    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+    epochs, batch_size = pick(args.epochs, "epochs"), pick(args.batch_size, "batch_size")
+    opt_name, lr = pick(args.optimizer, "optimizer"), pick(args.lr, "lr")
     for name, value in (("epochs", epochs), ("batch-size", batch_size), ("lr", lr)):
         _positive(name, value)
     if args.weight_decay < 0:

@@ -1,0 +1,278 @@
+"""Launchers for ``kernels/activation.cu``: pointwise activations, softmax and log_softmax
+along any axis, and dropout with the Philox mask, forward and backward, float32/float64.
+
+Registry contract as every activation impl (see ``gpuconv/kernels/reference/activation.py``).
+The pointwise kernels choose the activation by an int code, so one kernel per direction
+serves all five; they also take an optional per-channel bias, which the layers' GPU path uses
+through :func:`bias_act_forward` and :func:`bias_act_backward` (``gpuconv.functional`` has
+no fused op to register them under). Softmax rows are owned by a warp when the normalised
+axis is the innermost (coalesced reads along it) and by a thread otherwise (coalesced reads
+across neighbouring rows). Dropout draws the same Philox4x64-10 words as the CPU impls, so
+the masks agree bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import backend
+from .. import register
+from ..numpy_impl.activation import _keep_threshold
+from . import THREADS_1D, gpu_op, launch
+
+__all__ = ["ACTIVATIONS", "bias_act_forward", "bias_act_backward"]
+
+FAMILY = "activation"
+DTYPES = ("float32", "float64")
+SUFFIX = {"float32": "f32", "float64": "f64"}
+# Threads of the reduction kernels: must equal GPUCONV_REDUCE_THREADS in kernels/common.cuh.
+REDUCE_THREADS = 256
+# Grid-stride kernels need no more blocks than this to fill any current GPU.
+MAX_BLOCKS = 1 << 16
+WARP_LANES = 32
+# Elements decided by one Philox block (four 64-bit words).
+PHILOX_WORDS = 4
+# Values of one channel reduced by one block of the bias gradient (16 per thread): enough
+# work per block to hide the reduction, enough blocks to fill the GPU for few channels.
+BIAS_CHUNK = 16 * REDUCE_THREADS
+# Activation codes: must equal enum ActivationCode in kernels/activation.cu.
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5}
+NULL = np.uint64(0)  # a null device pointer: no bias / no saved output
+
+
+def _kernel_name(name: str, dtype) -> str:
+    return f"{name}_{SUFFIX[np.dtype(dtype).name]}"
+
+
+def _run(name: str, dtype, threads_needed: int, args: tuple) -> None:
+    blocks = min(MAX_BLOCKS, max(1, math.ceil(threads_needed / THREADS_1D)))
+    launch(FAMILY, _kernel_name(name, dtype), (blocks,), (THREADS_1D,), args)
+
+
+def _run_reduce(name: str, dtype, blocks: int, args: tuple) -> None:
+    launch(FAMILY, _kernel_name(name, dtype), (min(MAX_BLOCKS, max(1, blocks)),),
+           (REDUCE_THREADS,), args)
+
+
+def _contiguous(*arrays):
+    cp = backend.cupy_or_none()
+    return tuple(NULL if a is None else cp.ascontiguousarray(a) for a in arrays)
+
+
+def _register(*ops: str):
+    """Register the decorated launcher as the ``cuda`` impl of each of ``ops``."""
+    def deco(fn):
+        fn = gpu_op(ops[0])(fn)
+        for op in ops:
+            register(op, "cuda", device="cuda", dtypes=DTYPES, priority=10)(fn)
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------- pointwise
+
+def _pointwise_args(x, bias, activation: str, param: float) -> tuple:
+    """(total, C, S, act, param): x seen as (N, C, S) around the bias's channel axis 1, or as
+    one channel of x.size values without bias."""
+    if bias is None:
+        channels, plane = 1, x.size
+    else:
+        channels, plane = x.shape[1], math.prod(x.shape[2:])
+    return (np.int64(x.size), np.int32(channels), np.int64(plane),
+            np.int32(ACTIVATIONS[activation]), x.dtype.type(param))
+
+
+def _forward(x, bias, activation: str, param: float = 0.0):
+    cp = backend.cupy_or_none()
+    y = backend.empty(x.shape, x.dtype, cp)
+    xc, b = _contiguous(x, bias)
+    _run("activation_fwd", x.dtype, x.size,
+         (xc, b, y, *_pointwise_args(x, bias, activation, param)))
+    return y
+
+
+def _backward(g, x, bias, output, activation: str, param: float = 0.0):
+    cp = backend.cupy_or_none()
+    gx = backend.empty(x.shape, x.dtype, cp)
+    gc, xc, b, out = _contiguous(g, x, bias, output)
+    _run("activation_bwd", x.dtype, x.size,
+         (gc, xc, b, out, gx, *_pointwise_args(x, bias, activation, param)))
+    return gx
+
+
+@_register("relu")
+def relu(x):
+    return _forward(x, None, "relu")
+
+
+@_register("relu_backward")
+def relu_backward(g, x):
+    return _backward(g, x, None, None, "relu")
+
+
+@_register("leaky_relu")
+def leaky_relu(x, slope):
+    return _forward(x, None, "leaky_relu", slope)
+
+
+@_register("leaky_relu_backward")
+def leaky_relu_backward(g, x, slope):
+    return _backward(g, x, None, None, "leaky_relu", slope)
+
+
+@_register("elu")
+def elu(x, alpha):
+    return _forward(x, None, "elu", alpha)
+
+
+@_register("elu_backward")
+def elu_backward(g, x, alpha):
+    return _backward(g, x, None, None, "elu", alpha)
+
+
+@_register("sigmoid")
+def sigmoid(x):
+    return _forward(x, None, "sigmoid")
+
+
+@_register("sigmoid_backward")
+def sigmoid_backward(g, x, output):
+    return _backward(g, x, None, output, "sigmoid")
+
+
+@_register("tanh")
+def tanh(x):
+    return _forward(x, None, "tanh")
+
+
+@_register("tanh_backward")
+def tanh_backward(g, x, output):
+    return _backward(g, x, None, output, "tanh")
+
+
+# --------------------------------------------------------------------------- fused bias
+
+def _check_bias_act(op: str, x, bias, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: unknown activation {activation!r}; "
+                         f"known: {', '.join(ACTIVATIONS)}")
+    if x.ndim < 2 or tuple(bias.shape) != (x.shape[1],):
+        raise ValueError(f"{op}: bias must have shape (C,) for x of shape (N, C, *); got "
+                         f"bias {tuple(bias.shape)} and x {tuple(x.shape)}")
+
+
+@gpu_op("bias_act_forward")
+def bias_act_forward(x, bias, activation: str = "identity", param: float = 0.0):
+    """``y = act(x + bias[c])`` in one elementwise pass on the GPU.
+
+    For the layers' GPU path: a convolution or linear layer computes ``x`` without its bias
+    and this adds the bias and applies the activation together, saving a pass over memory.
+    It is not a registered op (``gpuconv.functional`` has no fused op).
+
+    x: CuPy array ``(N, C, *)`` (``(N, F)`` after a linear layer), float32 or float64;
+    bias: ``(C,)`` of the same dtype. activation: a key of :data:`ACTIVATIONS`; param:
+    leaky_relu's negative slope or elu's alpha (ignored otherwise). Returns y, shaped like x.
+    """
+    _check_bias_act("bias_act_forward", x, bias, activation)
+    return _forward(x, bias, activation, param)
+
+
+@gpu_op("bias_act_backward")
+def bias_act_backward(grad_output, x, bias, activation: str = "identity", param: float = 0.0,
+                      output=None):
+    """Gradients of :func:`bias_act_forward`: ``(grad_x, grad_bias)``.
+
+    ``grad_x = grad_output * act'(x + bias[c])`` (also the gradient of the pre-bias layer
+    output) and ``grad_bias[c]`` = its sum over every (n, *) of channel c, reduced in a fixed
+    order (deterministic). output: the saved forward result, optional; sigmoid and tanh
+    then take their derivative from it instead of recomputing. Arguments as the forward;
+    grad_output and output shaped like x.
+    """
+    _check_bias_act("bias_act_backward", x, bias, activation)
+    for name, a in (("grad_output", grad_output), ("output", output)):
+        if a is not None and tuple(a.shape) != tuple(x.shape):
+            raise ValueError(f"bias_act_backward: {name} must have the shape of x "
+                             f"{tuple(x.shape)}, got {tuple(a.shape)}")
+    cp = backend.cupy_or_none()
+    N, C = x.shape[0], x.shape[1]
+    plane = math.prod(x.shape[2:])
+    chunks = max(1, math.ceil(N * plane / BIAS_CHUNK))
+    grad_x = backend.empty(x.shape, x.dtype, cp)
+    partial = backend.empty((C, chunks), x.dtype, cp)
+    grad_bias = backend.empty((C,), x.dtype, cp)
+    g, xc, b, out = _contiguous(grad_output, x, bias, output)
+    _run_reduce("bias_act_bwd_partial", x.dtype, C * chunks,
+                (g, xc, b, out, grad_x, partial, np.int32(N), np.int32(C), np.int64(plane),
+                 np.int64(BIAS_CHUNK), np.int64(chunks), np.int32(ACTIVATIONS[activation]),
+                 x.dtype.type(param)))
+    _run_reduce("bias_act_bwd_reduce", x.dtype, C, (partial, grad_bias, np.int32(C),
+                                                    np.int64(chunks)))
+    return grad_x, grad_bias
+
+
+# --------------------------------------------------------------------------- along a dim
+
+def _rows(x, dim: int) -> tuple:
+    """(outer, D, inner): x seen with the normalised axis in the middle."""
+    return (np.int64(math.prod(x.shape[:dim])), np.int64(x.shape[dim]),
+            np.int64(math.prod(x.shape[dim + 1:])))
+
+
+def _run_rows(name: str, x, dim: int, arrays: tuple) -> None:
+    """Kernel ``name`` over the rows of ``x`` along ``dim``: a warp per row when the axis is
+    innermost, else a thread per row."""
+    outer, D, inner = _rows(x, dim)
+    variant, lanes = ("warp", WARP_LANES) if inner == 1 else ("thread", 1)
+    _run(f"{name}_{variant}", x.dtype, outer * inner * lanes, (*arrays, outer, D, inner))
+
+
+def _along_dim_forward(name: str, x, dim: int):
+    cp = backend.cupy_or_none()
+    y = backend.empty(x.shape, x.dtype, cp)
+    _run_rows(f"{name}_fwd", x, dim, (*_contiguous(x), y))
+    return y
+
+
+def _along_dim_backward(name: str, g, x, dim: int, output):
+    cp = backend.cupy_or_none()
+    gx = backend.empty(x.shape, x.dtype, cp)
+    _run_rows(f"{name}_bwd", x, dim, (*_contiguous(g, x, output), gx))
+    return gx
+
+
+@_register("softmax")
+def softmax(x, dim):
+    return _along_dim_forward("softmax", x, dim)
+
+
+@_register("softmax_backward")
+def softmax_backward(g, x, dim, output):
+    return _along_dim_backward("softmax", g, x, dim, output)
+
+
+@_register("log_softmax")
+def log_softmax(x, dim):
+    return _along_dim_forward("log_softmax", x, dim)
+
+
+@_register("log_softmax_backward")
+def log_softmax_backward(g, x, dim, output):
+    return _along_dim_backward("log_softmax", g, x, dim, output)
+
+
+# --------------------------------------------------------------------------- dropout
+
+# Dropout is linear in its input, so the backward pass is the forward pass applied to
+# grad_output with the same mask and scale.
+@_register("dropout", "dropout_backward")
+def dropout(x, p, seed):
+    cp = backend.cupy_or_none()
+    if p == 1:
+        return cp.zeros(x.shape, x.dtype)
+    y = backend.empty(x.shape, x.dtype, cp)
+    (xc,) = _contiguous(x)
+    _run("dropout_fwd", x.dtype, math.ceil(x.size / PHILOX_WORDS),
+         (xc, y, np.int64(x.size), np.uint64(seed), _keep_threshold(p),
+          x.dtype.type(1 / (1 - p))))
+    return y

@@ -1,0 +1,166 @@
+"""The training loop, checkpoints and the command line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuconv import data, models, nn, optim
+from gpuconv.train import History, evaluate, fit, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup(seed=0, n=320):
+    nn.manual_seed(seed)
+    train_set, test_set = data.digits()
+    part = data.Subset(train_set, np.arange(n))
+    model = models.lenet5(num_classes=10, input_size=8)
+    opt = optim.Adam(model.parameters(), lr=3e-3)
+    loader = data.DataLoader(part, batch_size=32, shuffle=True, seed=seed)
+    val = data.DataLoader(data.Subset(test_set, np.arange(128)), batch_size=128)
+    return model, opt, loader, val
+
+
+def test_fit_lowers_the_training_loss():
+    model, opt, loader, val = _setup()
+    h = fit(model, nn.CrossEntropyLoss(), opt, loader, val, epochs=4, progress=False)
+    assert h.train_loss[-1] < 0.9 * h.train_loss[0]
+    assert len(h.val_accuracy) == 4 and h.best_epoch is not None
+
+
+def test_same_seed_gives_the_same_final_weights():
+    finals = []
+    for _ in range(2):
+        model, opt, loader, _ = _setup(seed=3)
+        fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=2, progress=False)
+        finals.append({k: v.copy() for k, v in model.state_dict().items()})
+    for k in finals[0]:
+        np.testing.assert_array_equal(finals[0][k], finals[1][k])
+
+
+def test_evaluate_counts_every_sample():
+    model, _, _, val = _setup()
+    result = evaluate(model, val, nn.CrossEntropyLoss())
+    assert result["samples"] == 128 and 0.0 <= result["accuracy"] <= 1.0 and result["loss"] > 0
+
+
+def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
+    model, opt, loader, _ = _setup()
+    fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False)
+    save_checkpoint(tmp_path / "c.npz", model, opt, {"note": "x"})
+    model2, opt2, _, _ = _setup(seed=9)
+    meta = load_checkpoint(tmp_path / "c.npz", model2, opt2)
+    assert meta == {"note": "x"}
+    for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    assert opt2.state_arrays().keys() == opt.state_arrays().keys()
+
+
+def test_checkpoint_writes_through_a_temporary_file(tmp_path, monkeypatch):
+    model, opt, _, _ = _setup()
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, opt)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, opt)
+    assert path.read_bytes() == before  # the old checkpoint survives a failed save
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary left behind
+
+
+def test_loading_never_unpickles(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, meta=np.array("{}"), **{"model/conv1.weight": np.array([object()], dtype=object)})
+    model, _, _, _ = _setup()
+    with pytest.raises(ValueError, match="pickle"):
+        load_checkpoint(path, model)
+
+
+def test_loading_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    np.savez(tmp_path / "x.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a gpuconv checkpoint"):
+        load_checkpoint(tmp_path / "x.npz")
+
+
+def test_resume_continues_after_the_checkpointed_epoch(tmp_path):
+    model, opt, loader, val = _setup()
+    ckpt = tmp_path / "best.npz"
+    h1 = fit(model, nn.CrossEntropyLoss(), opt, loader, val, epochs=2, checkpoint=ckpt,
+             progress=False)
+    model2, opt2, loader2, _ = _setup()
+    h2 = fit(model2, nn.CrossEntropyLoss(), opt2, loader2, val, epochs=3, resume=ckpt,
+             progress=False)
+    best = h1.best_epoch
+    assert len(h2.train_loss) == 3 and h2.train_loss[:best] == h1.train_loss[:best]
+
+
+def test_early_stopping_stops_when_validation_stalls():
+    model, opt, loader, val = _setup()
+    for g in opt.param_groups:
+        g["lr"] = 0.0  # nothing changes, so validation never improves after epoch 1
+    h = fit(model, nn.CrossEntropyLoss(), opt, loader, val, epochs=10, early_stopping=2,
+            progress=False)
+    assert h.stopped_early and len(h.train_loss) == 3
+
+
+def test_history_is_saved_as_json_and_png(tmp_path):
+    model, opt, loader, val = _setup()
+    fit(model, nn.CrossEntropyLoss(), opt, loader, val, epochs=1, progress=False,
+        history_path=tmp_path / "h.json", plot_path=tmp_path / "h.png")
+    saved = json.loads((tmp_path / "h.json").read_text())
+    assert History(**saved).train_loss == saved["train_loss"]
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "gpuconv", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "0"], "--epochs must be positive"),
+    (["train", "--dataset", "imagenet"], "invalid choice"),
+    (["train", "--lr", "abc"], "invalid float value"),
+    (["train", "lenet5", "--dataset", "mnist1d"], "takes images"),
+    (["train", "nosuchnet"], "unknown model"),
+    (["eval", "missing.npz"], "missing.npz"),
+])
+def test_cli_bad_arguments_give_one_line_and_no_traceback(args, message, tmp_path):
+    out = _cli(*args, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_cli_trains_then_evaluates_a_checkpoint(tmp_path):
+    out = _cli("train", "--epochs", "2", "--no-progress", "--out", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model"] == "lenet5" and 0 < summary["test_accuracy"] <= 1
+    for name in ("best.npz", "history.json", "curves.png"):
+        assert (tmp_path / "run" / name).is_file()
+    ev = _cli("eval", str(tmp_path / "run" / "best.npz"))
+    assert ev.returncode == 0, ev.stderr
+    assert f"accuracy {summary['test_accuracy']:.4f}" in ev.stdout
+
+
+def test_cli_info_lists_the_kernel_implementations():
+    out = _cli("info")
+    assert out.returncode == 0, out.stderr
+    assert "conv2d" in out.stdout and "numpy" in out.stdout and "cuda_im2col" in out.stdout
+
+
+def test_python_m_gpuconv_runs_from_a_source_checkout_without_install(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-S", "-m", "gpuconv", "--help"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "train" in out.stdout
