@@ -1,0 +1,89 @@
+"""numba.cuda kernels for batch norm (see gpuconv/kernels/numba_cuda/norm.py for the mapping).
+
+Kept apart from the launchers because the CUDA simulator needs ``cuda`` to be a module
+global of the kernels, and importing numba.cuda must wait until a kernel is launched.
+x is (N, C, S), S the product of the spatial sizes; per-channel arrays are (C,).
+"""
+import math
+
+from numba import cuda
+
+
+@cuda.jit
+def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var, mean, var):
+    """Thread = one channel: batch mean and biased variance (two passes); in training with
+    running stats, running = (1 - momentum) * running + momentum * batch (unbiased var)."""
+    c = cuda.grid(1)
+    N, C, S = x.shape
+    if c >= C:
+        return
+    count = N * S
+    total = 0.0
+    for n in range(N):
+        for s in range(S):
+            total += x[n, c, s]
+    m = total / count
+    squares = 0.0
+    for n in range(N):
+        for s in range(S):
+            d = x[n, c, s] - m
+            squares += d * d
+    v = squares / count
+    mean[c] = m
+    var[c] = v
+    if update_running:
+        running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
+        running_var[c] = (1 - momentum) * running_var[c] + momentum * v * count / (count - 1)
+
+
+@cuda.jit
+def batch_norm_fwd_apply(x, mean, var, weight, bias, eps, y):
+    """Thread = one element: y = (x - mean) / sqrt(var + eps) * w + b."""
+    i = cuda.grid(1)
+    N, C, S = x.shape
+    if i >= N * C * S:
+        return
+    s = i % S
+    c = (i // S) % C
+    n = i // (S * C)
+    y[n, c, s] = (x[n, c, s] - mean[c]) / math.sqrt(var[c] + eps) * weight[c] + bias[c]
+
+
+@cuda.jit
+def batch_norm_bwd_reduce(grad_y, x, mean, var, eps, grad_weight, grad_bias):
+    """Thread = one channel: grad_bias = sum(g), grad_weight = sum(g * xhat)."""
+    c = cuda.grid(1)
+    N, C, S = x.shape
+    if c >= C:
+        return
+    inv_std = 1.0 / math.sqrt(var[c] + eps)
+    g_sum = 0.0
+    g_xhat = 0.0
+    for n in range(N):
+        for s in range(S):
+            g = grad_y[n, c, s]
+            g_sum += g
+            g_xhat += g * (x[n, c, s] - mean[c]) * inv_std
+    grad_bias[c] = g_sum
+    grad_weight[c] = g_xhat
+
+
+@cuda.jit
+def batch_norm_bwd_apply(grad_y, x, mean, var, weight, grad_weight, grad_bias, eps, training,
+                         grad_x):
+    """Thread = one element: w * inv_std * g, and in training minus the projections on the
+    batch statistics: w * inv_std * (g - sum(g)/n - xhat * sum(g * xhat)/n)."""
+    i = cuda.grid(1)
+    N, C, S = x.shape
+    if i >= N * C * S:
+        return
+    s = i % S
+    c = (i // S) % C
+    n = i // (S * C)
+    inv_std = 1.0 / math.sqrt(var[c] + eps)
+    g = grad_y[n, c, s]
+    if training:
+        count = N * S
+        xhat = (x[n, c, s] - mean[c]) * inv_std
+        g = g - grad_bias[c] / count - xhat * grad_weight[c] / count
+    grad_x[n, c, s] = weight[c] * inv_std * g

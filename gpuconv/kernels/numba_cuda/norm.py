@@ -1,0 +1,81 @@
+"""Batch norm in numba.cuda, forward and backward: the readable GPU version.
+
+Registry contract as every norm impl (see ``gpuconv/kernels/reference/norm.py``). x is
+viewed as (N, C, S), S the product of the spatial sizes. One thread per channel computes
+the channel's statistics (training: batch mean and biased variance, and the in-place update
+of the running stats) or its gradient sums; then one thread per element normalises or
+forms grad_input. A missing weight or bias is passed as ones or zeros.
+"""
+from __future__ import annotations
+
+import math
+
+from ... import backend
+from .. import register
+from . import is_available
+
+THREADS = 128
+
+
+def _launch(name: str, n_threads: int, *args) -> None:
+    from . import _norm_kernels
+
+    blocks = max(1, -(-n_threads // THREADS))
+    getattr(_norm_kernels, name)[blocks, THREADS](*args)
+
+
+def _inputs(x, weight, bias):
+    """xp, x as contiguous (N, C, S), and the weight and bias (ones / zeros when None)."""
+    xp = backend.array_module(x)
+    N, C = x.shape[:2]
+    x3 = xp.ascontiguousarray(x).reshape(N, C, math.prod(x.shape[2:]))
+    w = xp.ones(C, x.dtype) if weight is None else xp.ascontiguousarray(weight)
+    b = xp.zeros(C, x.dtype) if bias is None else xp.ascontiguousarray(bias)
+    return xp, x3, w, b
+
+
+def _stats(xp, x3, running_mean, running_var, training, momentum=None):
+    """(mean, var) per channel: in training the batch mean and biased variance, with the
+    running stats updated in place when a momentum is given; else the running stats.
+
+    The kernel updates contiguous arrays; strided running stats go through a contiguous
+    copy that is written back."""
+    if not training:
+        return xp.ascontiguousarray(running_mean), xp.ascontiguousarray(running_var)
+    channels = x3.shape[1]
+    mean = backend.empty((channels,), x3.dtype, xp)
+    var = backend.empty((channels,), x3.dtype, xp)
+    update = momentum is not None and running_mean is not None
+    given = (running_mean, running_var) if update else (mean, var)
+    running = [xp.ascontiguousarray(a) for a in given]
+    _launch("batch_norm_fwd_stats", channels, x3, momentum or 0.0, update, *running, mean, var)
+    for target, updated in zip(given, running):
+        if updated is not target:
+            target[...] = updated
+    return mean, var
+
+
+@register("batch_norm", "numba_cuda", device="cuda", available=is_available, priority=-10)
+def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    xp, x3, w, b = _inputs(x, weight, bias)
+    mean, var = _stats(xp, x3, running_mean, running_var, training, momentum)
+    y = backend.empty(x3.shape, x.dtype, xp)
+    _launch("batch_norm_fwd_apply", y.size, x3, mean, var, w, b, eps, y)
+    return y.reshape(x.shape)
+
+
+@register("batch_norm_backward", "numba_cuda", device="cuda", available=is_available,
+          priority=-10)
+def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, training, eps):
+    xp, x3, w, _ = _inputs(x, weight, bias)
+    g3 = xp.ascontiguousarray(grad_y).reshape(x3.shape)
+    mean, var = _stats(xp, x3, running_mean, running_var, training)
+    channels = x3.shape[1]
+    grad_w = backend.empty((channels,), x.dtype, xp)
+    grad_b = backend.empty((channels,), x.dtype, xp)
+    _launch("batch_norm_bwd_reduce", channels, g3, x3, mean, var, eps, grad_w, grad_b)
+    grad_x = backend.empty(x3.shape, x.dtype, xp)
+    _launch("batch_norm_bwd_apply", grad_x.size, g3, x3, mean, var, w, grad_w, grad_b, eps,
+            training, grad_x)
+    return (grad_x.reshape(x.shape), None if weight is None else grad_w,
+            None if bias is None else grad_b)

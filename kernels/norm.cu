@@ -1,0 +1,249 @@
+// norm.cu: batch normalisation and local response normalisation, forward and backward, for
+// x of shape (N, C, S) where S is the product of the spatial sizes (S = 1 for (N, C) input):
+// element (n, c, s) sits at (n*C + c)*S + s.
+//
+// Batch norm, each for float (_f32) and double (_f64):
+//   batch_norm_fwd_stats   block = one channel (GPUCONV_REDUCE_THREADS threads striding over
+//                          its N*S values); the mean by a fixed-order block sum, then the
+//                          biased variance by a second sum of squared deviations (two
+//                          passes: no cancellation). Thread 0 writes them and, when running
+//                          stats are given, updates those in place:
+//                          running = (1 - momentum) * running + momentum * batch, with the
+//                          unbiased variance var * n / (n - 1). The running arrays may be
+//                          strided views (element strides rm_stride, rv_stride).
+//   batch_norm_fwd_apply   thread = one element: y = (x - mean[c]) / sqrt(var[c] + eps) * w[c]
+//                          + b[c]. Training feeds it the batch stats; evaluation the running
+//                          stats directly (one elementwise pass).
+//   batch_norm_bwd_reduce  block = one channel: the statistics again (batch ones in training,
+//                          the running ones when running_mean != nullptr), then one pass for
+//                          sum(g) (grad_bias) and sum(g * (x - mean)) * inv_std (grad_weight,
+//                          = sum(g * xhat)), all fixed-order block sums; thread 0 also writes
+//                          mean and inv_std for the next kernel.
+//   batch_norm_bwd_apply   thread = one element: grad_x = w * inv_std * g in evaluation, and in
+//                          training w * inv_std * (g - sum(g)/n - xhat * sum(g * xhat)/n),
+//                          the batch statistics being functions of x.
+//
+// Local response norm (window of `size` channels c - size/2 .. c + (size-1)/2, clipped):
+//   local_response_norm_fwd         thread = one element: D = k + alpha/size * sum of the
+//                                   window's x^2; y = x * D^-beta.
+//   local_response_norm_bwd_direct  thread = one element: grad_x = g * D^-beta (the direct
+//                                   term) and through = g * x * D^(-beta-1) into a scratch
+//                                   array.
+//   local_response_norm_bwd_spread  thread = one input element j: subtracts
+//                                   2*alpha*beta/size * x[j] * sum(through[c]) over the output
+//                                   channels c whose window holds j, i.e.
+//                                   c = j - (size-1)/2 .. j + size/2. Gathering, no atomics.
+//
+// weight == nullptr means w = 1, bias == nullptr means b = 0. Element counts are 64-bit.
+#include "common.cuh"
+
+// The flat index of the j-th value (j < N*S) of channel c.
+__device__ __forceinline__ long long channel_element(long long j, int c, int C, long long S) {
+    const long long n = j / S;
+    return (n * C + c) * S + (j - n * S);
+}
+
+// Sum over channel c's values of f(flat index), as a fixed-order block sum.
+template <typename T, typename F>
+__device__ __forceinline__ T channel_sum(int N, int c, int C, long long S, F f) {
+    const long long count = (long long)N * S;
+    T acc = T(0);
+    for (long long j = threadIdx.x; j < count; j += blockDim.x)
+        acc += f(channel_element(j, c, C, S));
+    return gpuconv_block_sum(acc);
+}
+
+template <typename T>
+__device__ __forceinline__ T channel_mean(const T* __restrict__ x, int N, int c, int C,
+                                          long long S) {
+    return channel_sum<T>(N, c, C, S, [&](long long i) { return x[i]; }) / T((long long)N * S);
+}
+
+template <typename T>
+__device__ void batch_norm_fwd_stats(const T* __restrict__ x, T momentum,
+                                     T* __restrict__ running_mean, long long rm_stride,
+                                     T* __restrict__ running_var, long long rv_stride,
+                                     T* __restrict__ mean_out, T* __restrict__ var_out, int N,
+                                     int C, long long S) {
+    const long long count = (long long)N * S;
+    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+        const T mean = channel_mean(x, N, c, C, S);
+        const T var = channel_sum<T>(N, c, C, S, [&](long long i) {
+                          const T d = x[i] - mean;
+                          return d * d;
+                      }) / T(count);
+        if (threadIdx.x != 0) continue;
+        mean_out[c] = mean;
+        var_out[c] = var;
+        if (running_mean == nullptr) continue;
+        T& rm = running_mean[c * rm_stride];
+        T& rv = running_var[c * rv_stride];
+        rm = (T(1) - momentum) * rm + momentum * mean;
+        rv = (T(1) - momentum) * rv + momentum * var * T(count) / T(count - 1);
+    }
+}
+
+template <typename T>
+__device__ void batch_norm_fwd_apply(const T* __restrict__ x, const T* __restrict__ mean,
+                                     const T* __restrict__ var, const T* __restrict__ weight,
+                                     const T* __restrict__ bias, T eps, T* __restrict__ y,
+                                     int N, int C, long long S) {
+    GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
+        const int c = (int)((i / S) % C);
+        const T w = weight != nullptr ? weight[c] : T(1);
+        const T b = bias != nullptr ? bias[c] : T(0);
+        y[i] = (x[i] - mean[c]) / sqrt(var[c] + eps) * w + b;
+    }
+}
+
+template <typename T>
+__device__ void batch_norm_bwd_reduce(const T* __restrict__ gy, const T* __restrict__ x,
+                                      const T* __restrict__ running_mean,
+                                      const T* __restrict__ running_var, T eps,
+                                      T* __restrict__ mean_out, T* __restrict__ inv_std_out,
+                                      T* __restrict__ grad_weight, T* __restrict__ grad_bias,
+                                      int N, int C, long long S) {
+    const long long count = (long long)N * S;
+    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+        const bool batch_stats = running_mean == nullptr;
+        const T mean = batch_stats ? channel_mean(x, N, c, C, S) : running_mean[c];
+        T sq = T(0), g_sum = T(0), g_centred = T(0);
+        for (long long j = threadIdx.x; j < count; j += blockDim.x) {
+            const long long i = channel_element(j, c, C, S);
+            const T d = x[i] - mean;
+            sq += d * d;
+            g_sum += gy[i];
+            g_centred += gy[i] * d;
+        }
+        sq = gpuconv_block_sum(sq);
+        g_sum = gpuconv_block_sum(g_sum);
+        g_centred = gpuconv_block_sum(g_centred);
+        if (threadIdx.x != 0) continue;
+        const T var = batch_stats ? sq / T(count) : running_var[c];
+        const T inv_std = T(1) / sqrt(var + eps);
+        mean_out[c] = mean;
+        inv_std_out[c] = inv_std;
+        grad_bias[c] = g_sum;
+        grad_weight[c] = g_centred * inv_std;
+    }
+}
+
+template <typename T>
+__device__ void batch_norm_bwd_apply(const T* __restrict__ gy, const T* __restrict__ x,
+                                     const T* __restrict__ mean, const T* __restrict__ inv_std,
+                                     const T* __restrict__ weight,
+                                     const T* __restrict__ grad_weight,
+                                     const T* __restrict__ grad_bias, int training,
+                                     T* __restrict__ gx, int N, int C, long long S) {
+    const T count = T((long long)N * S);
+    GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
+        const int c = (int)((i / S) % C);
+        const T scale = (weight != nullptr ? weight[c] : T(1)) * inv_std[c];
+        if (training) {
+            const T xhat = (x[i] - mean[c]) * inv_std[c];
+            gx[i] = scale * (gy[i] - grad_bias[c] / count - xhat * grad_weight[c] / count);
+        } else {
+            gx[i] = scale * gy[i];
+        }
+    }
+}
+
+// D = k + alpha/size * sum of x^2 over channels lo .. hi of element i's (n, s).
+template <typename T>
+__device__ __forceinline__ T lrn_base(const T* __restrict__ x, long long i, int c, int C,
+                                      long long S, int size, T alpha, T k) {
+    const int lo = max(c - size / 2, 0);
+    const int hi = min(c + (size - 1) / 2, C - 1);
+    const T* column = x + (i - (long long)c * S);  // element (n, 0, s)
+    T total = T(0);
+    for (int j = lo; j <= hi; ++j) {
+        const T v = column[j * S];
+        total += v * v;
+    }
+    return k + alpha / T(size) * total;
+}
+
+template <typename T>
+__device__ void local_response_norm_fwd(const T* __restrict__ x, T* __restrict__ y, int N,
+                                        int C, long long S, int size, T alpha, T beta, T k) {
+    GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
+        const int c = (int)((i / S) % C);
+        y[i] = x[i] * pow(lrn_base(x, i, c, C, S, size, alpha, k), -beta);
+    }
+}
+
+template <typename T>
+__device__ void local_response_norm_bwd_direct(const T* __restrict__ gy, const T* __restrict__ x,
+                                               T* __restrict__ gx, T* __restrict__ through,
+                                               int N, int C, long long S, int size, T alpha,
+                                               T beta, T k) {
+    GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
+        const int c = (int)((i / S) % C);
+        const T base = lrn_base(x, i, c, C, S, size, alpha, k);
+        const T scale = pow(base, -beta);
+        gx[i] = gy[i] * scale;
+        through[i] = gy[i] * x[i] * scale / base;
+    }
+}
+
+template <typename T>
+__device__ void local_response_norm_bwd_spread(const T* __restrict__ x,
+                                               const T* __restrict__ through,
+                                               T* __restrict__ gx, int N, int C, long long S,
+                                               int size, T alpha, T beta) {
+    GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
+        const int c = (int)((i / S) % C);
+        const int lo = max(c - (size - 1) / 2, 0);
+        const int hi = min(c + size / 2, C - 1);
+        const T* column = through + (i - (long long)c * S);
+        T total = T(0);
+        for (int j = lo; j <= hi; ++j) total += column[j * S];
+        gx[i] -= T(2) * alpha * beta / T(size) * x[i] * total;
+    }
+}
+
+#define NORM_SHAPE_PARAMS int N, int C, long long S
+#define NORM_SHAPE_ARGS N, C, S
+#define LRN_PARAMS(T) int size, T alpha, T beta, T k
+
+#define NORM_ENTRY_POINTS(T, SUFFIX)                                                         \
+    extern "C" __global__ void batch_norm_fwd_stats_##SUFFIX(                                \
+        const T* x, T momentum, T* running_mean, long long rm_stride, T* running_var,        \
+        long long rv_stride, T* mean, T* var, NORM_SHAPE_PARAMS) {                           \
+        batch_norm_fwd_stats<T>(x, momentum, running_mean, rm_stride, running_var, rv_stride, \
+                                mean, var, NORM_SHAPE_ARGS);                                 \
+    }                                                                                        \
+    extern "C" __global__ void batch_norm_fwd_apply_##SUFFIX(                                \
+        const T* x, const T* mean, const T* var, const T* weight, const T* bias, T eps,      \
+        T* y, NORM_SHAPE_PARAMS) {                                                           \
+        batch_norm_fwd_apply<T>(x, mean, var, weight, bias, eps, y, NORM_SHAPE_ARGS);        \
+    }                                                                                        \
+    extern "C" __global__ void batch_norm_bwd_reduce_##SUFFIX(                               \
+        const T* gy, const T* x, const T* running_mean, const T* running_var, T eps,         \
+        T* mean, T* inv_std, T* grad_weight, T* grad_bias, NORM_SHAPE_PARAMS) {              \
+        batch_norm_bwd_reduce<T>(gy, x, running_mean, running_var, eps, mean, inv_std,       \
+                                 grad_weight, grad_bias, NORM_SHAPE_ARGS);                   \
+    }                                                                                        \
+    extern "C" __global__ void batch_norm_bwd_apply_##SUFFIX(                                \
+        const T* gy, const T* x, const T* mean, const T* inv_std, const T* weight,           \
+        const T* grad_weight, const T* grad_bias, int training, T* gx, NORM_SHAPE_PARAMS) {  \
+        batch_norm_bwd_apply<T>(gy, x, mean, inv_std, weight, grad_weight, grad_bias,        \
+                                training, gx, NORM_SHAPE_ARGS);                              \
+    }                                                                                        \
+    extern "C" __global__ void local_response_norm_fwd_##SUFFIX(                             \
+        const T* x, T* y, NORM_SHAPE_PARAMS, LRN_PARAMS(T)) {                                \
+        local_response_norm_fwd<T>(x, y, NORM_SHAPE_ARGS, size, alpha, beta, k);             \
+    }                                                                                        \
+    extern "C" __global__ void local_response_norm_bwd_direct_##SUFFIX(                      \
+        const T* gy, const T* x, T* gx, T* through, NORM_SHAPE_PARAMS, LRN_PARAMS(T)) {      \
+        local_response_norm_bwd_direct<T>(gy, x, gx, through, NORM_SHAPE_ARGS, size, alpha,  \
+                                          beta, k);                                          \
+    }                                                                                        \
+    extern "C" __global__ void local_response_norm_bwd_spread_##SUFFIX(                      \
+        const T* x, const T* through, T* gx, NORM_SHAPE_PARAMS, int size, T alpha, T beta) { \
+        local_response_norm_bwd_spread<T>(x, through, gx, NORM_SHAPE_ARGS, size, alpha,      \
+                                          beta);                                             \
+    }
+
+NORM_ENTRY_POINTS(float, f32)
+NORM_ENTRY_POINTS(double, f64)
