@@ -31,7 +31,7 @@ import pytest
 
 from gpuconv import backend, kernels, optim
 from gpuconv._resources import cuda_source_dir
-from gpuconv.kernels.cuda_c import optim as cuda_c_optim
+from gpuconv.kernels import cuda_c
 from gpuconv.kernels.numba_cuda import optim as numba_optim, simulator_enabled
 from support import TOL, assert_close, impl_params, on_device_of, rng_for
 
@@ -301,7 +301,7 @@ def host_launch(host_optim, monkeypatch):
                 dims["blockIdx"].value, dims["threadIdx"].value = b, t
                 kernel(*values)
 
-    monkeypatch.setattr(cuda_c_optim, "launch", launch)
+    monkeypatch.setattr(cuda_c, "launch", launch)
 
 
 def test_every_cuda_c_entry_point_is_found():
@@ -316,8 +316,8 @@ def test_cuda_c_step_on_the_host_matches_reference(case, dtype, host_launch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_c_grid_stride_loop_updates_each_element_once(dtype, host_launch, monkeypatch):
-    monkeypatch.setattr(cuda_c_optim, "THREADS_1D", 4)
-    monkeypatch.setattr(cuda_c_optim, "MAX_BLOCKS", 2)
+    monkeypatch.setattr(cuda_c, "THREADS_1D", 4)
+    monkeypatch.setattr(cuda_c, "MAX_BLOCKS", 2)
     check_step(_impl("rmsprop_step", "cuda_fused"), RMSPROP_EVERY_BUFFER, dtype)
 
 

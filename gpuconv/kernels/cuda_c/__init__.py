@@ -14,10 +14,22 @@ from typing import Any, Sequence
 from ... import backend
 from ..._resources import cuda_source_dir
 
-__all__ = ["kernel", "launch", "grid_1d", "THREADS_1D", "gpu_op"]
+import numpy as np
+
+__all__ = ["kernel", "launch", "grid_1d", "gpu_op", "entry_point", "run_threads", "run_blocks",
+           "THREADS_1D", "REDUCE_THREADS", "MAX_BLOCKS", "DTYPES", "NULL"]
 
 # A multiple of the warp size that keeps occupancy high for simple elementwise kernels.
 THREADS_1D = 256
+# Threads of the block-reduction kernels: must equal GPUCONV_REDUCE_THREADS in common.cuh.
+REDUCE_THREADS = 256
+# Grid-stride kernels need no more blocks than this to fill any current GPU.
+MAX_BLOCKS = 1 << 16
+# The dtypes every family's entry points are instantiated for, and their name suffixes.
+DTYPES = ("float32", "float64")
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+# A null device pointer; each kernel documents what a null argument means to it.
+NULL = np.uint64(0)
 NVRTC_OPTIONS = ("-std=c++17",)
 
 
@@ -39,6 +51,25 @@ def kernel(family: str, name: str, defines: Sequence[str] = ()):
 def grid_1d(n: int, threads: int = THREADS_1D) -> tuple[int]:
     """Enough blocks of ``threads`` to cover ``n`` elements with one thread each."""
     return (max(1, math.ceil(n / threads)),)
+
+
+def entry_point(name: str, dtype) -> str:
+    """The ``extern "C"`` name of kernel ``name`` instantiated for ``dtype``."""
+    return f"{name}_{_SUFFIX[np.dtype(dtype).name]}"
+
+
+def run_threads(family: str, name: str, dtype, threads: int, args: tuple) -> None:
+    """Launch a grid-stride kernel with at least ``threads`` threads (capped at MAX_BLOCKS
+    blocks of THREADS_1D; the kernel's loop covers the rest)."""
+    blocks = min(MAX_BLOCKS, max(1, math.ceil(threads / THREADS_1D)))
+    launch(family, entry_point(name, dtype), (blocks,), (THREADS_1D,), args)
+
+
+def run_blocks(family: str, name: str, dtype, blocks: int, args: tuple) -> None:
+    """Launch a block-per-item reduction kernel: ``blocks`` blocks (capped at MAX_BLOCKS; the
+    kernel strides over the rest) of exactly REDUCE_THREADS threads."""
+    launch(family, entry_point(name, dtype), (min(MAX_BLOCKS, max(1, blocks)),),
+           (REDUCE_THREADS,), args)
 
 
 def launch(family: str, name: str, grid: tuple, block: tuple, args: tuple,

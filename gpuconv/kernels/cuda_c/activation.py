@@ -19,17 +19,11 @@ import numpy as np
 from ... import backend
 from .. import register
 from ..numpy_impl.activation import _keep_threshold
-from . import THREADS_1D, gpu_op, launch
+from . import DTYPES, NULL, REDUCE_THREADS, gpu_op, run_blocks, run_threads
 
 __all__ = ["ACTIVATIONS", "bias_act_forward", "bias_act_backward"]
 
 FAMILY = "activation"
-DTYPES = ("float32", "float64")
-SUFFIX = {"float32": "f32", "float64": "f64"}
-# Threads of the reduction kernels: must equal GPUCONV_REDUCE_THREADS in kernels/common.cuh.
-REDUCE_THREADS = 256
-# Grid-stride kernels need no more blocks than this to fill any current GPU.
-MAX_BLOCKS = 1 << 16
 WARP_LANES = 32
 # Elements decided by one Philox block (four 64-bit words).
 PHILOX_WORDS = 4
@@ -38,21 +32,14 @@ PHILOX_WORDS = 4
 BIAS_CHUNK = 16 * REDUCE_THREADS
 # Activation codes: must equal enum ActivationCode in kernels/activation.cu.
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5}
-NULL = np.uint64(0)  # a null device pointer: no bias / no saved output
-
-
-def _kernel_name(name: str, dtype) -> str:
-    return f"{name}_{SUFFIX[np.dtype(dtype).name]}"
 
 
 def _run(name: str, dtype, threads_needed: int, args: tuple) -> None:
-    blocks = min(MAX_BLOCKS, max(1, math.ceil(threads_needed / THREADS_1D)))
-    launch(FAMILY, _kernel_name(name, dtype), (blocks,), (THREADS_1D,), args)
+    run_threads(FAMILY, name, dtype, threads_needed, args)
 
 
 def _run_reduce(name: str, dtype, blocks: int, args: tuple) -> None:
-    launch(FAMILY, _kernel_name(name, dtype), (min(MAX_BLOCKS, max(1, blocks)),),
-           (REDUCE_THREADS,), args)
+    run_blocks(FAMILY, name, dtype, blocks, args)
 
 
 def _contiguous(*arrays):

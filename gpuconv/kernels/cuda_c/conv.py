@@ -7,26 +7,17 @@ default on a GPU is the direct kernel for depthwise convolution and for small re
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ... import backend
 from .. import register
-from . import THREADS_1D, gpu_op, launch
+from . import DTYPES, NULL, gpu_op, run_blocks, run_threads
 
 FAMILY = "conv"
-DTYPES = ("float32", "float64")
-SUFFIX = {"float32": "f32", "float64": "f64"}
-# Threads of the reduction kernels: must equal GPUCONV_REDUCE_THREADS in kernels/common.cuh.
-REDUCE_THREADS = 256
-# Grid-stride kernels need no more blocks than this to fill any current GPU.
-MAX_BLOCKS = 1 << 16
 # The im2col column buffer's size bound (elements): 64 Mi elements, 256 MiB of float32.
 COL_BUFFER_ELEMENTS = 1 << 26
 # Below this many multiply-adds per output (C/groups * R * S) the direct kernel wins.
 DIRECT_MAX_REDUCTION = 64
-NULL = np.uint64(0)  # a null device pointer: the kernels read bias == nullptr as "no bias"
 
 
 def _i32(*values) -> tuple:
@@ -34,13 +25,11 @@ def _i32(*values) -> tuple:
 
 
 def _run(name: str, dtype, total: int, args: tuple) -> None:
-    blocks = min(MAX_BLOCKS, max(1, math.ceil(total / THREADS_1D)))
-    launch(FAMILY, f"{name}_{SUFFIX[np.dtype(dtype).name]}", (blocks,), (THREADS_1D,), args)
+    run_threads(FAMILY, name, dtype, total, args)
 
 
 def _run_reduce(name: str, dtype, outputs: int, args: tuple) -> None:
-    blocks = min(MAX_BLOCKS, max(1, outputs))
-    launch(FAMILY, f"{name}_{SUFFIX[np.dtype(dtype).name]}", (blocks,), (REDUCE_THREADS,), args)
+    run_blocks(FAMILY, name, dtype, outputs, args)
 
 
 def _out_size(size, k, s, p, d):

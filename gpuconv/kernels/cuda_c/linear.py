@@ -16,21 +16,16 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from . import THREADS_1D, gpu_op, launch
+from . import DTYPES, gpu_op, run_threads
 
 FAMILY = "linear"
-DTYPES = ("float32", "float64")
-SUFFIX = {"float32": "f32", "float64": "f64"}
-# Grid-stride kernels need no more blocks than this to fill any current GPU.
-MAX_BLOCKS = 1 << 16
 # Sort keys are index * positions + position in int64.
 SORT_KEY_LIMIT = 2 ** 63
 NO_PADDING = np.int64(-1)
 
 
 def _run(name: str, dtype, total: int, args: tuple) -> None:
-    blocks = min(MAX_BLOCKS, max(1, math.ceil(total / THREADS_1D)))
-    launch(FAMILY, f"{name}_{SUFFIX[np.dtype(dtype).name]}", (blocks,), (THREADS_1D,), args)
+    run_threads(FAMILY, name, dtype, total, args)
 
 
 def _rows(a):

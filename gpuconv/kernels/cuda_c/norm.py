@@ -13,30 +13,17 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from . import THREADS_1D, gpu_op, launch
+from . import DTYPES, NULL, gpu_op, run_blocks, run_threads
 
 FAMILY = "norm"
-DTYPES = ("float32", "float64")
-SUFFIX = {"float32": "f32", "float64": "f64"}
-# Threads of the reduction kernels: must equal GPUCONV_REDUCE_THREADS in kernels/common.cuh.
-REDUCE_THREADS = 256
-# Grid-stride kernels need no more blocks than this to fill any current GPU.
-MAX_BLOCKS = 1 << 16
-NULL = np.uint64(0)  # a null device pointer: no weight / bias / running stats
-
-
-def _kernel_name(name: str, dtype) -> str:
-    return f"{name}_{SUFFIX[np.dtype(dtype).name]}"
 
 
 def _run(name: str, dtype, threads_needed: int, args: tuple) -> None:
-    blocks = min(MAX_BLOCKS, max(1, math.ceil(threads_needed / THREADS_1D)))
-    launch(FAMILY, _kernel_name(name, dtype), (blocks,), (THREADS_1D,), args)
+    run_threads(FAMILY, name, dtype, threads_needed, args)
 
 
 def _run_per_channel(name: str, dtype, channels: int, args: tuple) -> None:
-    blocks = min(MAX_BLOCKS, max(1, channels))
-    launch(FAMILY, _kernel_name(name, dtype), (blocks,), (REDUCE_THREADS,), args)
+    run_blocks(FAMILY, name, dtype, channels, args)
 
 
 def _contiguous(*arrays):

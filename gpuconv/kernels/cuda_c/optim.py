@@ -8,19 +8,13 @@ an unused state buffer as a null pointer.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from .. import register
-from . import THREADS_1D, launch
+from . import DTYPES, NULL, run_threads
 
 FAMILY = "optim"
-DTYPES = ("float32", "float64")
-SUFFIX = {"float32": "f32", "float64": "f64"}
-# Grid-stride kernels need no more blocks than this to fill any current GPU.
-MAX_BLOCKS = 1 << 16
-NULL = np.uint64(0)  # a null device pointer: the kernels read it as "this option is off"
 
 
 def _run(name: str, arrays: tuple, doubles: tuple, ints: tuple = ()) -> None:
@@ -31,10 +25,9 @@ def _run(name: str, arrays: tuple, doubles: tuple, ints: tuple = ()) -> None:
         raise ValueError(f"{name}: the fused update needs C-contiguous arrays, got strides "
                          f"{[None if a is None else a.strides for a in arrays]}")
     param = arrays[0]
-    blocks = min(MAX_BLOCKS, max(1, math.ceil(param.size / THREADS_1D)))
     args = (*(NULL if a is None else a for a in arrays), np.int64(param.size),
             *(np.float64(d) for d in doubles), *(np.int32(i) for i in ints))
-    launch(FAMILY, f"{name}_{SUFFIX[param.dtype.name]}", (blocks,), (THREADS_1D,), args)
+    run_threads(FAMILY, name, param.dtype, param.size, args)
 
 
 def _fused(op: str):
