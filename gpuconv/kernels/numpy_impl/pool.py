@@ -1,0 +1,212 @@
+"""Fast CPU pooling (impl ``"numpy"``), float32 and float64.
+
+Max and average pooling are numba loops that run one (n, c) plane per parallel task. The
+window bounds along each axis are tabulated once per call (first input position, first and
+last tap inside the input), so the loops do no division and need no separate border code.
+
+Max pooling keeps the running maximum in registers with branch-free selects: a strict
+``v > best`` keeps the first of equal maxima, and the last NaN seen, if any, overrides the
+result. That is PyTorch's rule ("replace if greater or NaN") without a data-dependent branch,
+which on random data would be mispredicted about half the time.
+
+Backward passes scatter into a plane from a single thread, so they are deterministic.
+Adaptive average pooling is separable: two small averaging matrices applied as BLAS products.
+The registry contract is in :mod:`gpuconv.kernels.reference.pool`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ... import backend
+from .. import register
+
+_FLOATS = ("float32", "float64")
+
+
+def _planes(a):
+    """(N, C, H, W) -> C-contiguous (N*C, H*W), copying only when the layout needs it."""
+    N, C, H, W = a.shape
+    return np.ascontiguousarray(a).reshape(N * C, H * W)
+
+
+@njit(cache=True)
+def _windows(out_len, stride, pad, dilation, kernel, size):
+    """(out_len, 3) int64 table, one row per window along an axis: its first position
+    o*stride - pad, and the range [lo, hi) of its taps that fall inside [0, size)."""
+    win = np.empty((out_len, 3), dtype=np.int64)
+    for o in range(out_len):
+        start = o * stride - pad
+        win[o, 0] = start
+        win[o, 1] = 0 if start >= 0 else (dilation - 1 - start) // dilation
+        win[o, 2] = min(kernel, (size - 1 - start) // dilation + 1)
+    return win
+
+
+@njit(cache=True)
+def _avg_factor(win, kernel, pad, size, count_include_pad):
+    """Per window along an axis, its share of the divisor: the extent clipped to the padded
+    input when count_include_pad, else the number of taps inside the input."""
+    factor = np.empty(win.shape[0], dtype=np.int64)
+    for o in range(win.shape[0]):
+        start = win[o, 0]
+        factor[o] = (min(start + kernel, size + pad) - start if count_include_pad
+                     else win[o, 2] - win[o, 1])
+    return factor
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_planes(x, W, rows, cols, dh, dw, out, idx):
+    OH, OW = rows.shape[0], cols.shape[0]
+    for p in prange(x.shape[0]):
+        xp = x[p]
+        for oh in range(OH):
+            h0, i_lo, i_hi = rows[oh, 0], rows[oh, 1], rows[oh, 2]
+            for ow in range(OW):
+                w0, j_lo, j_hi = cols[ow, 0], cols[ow, 1], cols[ow, 2]
+                at = (h0 + i_lo * dh) * W + w0 + j_lo * dw
+                best = xp[at]
+                last_nan = -1
+                for i in range(i_lo, i_hi):
+                    row = (h0 + i * dh) * W + w0
+                    for j in range(j_lo, j_hi):
+                        pos = row + j * dw
+                        v = xp[pos]
+                        greater = v > best
+                        best = v if greater else best
+                        at = pos if greater else at
+                        last_nan = pos if v != v else last_nan
+                if last_nan >= 0:
+                    at = last_nan
+                idx[p, oh * OW + ow] = at
+                out[p, oh * OW + ow] = xp[at]
+
+
+@njit(parallel=True, cache=True)
+def _max_unpool_planes(g, idx, grad):
+    for p in prange(g.shape[0]):
+        gp = grad[p]
+        gp[:] = 0
+        for m in range(g.shape[1]):
+            gp[idx[p, m]] += g[p, m]
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_planes(x, W, rows, cols, scale, out):
+    OH, OW = rows.shape[0], cols.shape[0]
+    for p in prange(x.shape[0]):
+        xp = x[p]
+        for oh in range(OH):
+            h0, i_lo, i_hi = rows[oh, 0], rows[oh, 1], rows[oh, 2]
+            for ow in range(OW):
+                w0, j_lo, j_hi = cols[ow, 0], cols[ow, 1], cols[ow, 2]
+                total = 0.0
+                for i in range(i_lo, i_hi):
+                    row = (h0 + i) * W + w0
+                    for j in range(j_lo, j_hi):
+                        total += xp[row + j]
+                out[p, oh * OW + ow] = total * scale[oh * OW + ow]
+
+
+@njit(parallel=True, cache=True)
+def _avg_unpool_planes(g, W, rows, cols, scale, grad):
+    OH, OW = rows.shape[0], cols.shape[0]
+    for p in prange(g.shape[0]):
+        gp = grad[p]
+        gp[:] = 0
+        for oh in range(OH):
+            h0, i_lo, i_hi = rows[oh, 0], rows[oh, 1], rows[oh, 2]
+            for ow in range(OW):
+                w0, j_lo, j_hi = cols[ow, 0], cols[ow, 1], cols[ow, 2]
+                share = g[p, oh * OW + ow] * scale[oh * OW + ow]
+                for i in range(i_lo, i_hi):
+                    row = (h0 + i) * W + w0
+                    for j in range(j_lo, j_hi):
+                        gp[row + j] += share
+
+
+@register("max_pool2d", "numpy", dtypes=_FLOATS)
+def max_pool2d(x, kernel, stride, padding, dilation, out_size):
+    N, C, H, W = x.shape
+    OH, OW = out_size
+    rows = _windows(OH, stride[0], padding[0], dilation[0], kernel[0], H)
+    cols = _windows(OW, stride[1], padding[1], dilation[1], kernel[1], W)
+    out = backend.empty((N * C, OH * OW), x.dtype)
+    idx = backend.empty((N * C, OH * OW), np.int64)
+    _max_pool_planes(_planes(x), W, rows, cols, dilation[0], dilation[1], out, idx)
+    return out.reshape(N, C, OH, OW), idx.reshape(N, C, OH, OW)
+
+
+@register("max_pool2d_backward", "numpy", dtypes=_FLOATS)
+def max_pool2d_backward(grad_out, indices, input_shape):
+    N, C, H, W = input_shape
+    grad = backend.empty((N * C, H * W), grad_out.dtype)
+    _max_unpool_planes(_planes(grad_out), _planes(indices), grad)
+    return grad.reshape(input_shape)
+
+
+def _avg_tables(shape, kernel, stride, padding, out_size, count_include_pad, divisor_override):
+    """Window tables along H and W, and 1 / divisor of every window (OH*OW float64: a
+    multiplication in the loops is cheaper than a division)."""
+    tables, factors = [], []
+    for k, s, p, n, size in zip(kernel, stride, padding, out_size, shape[2:]):
+        win = _windows(n, s, p, 1, k, size)
+        tables.append(win)
+        factors.append(_avg_factor(win, k, p, size, count_include_pad))
+    divisor = (np.multiply.outer(*factors) if divisor_override is None
+               else np.full(tuple(out_size), divisor_override))
+    return tables[0], tables[1], (1.0 / divisor).ravel()
+
+
+@register("avg_pool2d", "numpy", dtypes=_FLOATS)
+def avg_pool2d(x, kernel, stride, padding, out_size, count_include_pad, divisor_override):
+    N, C, H, W = x.shape
+    OH, OW = out_size
+    tables = _avg_tables(x.shape, kernel, stride, padding, out_size, count_include_pad,
+                         divisor_override)
+    out = backend.empty((N * C, OH * OW), x.dtype)
+    _avg_pool_planes(_planes(x), W, *tables, out)
+    return out.reshape(N, C, OH, OW)
+
+
+@register("avg_pool2d_backward", "numpy", dtypes=_FLOATS)
+def avg_pool2d_backward(grad_out, input_shape, kernel, stride, padding, count_include_pad,
+                        divisor_override):
+    N, C, H, W = input_shape
+    tables = _avg_tables(input_shape, kernel, stride, padding, grad_out.shape[2:],
+                         count_include_pad, divisor_override)
+    grad = backend.empty((N * C, H * W), grad_out.dtype)
+    _avg_unpool_planes(_planes(grad_out), W, *tables, grad)
+    return grad.reshape(input_shape)
+
+
+def _averaging_matrix(out_len: int, size: int, dtype):
+    """(out_len, size) matrix whose row o averages input positions floor(o*size/out_len) ..
+    ceil((o+1)*size/out_len) - 1."""
+    o = np.arange(out_len)[:, None]
+    start, end = o * size // out_len, -(-(o + 1) * size // out_len)
+    pos = np.arange(size)[None, :]
+    return (((pos >= start) & (pos < end)) / (end - start)).astype(dtype)
+
+
+def _sandwich(a, left, right):
+    """left @ a[n, c] @ right.T for every plane of a (N, C, H, W), as two single BLAS products."""
+    N, C, H, W = a.shape
+    rows, cols = left.shape[0], right.shape[0]
+    t = a.reshape(N * C * H, W) @ right.T
+    t = t.reshape(N * C, H, cols).transpose(0, 2, 1).reshape(N * C * cols, H) @ left.T
+    return np.ascontiguousarray(t.reshape(N, C, cols, rows).transpose(0, 1, 3, 2))
+
+
+@register("adaptive_avg_pool2d", "numpy", dtypes=_FLOATS)
+def adaptive_avg_pool2d(x, out_size):
+    H, W = x.shape[2:]
+    return _sandwich(x, _averaging_matrix(out_size[0], H, x.dtype),
+                     _averaging_matrix(out_size[1], W, x.dtype))
+
+
+@register("adaptive_avg_pool2d_backward", "numpy", dtypes=_FLOATS)
+def adaptive_avg_pool2d_backward(grad_out, input_shape):
+    (OH, OW), (H, W) = grad_out.shape[2:], input_shape[2:]
+    return _sandwich(grad_out, _averaging_matrix(OH, H, grad_out.dtype).T,
+                     _averaging_matrix(OW, W, grad_out.dtype).T)
