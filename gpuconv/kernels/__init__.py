@@ -24,6 +24,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Union
 
+import numpy as np
+
 from .. import backend
 
 __all__ = ["Impl", "register", "implementations", "available", "ops", "select", "dispatch"]
@@ -42,12 +44,12 @@ class Impl:
     name: str
     fn: Callable
     device: str                      # "cpu" or "cuda"
-    dtypes: frozenset | None         # dtype names accepted; None = any floating dtype
+    dtypes: frozenset | None         # NumPy dtypes accepted; None = any floating dtype
     is_available: Callable[[], bool] = field(compare=False)
     priority: Priority = 0
 
     def supports(self, dtype) -> bool:
-        return self.dtypes is None or str(dtype) in self.dtypes
+        return self.dtypes is None or dtype in self.dtypes
 
     def score(self, args, kwargs) -> int:
         return self.priority(*args, **kwargs) if callable(self.priority) else self.priority
@@ -78,8 +80,8 @@ def register(op: str, name: str, *, device: str = "cpu", dtypes: Iterable[str] |
         impls = _REGISTRY.setdefault(op, {})
         if name in impls:
             raise ValueError(f"{op!r} already has an implementation named {name!r}")
-        impls[name] = Impl(op, name, fn, device, None if dtypes is None else frozenset(dtypes),
-                           available, priority)
+        accepted = None if dtypes is None else frozenset(np.dtype(d) for d in dtypes)
+        impls[name] = Impl(op, name, fn, device, accepted, available, priority)
         return fn
     return deco
 
@@ -130,7 +132,10 @@ def available(op: str, array: Any = None) -> list[str]:
 def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict | None = None) -> Impl:
     """The implementation of ``op`` to run for ``array`` (the op's main input)."""
     kwargs = kwargs or {}
-    impls = {i.name: i for i in implementations(op)}
+    _load()
+    if op not in _REGISTRY:
+        implementations(op)  # raises the unknown-op error
+    impls = _REGISTRY[op]
     device = backend.device_of(array)
     dtype = array.dtype
     if impl is not None:
@@ -142,7 +147,7 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
                              f"but the input is a {device} array")
         if not chosen.supports(dtype):
             raise TypeError(f"{op}: impl {impl!r} does not support dtype {dtype}; "
-                            f"it supports {sorted(chosen.dtypes)}")
+                            f"it supports {sorted(str(d) for d in chosen.dtypes)}")
         if not chosen.is_available():
             raise RuntimeError(f"{op}: impl {impl!r} cannot run on this machine")
         return chosen
