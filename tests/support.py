@@ -30,12 +30,33 @@ def assert_close(out, ref, dtype, what: str = "") -> None:
     assert err <= TOL[key], f"{what} relative error {err:.3e} > {TOL[key]:.0e} ({key})"
 
 
-def impl_params(op: str, *, include_reference: bool = False) -> list:
-    """pytest params over the registered impls of ``op``; GPU ones carry the ``gpu`` mark
-    and skip where they cannot run."""
+def check_against_reference(out, ref, dtype, what: str = "") -> None:
+    """``out`` (on any device) has ``dtype`` and is close to ``ref``; None where ref is None."""
+    if ref is None:
+        assert out is None, f"{what}: expected None"
+        return
+    out = backend.to_numpy(out)
+    assert out.dtype == np.dtype(dtype), f"{what}: dtype {out.dtype}, expected {dtype}"
+    assert_close(out, ref, dtype, what)
+
+
+def rounded(a, dtype):
+    """``a`` in ``dtype``, and the same values in float64 for the reference (None passes)."""
+    if a is None:
+        return None, None
+    low = a.astype(dtype)
+    return low, low.astype(np.float64)
+
+
+def impl_params(op: str, *, include_reference: bool = False,
+                devices: tuple[str, ...] = ("cpu", "cuda")) -> list:
+    """pytest params over the registered impls of ``op`` that run on one of ``devices``;
+    GPU ones carry the ``gpu`` mark and skip where they cannot run. A test restricts
+    ``devices`` to ``("cpu",)`` when what it checks is a property of NumPy arrays (strides
+    of a view, finite differences that mutate the inputs in place)."""
     params = []
     for impl in kernels.implementations(op):
-        if impl.name == "reference" and not include_reference:
+        if (impl.name == "reference" and not include_reference) or impl.device not in devices:
             continue
         marks = []
         if impl.device == "cuda":
@@ -44,6 +65,17 @@ def impl_params(op: str, *, include_reference: bool = False) -> list:
             marks.append(pytest.mark.skip(reason=f"{impl.name} cannot run here"))
         params.append(pytest.param(impl.name, marks=marks, id=impl.name))
     return params
+
+
+def with_impls(cases, ids, op, *, include_reference: bool = False,
+               devices: tuple[str, ...] = ("cpu", "cuda")) -> list:
+    """pytest params over (case, impl) for each case and every impl of its op; ``op`` is an
+    op name or a function from a case to its op name."""
+    op_of = op if callable(op) else lambda case: op
+    return [pytest.param(case, p.values[0], marks=p.marks, id=f"{case_id}-{p.id}")
+            for case, case_id in zip(cases, ids)
+            for p in impl_params(op_of(case), include_reference=include_reference,
+                                 devices=devices)]
 
 
 def on_device_of(impl_name: str, op: str, *arrays):

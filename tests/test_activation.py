@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import assert_close, check_grads, impl_params, on_device_of, rng_for
+from support import (
+    assert_close, check_against_reference, check_grads, impl_params, on_device_of, rng_for,
+    with_impls,
+)
 
 import gpuconv.functional as F
 from gpuconv import backend
@@ -31,13 +34,6 @@ ALONG_DIM_IDS = [f"{op}-{shape}-dim{dim}" for op, shape, dim in ALONG_DIM]
 DROPOUT = [((), 0.5), ((7,), 0.5), ((1, 5), 0.0), ((3, 4, 5), 0.3), ((2, 3, 4, 5), 0.9), ((3, 4), 1.0)]
 
 
-def with_impls(cases, ids, op_of, include_reference=False):
-    """pytest params over (case, impl) for every impl of the op that each case names."""
-    return [pytest.param(case, p.values[0], marks=p.marks, id=f"{case_id}-{p.id}")
-            for case, case_id in zip(cases, ids)
-            for p in impl_params(op_of(case), include_reference=include_reference)]
-
-
 def normal(rng, shape, dtype, scale=3.0):
     """Forward tests use scale 3 to reach the tails. Backward tests use scale 1: where
     |tanh| or sigmoid is near 1 the float32 derivative (computed from the rounded result,
@@ -56,12 +52,6 @@ def forward(op, x, args, impl):
 
 def backward(op, g, x, args, impl, **saved):
     return getattr(F, f"{op}_backward")(g, x, *args, impl=impl, **saved)
-
-
-def check_against_reference(out, ref, dtype, what):
-    out = backend.to_numpy(out)
-    assert out.dtype == np.dtype(dtype), f"{what}: dtype {out.dtype}, expected {dtype}"
-    assert_close(out, ref, dtype, what)
 
 
 # --------------------------------------------------------------------------- vs reference
@@ -146,12 +136,14 @@ def assert_grad_matches_finite_differences(op, args, impl, x, **forward_kwargs):
     def loss():
         return float(np.sum(getattr(F, op)(x, *args, impl="reference", **forward_kwargs) * g))
 
-    analytic = getattr(F, f"{op}_backward")(g, x, *args, impl=impl, **forward_kwargs)
+    analytic = getattr(F, f"{op}_backward")(*on_device_of(impl, f"{op}_backward", g, x), *args,
+                                            impl=impl, **forward_kwargs)
     check_grads(loss, {"input": backend.to_numpy(analytic)}, {"input": x})
 
 
 @pytest.mark.parametrize("case, impl", with_impls(POINTWISE, POINTWISE_IDS,
-                                                  lambda c: f"{c[0]}_backward", True))
+                                                  lambda c: f"{c[0]}_backward",
+                                                  include_reference=True))
 def test_pointwise_backward_matches_finite_differences(case, impl):
     op, args = case
     x = away_from_zero(rng_for(op, args, "fd"), (3, 4))
@@ -159,7 +151,8 @@ def test_pointwise_backward_matches_finite_differences(case, impl):
 
 
 @pytest.mark.parametrize("case, impl", with_impls(ALONG_DIM[::3], ALONG_DIM_IDS[::3],
-                                                  lambda c: f"{c[0]}_backward", True))
+                                                  lambda c: f"{c[0]}_backward",
+                                                  include_reference=True))
 def test_along_dim_backward_matches_finite_differences(case, impl):
     op, shape, dim = case
     x = rng_for(op, shape, dim, "fd").standard_normal(shape)
@@ -177,7 +170,8 @@ SAVED = [("sigmoid", ()), ("tanh", ()), ("softmax", (1,)), ("log_softmax", (1,))
 
 
 @pytest.mark.parametrize("case, impl", with_impls(SAVED, [c[0] for c in SAVED],
-                                                  lambda c: f"{c[0]}_backward", True))
+                                                  lambda c: f"{c[0]}_backward",
+                                                  include_reference=True))
 def test_backward_from_saved_output_equals_recomputed(case, impl):
     op, args = case
     rng = rng_for(op, "saved")
@@ -195,7 +189,7 @@ def test_backward_from_saved_output_equals_recomputed(case, impl):
 def test_sigmoid_is_finite_and_exact_in_the_tails(impl, dtype):
     x = np.array([-1e4, -60.0, -20.0, 0.0, 20.0, 60.0, 1e4], dtype=dtype)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
-        y = backend.to_numpy(F.sigmoid(x, impl=impl))
+        y = backend.to_numpy(F.sigmoid(on_device_of(impl, "sigmoid", x), impl=impl))
     exact = np.array([0.0, np.exp(-60.0), np.exp(-20.0) / (1 + np.exp(-20.0)), 0.5,
                       1 / (1 + np.exp(-20.0)), 1.0, 1.0])
     np.testing.assert_allclose(y, exact, rtol=4 * np.finfo(dtype).eps, atol=0)
@@ -205,7 +199,8 @@ SOFTMAXES = ["softmax", "log_softmax"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("op, impl", with_impls(SOFTMAXES, SOFTMAXES, str, True))
+@pytest.mark.parametrize("op, impl", with_impls(SOFTMAXES, SOFTMAXES, str,
+                                                include_reference=True))
 def test_along_dim_is_stable_for_large_inputs(op, impl, dtype):
     x = (1e4 * rng_for(op, "large").standard_normal((4, 9))).astype(dtype)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
@@ -215,7 +210,8 @@ def test_along_dim_is_stable_for_large_inputs(op, impl, dtype):
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=10 * np.finfo(dtype).eps)
 
 
-@pytest.mark.parametrize("op, impl", with_impls(SOFTMAXES, SOFTMAXES, str, True))
+@pytest.mark.parametrize("op, impl", with_impls(SOFTMAXES, SOFTMAXES, str,
+                                                include_reference=True))
 def test_along_dim_handles_an_empty_batch(op, impl):
     x = on_device_of(impl, op, np.empty((0, 4)))
     assert forward(op, x, (1,), impl).shape == (0, 4)
@@ -225,8 +221,10 @@ STRIDED = POINTWISE[:2] + [("elu", (0.5,)), ("sigmoid", ()), ("softmax", (0,)),
                            ("log_softmax", (2,)), ("dropout", (0.5,))]
 
 
+# NumPy views: strides are a property of CPU memory here.
 @pytest.mark.parametrize("case, impl", with_impls(STRIDED, [c[0] for c in STRIDED],
-                                                  lambda c: c[0], True))
+                                                  lambda c: c[0], include_reference=True,
+                                                  devices=("cpu",)))
 def test_negative_strided_input_gives_the_same_result(case, impl):
     op, args = case
     view = rng_for(op, "strided").standard_normal((5, 8, 6))[::-1, ::2, ::-1].transpose(2, 0, 1)
@@ -239,6 +237,11 @@ def test_negative_strided_input_gives_the_same_result(case, impl):
 
 
 # --------------------------------------------------------------------------- dropout
+
+def dropped(x, p, seed, impl):
+    """dropout in training mode, brought back to the CPU."""
+    return backend.to_numpy(F.dropout(x, p, True, seed, impl=impl))
+
 
 # Pure-Python Philox4x64-10 (Salmon et al. 2011, Random123), written from the spec to pin
 # down the mask rule that dropout documents and that the GPU impls must reproduce.
@@ -261,30 +264,29 @@ def test_dropout_mask_follows_the_documented_philox_rule(impl, seed):
     n, p = 11, 0.5
     words = [w for block in range(n // 4 + 1) for w in philox4x64((block + 1, 0, 0, 0), (seed, 0))]
     expected = np.array([(w >> 11) * 2.0 ** -53 >= p for w in words[:n]])
-    kept = backend.to_numpy(F.dropout(np.ones(n), p, True, seed, impl=impl)) != 0
+    kept = dropped(on_device_of(impl, "dropout", np.ones(n)), p, seed, impl) != 0
     np.testing.assert_array_equal(kept, expected)
 
 
 @pytest.mark.parametrize("impl", impl_params("dropout", include_reference=True))
 def test_dropout_same_seed_gives_the_same_mask(impl):
-    x = rng_for("dropout", "replay").standard_normal((6, 7))
-    np.testing.assert_array_equal(F.dropout(x, 0.5, True, 42, impl=impl),
-                                  F.dropout(x, 0.5, True, 42, impl=impl))
+    x = on_device_of(impl, "dropout", rng_for("dropout", "replay").standard_normal((6, 7)))
+    np.testing.assert_array_equal(dropped(x, 0.5, 42, impl), dropped(x, 0.5, 42, impl))
 
 
 @pytest.mark.parametrize("impl", impl_params("dropout", include_reference=True))
 def test_dropout_different_seeds_give_different_masks(impl):
-    x = np.ones(1000)
-    assert np.any(F.dropout(x, 0.5, True, 1, impl=impl) != F.dropout(x, 0.5, True, 2, impl=impl))
+    x = on_device_of(impl, "dropout", np.ones(1000))
+    assert np.any(dropped(x, 0.5, 1, impl) != dropped(x, 0.5, 2, impl))
 
 
 @pytest.mark.parametrize("impl", impl_params("dropout"))
 def test_dropout_mask_depends_only_on_seed_and_shape(impl):
-    x = rng_for("dropout", "layout").standard_normal((6, 8))
-    kept64 = F.dropout(x, 0.5, True, 9, impl=impl) != 0
-    kept32 = F.dropout(x.astype(np.float32), 0.5, True, 9, impl=impl) != 0
-    reversed_view = np.ascontiguousarray(x[::-1])[::-1]
-    kept_view = F.dropout(reversed_view, 0.5, True, 9, impl=impl) != 0
+    x = on_device_of(impl, "dropout", rng_for("dropout", "layout").standard_normal((6, 8)))
+    kept64 = dropped(x, 0.5, 9, impl) != 0
+    kept32 = dropped(x.astype(np.float32), 0.5, 9, impl) != 0
+    reversed_view = backend.array_module(x).ascontiguousarray(x[::-1])[::-1]
+    kept_view = dropped(reversed_view, 0.5, 9, impl) != 0
     np.testing.assert_array_equal(kept64, kept32)
     np.testing.assert_array_equal(kept64, kept_view)
 
@@ -296,7 +298,8 @@ N_STAT, P_STAT, SIGMAS = 1_000_000, 0.3, 6.0
 
 @pytest.mark.parametrize("impl", impl_params("dropout"))
 def test_dropout_keeps_a_fraction_close_to_one_minus_p(impl):
-    kept = np.count_nonzero(F.dropout(np.ones(N_STAT, np.float32), P_STAT, True, 5, impl=impl))
+    kept = np.count_nonzero(dropped(on_device_of(impl, "dropout", np.ones(N_STAT, np.float32)),
+                                    P_STAT, 5, impl))
     bound = SIGMAS * np.sqrt(P_STAT * (1 - P_STAT) / N_STAT)
     assert abs(kept / N_STAT - (1 - P_STAT)) <= bound
 
@@ -304,7 +307,7 @@ def test_dropout_keeps_a_fraction_close_to_one_minus_p(impl):
 @pytest.mark.parametrize("impl", impl_params("dropout"))
 def test_dropout_preserves_the_expected_value(impl):
     x = rng_for("dropout", "mean").uniform(0.5, 1.5, N_STAT)
-    y = F.dropout(x, P_STAT, True, 6, impl=impl)
+    y = dropped(on_device_of(impl, "dropout", x), P_STAT, 6, impl)
     # Var(sum y) = sum x^2 * p / (1 - p) for inverted dropout.
     bound = SIGMAS * np.sqrt(np.sum(x * x) * P_STAT / (1 - P_STAT))
     assert abs(np.sum(y) - np.sum(x)) <= bound
@@ -313,7 +316,7 @@ def test_dropout_preserves_the_expected_value(impl):
 @pytest.mark.parametrize("impl", impl_params("dropout"))
 def test_dropout_scales_kept_elements_by_one_over_one_minus_p(impl):
     x = rng_for("dropout", "scale").standard_normal(500)
-    y = F.dropout(x, 0.2, True, 8, impl=impl)
+    y = dropped(on_device_of(impl, "dropout", x), 0.2, 8, impl)
     kept = y != 0
     np.testing.assert_allclose(y[kept], x[kept] / 0.8, rtol=1e-15)
 
@@ -321,14 +324,14 @@ def test_dropout_scales_kept_elements_by_one_over_one_minus_p(impl):
 @pytest.mark.parametrize("impl", impl_params("dropout", include_reference=True))
 def test_dropout_p0_is_the_identity(impl):
     x = rng_for("dropout", "p0").standard_normal((3, 5))
-    np.testing.assert_array_equal(F.dropout(x, 0.0, True, 1, impl=impl), x)
+    np.testing.assert_array_equal(dropped(on_device_of(impl, "dropout", x), 0.0, 1, impl), x)
 
 
 @pytest.mark.parametrize("impl", impl_params("dropout", include_reference=True))
 def test_dropout_p1_gives_zeros_without_nan(impl):
-    x = np.array([1.0, -2.0, np.inf, 1e300])
+    x = on_device_of(impl, "dropout", np.array([1.0, -2.0, np.inf, 1e300]))
     with np.errstate(all="raise"):
-        y = F.dropout(x, 1.0, True, 1, impl=impl)
+        y = dropped(x, 1.0, 1, impl)
     np.testing.assert_array_equal(y, np.zeros(4))
 
 

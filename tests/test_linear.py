@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import assert_close, check_grads, impl_params, on_device_of, rng_for
+from support import (
+    assert_close, check_against_reference, check_grads, impl_params, on_device_of, rng_for,
+    with_impls,
+)
 
 import gpuconv.functional as F
 from gpuconv import backend
@@ -23,13 +26,6 @@ EMBEDDING = [((5,), 7, 3, None, "int64"), ((2, 3), 4, 5, 0, "int64"),
              ((1, 1), 1, 2, None, "int32"), ((2, 3, 4), 10, 1, -1, "uint8"),
              ((), 5, 4, None, "int64"), ((3, 4), 6, 3, 2, "int16")]
 EMBEDDING_IDS = [f"{shape}-{n}x{d}-pad{pad}-{dt}" for shape, n, d, pad, dt in EMBEDDING]
-
-
-def with_impls(cases, ids, op, include_reference=False):
-    """pytest params over (case, impl) for every impl of ``op``."""
-    return [pytest.param(case, p.values[0], marks=p.marks, id=f"{case_id}-{p.id}")
-            for case, case_id in zip(cases, ids)
-            for p in impl_params(op, include_reference=include_reference)]
 
 
 def linear_arrays(case, dtype, *key):
@@ -55,15 +51,6 @@ def embedding_arrays(case, dtype, *key):
 
 def as64(*arrays):
     return tuple(None if a is None else a.astype(np.float64) for a in arrays)
-
-
-def check_against_reference(out, ref, dtype, what):
-    if ref is None:
-        assert out is None, f"{what}: expected None"
-        return
-    out = backend.to_numpy(out)
-    assert out.dtype == np.dtype(dtype), f"{what}: dtype {out.dtype}, expected {dtype}"
-    assert_close(out, ref, dtype, what)
 
 
 # --------------------------------------------------------------------------- vs reference
@@ -111,7 +98,8 @@ def test_embedding_backward_matches_reference(case, impl, dtype):
 # --------------------------------------------------------------------------- gradients
 
 @pytest.mark.parametrize("case, impl",
-                         with_impls(LINEAR[:6], LINEAR_IDS[:6], "linear_backward", True))
+                         with_impls(LINEAR[:6], LINEAR_IDS[:6], "linear_backward",
+                                    include_reference=True))
 def test_linear_backward_matches_finite_differences(case, impl):
     g, x, w, b = linear_arrays(case, "float64", "fd")
     inputs = {"input": x, "weight": w} | ({} if b is None else {"bias": b})
@@ -119,13 +107,14 @@ def test_linear_backward_matches_finite_differences(case, impl):
     def loss():
         return float(np.sum(F.linear(x, w, b, impl="reference") * g))
 
-    grads = F.linear_backward(g, x, w, b, impl=impl)
+    grads = F.linear_backward(*on_device_of(impl, "linear_backward", g, x, w, b), impl=impl)
     analytic = {name: backend.to_numpy(grad) for name, grad in zip(inputs, grads)}
     check_grads(loss, analytic, inputs)
 
 
 @pytest.mark.parametrize("case, impl",
-                         with_impls(EMBEDDING, EMBEDDING_IDS, "embedding_backward", True))
+                         with_impls(EMBEDDING, EMBEDDING_IDS, "embedding_backward",
+                                    include_reference=True))
 def test_embedding_backward_matches_finite_differences(case, impl):
     # Without padding_idx: its zero row is a definition, not calculus (tested below).
     g, indices, weight = embedding_arrays(case, "float64", "fd")
@@ -133,7 +122,8 @@ def test_embedding_backward_matches_finite_differences(case, impl):
     def loss():
         return float(np.sum(F.embedding(indices, weight, impl="reference") * g))
 
-    analytic = F.embedding_backward(g, indices, weight, impl=impl)
+    analytic = F.embedding_backward(*on_device_of(impl, "embedding_backward", g, indices, weight),
+                                    impl=impl)
     check_grads(loss, {"weight": backend.to_numpy(analytic)}, {"weight": weight})
 
 
@@ -141,7 +131,8 @@ def test_embedding_backward_matches_finite_differences(case, impl):
 def test_embedding_backward_sums_repeated_indices(impl):
     indices = np.array([[2, 0, 2], [2, 3, 0]])
     g = np.arange(1.0, 13.0).reshape(2, 3, 2)
-    grad = backend.to_numpy(F.embedding_backward(g, indices, np.zeros((5, 2)), impl=impl))
+    arrays = on_device_of(impl, "embedding_backward", g, indices, np.zeros((5, 2)))
+    grad = backend.to_numpy(F.embedding_backward(*arrays, impl=impl))
     expected = np.array([[3 + 11, 4 + 12], [0, 0], [1 + 5 + 7, 2 + 6 + 8], [9, 10], [0, 0]])
     np.testing.assert_array_equal(grad, expected)
 
@@ -152,15 +143,17 @@ def test_embedding_padding_row_gets_zero_gradient_but_is_looked_up(impl, padding
     indices = np.array([3, 1, 3])
     weight = np.arange(10.0).reshape(5, 2)
     np.testing.assert_array_equal(F.embedding(indices, weight, padding_idx)[0], weight[row])
-    grad = backend.to_numpy(F.embedding_backward(np.ones((3, 2)), indices, weight, padding_idx,
-                                                 impl=impl))
+    arrays = on_device_of(impl, "embedding_backward", np.ones((3, 2)), indices, weight)
+    grad = backend.to_numpy(F.embedding_backward(*arrays, padding_idx, impl=impl))
     np.testing.assert_array_equal(grad[row], 0)
     np.testing.assert_array_equal(grad[1], 1)
 
 
 # --------------------------------------------------------------------------- strided
+# NumPy views: strides are a property of CPU memory here.
 
-@pytest.mark.parametrize("impl", impl_params("linear_backward", include_reference=True))
+@pytest.mark.parametrize("impl", impl_params("linear_backward", include_reference=True,
+                                             devices=("cpu",)))
 def test_linear_on_negative_strided_arrays_matches_contiguous(impl):
     rng = rng_for("linear", "strided")
     x = rng.standard_normal((6, 4, 10))[::-2, :, ::-2]          # (3, 4, 5)
@@ -175,7 +168,8 @@ def test_linear_on_negative_strided_arrays_matches_contiguous(impl):
         np.testing.assert_allclose(out, ref, rtol=1e-13)
 
 
-@pytest.mark.parametrize("impl", impl_params("embedding_backward", include_reference=True))
+@pytest.mark.parametrize("impl", impl_params("embedding_backward", include_reference=True,
+                                             devices=("cpu",)))
 def test_embedding_on_negative_strided_arrays_matches_contiguous(impl):
     rng = rng_for("embedding", "strided")
     indices = rng.integers(0, 6, (4, 10))[::-1, ::-3]

@@ -9,25 +9,20 @@ import numpy as np
 import pytest
 
 import gpuconv.functional as F
-from support import assert_close, check_grads, impl_params, on_device_of, rel_err, rng_for
+from gpuconv import backend
+from support import (
+    assert_close, check_against_reference, check_grads, impl_params, on_device_of, rel_err,
+    rng_for, rounded, with_impls,
+)
 
 DTYPES = ("float64", "float32")
 CLASS_OPS = ("cross_entropy", "nll_loss")
 POINTWISE_OPS = ("mse_loss", "l1_loss")
 
 
-def op_impl_params(ops, *, include_reference=False):
-    """(op, impl) pairs over every registered impl of each op."""
-    return [pytest.param(op, *p.values, marks=p.marks, id=f"{op}-{p.id}")
-            for op in ops for p in impl_params(op, include_reference=include_reference)]
-
-
-def rounded(a, dtype):
-    """``a`` in ``dtype``, and the same values in float64 for the reference (None passes)."""
-    if a is None:
-        return None, None
-    low = a.astype(dtype)
-    return low, low.astype(np.float64)
+def op_impl_params(ops, **kwargs):
+    """(op, impl) params over every registered impl of each op."""
+    return with_impls(ops, ops, str, **kwargs)
 
 
 # --------------------------------------------------------------------------- class-index losses
@@ -107,8 +102,7 @@ def class_on_device(p: ClassProblem, impl, op) -> ClassProblem:
 def test_class_loss_matches_reference(op, impl, dtype, name):
     low, p64 = class_in_dtype(class_problem(op, name), dtype)
     out = class_forward(op, class_on_device(low, impl, op), impl)
-    assert out.dtype == np.dtype(dtype)
-    assert_close(out, class_forward(op, p64, "reference"), dtype)
+    check_against_reference(out, class_forward(op, p64, "reference"), dtype)
 
 
 @pytest.mark.parametrize("name", CLASS_CASES)
@@ -117,12 +111,14 @@ def test_class_loss_matches_reference(op, impl, dtype, name):
 def test_class_loss_backward_matches_reference(op, impl, dtype, name):
     low, p64 = class_in_dtype(class_problem(op, name), dtype)
     grad = class_backward(op, class_on_device(low, impl, op + "_backward"), impl)
-    assert grad.dtype == np.dtype(dtype)
-    assert_close(grad, class_backward(op, p64, "reference"), dtype)
+    check_against_reference(grad, class_backward(op, p64, "reference"), dtype)
 
 
+# Finite differences mutate the NumPy input in place: CPU impls only (GPU impls match the
+# reference backward above).
 @pytest.mark.parametrize("name", CLASS_CASES)
-@pytest.mark.parametrize("op, impl", op_impl_params(CLASS_OPS, include_reference=True))
+@pytest.mark.parametrize("op, impl", op_impl_params(CLASS_OPS, include_reference=True,
+                                                    devices=("cpu",)))
 def test_class_loss_backward_matches_finite_differences(op, impl, name):
     p = class_problem(op, name)
     x = p.x.copy()
@@ -133,7 +129,8 @@ def test_class_loss_backward_matches_finite_differences(op, impl, name):
     check_grads(loss, {"input": class_backward(op, p, impl)}, {"input": x})
 
 
-@pytest.mark.parametrize("op, impl", op_impl_params(CLASS_OPS))
+# NumPy views: strides are a property of CPU memory here.
+@pytest.mark.parametrize("op, impl", op_impl_params(CLASS_OPS, devices=("cpu",)))
 def test_class_loss_accepts_negatively_strided_inputs(op, impl):
     p = class_problem(op, "image-ignored-weighted-smoothed-mean")
     x = p.x.transpose(0, 1, 3, 2)[::-1, ::-1]
@@ -143,7 +140,7 @@ def test_class_loss_accepts_negatively_strided_inputs(op, impl):
     assert_close(class_forward(op, p, impl, x=x, target=target), expected, "float64")
 
 
-@pytest.mark.parametrize("op, impl", op_impl_params(CLASS_OPS))
+@pytest.mark.parametrize("op, impl", op_impl_params(CLASS_OPS, devices=("cpu",)))
 def test_class_loss_backward_accepts_negatively_strided_inputs(op, impl):
     p = class_problem(op, "seq-ignored-smoothed-none")
     x = p.x[:, ::-1, ::-2]
@@ -157,16 +154,17 @@ def test_class_loss_backward_accepts_negatively_strided_inputs(op, impl):
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 @pytest.mark.parametrize("op, impl", op_impl_params(CLASS_OPS, include_reference=True))
 def test_all_ignored_targets_give_zero_loss_without_mean(op, impl, reduction):
-    x = np.ones((3, 4))
-    out = getattr(F, op)(x, np.full(3, -100), reduction=reduction, impl=impl)
-    assert np.array_equal(out, np.zeros(3 if reduction == "none" else ()))
+    x, target = on_device_of(impl, op, np.ones((3, 4)), np.full(3, -100))
+    out = getattr(F, op)(x, target, reduction=reduction, impl=impl)
+    assert np.array_equal(backend.to_numpy(out), np.zeros(3 if reduction == "none" else ()))
 
 
 @pytest.mark.parametrize("op, impl", op_impl_params(["cross_entropy"]))
 def test_cross_entropy_is_stable_for_huge_logits(op, impl):
-    x = np.array([[1e4, 0.0, -1e4], [-1e4, 1e4, 1e4]], np.float32)
-    out = F.cross_entropy(x, np.array([1, 2]), reduction="none", impl=impl)
-    assert np.allclose(out, [1e4, np.log(2)], rtol=1e-6, atol=0)
+    x, target = on_device_of(impl, op, np.array([[1e4, 0.0, -1e4], [-1e4, 1e4, 1e4]], np.float32),
+                             np.array([1, 2]))
+    out = F.cross_entropy(x, target, reduction="none", impl=impl)
+    assert np.allclose(backend.to_numpy(out), [1e4, np.log(2)], rtol=1e-6, atol=0)
 
 
 # --------------------------------------------------------------------------- class losses vs torch
@@ -238,12 +236,14 @@ def test_pointwise_loss_backward_matches_reference(op, impl, dtype, name):
     grads = backward(*on_device_of(impl, op + "_backward", g, x, t), reduction, impl=impl)
     expected = backward(g64, x64, t64, reduction, impl="reference")
     for what, grad, ref in zip(("grad_input", "grad_target"), grads, expected):
-        assert grad.dtype == np.dtype(dtype)
-        assert_close(grad, ref, dtype, what)
+        check_against_reference(grad, ref, dtype, what)
 
 
+# Finite differences mutate the NumPy input in place: CPU impls only (GPU impls match the
+# reference backward above).
 @pytest.mark.parametrize("name", POINTWISE_CASES)
-@pytest.mark.parametrize("op, impl", op_impl_params(POINTWISE_OPS, include_reference=True))
+@pytest.mark.parametrize("op, impl", op_impl_params(POINTWISE_OPS, include_reference=True,
+                                                    devices=("cpu",)))
 def test_pointwise_loss_backward_matches_finite_differences(op, impl, name):
     x, target, g, reduction = pointwise_problem(op, name)
     x, target = np.array(x), np.array(target)   # writable even when 0-d
@@ -255,7 +255,8 @@ def test_pointwise_loss_backward_matches_finite_differences(op, impl, name):
     check_grads(loss, {"input": grad_x, "target": grad_t}, {"input": x, "target": target})
 
 
-@pytest.mark.parametrize("op, impl", op_impl_params(POINTWISE_OPS))
+# NumPy views: strides are a property of CPU memory here.
+@pytest.mark.parametrize("op, impl", op_impl_params(POINTWISE_OPS, devices=("cpu",)))
 def test_pointwise_loss_accepts_negatively_strided_inputs(op, impl):
     x, target, _, _ = pointwise_problem(op, "image-none")
     x = x.transpose(0, 1, 3, 2)[::-1, :, ::2]
@@ -265,7 +266,7 @@ def test_pointwise_loss_accepts_negatively_strided_inputs(op, impl):
     assert_close(getattr(F, op)(x, target, "none", impl=impl), expected, "float64")
 
 
-@pytest.mark.parametrize("op, impl", op_impl_params(POINTWISE_OPS))
+@pytest.mark.parametrize("op, impl", op_impl_params(POINTWISE_OPS, devices=("cpu",)))
 def test_pointwise_loss_backward_accepts_negatively_strided_inputs(op, impl):
     x, target, g, _ = pointwise_problem(op, "image-none")
     x, target, g = x[:, ::-1, ::2], target[:, ::-1, ::2], g[::-1, :, 1::2]
@@ -277,9 +278,9 @@ def test_pointwise_loss_backward_accepts_negatively_strided_inputs(op, impl):
 
 @pytest.mark.parametrize("impl", impl_params("l1_loss_backward", include_reference=True))
 def test_l1_loss_gradient_is_zero_where_input_equals_target(impl):
-    x = np.array([1.0, 2.0, 3.0])
-    grad_x, grad_t = F.l1_loss_backward(np.array(1.0), x, np.array([1.0, 0.0, 3.0]), "sum",
-                                        impl=impl)
+    arrays = on_device_of(impl, "l1_loss_backward", np.array(1.0), np.array([1.0, 2.0, 3.0]),
+                          np.array([1.0, 0.0, 3.0]))
+    grad_x, grad_t = map(backend.to_numpy, F.l1_loss_backward(*arrays, "sum", impl=impl))
     assert np.array_equal(grad_x, [0.0, 1.0, 0.0]) and np.array_equal(grad_t, [0.0, -1.0, 0.0])
 
 

@@ -10,18 +10,14 @@ import numpy as np
 import pytest
 
 import gpuconv.functional as F
-from support import assert_close, check_grads, impl_params, on_device_of, rel_err, rng_for
+from gpuconv import backend
+from support import (
+    assert_close, check_against_reference, check_grads, impl_params, on_device_of, rel_err,
+    rng_for, rounded,
+)
 
 DTYPES = ("float64", "float32")
 MOMENTUM = 0.3
-
-
-def rounded(a, dtype):
-    """``a`` in ``dtype``, and the same values in float64 for the reference (None passes)."""
-    if a is None:
-        return None, None
-    low = a.astype(dtype)
-    return low, low.astype(np.float64)
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -102,8 +98,15 @@ def bn_backward(p: BNProblem, impl):
     return F.batch_norm_backward(p.grad_output, *p.arrays(), training=p.training, impl=impl)
 
 
+def running_stats(p: BNProblem) -> list:
+    """Copies of p's running mean and variance on the CPU."""
+    return [backend.to_numpy(a).copy() for a in (p.running_mean, p.running_var)]
+
+
 def bn_on_device(p: BNProblem, impl, op):
-    return p.with_arrays(*on_device_of(impl, op, *p.arrays()))
+    """``p`` with its arrays (grad_output included) on the device of ``impl``."""
+    *arrays, grad_output = on_device_of(impl, op, *p.arrays(), p.grad_output)
+    return p.with_arrays(*arrays)._replace(grad_output=grad_output)
 
 
 @pytest.mark.parametrize("name", BN_CASES)
@@ -112,8 +115,7 @@ def bn_on_device(p: BNProblem, impl, op):
 def test_batch_norm_matches_reference(impl, dtype, name):
     low, p64 = bn_in_dtype(bn_problem(name), dtype)
     out = bn_forward(bn_on_device(low, impl, "batch_norm"), impl)
-    assert out.dtype == np.dtype(dtype)
-    assert_close(out, bn_forward(p64, "reference"), dtype)
+    check_against_reference(out, bn_forward(p64, "reference"), dtype)
 
 
 @pytest.mark.parametrize("name", TRAINING_CASES)
@@ -130,10 +132,10 @@ def test_batch_norm_training_updates_running_stats_like_reference(impl, dtype, n
 
 @pytest.mark.parametrize("impl", impl_params("batch_norm", include_reference=True))
 def test_batch_norm_eval_leaves_running_stats_alone(impl):
-    p = bn_problem("image-eval")
-    before = p.running_mean.copy(), p.running_var.copy()
+    p = bn_on_device(bn_problem("image-eval"), impl, "batch_norm")
+    before = running_stats(p)
     bn_forward(p, impl)
-    assert np.array_equal(p.running_mean, before[0]) and np.array_equal(p.running_var, before[1])
+    assert all(map(np.array_equal, running_stats(p), before))
 
 
 @pytest.mark.parametrize("name", BN_CASES)
@@ -141,19 +143,17 @@ def test_batch_norm_eval_leaves_running_stats_alone(impl):
 @pytest.mark.parametrize("impl", impl_params("batch_norm_backward"))
 def test_batch_norm_backward_matches_reference(impl, dtype, name):
     low, p64 = bn_in_dtype(bn_problem(name), dtype)
-    low = bn_on_device(low, impl, "batch_norm_backward")
-    low = low._replace(grad_output=on_device_of(impl, "batch_norm_backward", low.grad_output))
-    grads = bn_backward(low, impl)
+    grads = bn_backward(bn_on_device(low, impl, "batch_norm_backward"), impl)
     for what, grad, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads,
                                bn_backward(p64, "reference")):
-        assert (grad is None) == (ref is None), what
-        if ref is not None:
-            assert grad.dtype == np.dtype(dtype), what
-            assert_close(grad, ref, dtype, what)
+        check_against_reference(grad, ref, dtype, what)
 
 
+# Finite differences mutate the NumPy inputs in place: CPU impls only (GPU impls match the
+# reference backward above).
 @pytest.mark.parametrize("name", BN_CASES)
-@pytest.mark.parametrize("impl", impl_params("batch_norm_backward", include_reference=True))
+@pytest.mark.parametrize("impl", impl_params("batch_norm_backward", include_reference=True,
+                                             devices=("cpu",)))
 def test_batch_norm_backward_matches_finite_differences(impl, name):
     p = bn_problem(name)
 
@@ -170,10 +170,10 @@ def test_batch_norm_backward_matches_finite_differences(impl, name):
 
 @pytest.mark.parametrize("impl", impl_params("batch_norm_backward", include_reference=True))
 def test_batch_norm_backward_leaves_running_stats_alone(impl):
-    p = bn_problem("fc-train")
-    before = p.running_mean.copy(), p.running_var.copy()
+    p = bn_on_device(bn_problem("fc-train"), impl, "batch_norm_backward")
+    before = running_stats(p)
     bn_backward(p, impl)
-    assert np.array_equal(p.running_mean, before[0]) and np.array_equal(p.running_var, before[1])
+    assert all(map(np.array_equal, running_stats(p), before))
 
 
 def negatively_strided(a):
@@ -188,13 +188,14 @@ def strided_bn_twins():
     return strided._replace(grad_output=negatively_strided(p.grad_output)), p
 
 
-@pytest.mark.parametrize("impl", impl_params("batch_norm"))
+# NumPy views: strides (and in-place updates through them) are properties of CPU memory here.
+@pytest.mark.parametrize("impl", impl_params("batch_norm", devices=("cpu",)))
 def test_batch_norm_accepts_negatively_strided_inputs(impl):
     strided, contiguous = strided_bn_twins()
     assert_close(bn_forward(strided, impl), bn_forward(contiguous, "reference"), "float64")
 
 
-@pytest.mark.parametrize("impl", impl_params("batch_norm"))
+@pytest.mark.parametrize("impl", impl_params("batch_norm", devices=("cpu",)))
 def test_batch_norm_updates_strided_running_stats_in_place(impl):
     strided, contiguous = strided_bn_twins()
     bn_forward(strided, impl)
@@ -203,7 +204,7 @@ def test_batch_norm_updates_strided_running_stats_in_place(impl):
     assert_close(strided.running_var, contiguous.running_var, "float64", "running_var")
 
 
-@pytest.mark.parametrize("impl", impl_params("batch_norm_backward"))
+@pytest.mark.parametrize("impl", impl_params("batch_norm_backward", devices=("cpu",)))
 def test_batch_norm_backward_accepts_negatively_strided_inputs(impl):
     strided, contiguous = strided_bn_twins()
     for grad, ref in zip(bn_backward(strided, impl), bn_backward(contiguous, "reference")):
@@ -304,8 +305,7 @@ def test_local_response_norm_matches_reference(impl, dtype, name):
     x, _, args = lrn_problem(name)
     x, x64 = rounded(x, dtype)
     out = F.local_response_norm(on_device_of(impl, "local_response_norm", x), *args, impl=impl)
-    assert out.dtype == np.dtype(dtype)
-    assert_close(out, F.local_response_norm(x64, *args, impl="reference"), dtype)
+    check_against_reference(out, F.local_response_norm(x64, *args, impl="reference"), dtype)
 
 
 @pytest.mark.parametrize("name", LRN_CASES)
@@ -316,13 +316,15 @@ def test_local_response_norm_backward_matches_reference(impl, dtype, name):
     (x, x64), (g, g64) = rounded(x, dtype), rounded(g, dtype)
     grad = F.local_response_norm_backward(
         *on_device_of(impl, "local_response_norm_backward", g, x), *args, impl=impl)
-    assert grad.dtype == np.dtype(dtype)
-    assert_close(grad, F.local_response_norm_backward(g64, x64, *args, impl="reference"), dtype)
+    check_against_reference(
+        grad, F.local_response_norm_backward(g64, x64, *args, impl="reference"), dtype)
 
 
+# Finite differences mutate the NumPy input in place: CPU impls only (GPU impls match the
+# reference backward above).
 @pytest.mark.parametrize("name", LRN_CASES)
 @pytest.mark.parametrize("impl", impl_params("local_response_norm_backward",
-                                             include_reference=True))
+                                             include_reference=True, devices=("cpu",)))
 def test_local_response_norm_backward_matches_finite_differences(impl, name):
     x, g, args = lrn_problem(name)
 
@@ -333,7 +335,8 @@ def test_local_response_norm_backward_matches_finite_differences(impl, name):
     check_grads(loss, {"input": grad}, {"input": x})
 
 
-@pytest.mark.parametrize("impl", impl_params("local_response_norm"))
+# NumPy views: strides are a property of CPU memory here.
+@pytest.mark.parametrize("impl", impl_params("local_response_norm", devices=("cpu",)))
 def test_local_response_norm_accepts_negatively_strided_inputs(impl):
     x, _, args = lrn_problem("batch1-image-even-size")
     x = x.transpose(0, 1, 3, 2)[:, ::-1, ::-1]
@@ -341,7 +344,7 @@ def test_local_response_norm_accepts_negatively_strided_inputs(impl):
     assert_close(F.local_response_norm(x, *args, impl=impl), expected, "float64")
 
 
-@pytest.mark.parametrize("impl", impl_params("local_response_norm_backward"))
+@pytest.mark.parametrize("impl", impl_params("local_response_norm_backward", devices=("cpu",)))
 def test_local_response_norm_backward_accepts_negatively_strided_inputs(impl):
     x, g, args = lrn_problem("seq-size3")
     x, g = x[::-1, ::-1, ::2], g[:, ::-1, 1::2]
