@@ -18,35 +18,31 @@ def is_array(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
+def _array_of_kind(op: str, name: str, x: Any, kind, what: str,
+                   ndim: int | Sequence[int] | None):
+    if not is_array(x):
+        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
+    if not np.issubdtype(np.dtype(x.dtype), kind):
+        raise TypeError(f"{op}: {name} must have {what} dtype, got {x.dtype}")
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in ranks:
+            want = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{op}: {name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
 def float_array(op: str, name: str, x: Any, ndim: int | Sequence[int] | None = None):
     """Check that ``x`` is a floating-point array (of rank ``ndim``) and return it.
 
     Python lists are not accepted: the caller chooses the dtype and device.
     """
-    if not is_array(x):
-        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
-    if not np.issubdtype(np.dtype(x.dtype), np.floating):
-        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {x.dtype}")
-    if ndim is not None:
-        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if x.ndim not in ranks:
-            want = " or ".join(str(r) for r in ranks)
-            raise ValueError(f"{op}: {name} must have {want} dimensions, got shape {tuple(x.shape)}")
-    return x
+    return _array_of_kind(op, name, x, np.floating, "a floating-point", ndim)
 
 
 def int_array(op: str, name: str, x: Any, ndim: int | Sequence[int] | None = None):
     """Check that ``x`` is an integer array (class indices, token ids) and return it."""
-    if not is_array(x):
-        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
-    if not np.issubdtype(np.dtype(x.dtype), np.integer):
-        raise TypeError(f"{op}: {name} must have an integer dtype, got {x.dtype}")
-    if ndim is not None:
-        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if x.ndim not in ranks:
-            want = " or ".join(str(r) for r in ranks)
-            raise ValueError(f"{op}: {name} must have {want} dimensions, got shape {tuple(x.shape)}")
-    return x
+    return _array_of_kind(op, name, x, np.integer, "an integer", ndim)
 
 
 def same_kind(op: str, main_name: str, main: Any, **others: Any) -> None:
