@@ -1,0 +1,150 @@
+"""Reference convolution: plain NumPy, any float dtype, the oracle for every other impl.
+
+Registry contract for the convolution family
+--------------------------------------------
+Every implementation of these ops receives arguments already validated and normalised by
+:mod:`gpuconv.functional.conv`: arrays of one float dtype on one device (any strides,
+negative ones included), integer pairs for the geometry and a plain int for ``groups``.
+
+``conv1d`` has no implementations of its own: the public function views it as ``conv2d``
+with ``H = 1``. Padding given to an implementation is always symmetric; the public function
+handles the asymmetric ``padding="same"`` of an even effective kernel by zero-padding the
+input itself (bottom/right, as PyTorch does) and slicing ``grad_input`` back in backward.
+
+Ops and signatures (``stride``, ``padding``, ``output_padding``, ``dilation`` are ``(h, w)``
+tuples of ints; stride and dilation >= 1, padding >= 0):
+
+``"conv2d"``
+    ``fn(x, weight, bias, stride, padding, dilation, groups) -> y``
+    with ``x: (N, C_in, H, W)``, ``weight: (C_out, C_in/groups, kH, kW)``,
+    ``bias: (C_out,)`` or None, ``y: (N, C_out, OH, OW)`` where
+    ``OH = (H + 2*ph - dh*(kH-1) - 1) // sh + 1`` (same for ``OW``).
+``"conv2d_backward"``
+    ``fn(grad_out, x, weight, has_bias, stride, padding, dilation, groups)
+    -> (grad_x, grad_weight, grad_bias)``, ``grad_bias`` None when ``has_bias`` is False.
+``"conv_transpose2d"``
+    ``fn(x, weight, bias, stride, padding, output_padding, dilation, groups) -> y``
+    with ``x: (N, C_in, H, W)``, ``weight: (C_in, C_out/groups, kH, kW)`` (PyTorch's layout),
+    ``y: (N, C_out, OH, OW)``, ``OH = (H-1)*sh - 2*ph + dh*(kH-1) + oph + 1``.
+    It is the adjoint (the input gradient) of ``conv2d`` with the same weight.
+``"conv_transpose2d_backward"``
+    ``fn(grad_out, x, weight, has_bias, stride, padding, output_padding, dilation, groups)
+    -> (grad_x, grad_weight, grad_bias)``.
+
+Every result has the dtype of ``x``.
+
+This module loops over the kernel offsets ``(kh, kw)``: each offset pairs an output pixel
+with one input pixel through a strided slice of the padded input, and one ``einsum`` per group
+contracts the channels. It shares no code with the fast impls it checks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import register
+
+
+def _window(start: int, count: int, step: int) -> slice:
+    """The ``count`` indices ``start, start + step, ...`` as a slice."""
+    return slice(start, start + step * (count - 1) + 1, step)
+
+
+def _conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _offsets(weight, stride, dilation, out_hw):
+    """Yield ``(kh, kw, rows, cols)``: the padded-input slices that kernel offset ``(kh, kw)``
+    reads for the ``out_hw`` output pixels."""
+    for kh in range(weight.shape[2]):
+        for kw in range(weight.shape[3]):
+            rows = _window(kh * dilation[0], out_hw[0], stride[0])
+            cols = _window(kw * dilation[1], out_hw[1], stride[1])
+            yield kh, kw, rows, cols
+
+
+def _pad(x, padding):
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def _crop(x, padding):
+    ph, pw = padding
+    return x[:, :, ph:x.shape[2] - ph, pw:x.shape[3] - pw]
+
+
+@register("conv2d", "reference", priority=-100)
+def conv2d(x, weight, bias, stride, padding, dilation, groups):
+    n, c_in, h, w = x.shape
+    c_out, cg, k_h, k_w = weight.shape
+    kg = c_out // groups
+    out_hw = (_conv_out_size(h, k_h, stride[0], padding[0], dilation[0]),
+              _conv_out_size(w, k_w, stride[1], padding[1], dilation[1]))
+    xp = _pad(x, padding)
+    y = np.zeros((n, c_out) + out_hw, dtype=x.dtype)
+    for kh, kw, rows, cols in _offsets(weight, stride, dilation, out_hw):
+        for g in range(groups):
+            xs = xp[:, g * cg:(g + 1) * cg, rows, cols]
+            wg = weight[g * kg:(g + 1) * kg, :, kh, kw]
+            y[:, g * kg:(g + 1) * kg] += np.einsum("nchw,kc->nkhw", xs, wg)
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+@register("conv2d_backward", "reference", priority=-100)
+def conv2d_backward(grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+    c_out, cg, k_h, k_w = weight.shape
+    kg = c_out // groups
+    out_hw = grad_out.shape[2:]
+    xp = _pad(x, padding)
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(weight)
+    for kh, kw, rows, cols in _offsets(weight, stride, dilation, out_hw):
+        for g in range(groups):
+            gy = grad_out[:, g * kg:(g + 1) * kg]
+            xs = xp[:, g * cg:(g + 1) * cg, rows, cols]
+            wg = weight[g * kg:(g + 1) * kg, :, kh, kw]
+            gxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nkhw,kc->nchw", gy, wg)
+            gw[g * kg:(g + 1) * kg, :, kh, kw] = np.einsum("nkhw,nchw->kc", gy, xs)
+    gb = grad_out.sum(axis=(0, 2, 3)) if has_bias else None
+    return _crop(gxp, padding), gw, gb
+
+
+@register("conv_transpose2d", "reference", priority=-100)
+def conv_transpose2d(x, weight, bias, stride, padding, output_padding, dilation, groups):
+    n, c_in, h, w = x.shape
+    cg_in, cg_out, k_h, k_w = c_in // groups, weight.shape[1], weight.shape[2], weight.shape[3]
+    # The padded output: every input pixel scatters into it, and output_padding adds rows
+    # and columns at the bottom/right that no input pixel reaches.
+    full = tuple((size - 1) * s + d * (k - 1) + 1 + op
+                 for size, s, d, k, op in zip((h, w), stride, dilation, (k_h, k_w), output_padding))
+    yp = np.zeros((n, cg_out * groups) + full, dtype=x.dtype)
+    for kh, kw, rows, cols in _offsets(weight, stride, dilation, (h, w)):
+        for g in range(groups):
+            xg = x[:, g * cg_in:(g + 1) * cg_in]
+            wg = weight[g * cg_in:(g + 1) * cg_in, :, kh, kw]
+            yp[:, g * cg_out:(g + 1) * cg_out, rows, cols] += np.einsum("nchw,ck->nkhw", xg, wg)
+    y = np.ascontiguousarray(_crop(yp, padding))
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+@register("conv_transpose2d_backward", "reference", priority=-100)
+def conv_transpose2d_backward(grad_out, x, weight, has_bias, stride, padding, output_padding,
+                              dilation, groups):
+    n, c_in, h, w = x.shape
+    cg_in, cg_out = c_in // groups, weight.shape[1]
+    gyp = _pad(grad_out, padding)
+    gx = np.zeros_like(x)
+    gw = np.zeros_like(weight)
+    for kh, kw, rows, cols in _offsets(weight, stride, dilation, (h, w)):
+        for g in range(groups):
+            xg = x[:, g * cg_in:(g + 1) * cg_in]
+            gys = gyp[:, g * cg_out:(g + 1) * cg_out, rows, cols]
+            wg = weight[g * cg_in:(g + 1) * cg_in, :, kh, kw]
+            gx[:, g * cg_in:(g + 1) * cg_in] += np.einsum("nkhw,ck->nchw", gys, wg)
+            gw[g * cg_in:(g + 1) * cg_in, :, kh, kw] = np.einsum("nchw,nkhw->ck", xg, gys)
+    gb = grad_out.sum(axis=(0, 2, 3)) if has_bias else None
+    return gx, gw, gb

@@ -1,0 +1,519 @@
+"""conv1d, conv2d, conv_transpose2d and their backward: every impl against the reference,
+the reference against independent oracles (scipy.signal.correlate, the adjoint identity,
+PyTorch when installed), gradients against finite differences, and argument validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from support import assert_close, check_grads, impl_params, on_device_of, rng_for
+
+from gpuconv import backend
+from gpuconv.functional import (conv1d, conv1d_backward, conv2d, conv2d_backward,
+                                conv_transpose2d, conv_transpose2d_backward)
+
+DTYPES = ("float64", "float32")
+
+
+# --------------------------------------------------------------------------- cases
+
+@dataclass(frozen=True)
+class ConvCase:
+    """x: (n, c, h, w), weight: (k, c/groups, *kernel)."""
+
+    id: str
+    n: int
+    c: int
+    hw: tuple
+    k: int
+    kernel: tuple
+    stride: object = 1
+    padding: object = 0
+    dilation: object = 1
+    groups: int = 1
+    bias: bool = True
+
+    def args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    def arrays(self, dtype="float64", *key):
+        rng = rng_for(self.id, *key)
+        x = rng.standard_normal((self.n, self.c) + self.hw)
+        w = rng.standard_normal((self.k, self.c // self.groups) + self.kernel)
+        b = rng.standard_normal(self.k) if self.bias else None
+        return tuple(None if a is None else a.astype(dtype) for a in (x, w, b))
+
+
+CONV_CASES = [
+    ConvCase("basic-odd", 2, 3, (7, 6), 4, (3, 3)),
+    ConvCase("stride2-pad1-groups2-batch1-nonsquare", 1, 4, (9, 8), 6, (3, 2), 2, 1, 1, 2),
+    ConvCase("stride3-pad2-dilation2", 2, 3, (11, 10), 5, (3, 3), 3, 2, 2),
+    ConvCase("depthwise-multiplier2-mixed", 3, 4, (6, 7), 8, (3, 3), (1, 2), (0, 1), (2, 1), 4),
+    ConvCase("depthwise-stride2", 2, 6, (8, 8), 6, (3, 3), 2, 1, 1, 6, False),
+    ConvCase("1x1", 2, 5, (5, 5), 3, (1, 1)),
+    ConvCase("same-even-kernel-groups2", 2, 2, (6, 9), 4, (2, 4), 1, "same", 1, 2),
+    ConvCase("same-dilated-nobias", 1, 3, (7, 8), 2, (4, 3), 1, "same", (1, 2), 1, False),
+    ConvCase("valid-kernel-fills-input", 2, 3, (5, 6), 4, (5, 6), 1, "valid"),
+    ConvCase("stride-skips-last-rows", 2, 2, (8, 9), 3, (2, 2), 3, 0, 1, 1),
+]
+
+SMALL_CONV_CASES = [
+    ConvCase("fd-stride2-pad1", 2, 2, (5, 4), 3, (3, 2), 2, 1),
+    ConvCase("fd-dilation-groups", 1, 4, (5, 5), 2, (2, 2), 1, 1, 2, 2),
+    ConvCase("fd-same-even", 1, 2, (4, 5), 2, (2, 3), 1, "same"),
+    ConvCase("fd-depthwise", 2, 2, (4, 4), 4, (3, 3), (2, 1), 1, 1, 2),
+]
+
+
+@dataclass(frozen=True)
+class TransposeCase:
+    """x: (n, c, h, w), weight: (c, k/groups, *kernel), y: (n, k, ...)."""
+
+    id: str
+    n: int
+    c: int
+    hw: tuple
+    k_per_group: int
+    kernel: tuple
+    stride: object = 1
+    padding: object = 0
+    output_padding: object = 0
+    dilation: object = 1
+    groups: int = 1
+    bias: bool = True
+
+    def args(self):
+        return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding,
+                    groups=self.groups, dilation=self.dilation)
+
+    def arrays(self, dtype="float64", *key):
+        rng = rng_for(self.id, *key)
+        x = rng.standard_normal((self.n, self.c) + self.hw)
+        w = rng.standard_normal((self.c, self.k_per_group) + self.kernel)
+        b = rng.standard_normal(self.k_per_group * self.groups) if self.bias else None
+        return tuple(None if a is None else a.astype(dtype) for a in (x, w, b))
+
+
+TRANSPOSE_CASES = [
+    TransposeCase("stride2-pad1-outpad1", 2, 3, (4, 5), 2, (3, 3), 2, 1, 1),
+    TransposeCase("mixed-groups2-batch1", 1, 4, (3, 4), 3, (2, 3), (3, 2), (0, 1), (2, 0), (1, 2), 2),
+    TransposeCase("depthwise-dilation2", 2, 4, (5, 3), 1, (3, 3), 1, 1, 0, 2, 4),
+    TransposeCase("outpad-below-dilation", 2, 2, (3, 3), 3, (3, 2), 1, 0, 1, 2, 1, False),
+    TransposeCase("1x1-stride2", 1, 3, (4, 4), 2, (1, 1), 2, 0, 1),
+]
+
+SMALL_TRANSPOSE_CASES = [
+    TransposeCase("fd-stride2", 1, 2, (3, 3), 2, (3, 2), 2, 1, 1),
+    TransposeCase("fd-groups-dilation", 2, 2, (2, 3), 1, (2, 2), 1, 0, 1, 2, 2),
+]
+
+
+def _ids(cases):
+    return [c.id for c in cases]
+
+
+def _np(a):
+    return None if a is None else backend.to_numpy(a)
+
+
+def _reference_in_float64(fn, *arrays, **kwargs):
+    arrays = tuple(None if a is None else a.astype(np.float64) for a in arrays)
+    return fn(*arrays, **kwargs, impl="reference")
+
+
+# --------------------------------------------------------------------------- impl vs reference
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("conv2d"))
+def test_conv2d_matches_reference(impl, dtype, case):
+    x, w, b = case.arrays(dtype)
+    out = conv2d(*on_device_of(impl, "conv2d", x, w, b), **case.args(), impl=impl)
+    assert out.dtype == np.dtype(dtype)
+    assert_close(out, _reference_in_float64(conv2d, x, w, b, **case.args()), dtype)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("conv2d_backward"))
+def test_conv2d_backward_matches_reference(impl, dtype, case):
+    x, w, b = case.arrays(dtype)
+    gy = _reference_in_float64(conv2d, x, w, b, **case.args())
+    gy = rng_for(case.id, "gy").standard_normal(gy.shape).astype(dtype)
+    grads = conv2d_backward(*on_device_of(impl, "conv2d_backward", gy, x, w, b), **case.args(),
+                            impl=impl)
+    refs = _reference_in_float64(conv2d_backward, gy, x, w, b, **case.args())
+    for name, g, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
+        if ref is None:
+            assert g is None
+            continue
+        assert g.dtype == np.dtype(dtype)
+        assert_close(g, ref, dtype, name)
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=_ids(TRANSPOSE_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("conv_transpose2d"))
+def test_conv_transpose2d_matches_reference(impl, dtype, case):
+    x, w, b = case.arrays(dtype)
+    out = conv_transpose2d(*on_device_of(impl, "conv_transpose2d", x, w, b), **case.args(),
+                           impl=impl)
+    assert out.dtype == np.dtype(dtype)
+    assert_close(out, _reference_in_float64(conv_transpose2d, x, w, b, **case.args()), dtype)
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=_ids(TRANSPOSE_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("conv_transpose2d_backward"))
+def test_conv_transpose2d_backward_matches_reference(impl, dtype, case):
+    x, w, b = case.arrays(dtype)
+    gy = _reference_in_float64(conv_transpose2d, x, w, b, **case.args())
+    gy = rng_for(case.id, "gy").standard_normal(gy.shape).astype(dtype)
+    grads = conv_transpose2d_backward(
+        *on_device_of(impl, "conv_transpose2d_backward", gy, x, w, b), **case.args(), impl=impl)
+    refs = _reference_in_float64(conv_transpose2d_backward, gy, x, w, b, **case.args())
+    for name, g, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
+        if ref is None:
+            assert g is None
+            continue
+        assert g.dtype == np.dtype(dtype)
+        assert_close(g, ref, dtype, name)
+
+
+def test_numpy_conv2d_chunking_does_not_change_results(monkeypatch):
+    """The numpy impl sweeps the batch in chunks; 1, 2 and 3 images per chunk (the last
+    chunk partial) give the result of a single chunk."""
+    from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    case = ConvCase("chunks", 5, 4, (6, 5), 6, (3, 2), (2, 1), 1, 1, 2)
+    x, w, b = case.arrays()
+    gy = np.random.default_rng(0).standard_normal((5, 6, 3, 6))
+    whole = (conv2d(x, w, b, **case.args(), impl="numpy"),
+             *conv2d_backward(gy, x, w, b, **case.args(), impl="numpy"))
+    column_bytes = 4 * 3 * 2 * 3 * 7 * 8    # C*R*S * OH * Wq (wide rows) float64s per image
+    for images in (1, 2, 3):
+        monkeypatch.setattr(numpy_conv, "_CHUNK_BYTES", images * column_bytes)
+        chunked = (conv2d(x, w, b, **case.args(), impl="numpy"),
+                   *conv2d_backward(gy, x, w, b, **case.args(), impl="numpy"))
+        for got, want in zip(chunked, whole):
+            assert_close(got, want, "float64")
+
+
+# --------------------------------------------------------------------------- reference vs oracles
+
+def _scipy_conv2d(x, w, b, stride, padding, dilation, groups):
+    """conv2d from scipy.signal.correlate: one 2-d correlation per (image, out, in channel)
+    with the dilated kernel, then the stride by slicing."""
+    signal = pytest.importorskip("scipy.signal")
+    kernel = w.shape[2:]
+    stride = (stride,) * 2 if isinstance(stride, int) else stride
+    dilation = (dilation,) * 2 if isinstance(dilation, int) else dilation
+    if padding == "same":   # PyTorch: the odd one out of d*(k-1) goes to the bottom/right
+        pads = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for d, k in zip(dilation, kernel)]
+    elif padding == "valid":
+        pads = [(0, 0), (0, 0)]
+    else:
+        pads = [(p, p) for p in ((padding,) * 2 if isinstance(padding, int) else padding)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    wd = np.zeros(w.shape[:2] + tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel)))
+    wd[:, :, ::dilation[0], ::dilation[1]] = w
+    cg, kg = x.shape[1] // groups, w.shape[0] // groups
+    y = []
+    for n in range(x.shape[0]):
+        planes = []
+        for o in range(w.shape[0]):
+            g = o // kg
+            acc = sum(signal.correlate(xp[n, g * cg + c], wd[o, c], mode="valid") for c in range(cg))
+            planes.append(acc[::stride[0], ::stride[1]] + (0 if b is None else b[o]))
+        y.append(planes)
+    return np.array(y)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv2d_reference_matches_scipy_correlate(case):
+    x, w, b = case.arrays()
+    out = conv2d(x, w, b, **case.args(), impl="reference")
+    assert_close(out, _scipy_conv2d(x, w, b, **case.args()), "float64")
+
+
+ADJOINT_CASES = [c for c in TRANSPOSE_CASES if c.id != "outpad-below-dilation"]
+
+
+@pytest.mark.parametrize("case", ADJOINT_CASES, ids=_ids(ADJOINT_CASES))
+def test_conv_transpose2d_reference_is_adjoint_of_conv2d(case):
+    """<conv2d(z, w), x> == <z, conv_transpose2d(x, w)> for every z of the output's shape."""
+    x, w, _ = case.arrays()
+    y = conv_transpose2d(x, w, None, **case.args(), impl="reference")
+    z = rng_for(case.id, "z").standard_normal(y.shape)
+    cz = conv2d(z, w, None, case.stride, case.padding, case.dilation, case.groups, impl="reference")
+    assert cz.shape == x.shape
+    lhs, rhs = np.vdot(cz, x), np.vdot(z, y)
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=_ids(TRANSPOSE_CASES))
+def test_conv_transpose2d_reference_matches_torch(case):
+    torch = pytest.importorskip("torch")
+    x, w, b = case.arrays()
+    want = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),
+        **case.args()).numpy()
+    assert_close(conv_transpose2d(x, w, b, **case.args(), impl="reference"), want, "float64")
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c.padding == "same"],
+                         ids=_ids([c for c in CONV_CASES if c.padding == "same"]))
+def test_conv2d_same_padding_matches_torch(case):
+    """PyTorch puts the odd row/column of 'same' padding at the bottom/right."""
+    torch = pytest.importorskip("torch")
+    x, w, b = case.arrays()
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                      torch.from_numpy(b) if b is not None else None,
+                                      **case.args()).numpy()
+    assert_close(conv2d(x, w, b, **case.args(), impl="reference"), want, "float64")
+
+
+# --------------------------------------------------------------------------- finite differences
+
+def _check_backward_by_fd(forward, backward, op, x, w, b, args, impl):
+    """The impl's backward against central differences of its forward, with the scalar
+    sum(forward(x, w, b) * gy) for a random gy; inputs go to the impl's device each call."""
+    def run(fn, *arrays):
+        return fn(*on_device_of(impl, op, *arrays), **args, impl=impl)
+
+    gy = rng_for("fd-gy", x.shape, w.shape).standard_normal(_np(run(forward, x, w, b)).shape)
+    gx, gw, gb = run(backward, gy, x, w, b)
+    inputs = {"input": x, "weight": w} | ({} if b is None else {"bias": b})
+    analytic = {"input": _np(gx), "weight": _np(gw), "bias": _np(gb)}
+    check_grads(lambda: float(np.sum(_np(run(forward, x, w, b)) * gy)), analytic, inputs)
+
+
+@pytest.mark.parametrize("case", SMALL_CONV_CASES, ids=_ids(SMALL_CONV_CASES))
+@pytest.mark.parametrize("impl", impl_params("conv2d_backward", include_reference=True))
+def test_conv2d_backward_matches_finite_differences(impl, case):
+    x, w, b = case.arrays()
+    _check_backward_by_fd(conv2d, conv2d_backward, "conv2d_backward", x, w, b, case.args(),
+                          impl)
+
+
+@pytest.mark.parametrize("case", SMALL_TRANSPOSE_CASES, ids=_ids(SMALL_TRANSPOSE_CASES))
+@pytest.mark.parametrize("impl", impl_params("conv_transpose2d_backward", include_reference=True))
+def test_conv_transpose2d_backward_matches_finite_differences(impl, case):
+    x, w, b = case.arrays()
+    _check_backward_by_fd(conv_transpose2d, conv_transpose2d_backward,
+                          "conv_transpose2d_backward", x, w, b, case.args(), impl)
+
+
+# --------------------------------------------------------------------------- drawn shapes
+
+@st.composite
+def drawn_conv(draw):
+    groups, cg, kg = (draw(st.integers(1, 3)) for _ in range(3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    hw = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), 9))
+               for d, k, p in zip(dilation, kernel, padding))
+    return ConvCase(f"drawn-{draw(st.integers(0, 2**31))}", draw(st.integers(1, 3)), groups * cg,
+                    hw, groups * kg, kernel, stride, padding, dilation, groups,
+                    draw(st.booleans()))
+
+
+@pytest.mark.parametrize("impl", impl_params("conv2d"))
+@settings(max_examples=15)
+@given(case=drawn_conv())
+def test_conv2d_matches_reference_on_drawn_shapes(impl, case):
+    x, w, b = case.arrays()
+    assert_close(conv2d(*on_device_of(impl, "conv2d", x, w, b), **case.args(), impl=impl),
+                 conv2d(x, w, b, **case.args(), impl="reference"), "float64")
+
+
+@pytest.mark.parametrize("impl", impl_params("conv2d_backward"))
+@settings(max_examples=15)
+@given(case=drawn_conv())
+def test_conv2d_backward_matches_reference_on_drawn_shapes(impl, case):
+    x, w, b = case.arrays()
+    gy = rng_for(case.id, "gy").standard_normal(conv2d(x, w, b, **case.args(), impl="reference").shape)
+    grads = conv2d_backward(*on_device_of(impl, "conv2d_backward", gy, x, w, b), **case.args(),
+                            impl=impl)
+    refs = conv2d_backward(gy, x, w, b, **case.args(), impl="reference")
+    for g, ref in zip(grads, refs):
+        assert (g is None) == (ref is None)
+        if ref is not None:
+            assert_close(g, ref, "float64")
+
+
+# --------------------------------------------------------------------------- conv1d
+
+def _conv1d_oracle(x, w, b, stride, padding, dilation, groups):
+    """y[n, o, l] = b[o] + sum_{c, j} x_pad[n, g*cg + c, l*stride + j*dilation] * w[o, c, j]."""
+    k = w.shape[2]
+    if padding == "same":
+        total = dilation * (k - 1)
+        pads = (total // 2, total - total // 2)
+    else:
+        pads = (padding, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), pads))
+    out_len = (xp.shape[2] - dilation * (k - 1) - 1) // stride + 1
+    cg, kg = x.shape[1] // groups, w.shape[0] // groups
+    y = np.zeros((x.shape[0], w.shape[0], out_len))
+    for o in range(w.shape[0]):
+        g = o // kg
+        for j in range(k):
+            taps = xp[:, g * cg:(g + 1) * cg, j * dilation::stride][:, :, :out_len]
+            y[:, o] += np.einsum("ncl,c->nl", taps, w[o, :, j])
+        y[:, o] += 0 if b is None else b[o]
+    return y
+
+
+CONV1D_CASES = [
+    dict(stride=1, padding=0, dilation=1, groups=1),
+    dict(stride=2, padding=2, dilation=3, groups=2),
+    dict(stride=1, padding="same", dilation=1, groups=1),
+    dict(stride=3, padding=1, dilation=1, groups=4),
+]
+
+
+@pytest.mark.parametrize("args", CONV1D_CASES, ids=lambda a: "-".join(f"{k}{v}" for k, v in a.items()))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("conv2d", include_reference=True))
+def test_conv1d_matches_oracle(impl, dtype, args):
+    rng = rng_for("conv1d", str(args))
+    x = rng.standard_normal((2, 4, 13))
+    w = rng.standard_normal((4, 4 // args["groups"], 4))
+    b = rng.standard_normal(4)
+    out = conv1d(*on_device_of(impl, "conv2d", x.astype(dtype), w.astype(dtype), b.astype(dtype)),
+                 **args, impl=impl)
+    assert out.dtype == np.dtype(dtype) and out.ndim == 3
+    assert_close(out, _conv1d_oracle(x, w, b, **args), dtype)
+
+
+@pytest.mark.parametrize("args", CONV1D_CASES, ids=lambda a: "-".join(f"{k}{v}" for k, v in a.items()))
+@pytest.mark.parametrize("impl", impl_params("conv2d_backward", include_reference=True))
+def test_conv1d_backward_matches_finite_differences(impl, args):
+    rng = rng_for("conv1d-fd", str(args))
+    x = rng.standard_normal((2, 4, 7))
+    w = rng.standard_normal((4, 4 // args["groups"], 2))
+    b = rng.standard_normal(4)
+    _check_backward_by_fd(conv1d, conv1d_backward, "conv2d_backward", x, w, b, args, impl)
+
+
+@pytest.mark.parametrize("impl", impl_params("conv2d_backward", include_reference=True))
+def test_conv2d_backward_of_an_empty_batch_is_zero(impl):
+    x, w = np.ones((0, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    gx, gw, gb = conv2d_backward(*on_device_of(impl, "conv2d_backward", np.ones((0, 3, 3, 3)),
+                                               x, w, np.ones(3)), impl=impl)
+    assert gx.shape == x.shape
+    assert np.array_equal(_np(gw), np.zeros_like(w)) and np.array_equal(_np(gb), np.zeros(3))
+
+
+def test_conv1d_backward_without_bias_returns_none():
+    x, w = np.ones((1, 2, 5)), np.ones((3, 2, 2))
+    gx, gw, gb = conv1d_backward(np.ones((1, 3, 4)), x, w)
+    assert gb is None and gx.shape == x.shape and gw.shape == w.shape
+
+
+# --------------------------------------------------------------------------- layouts
+
+def _strided(a):
+    """The same values as ``a`` in a negatively strided, non-contiguous view."""
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    big[..., ::2] = a[..., ::-1]
+    return big[..., -2::-2]
+
+
+@pytest.mark.parametrize("impl", impl_params("conv2d_backward", include_reference=True))
+def test_conv2d_accepts_non_contiguous_and_negative_strides(impl):
+    case = CONV_CASES[1]
+    x, w, b = case.arrays("float32")
+    gy = rng_for("layout").standard_normal((1, 6, 5, 5)).astype("float32")
+    assert not _strided(x).flags.c_contiguous and _strided(x).strides[-1] < 0
+    args = on_device_of(impl, "conv2d_backward", gy, x, w, b)
+    views = on_device_of(impl, "conv2d_backward", *map(_strided, (gy, x, w, b)))
+    want = (conv2d(*args[1:], **case.args(), impl=impl),
+            *conv2d_backward(*args, **case.args(), impl=impl))
+    got = (conv2d(*views[1:], **case.args(), impl=impl),
+           *conv2d_backward(*views, **case.args(), impl=impl))
+    for g, ref in zip(got, want):
+        assert_close(g, ref, "float32")
+
+
+@pytest.mark.parametrize("impl", impl_params("conv_transpose2d_backward", include_reference=True))
+def test_conv_transpose2d_accepts_non_contiguous_and_negative_strides(impl):
+    case = TRANSPOSE_CASES[1]
+    x, w, b = case.arrays("float32")
+    gy = rng_for("layout-t").standard_normal(
+        conv_transpose2d(x, w, b, **case.args(), impl="reference").shape).astype("float32")
+    args = on_device_of(impl, "conv_transpose2d_backward", gy, x, w, b)
+    views = on_device_of(impl, "conv_transpose2d_backward", *map(_strided, (gy, x, w, b)))
+    want = (conv_transpose2d(*args[1:], **case.args(), impl=impl),
+            *conv_transpose2d_backward(*args, **case.args(), impl=impl))
+    got = (conv_transpose2d(*views[1:], **case.args(), impl=impl),
+           *conv_transpose2d_backward(*views, **case.args(), impl=impl))
+    for g, ref in zip(got, want):
+        assert_close(g, ref, "float32")
+
+
+# --------------------------------------------------------------------------- validation
+
+X = np.zeros((2, 4, 6, 6))
+W = np.zeros((6, 2, 3, 3))
+WT = np.zeros((4, 3, 3, 3))
+
+INVALID = [
+    ("input-rank", lambda: conv2d(X[0], W), ValueError, "input must have 4 dimensions"),
+    ("weight-rank", lambda: conv2d(X, W[0]), ValueError, "weight must have 4 dimensions"),
+    ("bias-rank", lambda: conv2d(X, W, np.zeros((6, 1)), groups=2), ValueError,
+     "bias must have 1 dimensions"),
+    ("bias-length", lambda: conv2d(X, W, np.zeros(5), groups=2), ValueError, r"bias must have shape \(6,\)"),
+    ("empty-spatial-input", lambda: conv2d(X[:, :, :0], W, padding=2, groups=2), ValueError,
+     "has an empty spatial dimension"),
+    ("no-output-channels", lambda: conv2d(X, W[:0], groups=2), ValueError, "has no output channels"),
+    ("conv1d-input-rank", lambda: conv1d(X, W), ValueError, "input must have 3 dimensions"),
+    ("channels-mismatch", lambda: conv2d(X, W), ValueError, "input has 4 channels"),
+    ("out-channels-not-divisible", lambda: conv2d(X, np.zeros((6, 1, 3, 3)), groups=4), ValueError,
+     r"output channels \(weight.shape\[0\]\) \(6\) must be divisible by groups"),
+    ("in-channels-not-divisible", lambda: conv2d(X, np.zeros((6, 4, 3, 3)), groups=3), ValueError,
+     r"input channels \(4\) must be divisible by groups"),
+    ("groups-zero", lambda: conv2d(X, W, groups=0), ValueError, "groups must be a positive int"),
+    ("kernel-larger-than-padded-input", lambda: conv2d(X, np.zeros((6, 4, 7, 3))), ValueError,
+     "spans more than the padded input"),
+    ("dilated-kernel-larger", lambda: conv2d(X, np.zeros((6, 4, 3, 3)), padding=1, dilation=4),
+     ValueError, "spans more than the padded input"),
+    ("stride-zero", lambda: conv2d(X, W, stride=0, groups=2), ValueError, "stride must be >= 1"),
+    ("dilation-zero", lambda: conv2d(X, W, dilation=(1, 0), groups=2), ValueError,
+     "dilation must be >= 1"),
+    ("negative-padding", lambda: conv2d(X, W, padding=-1, groups=2), ValueError,
+     "padding must be >= 0"),
+    ("bad-padding-string", lambda: conv2d(X, W, padding="full", groups=2), ValueError,
+     "padding must be an int, a sequence of 2 ints, 'valid' or 'same'"),
+    ("same-with-stride", lambda: conv2d(X, W, stride=2, padding="same", groups=2), ValueError,
+     "padding='same' needs stride 1"),
+    ("integer-input", lambda: conv2d(X.astype(np.int64), W, groups=2), TypeError,
+     "input must have a floating-point dtype"),
+    ("complex-weight", lambda: conv2d(X, W.astype(np.complex128), groups=2), TypeError,
+     "weight must have a floating-point dtype"),
+    ("dtype-mismatch", lambda: conv2d(X, W.astype(np.float32), groups=2), TypeError,
+     "weight has dtype float32 but input has dtype float64"),
+    ("grad-output-shape", lambda: conv2d_backward(np.zeros((2, 6, 3, 3)), X, W, groups=2), ValueError,
+     r"grad_output must have shape \(2, 6, 4, 4\)"),
+    ("output-padding-too-large", lambda: conv_transpose2d(X, WT, stride=2, output_padding=2),
+     ValueError, "output_padding .* must be smaller than either stride"),
+    ("transpose-channels-mismatch", lambda: conv_transpose2d(X, np.zeros((3, 3, 3, 3))), ValueError,
+     "input has 4 channels"),
+    ("transpose-padding-string", lambda: conv_transpose2d(X, WT, padding="same"), ValueError,
+     "no 'same'/'valid'"),
+    ("transpose-output-not-positive", lambda: conv_transpose2d(X[:, :, :1, :1], WT, padding=2),
+     ValueError, "output size .* is not positive"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_arguments_raise(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
