@@ -4,6 +4,11 @@ Run with timing: ``.venv/bin/python -m pytest bench/bench_conv.py --benchmark-en
 (without ``--benchmark-enable`` each case runs once, as a smoke test). PyTorch runs with as
 many threads as NumPy's BLAS gets by default (the CPUs this process may use); its cases
 skip where torch is not installed.
+
+OpenBLAS and PyTorch's OpenMP pool each keep idle threads spinning for a while after a call,
+and both collapse when a core is taken by another process (a thread waiting at a barrier
+loses its time slice). On a machine with few cores, run ``-k numpy`` and ``-k torch`` as
+separate processes on an otherwise idle machine, and compare minima.
 """
 from __future__ import annotations
 

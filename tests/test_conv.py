@@ -20,6 +20,12 @@ DTYPES = ("float64", "float32")
 
 # --------------------------------------------------------------------------- cases
 
+def _random_arrays(key, dtype, *shapes):
+    """Standard normal arrays of ``shapes`` (None for a None shape), seeded from ``key``."""
+    rng = rng_for(key)
+    return tuple(None if s is None else rng.standard_normal(s).astype(dtype) for s in shapes)
+
+
 @dataclass(frozen=True)
 class ConvCase:
     """x: (n, c, h, w), weight: (k, c/groups, *kernel)."""
@@ -40,12 +46,10 @@ class ConvCase:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups)
 
-    def arrays(self, dtype="float64", *key):
-        rng = rng_for(self.id, *key)
-        x = rng.standard_normal((self.n, self.c) + self.hw)
-        w = rng.standard_normal((self.k, self.c // self.groups) + self.kernel)
-        b = rng.standard_normal(self.k) if self.bias else None
-        return tuple(None if a is None else a.astype(dtype) for a in (x, w, b))
+    def arrays(self, dtype="float64"):
+        return _random_arrays(self.id, dtype, (self.n, self.c) + self.hw,
+                              (self.k, self.c // self.groups) + self.kernel,
+                              (self.k,) if self.bias else None)
 
 
 CONV_CASES = [
@@ -90,17 +94,16 @@ class TransposeCase:
         return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding,
                     groups=self.groups, dilation=self.dilation)
 
-    def arrays(self, dtype="float64", *key):
-        rng = rng_for(self.id, *key)
-        x = rng.standard_normal((self.n, self.c) + self.hw)
-        w = rng.standard_normal((self.c, self.k_per_group) + self.kernel)
-        b = rng.standard_normal(self.k_per_group * self.groups) if self.bias else None
-        return tuple(None if a is None else a.astype(dtype) for a in (x, w, b))
+    def arrays(self, dtype="float64"):
+        return _random_arrays(self.id, dtype, (self.n, self.c) + self.hw,
+                              (self.c, self.k_per_group) + self.kernel,
+                              (self.k_per_group * self.groups,) if self.bias else None)
 
 
 TRANSPOSE_CASES = [
     TransposeCase("stride2-pad1-outpad1", 2, 3, (4, 5), 2, (3, 3), 2, 1, 1),
-    TransposeCase("mixed-groups2-batch1", 1, 4, (3, 4), 3, (2, 3), (3, 2), (0, 1), (2, 0), (1, 2), 2),
+    TransposeCase("mixed-groups2-batch1", 1, 4, (3, 4), 3, (2, 3), (3, 2), (0, 1), (2, 0), (1, 2),
+                  2),
     TransposeCase("depthwise-dilation2", 2, 4, (5, 3), 1, (3, 3), 1, 1, 0, 2, 4),
     TransposeCase("outpad-below-dilation", 2, 2, (3, 3), 3, (3, 2), 1, 0, 1, 2, 1, False),
     TransposeCase("1x1-stride2", 1, 3, (4, 4), 2, (1, 1), 2, 0, 1),
@@ -127,6 +130,15 @@ def _reference_in_float64(fn, *arrays, **kwargs):
 
 # --------------------------------------------------------------------------- impl vs reference
 
+def _assert_grads_close(grads, refs, dtype):
+    """(grad_input, grad_weight, grad_bias) match, in ``dtype``; None where ref is None."""
+    for name, g, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
+        assert (g is None) == (ref is None), name
+        if ref is not None:
+            assert g.dtype == np.dtype(dtype)
+            assert_close(g, ref, dtype, name)
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", impl_params("conv2d"))
@@ -147,12 +159,7 @@ def test_conv2d_backward_matches_reference(impl, dtype, case):
     grads = conv2d_backward(*on_device_of(impl, "conv2d_backward", gy, x, w, b), **case.args(),
                             impl=impl)
     refs = _reference_in_float64(conv2d_backward, gy, x, w, b, **case.args())
-    for name, g, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
-        if ref is None:
-            assert g is None
-            continue
-        assert g.dtype == np.dtype(dtype)
-        assert_close(g, ref, dtype, name)
+    _assert_grads_close(grads, refs, dtype)
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=_ids(TRANSPOSE_CASES))
@@ -176,12 +183,7 @@ def test_conv_transpose2d_backward_matches_reference(impl, dtype, case):
     grads = conv_transpose2d_backward(
         *on_device_of(impl, "conv_transpose2d_backward", gy, x, w, b), **case.args(), impl=impl)
     refs = _reference_in_float64(conv_transpose2d_backward, gy, x, w, b, **case.args())
-    for name, g, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
-        if ref is None:
-            assert g is None
-            continue
-        assert g.dtype == np.dtype(dtype)
-        assert_close(g, ref, dtype, name)
+    _assert_grads_close(grads, refs, dtype)
 
 
 def test_numpy_conv2d_chunking_does_not_change_results(monkeypatch):
@@ -212,7 +214,8 @@ def _scipy_conv2d(x, w, b, stride, padding, dilation, groups):
     stride = (stride,) * 2 if isinstance(stride, int) else stride
     dilation = (dilation,) * 2 if isinstance(dilation, int) else dilation
     if padding == "same":   # PyTorch: the odd one out of d*(k-1) goes to the bottom/right
-        pads = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for d, k in zip(dilation, kernel)]
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        pads = [(t // 2, t - t // 2) for t in totals]
     elif padding == "valid":
         pads = [(0, 0), (0, 0)]
     else:
@@ -226,7 +229,8 @@ def _scipy_conv2d(x, w, b, stride, padding, dilation, groups):
         planes = []
         for o in range(w.shape[0]):
             g = o // kg
-            acc = sum(signal.correlate(xp[n, g * cg + c], wd[o, c], mode="valid") for c in range(cg))
+            acc = sum(signal.correlate(xp[n, g * cg + c], wd[o, c], mode="valid")
+                      for c in range(cg))
             planes.append(acc[::stride[0], ::stride[1]] + (0 if b is None else b[o]))
         y.append(planes)
     return np.array(y)
@@ -338,14 +342,12 @@ def test_conv2d_matches_reference_on_drawn_shapes(impl, case):
 @given(case=drawn_conv())
 def test_conv2d_backward_matches_reference_on_drawn_shapes(impl, case):
     x, w, b = case.arrays()
-    gy = rng_for(case.id, "gy").standard_normal(conv2d(x, w, b, **case.args(), impl="reference").shape)
+    out_shape = conv2d(x, w, b, **case.args(), impl="reference").shape
+    gy = rng_for(case.id, "gy").standard_normal(out_shape)
     grads = conv2d_backward(*on_device_of(impl, "conv2d_backward", gy, x, w, b), **case.args(),
                             impl=impl)
-    refs = conv2d_backward(gy, x, w, b, **case.args(), impl="reference")
-    for g, ref in zip(grads, refs):
-        assert (g is None) == (ref is None)
-        if ref is not None:
-            assert_close(g, ref, "float64")
+    _assert_grads_close(grads, conv2d_backward(gy, x, w, b, **case.args(), impl="reference"),
+                        "float64")
 
 
 # --------------------------------------------------------------------------- conv1d
@@ -371,6 +373,10 @@ def _conv1d_oracle(x, w, b, stride, padding, dilation, groups):
     return y
 
 
+def _conv1d_id(args):
+    return "-".join(f"{k}{v}" for k, v in args.items())
+
+
 CONV1D_CASES = [
     dict(stride=1, padding=0, dilation=1, groups=1),
     dict(stride=2, padding=2, dilation=3, groups=2),
@@ -379,7 +385,7 @@ CONV1D_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args", CONV1D_CASES, ids=lambda a: "-".join(f"{k}{v}" for k, v in a.items()))
+@pytest.mark.parametrize("args", CONV1D_CASES, ids=_conv1d_id)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", impl_params("conv2d", include_reference=True))
 def test_conv1d_matches_oracle(impl, dtype, args):
@@ -393,7 +399,7 @@ def test_conv1d_matches_oracle(impl, dtype, args):
     assert_close(out, _conv1d_oracle(x, w, b, **args), dtype)
 
 
-@pytest.mark.parametrize("args", CONV1D_CASES, ids=lambda a: "-".join(f"{k}{v}" for k, v in a.items()))
+@pytest.mark.parametrize("args", CONV1D_CASES, ids=_conv1d_id)
 @pytest.mark.parametrize("impl", impl_params("conv2d_backward", include_reference=True))
 def test_conv1d_backward_matches_finite_differences(impl, args):
     rng = rng_for("conv1d-fd", str(args))
@@ -470,10 +476,12 @@ INVALID = [
     ("weight-rank", lambda: conv2d(X, W[0]), ValueError, "weight must have 4 dimensions"),
     ("bias-rank", lambda: conv2d(X, W, np.zeros((6, 1)), groups=2), ValueError,
      "bias must have 1 dimensions"),
-    ("bias-length", lambda: conv2d(X, W, np.zeros(5), groups=2), ValueError, r"bias must have shape \(6,\)"),
+    ("bias-length", lambda: conv2d(X, W, np.zeros(5), groups=2), ValueError,
+     r"bias must have shape \(6,\)"),
     ("empty-spatial-input", lambda: conv2d(X[:, :, :0], W, padding=2, groups=2), ValueError,
      "has an empty spatial dimension"),
-    ("no-output-channels", lambda: conv2d(X, W[:0], groups=2), ValueError, "has no output channels"),
+    ("no-output-channels", lambda: conv2d(X, W[:0], groups=2), ValueError,
+     "has no output channels"),
     ("conv1d-input-rank", lambda: conv1d(X, W), ValueError, "input must have 3 dimensions"),
     ("channels-mismatch", lambda: conv2d(X, W), ValueError, "input has 4 channels"),
     ("out-channels-not-divisible", lambda: conv2d(X, np.zeros((6, 1, 3, 3)), groups=4), ValueError,
@@ -500,8 +508,8 @@ INVALID = [
      "weight must have a floating-point dtype"),
     ("dtype-mismatch", lambda: conv2d(X, W.astype(np.float32), groups=2), TypeError,
      "weight has dtype float32 but input has dtype float64"),
-    ("grad-output-shape", lambda: conv2d_backward(np.zeros((2, 6, 3, 3)), X, W, groups=2), ValueError,
-     r"grad_output must have shape \(2, 6, 4, 4\)"),
+    ("grad-output-shape", lambda: conv2d_backward(np.zeros((2, 6, 3, 3)), X, W, groups=2),
+     ValueError, r"grad_output must have shape \(2, 6, 4, 4\)"),
     ("output-padding-too-large", lambda: conv_transpose2d(X, WT, stride=2, output_padding=2),
      ValueError, "output_padding .* must be smaller than either stride"),
     ("transpose-channels-mismatch", lambda: conv_transpose2d(X, np.zeros((3, 3, 3, 3))), ValueError,
@@ -513,7 +521,8 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in INVALID],
+                         ids=[c[0] for c in INVALID])
 def test_invalid_arguments_raise(call, error, message):
     with pytest.raises(error, match=message):
         call()

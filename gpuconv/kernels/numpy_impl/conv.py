@@ -231,7 +231,8 @@ def _dw_grad_input_kernel(gy, w, base, gx, sh, sw, ph, pw, dh, dw):
         for c in range(c_n):
             _fill(padded, 0, padded.size, zero)
             for k in range(c * m, (c + 1) * m):
-                _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0, 0, 0, wq)
+                _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
+                             0, 0, wq)
                 for r in range(r_n):
                     for s in range(s_n):
                         for oh in range(rows):
@@ -255,7 +256,8 @@ def _dw_grad_weight_kernel(gy, x, gw, sh, sw, ph, pw, dh, dw):
         for c in range(c_n):
             _load_padded(xf, (b * c_n + c) * h * wd, wd, h, wd, padded, 0, ph, pw, pitch)
             for k in range(c * m, (c + 1) * m):
-                _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0, 0, 0, wq)
+                _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
+                             0, 0, wq)
                 for r in range(r_n):
                     for s in range(s_n):
                         for oh in range(rows):
