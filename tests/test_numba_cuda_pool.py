@@ -14,7 +14,6 @@ import pytest
 from gpuconv import kernels
 from gpuconv.functional import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from gpuconv.kernels.numba_cuda import simulator_enabled
-from gpuconv.kernels.numba_cuda.pool import max_pool2d_backward_gather
 from support import assert_close, rng_for
 
 pytestmark = pytest.mark.skipif(
@@ -145,28 +144,21 @@ def test_numba_cuda_max_pool2d_ties_and_nan_pick_the_reference_index(name, dtype
 @pytest.mark.parametrize("name", MAX_CASES)
 def test_numba_cuda_max_pool2d_backward_matches_reference(name, dtype):
     # Indices of tied inputs: overlapping windows often share a maximum, so several
-    # gradients land on one input element.
+    # gradients land on one input element, which must gather every one of them.
     case = MAX_CASES[name]
     _, idx = case.reference(_ties_and_nans(case.shape))
     g = _grad(idx.shape, name)
-    out = _run("max_pool2d_backward", "numba_cuda", g.astype(dtype), idx, case.shape)
+    out = _run("max_pool2d_backward", "numba_cuda", g.astype(dtype), idx, case.shape,
+               *case.window())
     assert out.dtype == np.dtype(dtype)
-    assert_close(out, _run("max_pool2d_backward", "reference", g, idx, case.shape), dtype)
-
-
-@pytest.mark.parametrize("name", MAX_CASES)
-def test_numba_cuda_max_pool2d_backward_gathering_over_the_forward_window_matches_reference(
-        name):
-    case = MAX_CASES[name]
-    _, idx = case.reference(_ties_and_nans(case.shape))
-    g = _grad(idx.shape, name)
-    out = max_pool2d_backward_gather(g, idx, case.shape, case.window())
-    assert_close(out, _run("max_pool2d_backward", "reference", g, idx, case.shape), "float64")
+    ref = _run("max_pool2d_backward", "reference", g, idx, case.shape, *case.window())
+    assert_close(out, ref, dtype)
 
 
 def test_numba_cuda_max_pool2d_backward_of_an_empty_batch_is_empty():
     idx = np.zeros((0, 2, 3, 3), dtype=np.int64)
-    out = _run("max_pool2d_backward", "numba_cuda", np.zeros((0, 2, 3, 3)), idx, (0, 2, 6, 6))
+    out = _run("max_pool2d_backward", "numba_cuda", np.zeros((0, 2, 3, 3)), idx, (0, 2, 6, 6),
+               (2, 2), (2, 2), (0, 0), (1, 1))
     assert out.shape == (0, 2, 6, 6)
 
 

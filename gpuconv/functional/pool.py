@@ -188,7 +188,8 @@ def _max_pool_backward(op, dims, grad_output, input, kernel_size, stride, paddin
         _, idx4 = kernels.dispatch("max_pool2d", impl, x4, *w)
     else:
         idx4 = _indices4d(op, indices, g4, w.out, x4, dims, batched)
-    grad = kernels.dispatch("max_pool2d_backward", impl, g4, idx4, tuple(x4.shape))
+    grad = kernels.dispatch("max_pool2d_backward", impl, g4, idx4, tuple(x4.shape), w.kernel,
+                            w.stride, w.padding, w.dilation)
     return _from4d(grad, dims, batched)
 
 

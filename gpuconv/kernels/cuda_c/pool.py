@@ -4,10 +4,7 @@ backward, float32/float64.
 Registry contract as every pooling impl (see ``gpuconv/kernels/reference/pool.py``). Each
 kernel is a grid-stride loop with one thread per output element (forward) or per input
 element (backward, gathering from the windows that hold it: deterministic, no atomics); the
-mapping, and why it is memory-bound, is set out at the top of the .cu file. As in the
-numba_cuda impl, max_pool2d_backward gathers over
-:func:`gpuconv.kernels.numba_cuda.pool.enclosing_window`, since the registry does not pass it
-the forward's window.
+mapping, and why it is memory-bound, is set out at the top of the .cu file.
 """
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from ..numba_cuda.pool import NO_DIVISOR_OVERRIDE, enclosing_window
+from ..numba_cuda.pool import NO_DIVISOR_OVERRIDE
 from . import DTYPES, gpu_op, run_threads
 
 FAMILY = "pool"
@@ -70,10 +67,9 @@ def max_pool2d(x, kernel, stride, padding, dilation, out_size):
 
 
 @_register("max_pool2d_backward")
-def max_pool2d_backward(grad_out, indices, input_shape):
+def max_pool2d_backward(grad_out, indices, input_shape, kernel, stride, padding, dilation):
     cp = backend.cupy_or_none()
     grad_out, indices = _contiguous(grad_out, indices)
-    kernel, stride, padding, dilation = enclosing_window(indices, input_shape)
     grad = backend.empty(input_shape, grad_out.dtype, cp)
     run_threads(FAMILY, "max_pool2d_bwd", grad.dtype, grad.size,
                 (grad_out, indices, grad,

@@ -138,7 +138,7 @@ def max_pool2d(x, kernel, stride, padding, dilation, out_size):
 
 
 @register("max_pool2d_backward", "numpy", dtypes=_FLOATS)
-def max_pool2d_backward(grad_out, indices, input_shape):
+def max_pool2d_backward(grad_out, indices, input_shape, kernel, stride, padding, dilation):
     N, C, H, W = input_shape
     grad = backend.empty((N * C, H * W), grad_out.dtype)
     _max_unpool_planes(_planes(grad_out), _planes(indices), grad)

@@ -24,10 +24,12 @@ Ops (outputs are new arrays in x's dtype, shape (N, C, OH, OW) forward and (N, C
     the input starts the window and a later tap replaces the current maximum if it is
     greater or NaN. So ties keep the first maximum, and a window with NaN gives NaN at its
     last NaN.
-``max_pool2d_backward(grad_out, indices, input_shape) -> grad_input``
-    ``indices`` as max_pool2d returns them (values in [0, H*W), checked by the caller);
-    ``input_shape`` is the tuple (N, C, H, W). grad_input[n, c].flat[indices[n, c, i, j]] +=
-    grad_out[n, c, i, j], in grad_out's dtype. The public backward computes indices through
+``max_pool2d_backward(grad_out, indices, input_shape, kernel, stride, padding, dilation)``
+    ``-> grad_input``. ``indices`` as max_pool2d with this window returns them (values in
+    [0, H*W), checked by the caller); ``input_shape`` is the tuple (N, C, H, W).
+    grad_input[n, c].flat[indices[n, c, i, j]] += grad_out[n, c, i, j], in grad_out's dtype.
+    Scattering impls (the CPU ones) need only the indices; gathering impls (the GPU ones:
+    each input element sums the windows that hold it) use the window to find them. The public backward computes indices through
     ``max_pool2d`` under the same impl name when none are passed, so an implementation of
     the backward needs a forward registered under its name.
 ``avg_pool2d(x, kernel, stride, padding, out_size, count_include_pad, divisor_override) -> out``
@@ -87,7 +89,7 @@ def max_pool2d(x, kernel, stride, padding, dilation, out_size):
 
 
 @register("max_pool2d_backward", "reference", priority=-100)
-def max_pool2d_backward(grad_out, indices, input_shape):
+def max_pool2d_backward(grad_out, indices, input_shape, kernel, stride, padding, dilation):
     N, C, H, W = input_shape
     windows = grad_out.shape[2] * grad_out.shape[3]
     grad = np.zeros((N * C, H * W), dtype=grad_out.dtype)
