@@ -1,10 +1,13 @@
 """The GPU recurrent impls without a GPU: the numba_cuda LSTM and GRU cells under the CUDA
-simulator against the reference impl, and the step loop that the CUDA C impls share with
-them (multi-layer, bidirectional, dropout masks) driven by the numba kernels.
+simulator against the reference impl, and the step loop that every fast rnn impl shares
+(gpuconv/kernels/_rnn_loop.py: multi-layer, bidirectional, dropout masks) driven by the numba
+kernels.
 
 The simulator runs every CUDA thread as a Python thread, so shapes are tiny. On a GPU
 machine tests/test_rnn.py runs these impls on CuPy arrays."""
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -159,8 +162,8 @@ def _through_contiguous_copies(cell):
 
 
 def _seq_impls():
-    """The sequence ops of the CUDA C impl's step loop, with the numba kernels."""
-    from gpuconv.kernels.cuda_c.rnn import sequence_impls
+    """The sequence ops of the shared step loop, with the numba kernels."""
+    from gpuconv.kernels._rnn_loop import sequence_impls
     from gpuconv.kernels.numba_cuda.rnn import CELLS
     return sequence_impls({kind: _through_contiguous_copies(c) for kind, c in CELLS.items()})
 
@@ -199,11 +202,19 @@ def test_step_loop_sequence_backward_matches_reference(kind, case, dtype):
 def test_every_rnn_op_has_a_cuda_impl_for_float32_and_float64(op):
     impl = next(i for i in kernels.implementations(op) if i.name == "cuda")
     assert impl.device == "cuda"
-    assert impl.supports("float32") and impl.supports("float64")
+    assert impl.supports(np.dtype("float32")) and impl.supports(np.dtype("float64"))
 
 
 @pytest.mark.parametrize("op", CELL_OPS)
 def test_lstm_and_gru_cell_ops_have_a_numba_cuda_impl(op):
     impl = next(i for i in kernels.implementations(op) if i.name == "numba_cuda")
     assert impl.device == "cuda"
-    assert impl.supports("float32") and impl.supports("float64")
+    assert impl.supports(np.dtype("float32")) and impl.supports(np.dtype("float64"))
+
+
+def test_importing_the_shared_step_loop_imports_neither_numba_nor_cupy():
+    code = ("import sys, gpuconv.kernels._rnn_loop; "
+            "print(sorted({'numba', 'cupy'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -1,5 +1,6 @@
 """numba.cuda kernels for the LSTM and GRU cell pointwise math (see
-gpuconv/kernels/numba_cuda/rnn.py for the launchers).
+gpuconv/kernels/numba_cuda/rnn.py for the launchers, gpuconv/kernels/_rnn_loop.py for
+the step loop that calls them).
 
 Kept apart from the launchers because the CUDA simulator needs ``cuda`` to be a module
 global of the kernels, and importing numba.cuda must wait until a kernel is launched.

@@ -2,14 +2,13 @@
 GPU, NumPy under the simulator) around the pointwise kernels of ``_rnn_kernels.py``.
 
 Registry contract as every rnn cell impl (see ``gpuconv/kernels/reference/rnn.py``). The
-step loop is the one of the CUDA C impl (:mod:`gpuconv.kernels.cuda_c.rnn`), given these
-kernels as its pointwise launchers; the kernels mirror ``kernels/rnn.cu``.
+step loop is the one all fast rnn impls share (:mod:`gpuconv.kernels._rnn_loop`), given
+these kernels as its pointwise functions; the kernels mirror ``kernels/rnn.cu``.
 """
 from __future__ import annotations
 
-from ... import backend
 from .. import register
-from ..cuda_c.rnn import Cell, cell_impls
+from .._rnn_loop import Cell, cell_impls, empty_like
 from . import is_available
 
 THREADS = 128
@@ -26,10 +25,6 @@ def _launch(name: str, like, *args) -> None:
     getattr(_rnn_kernels, name)[blocks, THREADS](*args)
 
 
-def _empty_like(a):
-    return backend.empty(a.shape, a.dtype, backend.array_module(a))
-
-
 def _lstm_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
     (_, c_prev), (h, c), (gates, tanh_c) = prev, nxt, saved
     _launch("lstm_cell_fwd_pointwise", h, gi, gh, b_ih, b_hh, c_prev, h, c, gates, tanh_c)
@@ -37,7 +32,7 @@ def _lstm_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
 
 def _lstm_backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
     (grad_h, grad_c), (_, c_prev), (gates, tanh_c) = grad_nxt, prev, saved
-    grad_c_prev = _empty_like(c_prev)
+    grad_c_prev = empty_like(c_prev)
     _launch("lstm_cell_bwd_pointwise", grad_h, grad_h, grad_out, grad_c, gates, tanh_c, c_prev,
             grad_gi, grad_c_prev)
     return None, [grad_c_prev]
@@ -50,7 +45,7 @@ def _gru_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
 
 def _gru_backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
     (grad_h,), (h_prev,), (gates, gh_n) = grad_nxt, prev, saved
-    direct = _empty_like(h_prev)
+    direct = empty_like(h_prev)
     _launch("gru_cell_bwd_pointwise", grad_h, grad_h, grad_out, gates, gh_n, h_prev, grad_gi,
             grad_gh, direct)
     return direct, []

@@ -1,372 +1,160 @@
 """Recurrent cells and sequences on the CPU with NumPy + BLAS.
 
-The argument contract is in :mod:`gpuconv.kernels.reference.rnn`. The structure is the one a
-GPU impl follows:
-
-- per layer, one GEMM projects the input of every time step for both directions at once,
-  ``(T*B, I) @ [W_ih fwd; W_ih rev]^T``;
-- per step, one GEMM ``h @ W_hh^T``, then the pointwise gate math (the ``*_pointwise``
-  functions below, which a GPU impl fuses into one kernel);
-- backward runs the pointwise backward per step, keeping the gate gradients of every step,
-  then gets the input gradient and ``W_ih``'s gradient from one GEMM each over all steps and
-  both directions, and ``W_hh``'s gradient from one GEMM over all steps per direction.
+The argument contract is in :mod:`gpuconv.kernels.reference.rnn`. The step loop and its
+GEMMs are the ones every fast rnn impl shares (:mod:`gpuconv.kernels._rnn_loop`): one GEMM
+per layer projects every step's input for both directions, one GEMM per step
+``h @ W_hh^T``, and backward gets the input and ``W_ih`` gradients from one GEMM each over
+all steps. This module gives the loop NumPy versions of the fused GPU pointwise kernels:
+they write the new states, the saved arrays and the gate gradients into the arrays the loop
+hands them (``out=``), so a step allocates only small temporaries.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ... import backend
 from .. import register
+from .._rnn_loop import Cell, impls
 
 
-# --------------------------------------------------------------------------- pointwise gate math
-#
-# gi = x W_ih^T + b_ih and gh = h W_hh^T come in without b_hh, which the pointwise function
-# adds (GRU needs it inside r * (W_hn h + b_hn)). Each forward returns (h, c, saved) with c None
-# for cells without a cell state; each backward returns
-# (grad gi, grad gh, grad h_prev not through W_hh or None, grad c_prev or None).
-
-def _sigmoid(x):
+def _sigmoid_(x):
+    """Sigmoid in place."""
+    np.negative(x, out=x)
     # For very negative x, exp(-x) overflows to inf and 1 / (1 + inf) is the exact limit, 0.
     with np.errstate(over="ignore"):
-        y = np.exp(-x)
-    y += 1
-    return np.reciprocal(y, out=y)
-
-
-def _lstm_pointwise(gi, gh, b_hh, h_prev, c_prev):
-    pre = gi + gh
-    if b_hh is not None:
-        pre += b_hh
-    H = c_prev.shape[1]
-    act = _sigmoid(pre)
-    act[:, 2 * H:3 * H] = np.tanh(pre[:, 2 * H:3 * H])
-    i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
-    c = f * c_prev + i * g
-    tanh_c = np.tanh(c)
-    return o * tanh_c, c, (act, tanh_c)
-
-
-def _lstm_pointwise_backward(grad_h, grad_c, saved, h_prev, c_prev):
-    act, tanh_c = saved
-    H = c_prev.shape[1]
-    i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
-    grad_c = grad_c + grad_h * o * (1 - tanh_c * tanh_c)
-    grad_pre = backend.empty(act.shape, act.dtype)
-    grad_pre[:, :H] = grad_c * g * i * (1 - i)
-    grad_pre[:, H:2 * H] = grad_c * c_prev * f * (1 - f)
-    grad_pre[:, 2 * H:3 * H] = grad_c * i * (1 - g * g)
-    grad_pre[:, 3 * H:] = grad_h * tanh_c * o * (1 - o)
-    return grad_pre, grad_pre, None, grad_c * f
-
-
-def _gru_pointwise(gi, gh, b_hh, h_prev, c_prev):
-    if b_hh is not None:
-        gh = gh + b_hh
-    H = h_prev.shape[1]
-    rz = _sigmoid(gi[:, :2 * H] + gh[:, :2 * H])
-    r, z = rz[:, :H], rz[:, H:]
-    gh_n = gh[:, 2 * H:]
-    n = np.tanh(gi[:, 2 * H:] + r * gh_n)
-    return n + z * (h_prev - n), None, (rz, n, gh_n)
-
-
-def _gru_pointwise_backward(grad_h, grad_c, saved, h_prev, c_prev):
-    rz, n, gh_n = saved
-    H = h_prev.shape[1]
-    r, z = rz[:, :H], rz[:, H:]
-    grad_n_pre = grad_h * (1 - z) * (1 - n * n)
-    grad_gi = backend.empty((h_prev.shape[0], 3 * H), h_prev.dtype)
-    grad_gh = backend.empty((h_prev.shape[0], 3 * H), h_prev.dtype)
-    grad_gi[:, :H] = grad_n_pre * gh_n * r * (1 - r)
-    grad_gi[:, H:2 * H] = grad_h * (h_prev - n) * z * (1 - z)
-    grad_gi[:, 2 * H:] = grad_n_pre
-    grad_gh[:, :2 * H] = grad_gi[:, :2 * H]
-    grad_gh[:, 2 * H:] = grad_n_pre * r
-    return grad_gi, grad_gh, grad_h * z, None
-
-
-def _simple_pointwise(nonlinearity):
-    def forward(gi, gh, b_hh, h_prev, c_prev):
-        pre = gi + gh
-        if b_hh is not None:
-            pre += b_hh
-        h = np.tanh(pre) if nonlinearity == "tanh" else np.maximum(pre, 0)
-        return h, None, h
-
-    def backward(grad_h, grad_c, h, h_prev, c_prev):
-        slope = 1 - h * h if nonlinearity == "tanh" else h > 0
-        grad_pre = grad_h * slope
-        return grad_pre, grad_pre, None, None
-    return forward, backward
-
-
-class _Cell:
-    """A cell kind: its gate count and pointwise forward/backward."""
-
-    def __init__(self, gates, forward, backward, separate_hidden_grad=False):
-        self.gates = gates
-        self.forward = forward
-        self.backward = backward
-        self.separate_hidden_grad = separate_hidden_grad  # grad gh differs from grad gi
-
-
-_LSTM = _Cell(4, _lstm_pointwise, _lstm_pointwise_backward)
-_GRU = _Cell(3, _gru_pointwise, _gru_pointwise_backward, separate_hidden_grad=True)
-_SIMPLE = {nl: _Cell(1, *_simple_pointwise(nl)) for nl in ("tanh", "relu")}
-
-
-# --------------------------------------------------------------------------- cells
-
-def _project(x, w, b):
-    y = x @ w.T
-    if b is not None:
-        y += b
-    return y
-
-
-def _cell_forward(cell, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    return cell.forward(_project(x, w_ih, b_ih), hx @ w_hh.T, b_hh, hx, cx)
-
-
-def _cell_backward(cell, grad_h, grad_c, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    _, _, saved = _cell_forward(cell, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    grad_gi, grad_gh, grad_h_direct, grad_cx = cell.backward(grad_h, grad_c, saved, hx, cx)
-    grad_hx = grad_gh @ w_hh
-    if grad_h_direct is not None:
-        grad_hx += grad_h_direct
-    return (grad_gi @ w_ih, grad_hx, grad_cx, grad_gi.T @ x, grad_gh.T @ hx,
-            None if b_ih is None else grad_gi.sum(axis=0),
-            None if b_hh is None else grad_gh.sum(axis=0))
-
-
-def _without_cell_state(grads):
-    gx, ghx, _, *gw = grads
-    return (gx, ghx, *gw)
-
-
-@register("lstm_cell", "numpy")
-def lstm_cell(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    h, c, _ = _cell_forward(_LSTM, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    return h, c
-
-
-@register("lstm_cell_backward", "numpy")
-def lstm_cell_backward(grad_h, grad_c, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    return _cell_backward(_LSTM, grad_h, grad_c, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-
-
-@register("gru_cell", "numpy")
-def gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh):
-    return _cell_forward(_GRU, x, hx, None, w_ih, w_hh, b_ih, b_hh)[0]
-
-
-@register("gru_cell_backward", "numpy")
-def gru_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih, b_hh):
-    return _without_cell_state(
-        _cell_backward(_GRU, grad_h, None, x, hx, None, w_ih, w_hh, b_ih, b_hh))
-
-
-@register("rnn_tanh_cell", "numpy")
-def rnn_tanh_cell(x, hx, w_ih, w_hh, b_ih, b_hh):
-    return _cell_forward(_SIMPLE["tanh"], x, hx, None, w_ih, w_hh, b_ih, b_hh)[0]
-
-
-@register("rnn_relu_cell", "numpy")
-def rnn_relu_cell(x, hx, w_ih, w_hh, b_ih, b_hh):
-    return _cell_forward(_SIMPLE["relu"], x, hx, None, w_ih, w_hh, b_ih, b_hh)[0]
-
-
-@register("rnn_tanh_cell_backward", "numpy")
-def rnn_tanh_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih, b_hh):
-    return _without_cell_state(
-        _cell_backward(_SIMPLE["tanh"], grad_h, None, x, hx, None, w_ih, w_hh, b_ih, b_hh))
-
-
-@register("rnn_relu_cell_backward", "numpy")
-def rnn_relu_cell_backward(grad_h, x, hx, w_ih, w_hh, b_ih, b_hh):
-    return _without_cell_state(
-        _cell_backward(_SIMPLE["relu"], grad_h, None, x, hx, None, w_ih, w_hh, b_ih, b_hh))
-
-
-# --------------------------------------------------------------------------- sequences
-
-class _Tape:
-    """What one direction of one layer keeps for backward, indexed by time step."""
-
-    def __init__(self, T, B, H, dtype):
-        self.h_prev = backend.empty((T, B, H), dtype)
-        self.c_prev = [None] * T
-        self.saved = [None] * T
-
-
-def _steps(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
-
-
-def _direction_forward(cell, gi, w_hh, b_hh, h, c, reverse, out):
-    """The recurrence over gi (T, B, G*H); writes h_t into out (T, B, H)."""
-    T, B, H = out.shape
-    tape = _Tape(T, B, H, out.dtype)
-    for t in _steps(T, reverse):
-        tape.h_prev[t] = h
-        tape.c_prev[t] = c
-        h, c, tape.saved[t] = cell.forward(gi[t], h @ w_hh.T, b_hh, h, c)
-        out[t] = h
-    return h, c, tape
-
-
-def _direction_backward(cell, grad_out, grad_h, grad_c, tape, w_hh, reverse, grad_gi, grad_gh):
-    """BPTT over one direction; fills grad_gi and grad_gh (T, B, G*H), returns the grads
-    of the initial h and c."""
-    for t in reversed(_steps(grad_out.shape[0], reverse)):
-        gi, gh, grad_h_direct, grad_c = cell.backward(grad_h + grad_out[t], grad_c,
-                                                      tape.saved[t], tape.h_prev[t],
-                                                      tape.c_prev[t])
-        grad_gi[t] = gi
-        if cell.separate_hidden_grad:
-            grad_gh[t] = gh
-        grad_h = gh @ w_hh
-        if grad_h_direct is not None:
-            grad_h += grad_h_direct
-    return grad_h, grad_c
-
-
-def _layer_weights(params, layer, D):
-    return [params[4 * (layer * D + d): 4 * (layer * D + d) + 4] for d in range(D)]
-
-
-def _stacked(arrays):
-    return None if arrays[0] is None else np.concatenate(arrays)
-
-
-def _layer_forward(cell, x, weights, h0s, c0s):
-    T, B, I = x.shape
-    D = len(weights)
-    H = h0s[0].shape[1]
-    gi = _project(x.reshape(T * B, I), _stacked([w[0] for w in weights]),
-                  _stacked([w[2] for w in weights])).reshape(T, B, D * cell.gates * H)
-    out = backend.empty((T, B, D * H), x.dtype)
-    finals, tapes = [], []
-    for d, (_, w_hh, _, b_hh) in enumerate(weights):
-        GH = cell.gates * H
-        h, c, tape = _direction_forward(cell, gi[:, :, d * GH:(d + 1) * GH], w_hh, b_hh,
-                                        h0s[d], c0s[d], d == 1, out[:, :, d * H:(d + 1) * H])
-        finals.append((h, c))
-        tapes.append(tape)
-    return out, finals, tapes
-
-
-def _layer_backward(cell, grad_out, x, weights, tapes, grad_h_ns, grad_c_ns):
-    """Returns (grad x, [(grad h0, grad c0)] per direction, [4 weight grads] per direction)."""
-    T, B, I = x.shape
-    D = len(weights)
-    H = grad_out.shape[2] // D
-    GH = cell.gates * H
-    grad_gi = backend.empty((T, B, D * GH), x.dtype)
-    grad_gh = backend.empty((T, B, D * GH), x.dtype) if cell.separate_hidden_grad else grad_gi
-    grad_states = []
-    for d, (_, w_hh, _, _) in enumerate(weights):
-        cols = slice(d * GH, (d + 1) * GH)
-        grad_states.append(_direction_backward(
-            cell, grad_out[:, :, d * H:(d + 1) * H], grad_h_ns[d], grad_c_ns[d], tapes[d], w_hh,
-            d == 1, grad_gi[:, :, cols], grad_gh[:, :, cols]))
-    grad_gi2 = grad_gi.reshape(T * B, D * GH)
-    grad_gh2 = grad_gh.reshape(T * B, D * GH)
-    x2 = x.reshape(T * B, I)
-    grad_x = (grad_gi2 @ _stacked([w[0] for w in weights])).reshape(T, B, I)
-    grad_w_ih = grad_gi2.T @ x2
-    grad_weights = []
-    for d, (_, _, b_ih, b_hh) in enumerate(weights):
-        cols = slice(d * GH, (d + 1) * GH)
-        grad_weights.append([
-            grad_w_ih[cols],
-            grad_gh2[:, cols].T @ tapes[d].h_prev.reshape(T * B, H),
-            None if b_ih is None else grad_gi2[:, cols].sum(axis=0),
-            None if b_hh is None else grad_gh2[:, cols].sum(axis=0),
-        ])
-    return grad_x, grad_states, grad_weights
-
-
-def _forward(cell, x, h0, c0, params, num_layers, bidirectional, masks):
-    """Returns (out, h_n, c_n or None, tape) where tape[l] = (input of layer l, its tapes)."""
-    D = 2 if bidirectional else 1
-    h_n = backend.empty(h0.shape, x.dtype)
-    c_n = None if c0 is None else backend.empty(c0.shape, x.dtype)
-    layer_in, tape = x, []
-    for layer in range(num_layers):
-        if layer > 0 and masks is not None:
-            layer_in = layer_in * masks[layer - 1]
-        ks = range(layer * D, (layer + 1) * D)
-        out, finals, tapes = _layer_forward(cell, layer_in, _layer_weights(params, layer, D),
-                                            [h0[k] for k in ks],
-                                            [None if c0 is None else c0[k] for k in ks])
-        for k, (h, c) in zip(ks, finals):
-            h_n[k] = h
-            if c_n is not None:
-                c_n[k] = c
-        tape.append((layer_in, tapes))
-        layer_in = out
-    return layer_in, h_n, c_n, tape
-
-
-def _backward(cell, grad_out, grad_h_n, grad_c_n, x, h0, c0, params, num_layers, bidirectional,
-              masks):
-    """Returns (grad x, grad h0, grad c0 or None, grad params)."""
-    _, _, _, tape = _forward(cell, x, h0, c0, params, num_layers, bidirectional, masks)
-    D = 2 if bidirectional else 1
-    grad_h0 = backend.empty(h0.shape, x.dtype)
-    grad_c0 = None if c0 is None else backend.empty(c0.shape, x.dtype)
-    grad_params = [None] * len(params)
-    for layer in reversed(range(num_layers)):
-        layer_in, tapes = tape[layer]
-        ks = range(layer * D, (layer + 1) * D)
-        grad_out, grad_states, grad_weights = _layer_backward(
-            cell, grad_out, layer_in, _layer_weights(params, layer, D), tapes,
-            [grad_h_n[k] for k in ks], [None if grad_c_n is None else grad_c_n[k] for k in ks])
-        for k, (gh, gc), gw in zip(ks, grad_states, grad_weights):
-            grad_h0[k] = gh
-            if grad_c0 is not None:
-                grad_c0[k] = gc
-            grad_params[4 * k: 4 * k + 4] = gw
-        if layer > 0 and masks is not None:
-            grad_out = grad_out * masks[layer - 1]
-    return grad_out, grad_h0, grad_c0, grad_params
-
-
-@register("lstm", "numpy")
-def lstm(x, h0, c0, params, num_layers, bidirectional, masks):
-    return _forward(_LSTM, x, h0, c0, params, num_layers, bidirectional, masks)[:3]
-
-
-@register("lstm_backward", "numpy")
-def lstm_backward(grad_out, grad_h_n, grad_c_n, x, h0, c0, params, num_layers, bidirectional,
-                  masks):
-    return _backward(_LSTM, grad_out, grad_h_n, grad_c_n, x, h0, c0, params, num_layers,
-                     bidirectional, masks)
-
-
-@register("gru", "numpy")
-def gru(x, h0, params, num_layers, bidirectional, masks):
-    return _forward(_GRU, x, h0, None, params, num_layers, bidirectional, masks)[:2]
-
-
-@register("gru_backward", "numpy")
-def gru_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks):
-    gx, gh0, _, gparams = _backward(_GRU, grad_out, grad_h_n, None, x, h0, None, params,
-                                    num_layers, bidirectional, masks)
-    return gx, gh0, gparams
-
-
-@register("rnn", "numpy")
-def rnn(x, h0, params, num_layers, bidirectional, masks, nonlinearity):
-    return _forward(_SIMPLE[nonlinearity], x, h0, None, params, num_layers, bidirectional,
-                    masks)[:2]
-
-
-@register("rnn_backward", "numpy")
-def rnn_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks,
-                 nonlinearity):
-    gx, gh0, _, gparams = _backward(_SIMPLE[nonlinearity], grad_out, grad_h_n, None, x, h0,
-                                    None, params, num_layers, bidirectional, masks)
-    return gx, gh0, gparams
+        np.exp(x, out=x)
+    x += 1
+    np.reciprocal(x, out=x)
+
+
+def _part(b, cols):
+    return None if b is None else b[cols]
+
+
+def _bias_sum(b_ih, b_hh):
+    """b_ih + b_hh where either may be None (None when both are): small vectors, added once
+    so that the (B, G*H) pre-activations take one bias pass."""
+    if b_ih is None or b_hh is None:
+        return b_hh if b_ih is None else b_ih
+    return b_ih + b_hh
+
+
+def _sum_into(out, first, *rest):
+    """out = first + the arrays of ``rest`` that are not None."""
+    rest = [a for a in rest if a is not None]
+    if not rest:
+        np.copyto(out, first)
+        return
+    np.add(first, rest[0], out=out)
+    for a in rest[1:]:
+        out += a
+
+
+def _blocks(a, n):
+    """The n gate blocks of a (B, n*H) array, as views."""
+    H = a.shape[1] // n
+    return [a[:, k * H:(k + 1) * H] for k in range(n)]
+
+
+def _lstm_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
+    """i, f, o = sigmoid, g = tanh of gi + gh + biases; c = f c_prev + i g, h = o tanh(c).
+    Saves the activated gates (B, 4H) and tanh(c)."""
+    (_, c_prev), (h, c), (gates, tanh_c) = prev, nxt, saved
+    _sum_into(gates, gi, gh, _bias_sum(b_ih, b_hh))
+    i, f, g, o = _blocks(gates, 4)
+    # One sigmoid over the whole contiguous array beats three over its column blocks (NumPy's
+    # fast loops need contiguous arrays), so g's tanh waits in tanh_c meanwhile.
+    np.tanh(g, out=tanh_c)
+    _sigmoid_(gates)
+    np.copyto(g, tanh_c)
+    np.multiply(f, c_prev, out=c)
+    c += i * tanh_c
+    np.tanh(c, out=tanh_c)
+    np.multiply(o, tanh_c, out=h)
+
+
+def _lstm_backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
+    """dh = grad_h + grad_out, dc = grad_c + dh o (1 - tanh(c)^2); the gate gradients go
+    through each activation's derivative; grad c_prev = dc f."""
+    (grad_h, grad_c), (_, c_prev), (gates, tanh_c) = grad_nxt, prev, saved
+    i, f, g, o = _blocks(gates, 4)
+    d_i, d_f, d_g, d_o = _blocks(grad_gi, 4)
+    dh = grad_h + grad_out
+    dc = 1 - tanh_c * tanh_c
+    dc *= o
+    dc *= dh
+    dc += grad_c
+    np.multiply(dc * g, i * (1 - i), out=d_i)
+    np.multiply(dc * c_prev, f * (1 - f), out=d_f)
+    np.multiply(dc * i, 1 - g * g, out=d_g)
+    np.multiply(dh * tanh_c, o * (1 - o), out=d_o)
+    return None, [dc * f]
+
+
+def _gru_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
+    """r, z = sigmoid(gi + gh + biases), n = tanh(gi_n + b_in + r (gh_n + b_hn)),
+    h = n + z (h_prev - n)."""
+    (h_prev,), (h,), (rz, n, gh_n) = prev, nxt, saved
+    H = h.shape[1]
+    rz_cols, n_cols = slice(0, 2 * H), slice(2 * H, None)
+    _sum_into(rz, gi[:, rz_cols], gh[:, rz_cols],
+              _bias_sum(_part(b_ih, rz_cols), _part(b_hh, rz_cols)))
+    _sigmoid_(rz)
+    _sum_into(gh_n, gh[:, n_cols], _part(b_hh, n_cols))
+    np.multiply(rz[:, :H], gh_n, out=n)
+    _sum_into(n, n, gi[:, n_cols], _part(b_ih, n_cols))
+    np.tanh(n, out=n)
+    np.subtract(h_prev, n, out=h)
+    h *= rz[:, H:]
+    h += n
+
+
+def _gru_backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
+    """dn = dh (1 - z) (1 - n^2), dr = dn (gh_n + b_hn) r (1 - r), dz = dh (h_prev - n)
+    z (1 - z); grad gi = [dr, dz, dn], grad gh = [dr, dz, dn r]; h_prev also gets dh z
+    directly. The r, z part is computed as one contiguous (B, 2H) block."""
+    (grad_h,), (h_prev,), (rz, n, gh_n) = grad_nxt, prev, saved
+    H = n.shape[1]
+    dh = grad_h + grad_out
+    d_n = 1 - n * n
+    d_n *= dh
+    d_n *= 1 - rz[:, H:]
+    d_rz = 1 - rz
+    d_rz *= rz
+    d_rz[:, :H] *= d_n * gh_n
+    d_rz[:, H:] *= dh * (h_prev - n)
+    grad_gi[:, :2 * H] = d_rz
+    grad_gi[:, 2 * H:] = d_n
+    grad_gh[:, :2 * H] = d_rz
+    np.multiply(d_n, rz[:, :H], out=grad_gh[:, 2 * H:])
+    dh *= rz[:, H:]
+    return dh, []
+
+
+def _simple_cell(nonlinearity: str) -> Cell:
+    def forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
+        (h,) = nxt
+        _sum_into(h, gi, gh, _bias_sum(b_ih, b_hh))
+        if nonlinearity == "tanh":
+            np.tanh(h, out=h)
+        else:
+            np.maximum(h, 0, out=h)
+
+    def backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
+        (grad_h,), (h,) = grad_nxt, nxt
+        np.add(grad_h, grad_out, out=grad_gi)
+        grad_gi *= 1 - h * h if nonlinearity == "tanh" else h > 0
+        return None, []
+    return Cell(1, (), forward, backward)
+
+
+CELLS = {
+    "lstm": Cell(4, (4, 1), _lstm_forward, _lstm_backward),
+    # Saves [r, z], n and W_hn h + b_hn as separate contiguous arrays rather than column
+    # blocks of one, for NumPy's fast loops.
+    "gru": Cell(3, (2, 1, 1), _gru_forward, _gru_backward, separate_hidden_grad=True),
+    "rnn_tanh": _simple_cell("tanh"),
+    "rnn_relu": _simple_cell("relu"),
+}
+
+for _op, _fn in impls(CELLS).items():
+    register(_op, "numpy")(_fn)
