@@ -11,7 +11,14 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("backend", "functional", "kernels", "nn", "optim", "init", "data", "models",
-               "train", "cli")
+               "train", "cli", "threads", "benchmark", "testing")
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the CPU kernels (numba and BLAS); see :mod:`gpuconv.threads`."""
+    from .threads import set_num_threads as _set
+
+    _set(n)
 
 
 def __getattr__(name: str):

@@ -32,6 +32,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for numba and BLAS (default $GPUCONV_NUM_THREADS or 1)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gpuconv", description="Train and inspect small CNNs and RNNs with gpuconv.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -52,12 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true",
                    help="no training-set augmentation (mnist1d shifts signals by default)")
 
+    _add_threads(t)
+
     e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
     e.add_argument("checkpoint")
     e.add_argument("--dataset", choices=DATASETS, help="default: the one it was trained on")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     e.add_argument("--data-root")
+
+    _add_threads(e)
 
     sub.add_parser("info", help="versions, devices and which kernel implementations run here")
 
@@ -72,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the report as JSON here")
     b.add_argument("--plot", help="write a PNG chart of the ratios here")
     b.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (seconds)")
+    _add_threads(b)
     return p
 
 
@@ -229,7 +239,7 @@ def _bench(args) -> int:
     from . import benchmark
 
     report = benchmark.run(args.families, impls=args.impl, dtype=args.dtype, suite=args.suite,
-                           quick=args.quick, device=args.device)
+                           quick=args.quick, device=args.device, threads=args.threads)
     if args.json:
         benchmark.save_json(report, args.json)
         print(f"wrote {args.json}")
@@ -245,6 +255,15 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("train", "eval", "bench"):
+        from .threads import default_threads, set_num_threads
+
+        try:
+            args.threads = default_threads() if args.threads is None else args.threads
+            set_num_threads(args.threads)
+        except ValueError as exc:
+            print(f"gpuconv {args.command}: error: {exc}", file=sys.stderr)
+            return 2
     handler = {"train": _train, "eval": _eval, "info": _info, "bench": _bench}[args.command]
     try:
         return handler(args)

@@ -137,3 +137,18 @@ def test_import_is_cheap_and_loads_no_gpu_or_torch_module():
     seconds, bad = out.stdout.split(" ", 1)
     assert bad.strip() == "[]", f"import gpuconv loaded {bad.strip()}"
     assert float(seconds) < 1.0, f"import took {float(seconds):.2f} s"
+
+
+def test_set_num_threads_rejects_non_positive_counts():
+    from gpuconv import threads
+    with pytest.raises(ValueError, match="positive int"):
+        threads.set_num_threads(0)
+
+
+def test_thread_count_comes_from_the_environment(monkeypatch):
+    from gpuconv import threads
+    monkeypatch.setenv("GPUCONV_NUM_THREADS", "3")
+    assert threads.default_threads() == 3
+    monkeypatch.setenv("GPUCONV_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="GPUCONV_NUM_THREADS"):
+        threads.default_threads()

@@ -131,6 +131,7 @@ def _cli(*args, cwd=None, env=None):
     (["train", "lenet5", "--dataset", "mnist1d"], "takes images"),
     (["train", "nosuchnet"], "unknown model"),
     (["eval", "missing.npz"], "missing.npz"),
+    (["train", "--threads", "0"], "must be a positive int"),
 ])
 def test_cli_bad_arguments_give_one_line_and_no_traceback(args, message, tmp_path):
     out = _cli(*args, cwd=tmp_path)

@@ -149,8 +149,12 @@ def _with_ratios(rows: list) -> list:
 
 def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype: str = "float32",
         suite: str | None = None, quick: bool = False, device: str = "auto",
-        log: Callable[[str], None] = print) -> dict:
-    """Run the benchmark and return the report (``environment``, ``ceilings``, ``rows``)."""
+        threads: int | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run the benchmark and return the report (``environment``, ``ceilings``, ``rows``).
+
+    ``threads``: CPU threads for PyTorch too (gpuconv's are set by
+    :func:`gpuconv.set_num_threads`), so that CPU figures compare like with like.
+    """
     device = backend.resolve_device(device)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -160,6 +164,9 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
     if unknown:
         raise ValueError(f"unknown benchmark {unknown}; choose from {', '.join(FAMILIES)}")
     suite = suite or ("quick" if quick else ("gpu" if device == "cuda" else "cpu"))
+    torch = _torch()
+    if torch is not None and threads is not None:
+        torch.set_num_threads(threads)
     xp = backend.cupy_or_none() if device == "cuda" else np
     ceilings = measure_ceilings(device, quick)
     log(f"ceilings on {device}: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
@@ -173,8 +180,8 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
         for case in load_suite(family, suite):
             for p in SUITE_PASSES[family](case):
                 rows += _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log)
-    return {"environment": environment(device), "ceilings": ceilings, "suite": suite,
-            "dtype": dtype, "rows": rows}
+    return {"environment": {**environment(device), "cpu_threads": threads}, "ceilings": ceilings,
+            "suite": suite, "dtype": dtype, "rows": rows}
 
 
 def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:

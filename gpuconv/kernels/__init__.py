@@ -49,7 +49,7 @@ class Impl:
     priority: Priority = 0
 
     def supports(self, dtype) -> bool:
-        return self.dtypes is None or dtype in self.dtypes
+        return self.dtypes is None or np.dtype(dtype) in self.dtypes
 
     def score(self, args, kwargs) -> int:
         return self.priority(*args, **kwargs) if callable(self.priority) else self.priority
