@@ -93,3 +93,27 @@ def test_cli_quick_bench_finishes_in_seconds(tmp_path):
     assert out.returncode == 0, out.stderr
     assert time.perf_counter() - t0 < 60
     assert json.loads((tmp_path / "r.json").read_text())["suite"] == "quick"
+
+
+def test_max_pool_counts_include_the_int64_indices():
+    from gpuconv.benchmark.cases import pool_passes
+    case = {"label": "p", "kind": "max", "N": 2, "C": 3, "H": 8, "W": 8, "kernel": 2,
+            "stride": 2, "pad": 0}
+    fwd, bwd = pool_passes(case)
+    x, y = 2 * 3 * 64, 2 * 3 * 16
+    assert fwd.flops == y * 4
+    assert fwd.bytes(4) == 4 * (x + y) + 8 * y
+    assert bwd.bytes(4) == 4 * (y + x) + 8 * y
+
+
+def test_lstm_flop_count_is_the_gate_gemms():
+    from gpuconv.benchmark.cases import lstm_passes
+    fwd, bwd = lstm_passes({"label": "l", "T": 50, "B": 64, "input": 128, "hidden": 256})
+    assert fwd.flops == 2 * 50 * 64 * 4 * 256 * (128 + 256)
+    assert bwd.flops == 2 * fwd.flops
+
+
+def test_quick_pool_and_lstm_runs_are_correct():
+    report = benchmark.run(["pool", "lstm"], impls=["numpy"], quick=True, log=lambda s: None)
+    ours = [r for r in report["rows"] if r["impl"] == "numpy"]
+    assert len(ours) == 6 and all(r["correct"] for r in ours)

@@ -79,7 +79,10 @@ def _array_dtype(dtype: str):
 
 
 def _outputs(result) -> list:
-    return [r for r in (result if isinstance(result, tuple) else (result,)) if r is not None]
+    """The arrays of a result, nested tuples and lists flattened in order, Nones dropped."""
+    if isinstance(result, (tuple, list)):
+        return [a for r in result for a in _outputs(r)]
+    return [] if result is None else [result]
 
 
 def _max_err(result, oracle) -> float:
@@ -128,10 +131,11 @@ def _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick):
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-    closures = [p.torch_call(torch, tuple(torch.from_numpy(a).to(tdev, tdtype) for a in s))
+    closures = [p.torch_call(torch, tuple(torch.from_numpy(a).to(tdev, tdtype) if a.dtype.kind == "f"
+                                          else torch.from_numpy(a).to(tdev) for a in s))
                 for s in sets64]
     result = closures[0]()
-    err = _max_err(tuple(r.float().cpu().numpy() for r in _outputs(result)), oracle)
+    err = _max_err([r.detach().float().cpu().numpy() for r in _outputs(result)], oracle)
     # On a GPU the CUDA events bracket torch's launches too: both use the legacy null stream.
     timing = time_call(lambda closure: closure(), [(c,) for c in closures], device, quick)
     return _row(case, p, "torch", "cudnn" if device == "cuda" else "torch_cpu", dtype, device,
@@ -190,7 +194,8 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
     rows = []
     array_dtype = _array_dtype(dtype)
     if array_dtype is not None:
-        sets = [tuple(xp.asarray(a.astype(array_dtype)) for a in s) for s in sets64]
+        sets = [tuple(xp.asarray(a.astype(array_dtype) if a.dtype.kind == "f" else a) for a in s)
+                for s in sets64]
         rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
     torch_row = _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick)
     if torch_row is not None:

@@ -82,4 +82,112 @@ def conv_passes(c: dict) -> list[Pass]:
     ]
 
 
-SUITE_PASSES: dict[str, Callable[[dict], list]] = {"conv": conv_passes}
+# ---------------------------------------------------------------------------------- pooling
+
+def pool_passes(c: dict) -> list[Pass]:
+    from .. import functional as F
+
+    k, s, p = c["kernel"], c["stride"], c["pad"]
+    oh, ow = _out(c["H"], k, s, p), _out(c["W"], k, s, p)
+    x_shape = (c["N"], c["C"], c["H"], c["W"])
+    y_shape = (c["N"], c["C"], oh, ow)
+    x_n, y_n = int(np.prod(x_shape)), int(np.prod(y_shape))
+    taps = y_n * k * k
+    is_max = c["kind"] == "max"
+    index_bytes = 8 * y_n if is_max else 0
+
+    def make_x(rng):
+        # distinct values: no ties, so every impl picks the same maximum
+        return rng.permutation(x_n).reshape(x_shape) / x_n
+
+    def make_fwd(rng):
+        return (make_x(rng),)
+
+    def make_bwd(rng):
+        x = make_x(rng)
+        gy = rng.standard_normal(y_shape)
+        if not is_max:
+            return gy, x
+        _, idx = F.max_pool2d(x, k, s, p, return_indices=True, impl="reference")
+        return gy, x, idx
+
+    def forward(a, impl):
+        pool = F.max_pool2d if is_max else F.avg_pool2d
+        return pool(a[0], k, s, p, impl=impl)
+
+    def backward(a, impl):
+        if is_max:
+            gy, x, idx = a
+            return F.max_pool2d_backward(gy, x, k, s, p, indices=idx, impl=impl)
+        return F.avg_pool2d_backward(*a, k, s, p, impl=impl)
+
+    def torch_pool(torch):
+        return torch.nn.functional.max_pool2d if is_max else torch.nn.functional.avg_pool2d
+
+    def torch_fwd(torch, inputs):
+        return lambda: torch_pool(torch)(inputs[0], k, s, p)
+
+    def torch_bwd(torch, inputs):
+        gy, x = inputs[:2]
+        leaf = x.detach().requires_grad_()
+        y = torch_pool(torch)(leaf, k, s, p)
+        return lambda: torch.autograd.grad(y, leaf, gy, retain_graph=True)
+
+    return [Pass("max_pool2d" if is_max else "avg_pool2d", "forward", taps, x_n + y_n,
+                 index_bytes, make_fwd, forward, torch_fwd),
+            Pass("max_pool2d_backward" if is_max else "avg_pool2d_backward", "backward", taps,
+                 y_n + x_n, index_bytes, make_bwd, backward,
+                 torch_bwd)]
+
+
+# ------------------------------------------------------------------------------------- LSTM
+
+def lstm_passes(c: dict) -> list[Pass]:
+    from .. import functional as F
+
+    T, B, I, H = c["T"], c["B"], c["input"], c["hidden"]
+    shapes = [(4 * H, I), (4 * H, H), (4 * H,), (4 * H,)]
+    step_macs = B * 4 * H * (I + H)
+    params_n = sum(int(np.prod(s)) for s in shapes)
+    x_n, y_n = T * B * I, T * B * H
+
+    def make_fwd(rng):
+        bound = 1 / np.sqrt(H)
+        return (rng.standard_normal((T, B, I)),
+                *(rng.uniform(-bound, bound, s) for s in shapes))
+
+    def make_bwd(rng):
+        return (rng.standard_normal((T, B, H)),) + make_fwd(rng)
+
+    def forward(a, impl):
+        return F.lstm(a[0], None, list(a[1:]), impl=impl)
+
+    def backward(a, impl):
+        return F.lstm_backward(a[0], None, None, a[1], None, list(a[2:]), impl=impl)
+
+    def torch_module(torch, params):
+        m = torch.nn.LSTM(I, H).to(params[0].device, params[0].dtype)
+        with torch.no_grad():
+            for p, value in zip(m.parameters(), params):
+                p.copy_(value)
+        return m
+
+    def torch_fwd(torch, inputs):
+        m = torch_module(torch, inputs[1:])
+        return lambda: m(inputs[0])
+
+    def torch_bwd(torch, inputs):
+        gy, x = inputs[:2]
+        m = torch_module(torch, inputs[2:])
+        leaf = x.detach().requires_grad_()
+        y, _ = m(leaf)
+        return lambda: torch.autograd.grad(y, [leaf, *m.parameters()], gy, retain_graph=True)
+
+    return [Pass("lstm", "forward", 2 * T * step_macs, x_n + params_n + y_n + 2 * B * H, 0,
+                 make_fwd, forward, torch_fwd),
+            Pass("lstm_backward", "backward", 4 * T * step_macs,
+                 y_n + x_n + params_n + x_n + params_n, 0, make_bwd, backward, torch_bwd)]
+
+
+SUITE_PASSES: dict[str, Callable[[dict], list]] = {"conv": conv_passes, "pool": pool_passes,
+                                                   "lstm": lstm_passes}
