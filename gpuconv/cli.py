@@ -1,4 +1,4 @@
-"""The ``gpuconv`` command: ``train``, ``eval`` and ``info``.
+"""The ``gpuconv`` command: ``train``, ``eval``, ``info`` and ``bench``.
 
 ``gpuconv train`` with no arguments trains LeNet-5 on the bundled ``digits`` data. Bad
 arguments give a one-line error and exit status 2; failures while running give a one-line
