@@ -3,12 +3,9 @@
 Without a GPU (this machine, CI) three things run:
 
 - the numba.cuda kernels under the CUDA simulator;
-- the CUDA C kernels of ``kernels/optim.cu`` compiled for the host by g++ (a small header
-  stands in for the CUDA keywords and thread indices), driven through their CuPy launchers
-  with ``launch`` replaced by a loop over every thread of the requested grid. That checks
-  the kernels' arithmetic and grid-stride indexing, and that each launcher passes exactly
-  the argument types its entry point declares; not NVRTC, the device or CuPy itself;
-- the optimizers on non-contiguous parameters (the CPU path).
+- the optimizers on non-contiguous parameters (the CPU path);
+- the tests marked ``gpu``, once more in tests/test_cuda_emulated.py, where the CUDA C
+  kernels of ``kernels/optim.cu`` run on the CPU under the CUDA emulator.
 
 On a GPU the tests marked ``gpu`` run every CUDA impl on CuPy arrays, and each optimizer's
 CuPy path against its NumPy path for three steps.
@@ -20,18 +17,12 @@ output and starts as NaN.
 """
 from __future__ import annotations
 
-import ctypes
-import re
-import shutil
-import subprocess
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from gpuconv import backend, kernels, optim
-from gpuconv._resources import cuda_source_dir
-from gpuconv.kernels import cuda_c
 from gpuconv.kernels.numba_cuda import optim as numba_optim, simulator_enabled
 from support import TOL, assert_close, impl_params, on_device_of, rng_for
 
@@ -219,108 +210,6 @@ def test_numba_cuda_grid_stride_loop_updates_each_element_once(dtype, monkeypatc
     check_step(_impl("adam_step", "numba_cuda"), ADAM_EVERY_BUFFER, dtype)
 
 
-# --------------------------------------------------------------------------- CUDA C on the host
-
-# Stand-ins that let g++ compile kernels/optim.cu as it is: the CUDA qualifiers vanish and
-# the thread indices become globals that the test sets before each simulated thread runs.
-HOST_SHIM = """
-#include <cmath>
-using std::sqrt;
-struct gpuconv_host_dim3 { unsigned x; };
-extern "C" { gpuconv_host_dim3 blockIdx, threadIdx, blockDim, gridDim; }
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__ static
-inline void __syncthreads() {}
-"""
-GXX = shutil.which("g++")
-# Entry-point parameter types -> (the launcher argument's type, the ctypes type).
-C_TYPES = {"T*": (np.ndarray, ctypes.c_void_p), "const T*": (np.ndarray, ctypes.c_void_p),
-           "long long": (np.int64, ctypes.c_longlong), "double": (np.float64, ctypes.c_double),
-           "int": (np.int32, ctypes.c_int)}
-C_DTYPES = {"f32": np.float32, "f64": np.float64}
-
-
-def _entry_point_params() -> dict[str, list[str]]:
-    """``{kernel name without suffix: [parameter type, ...]}`` read from kernels/optim.cu."""
-    text = (cuda_source_dir() / "optim.cu").read_text().replace("\\\n", " ")
-    found = re.findall(r'extern "C" __global__ void (\w+)_##SUFFIX\(([^)]*)\)', text)
-    return {name: [" ".join(p.split()[:-1]) for p in params.split(",")]
-            for name, params in found}
-
-
-@pytest.fixture(scope="module")
-def host_optim(tmp_path_factory):
-    """kernels/optim.cu built for the host, loaded with ctypes."""
-    if GXX is None:
-        pytest.skip("g++ is not installed")
-    build = tmp_path_factory.mktemp("optim_host")
-    (build / "shim.h").write_text(HOST_SHIM)
-    lib = build / "liboptim.so"
-    cmd = [GXX, "-std=c++17", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", "-x", "c++",
-           "-include", str(build / "shim.h"), f"-I{cuda_source_dir()}",
-           str(cuda_source_dir() / "optim.cu"), "-o", str(lib)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
-    return ctypes.CDLL(str(lib))
-
-
-def _host_argument(kind: str, arg, dtype):
-    """The ctypes value of one launcher argument, after checking it has the type the
-    entry point declares (a pointer is an array of the kernel's dtype or a null pointer)."""
-    expected, _ = C_TYPES[kind]
-    if expected is np.ndarray:
-        if isinstance(arg, np.ndarray):
-            assert arg.dtype == dtype and arg.flags.c_contiguous, f"{kind} got {arg.dtype}"
-            return arg.ctypes.data
-        assert type(arg) is np.uint64 and arg == 0, f"{kind} got {arg!r}"
-        return None
-    assert type(arg) is expected, f"{kind} parameter got {type(arg).__name__}"
-    return arg.item()
-
-
-@pytest.fixture
-def host_launch(host_optim, monkeypatch):
-    """Replace the CuPy launch of kernels/optim.cu by the host build, run thread by thread."""
-    params = _entry_point_params()
-    dims = {n: ctypes.c_uint.in_dll(host_optim, n)
-            for n in ("blockIdx", "threadIdx", "blockDim", "gridDim")}
-
-    def launch(family, name, grid, block, args, shared_mem=0, defines=()):
-        assert (family, shared_mem, tuple(defines)) == ("optim", 0, ())
-        base, suffix = name.rsplit("_", 1)
-        kinds = params[base]
-        assert len(args) == len(kinds), f"{name} takes {len(kinds)} arguments, got {len(args)}"
-        values = [_host_argument(k, a, C_DTYPES[suffix]) for k, a in zip(kinds, args)]
-        kernel = getattr(host_optim, name)
-        kernel.argtypes = [C_TYPES[k][1] for k in kinds]
-        dims["gridDim"].value, dims["blockDim"].value = grid[0], block[0]
-        for b in range(grid[0]):
-            for t in range(block[0]):
-                dims["blockIdx"].value, dims["threadIdx"].value = b, t
-                kernel(*values)
-
-    monkeypatch.setattr(cuda_c, "launch", launch)
-
-
-def test_every_cuda_c_entry_point_is_found():
-    assert sorted(_entry_point_params()) == sorted(OPS)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_cuda_c_step_on_the_host_matches_reference(case, dtype, host_launch):
-    check_step(_impl(case.op, "cuda_fused"), case, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_c_grid_stride_loop_updates_each_element_once(dtype, host_launch, monkeypatch):
-    monkeypatch.setattr(cuda_c, "THREADS_1D", 4)
-    monkeypatch.setattr(cuda_c, "MAX_BLOCKS", 2)
-    check_step(_impl("rmsprop_step", "cuda_fused"), RMSPROP_EVERY_BUFFER, dtype)
-
-
 # --------------------------------------------------------------------------- optimizers
 
 OPTIMIZERS = [
@@ -402,7 +291,7 @@ def test_gpu_step_matches_reference(case, impl, dtype):
 @pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
 def test_cupy_optimizer_tracks_the_numpy_path_for_three_steps(name, kw, dtype):
     w0, grads = _start(name)
-    want = _trajectory(name, kw, w0, grads)
+    want = _trajectory(name, kw, w0.copy(), grads)  # the NumPy path updates in place
     got = _trajectory(name, kw, backend.to_device(w0.astype(dtype), "cuda"),
                       [backend.to_device(g.astype(dtype), "cuda") for g in grads])
     for t, (g, w) in enumerate(zip(got, want)):

@@ -8,20 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv import data, models, nn, optim
+from gpuconv import backend, data, models, nn, optim
 from gpuconv.train import History, evaluate, fit, load_checkpoint, save_checkpoint
+from support import assert_close
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _setup(seed=0, n=320):
+ON_GPU = [pytest.mark.gpu,
+          pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")]
+
+
+def _setup(seed=0, n=320, device="cpu", optimizer=None):
     nn.manual_seed(seed)
     train_set, test_set = data.digits()
     part = data.Subset(train_set, np.arange(n))
-    model = models.lenet5(num_classes=10, input_size=8)
-    opt = optim.Adam(model.parameters(), lr=3e-3)
-    loader = data.DataLoader(part, batch_size=32, shuffle=True, seed=seed)
-    val = data.DataLoader(data.Subset(test_set, np.arange(128)), batch_size=128)
+    model = models.lenet5(num_classes=10, input_size=8).to(device)
+    params = model.parameters()
+    opt = optimizer(params) if optimizer else optim.Adam(params, lr=3e-3)
+    loader = data.DataLoader(part, batch_size=32, shuffle=True, seed=seed, device=device)
+    val = data.DataLoader(data.Subset(test_set, np.arange(128)), batch_size=128, device=device)
     return model, opt, loader, val
 
 
@@ -165,3 +171,48 @@ def test_python_m_gpuconv_runs_from_a_source_checkout_without_install(tmp_path):
                          text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert "train" in out.stdout
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_cuda_loader_yields_the_cpu_batches_as_device_arrays(_):
+    _, _, cpu, _ = _setup(n=70)
+    _, _, gpu, _ = _setup(n=70, device="cuda")
+    for (x, y), (gx, gy) in zip(cpu, gpu, strict=True):
+        assert backend.device_of(gx) == backend.device_of(gy) == "cuda"
+        np.testing.assert_array_equal(backend.to_numpy(gx), x)
+        np.testing.assert_array_equal(backend.to_numpy(gy), y)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_fit_on_cuda_follows_the_cpu_run_and_stays_on_the_device(_):
+    def sgd(params):
+        return optim.SGD(params, lr=0.05, momentum=0.9)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model, opt, loader, val = _setup(seed=5, n=64, device=device, optimizer=sgd)
+        h = fit(model, nn.CrossEntropyLoss(), opt, loader, val, epochs=2, progress=False)
+        runs[device] = (model.state_dict(), h)
+    (cpu, h_cpu), (gpu, h_gpu) = runs["cpu"], runs["cuda"]
+    for k in cpu:
+        assert backend.device_of(gpu[k]) == "cuda", k
+        assert_close(gpu[k], cpu[k], "float32", k)
+    np.testing.assert_allclose(h_gpu.train_loss, h_cpu.train_loss, rtol=1e-4)
+    assert h_gpu.val_accuracy == h_cpu.val_accuracy
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_checkpoint_of_a_cuda_model_loads_on_the_cpu_and_back(_, tmp_path):
+    model, opt, loader, _ = _setup(n=64, device="cuda")
+    fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False)
+    save_checkpoint(tmp_path / "c.npz", model, opt)
+    cpu_model, cpu_opt, _, _ = _setup(seed=9)
+    load_checkpoint(tmp_path / "c.npz", cpu_model, cpu_opt)
+    gpu_model, gpu_opt, _, _ = _setup(seed=9, device="cuda")
+    load_checkpoint(tmp_path / "c.npz", gpu_model, gpu_opt)
+    for k, want in model.state_dict().items():
+        np.testing.assert_array_equal(cpu_model.state_dict()[k], backend.to_numpy(want), k)
+        assert backend.device_of(gpu_model.state_dict()[k]) == "cuda", k
+        np.testing.assert_array_equal(backend.to_numpy(gpu_model.state_dict()[k]),
+                                      backend.to_numpy(want), k)

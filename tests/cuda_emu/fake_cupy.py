@@ -1,0 +1,427 @@
+"""A stand-in for CuPy on a machine without a GPU: gpuconv's CUDA C kernels run on the CPU.
+
+Installed as ``sys.modules["cupy"]`` by ``tests/cuda_emu/plugin.py``. Two halves:
+
+- ``ndarray`` wraps a NumPy array and behaves like a CuPy array where gpuconv's GPU path
+  can get it wrong: mixing it with a NumPy array in an operation raises ``TypeError``,
+  ``numpy.asarray`` on it raises (CuPy forbids implicit device-to-host copies), reductions
+  return 0-d arrays, and ``.get()`` copies to the host. Module functions (``zeros``,
+  ``matmul``, ...) are NumPy's on the unwrapped data; ``matmul`` stands for cuBLAS.
+- ``RawModule`` compiles a ``kernels/<family>.cu`` source with g++ against ``emu.h`` and
+  launches its entry points there (blocks in turn, a block's threads as fibers, barriers
+  and warp shuffles emulated). Each launch checks what the device would not: every argument
+  has the type the entry point declares (CuPy passes a Python int as 64 bits), every array
+  is C-contiguous and of the pointer's dtype, and no kernel writes outside its arrays (each
+  array runs inside a guard zone of 0xFF bytes, NaN to a float read, checked afterwards).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+__version__ = "0.0-emulated"
+_HERE = Path(__file__).resolve().parent
+_BUILD = Path(tempfile.gettempdir()) / "gpuconv-cuda-emu"
+# Bytes of guard zone around each array argument of a launch.
+GUARD_BYTES = 256
+GUARD_VALUE = 0xFF
+DEVICE_NAME = b"gpuconv CUDA emulator (CPU)"
+
+
+# --------------------------------------------------------------------------- arrays
+
+def _has_host_array(x) -> bool:
+    if isinstance(x, np.ndarray):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any(_has_host_array(e) for e in x)
+    if isinstance(x, dict):
+        return any(_has_host_array(e) for e in x.values())
+    return False
+
+
+def _reject_host(what: str, args, kwargs) -> None:
+    if _has_host_array(args) or _has_host_array(kwargs):
+        raise TypeError(f"emulated cupy: {what} got a numpy.ndarray among cupy arrays "
+                        "(CuPy refuses to mix host and device arrays)")
+
+
+def _unwrap(x):
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, (tuple, list)):
+        return type(x)(_unwrap(e) for e in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _wrap(x):
+    if isinstance(x, np.ndarray):
+        return ndarray(x)
+    if isinstance(x, np.generic):
+        return ndarray(np.asarray(x))
+    if isinstance(x, tuple):
+        return tuple(_wrap(e) for e in x)
+    if isinstance(x, list):
+        return [_wrap(e) for e in x]
+    return x
+
+
+def _device_call(what: str, fn, args, kwargs):
+    _reject_host(what, args, kwargs)
+    return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+
+
+class ndarray:
+    """A device array: a NumPy array that only device operations may touch."""
+
+    __module__ = "cupy"
+    __hash__ = None
+
+    def __init__(self, a: np.ndarray):
+        self._a = a
+
+    def get(self) -> np.ndarray:
+        return np.array(self._a)
+
+    def set(self, host: np.ndarray) -> None:
+        self._a[...] = host
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly.")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _device_call(f"ufunc {ufunc.__name__}", getattr(ufunc, method), inputs, kwargs)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        return _device_call(f"function {func.__name__}", func, args, kwargs)
+
+    @property
+    def T(self) -> "ndarray":
+        return ndarray(self._a.T)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(self._a, name)
+        if callable(attr):
+            return lambda *args, **kwargs: _device_call(f"method {name}", attr, args, kwargs)
+        return _wrap(attr)
+
+    def __getitem__(self, key):
+        _reject_host("indexing", key, {})
+        return _wrap(self._a[_unwrap(key)])
+
+    def __setitem__(self, key, value):
+        _reject_host("indexing", key, {})
+        self._a[_unwrap(key)] = _unwrap(value)
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(self._a[i]) for i in range(len(self._a)))
+
+    def __float__(self) -> float:
+        return float(self._a)
+
+    def __int__(self) -> int:
+        return int(self._a)
+
+    def __bool__(self) -> bool:
+        return bool(self._a)
+
+    def __repr__(self) -> str:
+        return f"emulated cupy {self._a!r}"
+
+    def __dlpack__(self, *args, **kwargs):
+        raise TypeError("emulated cupy arrays have no DLPack capsule")
+
+
+def _binary(ufunc, reflected: bool = False):
+    def op(self, other):
+        return ufunc(other, self) if reflected else ufunc(self, other)
+    return op
+
+
+def _in_place(name: str):
+    def op(self, other):
+        _reject_host(f"in-place {name}", other, {})
+        getattr(self._a, f"__i{name}__")(_unwrap(other))
+        return self
+    return op
+
+
+for _name, _ufunc in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
+                      ("truediv", np.true_divide), ("floordiv", np.floor_divide),
+                      ("mod", np.remainder), ("pow", np.power), ("matmul", np.matmul),
+                      ("and", np.bitwise_and), ("or", np.bitwise_or), ("xor", np.bitwise_xor)]:
+    setattr(ndarray, f"__{_name}__", _binary(_ufunc))
+    setattr(ndarray, f"__r{_name}__", _binary(_ufunc, reflected=True))
+    setattr(ndarray, f"__i{_name}__", _in_place(_name))
+for _name, _ufunc in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
+                      ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)]:
+    setattr(ndarray, f"__{_name}__", _binary(_ufunc))
+ndarray.__neg__ = lambda self: np.negative(self)
+ndarray.__pos__ = lambda self: np.positive(self)
+ndarray.__abs__ = lambda self: np.absolute(self)
+ndarray.__invert__ = lambda self: np.invert(self)
+
+
+def asarray(a, dtype=None, order=None) -> ndarray:
+    """Host to device: a copy of ``a`` (no copy when ``a`` is already a device array of
+    ``dtype``)."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+    return ndarray(np.array(a, dtype=dtype, order="K" if order is None else order))
+
+
+def array(a, dtype=None, copy=True, order="K") -> ndarray:
+    if isinstance(a, ndarray):
+        return ndarray(np.array(a._a, dtype=dtype, copy=copy, order=order))
+    return asarray(a, dtype, order)
+
+
+def asnumpy(a) -> np.ndarray:
+    return a.get() if isinstance(a, ndarray) else np.asarray(a)
+
+
+def get_array_module(*args):
+    return _this if any(isinstance(a, ndarray) for a in args) else np
+
+
+def __getattr__(name: str):
+    attr = getattr(np, name)
+    if isinstance(attr, types.ModuleType):
+        return _Submodule(attr)
+    if callable(attr) and not isinstance(attr, type):
+        return lambda *args, **kwargs: _device_call(f"cupy.{name}", attr, args, kwargs)
+    return attr
+
+
+class _Submodule:
+    """``cupy.linalg`` and friends: NumPy's functions of the same name, on device arrays."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        attr = getattr(self._module, name)
+        if callable(attr) and not isinstance(attr, type):
+            return lambda *args, **kwargs: _device_call(name, attr, args, kwargs)
+        return attr
+
+
+# --------------------------------------------------------------------------- cupy.cuda
+
+class OutOfMemoryError(MemoryError):
+    pass
+
+
+class _Device:
+    def __init__(self, device_id: int = 0):
+        self.id = device_id
+
+    def synchronize(self) -> None:
+        pass
+
+
+class _Event:
+    def __init__(self, *args, **kwargs):
+        self.time = None
+
+    def record(self, stream=None) -> None:
+        self.time = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _elapsed_ms(start: _Event, end: _Event) -> float:
+    return (end.time - start.time) * 1e3
+
+
+_CUDA_VERSION = 13000
+cuda = types.SimpleNamespace(
+    Device=_Device,
+    Event=_Event,
+    get_elapsed_time=_elapsed_ms,
+    memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+    runtime=types.SimpleNamespace(
+        getDeviceCount=lambda: 1,
+        runtimeGetVersion=lambda: _CUDA_VERSION,
+        driverGetVersion=lambda: _CUDA_VERSION,
+        getDeviceProperties=lambda device_id: {
+            "name": DEVICE_NAME, "totalGlobalMem": 1 << 30, "multiProcessorCount": 1,
+            "major": 0, "minor": 0},
+    ),
+)
+
+
+# --------------------------------------------------------------------------- RawModule
+
+_ENTRY_POINT = re.compile(r'extern\s+"C"\s+void\s+(\w+)\s*\(')
+# Kernel parameter type (emu.h's names) -> the NumPy scalar type CuPy passes with that width.
+_SCALARS = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32, "uint64": np.uint64,
+            "float32": np.float32, "float64": np.float64, "bool": np.bool_}
+_CTYPES = {"int32": ctypes.c_int32, "int64": ctypes.c_int64, "uint32": ctypes.c_uint32,
+           "uint64": ctypes.c_uint64, "float32": ctypes.c_float, "float64": ctypes.c_double,
+           "bool": ctypes.c_bool}
+# What CuPy makes of Python scalars.
+_PYTHON_SCALARS = {bool: "bool", int: "int64", float: "float64"}
+
+
+def _gxx(*args: str) -> str:
+    result = subprocess.run(["g++", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"emulated cupy: g++ {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def _build(code: str, flags: list[str]) -> Path:
+    """The shared library of ``code`` (cached on disk by its text, the flags, emu.h and
+    every header in the include directories)."""
+    emu_h = _HERE / "emu.h"
+    headers = [emu_h] + sorted(h for f in flags if f.startswith("-I")
+                               for h in Path(f[2:]).glob("*.cuh"))
+    key = hashlib.sha256("\0".join([code, *flags, *(h.read_text() for h in headers)])
+                         .encode()).hexdigest()[:20]
+    lib = _BUILD / f"{key}.so"
+    if lib.exists():
+        return lib
+    _BUILD.mkdir(parents=True, exist_ok=True)
+    source = _BUILD / f"{key}.cpp"
+    source.write_text(code)
+    common = ["-std=c++17", "-x", "c++", "-include", str(emu_h), *flags]
+    names = _ENTRY_POINT.findall(_gxx("-E", "-P", *common, str(source)))
+    exports = _BUILD / f"{key}_exports.cpp"
+    exports.write_text(f'#include "{source.name}"\n' + "".join(f"EMU_EXPORT({n})\n" for n in names))
+    partial = _BUILD / f"{key}.{os.getpid()}.so"
+    _gxx(*common, "-O1", "-fPIC", "-shared", str(exports), "-o", str(partial))
+    partial.replace(lib)
+    return lib
+
+
+class RawModule:
+    def __init__(self, code: str, options=(), **kwargs):
+        flags = [o for o in options if o.startswith(("-I", "-D"))]
+        self._lib = ctypes.CDLL(str(_build(code, flags)))
+        self._lib.emu_last_error.restype = ctypes.c_char_p
+
+    def get_function(self, name: str) -> "RawKernel":
+        return RawKernel(self._lib, name)
+
+
+def _dims(d, what: str) -> int:
+    d = (d,) if isinstance(d, int) else tuple(d)
+    if any(v != 1 for v in d[1:]):
+        raise ValueError(f"emulated cupy: only 1-D launches are emulated, {what}={d}")
+    return int(d[0])
+
+
+class RawKernel:
+    def __init__(self, lib, name: str):
+        try:
+            self._launch = getattr(lib, f"emu_launch_{name}")
+        except AttributeError:
+            raise AttributeError(f"emulated cupy: no extern \"C\" kernel {name!r}") from None
+        self._launch.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint, ctypes.c_uint]
+        signature = getattr(lib, f"emu_signature_{name}")
+        signature.restype = ctypes.c_char_p
+        self.params = signature().decode().split(",") if signature() else []
+        self.name = name
+        self._lib = lib
+
+    def __call__(self, grid, block, args, shared_mem: int = 0, stream=None):
+        grid, block = _dims(grid, "grid"), _dims(block, "block")
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.name} takes {len(self.params)} arguments "
+                            f"({', '.join(self.params)}), the launch passed {len(args)}")
+        arrays = [a._a for a in args if isinstance(a, ndarray)]
+        with _guarded(arrays, self.name) as device:
+            values = [self._value(i, p, a, device) for i, (p, a) in
+                      enumerate(zip(self.params, args))]
+            argv = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+            if self._launch(argv, grid, block) != 0:
+                raise RuntimeError(f"{self.name}<<<{grid}, {block}>>>: "
+                                   f"{self._lib.emu_last_error().decode()}")
+
+    def _value(self, i: int, param: str, arg, device: dict):
+        where = f"{self.name} argument {i} ({param})"
+        if param.endswith("*"):
+            if isinstance(arg, np.uint64) and arg == 0:
+                return ctypes.c_void_p(0)
+            if not isinstance(arg, ndarray):
+                raise TypeError(f"{where}: expected a device array, got {type(arg).__name__}")
+            a = arg._a
+            if a.dtype != np.dtype(param[:-1]):
+                raise TypeError(f"{where}: array of {a.dtype}")
+            if not (a.flags.c_contiguous or _strided_rows(a)):
+                raise ValueError(f"{where}: array of shape {a.shape} and strides {a.strides} "
+                                 "is neither C-contiguous nor contiguous rows at a row stride")
+            return ctypes.c_void_p(device[id(a)].ctypes.data)
+        given = _PYTHON_SCALARS.get(type(arg)) or (arg.dtype.name if isinstance(arg, np.generic)
+                                                   else type(arg).__name__)
+        if given != param:
+            raise TypeError(f"{where}: got {given} {arg!r}; CuPy would pass it as {given}")
+        return _CTYPES[param](_SCALARS[param](arg).item())
+
+
+def _strided_rows(a: np.ndarray) -> bool:
+    """Contiguous rows, each ``strides[0]`` bytes after the last: a matrix the kernel is
+    given with its leading dimension."""
+    return a.ndim >= 2 and a.strides[0] > 0 and a[0].flags.c_contiguous
+
+
+class _guarded:
+    """Each array argument copied into the middle of a guard zone for the launch and
+    copied back after; any write into the guard zones fails the launch. A launch whose
+    arrays share memory without being the same array, or that passes strided rows, runs
+    on the arrays' own memory (no guards), so that the kernel sees what the caller set up."""
+
+    def __init__(self, arrays: list, kernel: str):
+        self.arrays, self.kernel = arrays, kernel
+
+    def __enter__(self) -> dict:
+        self.device, self.zones = {}, []
+        spans = {}
+        for a in self.arrays:
+            spans.setdefault((a.__array_interface__["data"][0], a.nbytes), []).append(a)
+        firsts = [same[0] for same in spans.values()]
+        overlapping = any(_strided_rows(a) and not a.flags.c_contiguous for a in firsts) or any(
+            np.shares_memory(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])
+        for same in spans.values():
+            a = same[0]
+            inner = a
+            if not overlapping:
+                zone = np.full(a.nbytes + 2 * GUARD_BYTES, GUARD_VALUE, np.uint8)
+                inner = zone[GUARD_BYTES:GUARD_BYTES + a.nbytes].view(a.dtype).reshape(a.shape)
+                inner[...] = a
+                self.zones.append((a, inner, zone))
+            for b in same:
+                self.device[id(b)] = inner
+        return self.device
+
+    def __exit__(self, exc_type, *exc):
+        for i, (a, inner, zone) in enumerate(self.zones):
+            a[...] = inner
+            guards = np.concatenate([zone[:GUARD_BYTES], zone[-GUARD_BYTES:]])
+            if exc_type is None and np.any(guards != GUARD_VALUE):
+                raise RuntimeError(f"{self.kernel}: wrote outside array argument of shape "
+                                   f"{a.shape} ({a.dtype})")
+        return False
+
+
+_this = sys.modules[__name__]

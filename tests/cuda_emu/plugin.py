@@ -1,0 +1,28 @@
+"""pytest plugin: run the ``gpu`` tests of the CUDA C impls on the CPU.
+
+``python -m pytest -p cuda_emu.plugin -m gpu tests/...`` (with ``tests`` on the path) puts
+the emulated CuPy of ``fake_cupy`` in place of CuPy before gpuconv looks for one, so that
+``device="cuda"`` resolves to it and every ``cuda`` impl launches its real ``kernels/*.cu``
+entry points, compiled by g++. numba.cuda stays on its simulator, where ``numba_cuda`` impls
+are not counted as GPU impls, so the ``gpu`` tests of those skip here.
+
+Grid-stride kernels get at most ``EMULATED_MAX_BLOCKS`` blocks, so that their loops take
+several strides on the tests' small shapes (on a GPU the grid usually covers them at once).
+"""
+import os
+import sys
+
+os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+from cuda_emu import fake_cupy  # noqa: E402
+
+sys.modules["cupy"] = fake_cupy
+
+from gpuconv.kernels import cuda_c  # noqa: E402
+
+EMULATED_MAX_BLOCKS = 3
+cuda_c.MAX_BLOCKS = EMULATED_MAX_BLOCKS
+
+
+def pytest_report_header(config):
+    return "cupy: emulated (tests/cuda_emu): CUDA C kernels compiled by g++ and run on the CPU"
