@@ -418,6 +418,33 @@ def test_conv2d_backward_of_an_empty_batch_is_zero(impl):
     assert np.array_equal(_np(gw), np.zeros_like(w)) and np.array_equal(_np(gb), np.zeros(3))
 
 
+# Pairwise over the three flags: each alone, each pair, and none.
+OUTPUT_MASKS = [(True, False, False), (False, True, False), (False, False, True),
+                (True, True, False), (False, True, True), (True, False, True),
+                (False, False, False)]
+
+
+# Each mask on one of a dilated, a depthwise and a 'same'-with-even-kernel case, in turn.
+MASK_CASES = [(mask, CONV_CASES[(2, 3, 6)[i % 3]]) for i, mask in enumerate(OUTPUT_MASKS)]
+
+
+@pytest.mark.parametrize("mask, case", MASK_CASES, ids=[
+    "".join("xwb"[i] if f else "-" for i, f in enumerate(m)) + "-" + c.id for m, c in MASK_CASES])
+@pytest.mark.parametrize("impl", impl_params("conv2d_backward", include_reference=True))
+def test_conv2d_backward_computes_exactly_the_gradients_in_output_mask(impl, mask, case):
+    x, w, b = case.arrays("float64")
+    gy = rng_for(case.id, "gy").standard_normal(conv2d(x, w, b, **case.args()).shape)
+    args = on_device_of(impl, "conv2d_backward", gy, x, w, b)
+    full = conv2d_backward(*args, **case.args(), impl=impl)
+    part = conv2d_backward(*args, **case.args(), output_mask=mask, impl=impl)
+    for name, need, got, want in zip(("grad_input", "grad_weight", "grad_bias"), mask, part,
+                                     full):
+        if need:
+            assert_close(got, want, "float64", name)
+        else:
+            assert got is None, f"{name} was computed though output_mask={mask}"
+
+
 def test_conv1d_backward_without_bias_returns_none():
     x, w = np.ones((1, 2, 5)), np.ones((3, 2, 2))
     gx, gw, gb = conv1d_backward(np.ones((1, 3, 4)), x, w)
@@ -510,6 +537,9 @@ INVALID = [
      "weight has dtype float32 but input has dtype float64"),
     ("grad-output-shape", lambda: conv2d_backward(np.zeros((2, 6, 3, 3)), X, W, groups=2),
      ValueError, r"grad_output must have shape \(2, 6, 4, 4\)"),
+    ("output-mask-length", lambda: conv2d_backward(np.zeros((2, 6, 4, 4)), X, W, groups=2,
+                                                   output_mask=(True, False)),
+     ValueError, r"output_mask must be three bools \(input, weight, bias\)"),
     ("output-padding-too-large", lambda: conv_transpose2d(X, WT, stride=2, output_padding=2),
      ValueError, "output_padding .* must be smaller than either stride"),
     ("transpose-channels-mismatch", lambda: conv_transpose2d(X, np.zeros((3, 3, 3, 3))), ValueError,

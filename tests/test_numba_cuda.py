@@ -41,6 +41,10 @@ def _conv_inputs(case, dtype, with_bias=True):
     return cast(x), cast(w), cast(b), (x, w, b), (stride, padding, dilation, groups)
 
 
+# conv2d_backward's output_mask: every gradient (input, weight, bias).
+ALL_GRADS = (True, True, True)
+
+
 @pytest.mark.parametrize("impl", _numba_impls("conv2d"))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
@@ -59,7 +63,23 @@ def test_numba_cuda_conv2d_backward_matches_reference(impl, dtype, case):
     x, w, b, (x64, w64, _), args = _conv_inputs(case, dtype)
     y = _impl("conv2d", "reference")(x64, w64, None, *args)
     gy = rng_for("numba_conv_gy", case).standard_normal(y.shape)
-    out = _impl("conv2d_backward", impl)(gy.astype(dtype), x, w, True, *args)
-    ref = _impl("conv2d_backward", "reference")(gy, x64, w64, True, *args)
+    out = _impl("conv2d_backward", impl)(gy.astype(dtype), x, w, ALL_GRADS, *args)
+    ref = _impl("conv2d_backward", "reference")(gy, x64, w64, ALL_GRADS, *args)
     for name, o, r in zip(("grad_x", "grad_weight", "grad_bias"), out, ref):
         assert_close(o, r, dtype, name)
+
+
+@pytest.mark.parametrize("impl", _numba_impls("conv2d_backward"))
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, True)], ids=str)
+def test_numba_cuda_conv2d_backward_computes_only_the_masked_gradients(impl, mask):
+    case = CONV_CASES[0]
+    x, w, _, _, args = _conv_inputs(case, "float64")
+    gy = rng_for("numba_conv_mask", case).standard_normal(
+        _impl("conv2d", "reference")(x, w, None, *args).shape)
+    out = _impl("conv2d_backward", impl)(gy, x, w, mask, *args)
+    ref = _impl("conv2d_backward", "reference")(gy, x, w, ALL_GRADS, *args)
+    for name, need, o, r in zip(("grad_x", "grad_weight", "grad_bias"), mask, out, ref):
+        if need:
+            assert_close(o, r, "float64", name)
+        else:
+            assert o is None, name

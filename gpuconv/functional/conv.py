@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence, Union
 
+import numpy as np
+
 from .. import _checks as C, backend, kernels
 
 __all__ = ["conv1d", "conv2d", "conv_transpose2d",
@@ -155,18 +157,28 @@ def _conv_nd(op: str, n: int, input, weight, bias, stride, padding, dilation, gr
     return _from_2d(y, n)
 
 
+def _check_output_mask(op: str, output_mask) -> tuple[bool, bool, bool]:
+    if (not isinstance(output_mask, (tuple, list)) or len(output_mask) != 3
+            or not all(isinstance(m, (bool, np.bool_)) for m in output_mask)):
+        raise ValueError(f"{op}: output_mask must be three bools (input, weight, bias), "
+                         f"got {output_mask!r}")
+    return tuple(bool(m) for m in output_mask)
+
+
 def _conv_nd_backward(op: str, n: int, grad_output, input, weight, bias, stride, padding,
-                      dilation, groups, impl):
+                      dilation, groups, impl, output_mask):
     geo = _validated_conv(op, input, weight, bias, stride, padding, dilation, groups, n)
     out_shape = (input.shape[0], weight.shape[0]) + geo.out_hw[2 - n:]
     _check_grad_output(op, grad_output, input, out_shape)
+    need_x, need_w, need_b = _check_output_mask(op, output_mask)
     x = _pad_extra(_as_2d(input, n), geo.extra)
     gx, gw, gb = kernels.dispatch("conv2d_backward", impl, _as_2d(grad_output, n), x,
-                                  _as_2d(weight, n), bias is not None,
+                                  _as_2d(weight, n), (need_x, need_w, need_b and bias is not None),
                                   geo.stride, geo.padding, geo.dilation, geo.groups)
-    if any(geo.extra):
+    if gx is not None and any(geo.extra):
         gx = gx[:, :, :gx.shape[2] - geo.extra[0], :gx.shape[3] - geo.extra[1]]
-    return _from_2d(gx, n), _from_2d(gw, n), gb
+    return (None if gx is None else _from_2d(gx, n), None if gw is None else _from_2d(gw, n),
+            gb)
 
 
 @backend.interop
@@ -186,14 +198,17 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0
 @backend.interop
 def conv2d_backward(grad_output, input, weight, bias=None, stride: IntOrPair = 1,
                     padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1, *,
+                    output_mask: tuple[bool, bool, bool] = (True, True, True),
                     impl: str | None = None):
     """Gradients of :func:`conv2d` given grad_output (N, C_out, OH, OW).
 
     Returns (grad_input (N, C_in, H, W), grad_weight (C_out, C_in/groups, kH, kW),
-    grad_bias (C_out,) or None when bias is None).
+    grad_bias (C_out,)). ``output_mask`` (input, weight, bias) says which to compute, as in
+    PyTorch's ``convolution_backward``; the others are None, and so is grad_bias when bias
+    is None. A network's first layer, say, needs no grad_input.
     """
     return _conv_nd_backward("conv2d_backward", 2, grad_output, input, weight, bias,
-                             stride, padding, dilation, groups, impl)
+                             stride, padding, dilation, groups, impl, output_mask)
 
 
 @backend.interop
@@ -211,14 +226,16 @@ def conv1d(input, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0
 @backend.interop
 def conv1d_backward(grad_output, input, weight, bias=None, stride: IntOrPair = 1,
                     padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1, *,
+                    output_mask: tuple[bool, bool, bool] = (True, True, True),
                     impl: str | None = None):
     """Gradients of :func:`conv1d` given grad_output (N, C_out, OL).
 
     Returns (grad_input (N, C_in, L), grad_weight (C_out, C_in/groups, K),
-    grad_bias (C_out,) or None when bias is None).
+    grad_bias (C_out,)), None where ``output_mask`` (input, weight, bias) is False and for
+    grad_bias when bias is None.
     """
     return _conv_nd_backward("conv1d_backward", 1, grad_output, input, weight, bias,
-                             stride, padding, dilation, groups, impl)
+                             stride, padding, dilation, groups, impl, output_mask)
 
 
 def _validated_conv_transpose(op: str, input, weight, bias, stride, padding, output_padding,

@@ -102,11 +102,14 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups):
 @register("conv2d_backward", "cuda_direct", device="cuda", dtypes=DTYPES,
           priority=lambda gy, x, w, *a: _prefer_direct(x, w, None, *a[1:]))
 @gpu_op("conv2d_backward")
-def conv2d_backward_direct(grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+def conv2d_backward_direct(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
+    need_x, need_w, need_b = output_mask
     grad_out, x, weight = _contiguous(grad_out, x, weight)
-    gx = _bwd_input_direct(grad_out, weight, x.shape, stride, padding, dilation, groups)
-    gw = _bwd_weight_direct(grad_out, x, weight.shape, stride, padding, dilation, groups)
-    return gx, gw, _bias_grad(grad_out) if has_bias else None
+    gx = (_bwd_input_direct(grad_out, weight, x.shape, stride, padding, dilation, groups)
+          if need_x else None)
+    gw = (_bwd_weight_direct(grad_out, x, weight.shape, stride, padding, dilation, groups)
+          if need_w else None)
+    return gx, gw, _bias_grad(grad_out) if need_b else None
 
 
 # ----------------------------------------------------------------------------- im2col + GEMM
@@ -157,25 +160,30 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups):
 
 @register("conv2d_backward", "cuda_im2col", device="cuda", dtypes=DTYPES, priority=10)
 @gpu_op("conv2d_backward")
-def conv2d_backward_im2col(grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+def conv2d_backward_im2col(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
     cp = backend.cupy_or_none()
+    need_x, need_w, need_b = output_mask
     grad_out, x, weight = _contiguous(grad_out, x, weight)
     N, K, OH, OW = grad_out.shape
     _, cg, R, S = weight.shape
     kg = K // groups
     plane = OH * OW
     gy = grad_out.reshape(N, K, plane)
-    gx = backend.empty(x.shape, x.dtype, cp)
-    gw = cp.zeros((K, cg * R * S), x.dtype)
-    for n0, nc in _chunks(N, cg * R * S, plane):
+    gx = backend.empty(x.shape, x.dtype, cp) if need_x else None
+    gw = cp.zeros((K, cg * R * S), x.dtype) if need_w else None
+    for n0, nc in _chunks(N, cg * R * S, plane) if need_x or need_w else ():
         for g in range(groups):
             ks = slice(g * kg, (g + 1) * kg)
             gyg = gy[n0:n0 + nc, ks].transpose(1, 0, 2).reshape(kg, nc * plane)
-            col = _im2col(x, n0, nc, g * cg, cg, R, S, (OH, OW), stride, padding, dilation)
-            gw[ks] += cp.matmul(gyg, col.T)
-            gcol = cp.matmul(weight[ks].reshape(kg, -1).T, gyg)
-            _col2im(gcol, gx, n0, nc, g * cg, cg, R, S, (OH, OW), stride, padding, dilation)
-    return gx, gw.reshape(weight.shape), _bias_grad(grad_out) if has_bias else None
+            if need_w:
+                col = _im2col(x, n0, nc, g * cg, cg, R, S, (OH, OW), stride, padding, dilation)
+                gw[ks] += cp.matmul(gyg, col.T)
+            if need_x:
+                gcol = cp.matmul(weight[ks].reshape(kg, -1).T, gyg)
+                _col2im(gcol, gx, n0, nc, g * cg, cg, R, S, (OH, OW), stride, padding,
+                        dilation)
+    return (gx, None if gw is None else gw.reshape(weight.shape),
+            _bias_grad(grad_out) if need_b else None)
 
 
 # --------------------------------------------------------------------------- conv_transpose2d

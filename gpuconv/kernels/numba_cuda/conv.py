@@ -2,8 +2,8 @@
 
 Registry contract (as every conv2d impl): ``conv2d(x, weight, bias, stride, padding,
 dilation, groups)`` with tuples of ints and symmetric padding, and
-``conv2d_backward(grad_out, x, weight, has_bias, stride, padding, dilation, groups)``
-returning ``(grad_x, grad_weight, grad_bias or None)``.
+``conv2d_backward(grad_out, x, weight, output_mask, stride, padding, dilation, groups)``
+returning ``(grad_x, grad_weight, grad_bias)``, None where ``output_mask`` says so.
 
 Direct kernels, one thread per output element of each pass, so that every element is
 written by exactly one thread (no atomics, deterministic):
@@ -68,15 +68,19 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups):
 
 
 @register("conv2d_backward", "numba_cuda", device="cuda", available=is_available, priority=-10)
-def conv2d_backward_direct(grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+def conv2d_backward_direct(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
+    need_x, need_w, need_b = output_mask
     xp, (grad_out, x, weight) = _prepare(grad_out, x, weight)
-    gx = backend.empty(x.shape, x.dtype, xp)
-    gw = backend.empty(weight.shape, x.dtype, xp)
-    _launch("conv2d_bwd_input_direct", gx.size, grad_out, weight, gx, *stride, *padding,
-            *dilation, groups)
-    _launch("conv2d_bwd_weight_direct", gw.size, grad_out, x, gw, *stride, *padding,
-            *dilation, groups)
-    return gx, gw, _bias_grad(grad_out, xp) if has_bias else None
+    gx = gw = None
+    if need_x:
+        gx = backend.empty(x.shape, x.dtype, xp)
+        _launch("conv2d_bwd_input_direct", gx.size, grad_out, weight, gx, *stride, *padding,
+                *dilation, groups)
+    if need_w:
+        gw = backend.empty(weight.shape, x.dtype, xp)
+        _launch("conv2d_bwd_weight_direct", gw.size, grad_out, x, gw, *stride, *padding,
+                *dilation, groups)
+    return gx, gw, _bias_grad(grad_out, xp) if need_b else None
 
 
 def _bias_grad(grad_out, xp):
@@ -116,21 +120,25 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups):
 
 @register("conv2d_backward", "numba_cuda_im2col", device="cuda", available=is_available,
           priority=-20)
-def conv2d_backward_im2col(grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+def conv2d_backward_im2col(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
+    need_x, need_w, need_b = output_mask
     xp, (grad_out, x, weight) = _prepare(grad_out, x, weight)
     N, K, OH, OW = grad_out.shape
     _, cg, R, S = weight.shape
     kg = K // groups
     gy = grad_out.reshape(N, K, OH * OW)
-    gx = backend.empty(x.shape, x.dtype, xp)
-    gw = xp.zeros((K, cg * R * S), x.dtype)
-    for part in _chunks(N, cg * R * S * OH * OW):
+    gx = backend.empty(x.shape, x.dtype, xp) if need_x else None
+    gw = xp.zeros((K, cg * R * S), x.dtype) if need_w else None
+    for part in _chunks(N, cg * R * S * OH * OW) if need_x or need_w else ():
         for g in range(groups):
             ks = slice(g * kg, (g + 1) * kg)
-            col = _columns(x[part], g * cg, cg, R, S, stride, padding, dilation, OH, OW, xp)
-            gw[ks] += xp.matmul(gy[part, ks], col.transpose(0, 2, 1)).sum(axis=0)
-            gcol = xp.matmul(weight[ks].reshape(kg, -1).T, gy[part, ks])
-            gx_part = gx[part]  # a view: col2im writes straight into gx
-            _launch("col2im", gx_part.shape[0] * cg * x.shape[2] * x.shape[3], gcol, gx_part,
-                    g * cg, R, S, *stride, *padding, *dilation, OH, OW)
-    return gx, gw.reshape(weight.shape), _bias_grad(grad_out, xp) if has_bias else None
+            if need_w:
+                col = _columns(x[part], g * cg, cg, R, S, stride, padding, dilation, OH, OW, xp)
+                gw[ks] += xp.matmul(gy[part, ks], col.transpose(0, 2, 1)).sum(axis=0)
+            if need_x:
+                gcol = xp.matmul(weight[ks].reshape(kg, -1).T, gy[part, ks])
+                gx_part = gx[part]  # a view: col2im writes straight into gx
+                _launch("col2im", gx_part.shape[0] * cg * x.shape[2] * x.shape[3], gcol,
+                        gx_part, g * cg, R, S, *stride, *padding, *dilation, OH, OW)
+    return (gx, None if gw is None else gw.reshape(weight.shape),
+            _bias_grad(grad_out, xp) if need_b else None)

@@ -435,12 +435,14 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups):
 
 
 @register("conv2d_backward", "numpy", dtypes=_DTYPES)
-def conv2d_backward(grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+def conv2d_backward(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
+    need_x, need_w, need_b = output_mask
     v = _View(x.shape, weight.shape, stride, padding, dilation, groups, grad_out.shape[2:])
-    gx = backend.empty(x.shape, x.dtype)
-    gw = backend.empty(weight.shape, x.dtype)
-    _pass(v, weight, x=x, gy=grad_out, gw=gw, gx=gx)
-    return gx, gw, _bias_grad(grad_out, has_bias)
+    gx = backend.empty(x.shape, x.dtype) if need_x else None
+    gw = backend.empty(weight.shape, x.dtype) if need_w else None
+    if need_x or need_w:
+        _pass(v, weight, x=x if need_w else None, gy=grad_out, gw=gw, gx=gx)
+    return gx, gw, _bias_grad(grad_out, need_b)
 
 
 def _transposed_view(x, weight, stride, padding, output_padding, dilation, groups) -> _View:

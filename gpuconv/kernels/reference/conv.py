@@ -20,8 +20,9 @@ tuples of ints; stride and dilation >= 1, padding >= 0):
     ``bias: (C_out,)`` or None, ``y: (N, C_out, OH, OW)`` where
     ``OH = (H + 2*ph - dh*(kH-1) - 1) // sh + 1`` (same for ``OW``).
 ``"conv2d_backward"``
-    ``fn(grad_out, x, weight, has_bias, stride, padding, dilation, groups)
-    -> (grad_x, grad_weight, grad_bias)``, ``grad_bias`` None when ``has_bias`` is False.
+    ``fn(grad_out, x, weight, output_mask, stride, padding, dilation, groups)
+    -> (grad_x, grad_weight, grad_bias)``; ``output_mask`` is three bools (input, weight,
+    bias) and each gradient whose flag is False is not computed and returned as None.
 ``"conv_transpose2d"``
     ``fn(x, weight, bias, stride, padding, output_padding, dilation, groups) -> y``
     with ``x: (N, C_in, H, W)``, ``weight: (C_in, C_out/groups, kH, kW)`` (PyTorch's layout),
@@ -93,7 +94,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups):
 
 
 @register("conv2d_backward", "reference", priority=-100)
-def conv2d_backward(grad_out, x, weight, has_bias, stride, padding, dilation, groups):
+def conv2d_backward(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
     c_out, cg, k_h, k_w = weight.shape
     kg = c_out // groups
     out_hw = grad_out.shape[2:]
@@ -107,8 +108,8 @@ def conv2d_backward(grad_out, x, weight, has_bias, stride, padding, dilation, gr
             wg = weight[g * kg:(g + 1) * kg, :, kh, kw]
             gxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nkhw,kc->nchw", gy, wg)
             gw[g * kg:(g + 1) * kg, :, kh, kw] = np.einsum("nkhw,nchw->kc", gy, xs)
-    gb = grad_out.sum(axis=(0, 2, 3)) if has_bias else None
-    return _crop(gxp, padding), gw, gb
+    gb = grad_out.sum(axis=(0, 2, 3))
+    return tuple(g if need else None for g, need in zip((_crop(gxp, padding), gw, gb), output_mask))
 
 
 @register("conv_transpose2d", "reference", priority=-100)
