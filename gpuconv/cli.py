@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument("--json", help="write the report as JSON here")
     b.add_argument("--plot", help="write a PNG chart of the ratios here")
+    b.add_argument("--markdown", help="write the tables as Markdown here (for bench/RESULTS.md)")
     b.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (seconds)")
     _add_threads(b)
     return p
@@ -246,6 +247,9 @@ def _bench(args) -> int:
     if args.plot:
         benchmark.plot(report, args.plot)
         print(f"wrote {args.plot}")
+    if args.markdown:
+        Path(args.markdown).write_text(benchmark.markdown(report))
+        print(f"wrote {args.markdown}")
     wrong = [r for r in report["rows"] if not r["correct"]]
     for r in wrong:
         print(f"WRONG: {r['impl']} on {r['case']} {r['pass']}: relative error {r['rel_err']:.2e}",

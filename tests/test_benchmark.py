@@ -14,10 +14,10 @@ from gpuconv.benchmark.cases import conv_geometry, conv_passes
 def test_conv_flop_count_of_lenet_c1():
     case = {"label": "lenet_c1", "N": 256, "C": 1, "H": 28, "W": 28, "K": 6, "R": 5, "S": 5,
             "stride": 1, "pad": 2}
-    fwd, bwd = conv_passes(case)
+    fwd, grad_input, grad_weight = conv_passes(case)
     # 256 images x 6 maps x 28x28 outputs x 25 multiply-adds x 2 FLOPs
     assert fwd.flops == 2 * 256 * 6 * 28 * 28 * 25 == 60_211_200
-    assert bwd.flops == 2 * fwd.flops
+    assert grad_input.flops == grad_weight.flops == fwd.flops
 
 
 def test_conv_minimum_bytes_count_every_tensor_once():
@@ -26,9 +26,42 @@ def test_conv_minimum_bytes_count_every_tensor_once():
     geo = conv_geometry(case)
     assert (geo["OH"], geo["OW"]) == (4, 4)
     x, w, y, b = 2 * 4 * 64, 6 * 2 * 9, 2 * 6 * 16, 6
-    fwd, bwd = conv_passes(case)
+    fwd, grad_input, grad_weight = conv_passes(case)
     assert fwd.bytes(4) == 4 * (x + w + b + y)
-    assert bwd.bytes(4) == 4 * (y + 2 * x + 2 * w + b)  # reads gy, x, w; writes gx, gw, gb
+    assert grad_input.bytes(4) == 4 * (y + w + x)          # reads gy, w; writes gx
+    assert grad_weight.bytes(4) == 4 * (y + x + w + b)     # reads gy, x; writes gw, gb
+
+
+@pytest.mark.parametrize("case", [
+    {"label": "groups-stride-pad", "N": 2, "C": 4, "H": 9, "W": 8, "K": 6, "R": 3, "S": 2,
+     "stride": 2, "pad": 1, "groups": 2},
+    {"label": "dilated", "N": 1, "C": 3, "H": 10, "W": 11, "K": 2, "R": 3, "S": 3, "stride": 1,
+     "pad": 2, "dilation": 2},
+], ids=lambda c: c["label"])
+def test_im2col_gemm_reference_matches_the_reference_impl_in_every_pass(case):
+    rng = np.random.default_rng(0)
+    for p in conv_passes(case):
+        inputs = p.make(rng)
+        want = benchmark._outputs(p.call(inputs, "reference"))
+        got = benchmark._outputs(p.array_call(inputs))
+        assert len(got) == len(want), p.name
+        for g, w in zip(got, want):
+            assert benchmark.rel_err(g, w) < 1e-12, p.name
+
+
+def test_conv_passes_time_grad_input_and_grad_weight_apart():
+    case = {"label": "t", "N": 2, "C": 2, "H": 5, "W": 5, "K": 3, "R": 3, "S": 3, "stride": 1,
+            "pad": 1}
+    _, grad_input, grad_weight = conv_passes(case)
+    inputs = grad_input.make(np.random.default_rng(1))
+    gx, gw, gb = grad_input.call(inputs, "numpy")
+    assert gx.shape == (2, 2, 5, 5) and gw is None and gb is None
+    gx, gw, gb = grad_weight.call(inputs, "numpy")
+    assert gx is None and gw.shape == (3, 2, 3, 3) and gb.shape == (3,)
+
+
+def test_an_impl_that_drops_an_output_is_wrong():
+    assert benchmark._max_err((np.ones(3), None), (np.ones(3), np.ones(2))) == float("inf")
 
 
 def test_suites_hold_the_design_shapes():
@@ -61,6 +94,9 @@ def test_a_wrong_impl_is_flagged_and_gets_no_ratio(wrong_conv_impl):
     assert all(r["ratio_to_best_reference"] is None for r in wrong)
     numpy_rows = [r for r in report["rows"] if r["impl"] == "numpy" and r["pass"] == "forward"]
     assert numpy_rows and all(r["correct"] for r in numpy_rows)
+    array_rows = [r for r in report["rows"] if r["impl"] == "im2col_gemm"]
+    assert {r["pass"] for r in array_rows} == {"forward", "grad_input", "grad_weight"}
+    assert all(r["source"] == "numpy" and r["correct"] for r in array_rows)
 
 
 def test_report_json_schema(tmp_path):
@@ -77,6 +113,14 @@ def test_report_json_schema(tmp_path):
                 "ratio_to_best_reference"):
         assert key in row
     assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+
+
+def test_markdown_has_one_table_row_per_report_row():
+    report = benchmark.run(["pool"], impls=["numpy"], quick=True, log=lambda s: None)
+    text = benchmark.markdown(report)
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(table) == 1 + len(report["rows"])  # the header, then the rows
+    assert "measured ceilings" in text and report["rows"][0]["case"] in text
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -1,9 +1,11 @@
 """The benchmark harness behind ``gpuconv bench``.
 
-For each case of a suite (``bench/suites/<family>.json``) and each pass (forward,
-backward), it times every implementation of the op that can run here, and PyTorch where it
-is importable (cuDNN on a GPU, its CPU kernels otherwise), on random data rotated among
-several input sets. Every timed result is first checked against an oracle computed in
+For each case of a suite (``bench/suites/<family>.json``) and each pass (forward, backward;
+for convolution grad_input and grad_weight apart), it times every implementation of the op
+that can run here, and the references: PyTorch where it is importable (cuDNN on a GPU, its
+CPU kernels otherwise) and, for convolution, im2col + GEMM in plain CuPy (cuBLAS) or NumPy
+calls (:mod:`gpuconv.benchmark.im2col_gemm`), on random data rotated among several input
+sets. Every timed result is first checked against an oracle computed in
 float64 on the CPU (the ``reference`` impl, or the ``numpy`` impl where the reference
 would take too long); a wrong result is marked and never counted as a win.
 
@@ -86,7 +88,11 @@ def _outputs(result) -> list:
 
 
 def _max_err(result, oracle) -> float:
-    return max(rel_err(o, r) for o, r in zip(_outputs(result), _outputs(oracle)))
+    """The largest relative error over the outputs; inf when an output is missing."""
+    got, want = _outputs(result), _outputs(oracle)
+    if len(got) != len(want):
+        return float("inf")
+    return max(rel_err(o, r) for o, r in zip(got, want))
 
 
 def _oracle(p: Pass, inputs64: tuple):
@@ -119,6 +125,14 @@ def _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick) 
         rows.append(_row(case, p, "gpuconv", impl, dtype, device, timing, err, ceilings,
                          probe.dtype.itemsize))
     return rows
+
+
+def _array_row(case, p, sets, oracle, dtype, device, ceilings, quick) -> dict:
+    """The pass in plain CuPy (GPU) or NumPy (CPU) calls: im2col by slicing, then GEMMs."""
+    err = _max_err(p.array_call(sets[0]), oracle)
+    timing = time_call(lambda *a: p.array_call(a), sets, device, quick)
+    return _row(case, p, "cupy" if device == "cuda" else "numpy", "im2col_gemm", dtype, device,
+                timing, err, ceilings, sets[0][0].dtype.itemsize)
 
 
 def _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick):
@@ -197,6 +211,8 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
         sets = [tuple(xp.asarray(a.astype(array_dtype) if a.dtype.kind == "f" else a) for a in s)
                 for s in sets64]
         rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
+        if p.array_call is not None:
+            rows.append(_array_row(case, p, sets, oracle, dtype, device, ceilings, quick))
     torch_row = _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick)
     if torch_row is not None:
         rows.append(torch_row)
@@ -209,10 +225,45 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
 def format_row(r: dict) -> str:
     ratio = r.get("ratio_to_best_reference")
     verdict = "WRONG" if not r["correct"] else (f"{ratio:.2f}x ref" if ratio else "")
-    return (f"{r['case']:>22s} {r['pass']:>8s} {r['impl']:>18s} {r['median_ms']:10.3f} ms "
+    return (f"{r['case']:>22s} {r['pass']:>11s} {r['impl']:>18s} {r['median_ms']:10.3f} ms "
             f"[{r['min_ms']:.3f}-{r['max_ms']:.3f}] {r['tflops']:8.3f} TFLOP/s "
             f"{r['tbps'] * 1e3:8.1f} GB/s {100 * r['fraction_of_floor']:6.1f}% of floor "
             f"err {r['rel_err']:.1e} {verdict}")
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: the run's facts, one table of kernel rows and one of training
+    rows ("vs best ref" is the best correct reference's time over the row's)."""
+    env, ceil = report["environment"], report["ceilings"]
+    versions = ", ".join(f"{k} {env[k]}" for k in ("gpuconv", "numpy", "cupy", "cuda", "torch",
+                                                     "cudnn", "python") if k in env)
+    lines = [f"- date: {env['date'][:10]}; device: {env['device']}; dtype: {report['dtype']}; "
+             f"suite: {report['suite']}; CPU threads: {env.get('cpu_threads')}",
+             f"- {versions}",
+             f"- measured ceilings: copy {ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s, float32 GEMM "
+             f"{ceil['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s", ""]
+    kernel_rows = [r for r in report["rows"] if "median_ms" in r]
+    if kernel_rows:
+        lines += ["| case | pass | source | impl | median ms | min-max ms | GFLOP/s | % of floor "
+                  "| rel err | vs best ref |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in kernel_rows:
+            ratio = r["ratio_to_best_reference"]
+            lines.append(
+                f"| {r['case']} | {r['pass']} | {r['source']} | {r['impl']} | "
+                f"{r['median_ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f} | "
+                f"{r['tflops'] * 1e3:.1f} | {100 * r['fraction_of_floor']:.0f}% | "
+                f"{r['rel_err']:.1e} | "
+                f"{'WRONG' if not r['correct'] else f'{ratio:.2f}x' if ratio else '-'} |")
+        lines.append("")
+    train = [r for r in report["rows"] if "images_per_s" in r]
+    if train:
+        lines += ["| training | framework | s/epoch | images/s | vs torch |", "|---|---|---|---|---|"]
+        for r in train:
+            ratio = r.get("ratio_to_best_reference")
+            lines.append(f"| {r['case']} | {r['impl']} | {r['seconds']:.2f} | "
+                         f"{r['images_per_s']:.0f} | {f'{ratio:.2f}x' if ratio else '-'} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def save_json(report: dict, path: str | Path) -> None:

@@ -1,4 +1,5 @@
-"""Benchmark cases: for each suite entry, the passes to time (forward, backward), their FLOP
+"""Benchmark cases: for each suite entry, the passes to time (forward and backward; a
+convolution's backward as grad_input and grad_weight, each alone), their FLOP
 and minimum-byte counts, how gpuconv runs them (the public op with ``impl=`` forced, so the
 harness measures exactly what the package runs) and how PyTorch runs them.
 
@@ -18,13 +19,15 @@ class Pass:
     """One timed computation of one case."""
 
     op: str                      # the registry op whose impls are timed
-    name: str                    # "forward" or "backward"
+    name: str                    # "forward", "backward", "grad_input" or "grad_weight"
     flops: int
     elements: int                # elements read and written at the dtype's size
     extra_bytes: int             # bytes beyond those (e.g. int64 indices)
     make: Callable[[np.random.Generator], tuple]          # float64 NumPy inputs
     call: Callable[[tuple, str], Any]                     # gpuconv: (inputs, impl) -> outputs
     torch_call: Callable[[Any, tuple], Callable] | None   # (torch, inputs) -> a timed closure
+    # The same computation in plain array-library calls (CuPy on a GPU, NumPy on the CPU).
+    array_call: Callable[[tuple], Any] | None = None
 
     def bytes(self, itemsize: int) -> int:
         return self.elements * itemsize + self.extra_bytes
@@ -49,6 +52,7 @@ def conv_geometry(c: dict) -> dict:
 
 def conv_passes(c: dict) -> list[Pass]:
     from .. import functional as F
+    from . import im2col_gemm
 
     geo = conv_geometry(c)
     args = (c["stride"], c["pad"], geo["dilation"], geo["groups"])
@@ -67,18 +71,29 @@ def conv_passes(c: dict) -> list[Pass]:
         x, w, b = inputs
         return lambda: torch.nn.functional.conv2d(x, w, b, *args)
 
-    def torch_bwd(torch, inputs):
-        gy, x, w, b = inputs
-        leaves = [t.detach().requires_grad_() for t in (x, w, b)]
-        y = torch.nn.functional.conv2d(*leaves, *args)
-        return lambda: torch.autograd.grad(y, leaves, gy, retain_graph=True)
+    def torch_grad(wrt: slice):
+        def closure(torch, inputs):
+            gy, x, w, b = inputs
+            leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+            y = torch.nn.functional.conv2d(*leaves, *args)
+            return lambda: torch.autograd.grad(y, leaves[wrt], gy, retain_graph=True)
+        return closure
 
+    def grad(mask):
+        return lambda a, impl: F.conv2d_backward(*a, *args, output_mask=mask, impl=impl)
+
+    pairs = ((c["stride"],) * 2, (c["pad"],) * 2, (geo["dilation"],) * 2, geo["groups"])
     return [
         Pass("conv2d", "forward", 2 * geo["macs"], geo["x"] + geo["w"] + geo["b"] + geo["y"], 0,
-             make_fwd, lambda a, impl: F.conv2d(*a, *args, impl=impl), torch_fwd),
-        Pass("conv2d_backward", "backward", 4 * geo["macs"],
-             geo["y"] + 2 * (geo["x"] + geo["w"]) + geo["b"], 0,
-             make_bwd, lambda a, impl: F.conv2d_backward(*a, *args, impl=impl), torch_bwd),
+             make_fwd, lambda a, impl: F.conv2d(*a, *args, impl=impl), torch_fwd,
+             lambda a: im2col_gemm.conv2d(*a, *pairs)),
+        Pass("conv2d_backward", "grad_input", 2 * geo["macs"], geo["y"] + geo["w"] + geo["x"], 0,
+             make_bwd, grad((True, False, False)), torch_grad(slice(0, 1)),
+             lambda a: im2col_gemm.conv2d_grad_input(*a[:3], *pairs)),
+        Pass("conv2d_backward", "grad_weight", 2 * geo["macs"],
+             geo["y"] + geo["x"] + geo["w"] + geo["b"], 0,
+             make_bwd, grad((False, True, True)), torch_grad(slice(1, 3)),
+             lambda a: im2col_gemm.conv2d_grad_weight(*a[:3], *pairs)),
     ]
 
 
