@@ -69,3 +69,23 @@ def bench_torch(benchmark_fixture, case: dict, p) -> None:
     closure = p.torch_call(torch, tuple(torch.from_numpy(a) for a in inputs))
     benchmark_fixture.group = f"{case['label']} {p.name}"
     benchmark_fixture(closure)
+
+
+def benchmark_tests(family: str) -> tuple:
+    """The three tests of ``bench/bench_<family>.py``: the numpy impl, the array-library
+    reference (skipped where the family has none) and PyTorch, over the suite's passes."""
+    passes = pytest.mark.parametrize("case, p", pass_params(family))
+
+    @passes
+    def test_numpy_impl(benchmark, case, p):
+        bench_gpuconv(benchmark, case, p, "numpy")
+
+    @passes
+    def test_array_reference(benchmark, case, p):
+        bench_array_reference(benchmark, case, p)
+
+    @passes
+    def test_torch(benchmark, case, p):
+        bench_torch(benchmark, case, p)
+
+    return test_numpy_impl, test_array_reference, test_torch
