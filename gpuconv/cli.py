@@ -228,6 +228,9 @@ def _info(args) -> int:
         props = cp.cuda.runtime.getDeviceProperties(0)
         print(f"GPU: {props['name'].decode()}, CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}, "
               f"CuPy {cp.__version__}")
+        from .kernels.cuda_c import compile_states
+        print("CUDA C sources (NVRTC): " + ", ".join(f"{name} {state}" for name, state
+                                                     in compile_states().items()))
     print("kernel implementations (available here / registered):")
     for op in kernels.ops():
         impls = kernels.implementations(op)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from gpuconv import benchmark, kernels
+from gpuconv import backend, benchmark, kernels
 from gpuconv.benchmark.cases import conv_geometry, conv_passes
 
 
@@ -161,3 +161,17 @@ def test_quick_pool_and_lstm_runs_are_correct():
     report = benchmark.run(["pool", "lstm"], impls=["numpy"], quick=True, log=lambda s: None)
     ours = [r for r in report["rows"] if r["impl"] == "numpy"]
     assert len(ours) == 6 and all(r["correct"] for r in ours)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_quick_gpu_run_checks_every_cuda_impl_and_the_cupy_reference():
+    report = benchmark.run(["conv", "pool", "lstm"], quick=True, device="cuda",
+                           log=lambda s: None)
+    assert report["environment"]["device"] != "cpu" and report["ceilings"]["gemm_flops_per_s"] > 0
+    rows = report["rows"]
+    assert all(r["correct"] for r in rows), [r for r in rows if not r["correct"]]
+    conv_impls = {r["impl"] for r in rows if r["op"] == "conv2d" and r["source"] == "gpuconv"}
+    assert {"cuda_direct", "cuda_im2col"} <= conv_impls
+    assert {r["pass"] for r in rows if r["source"] == "cupy"} == {"forward", "grad_input",
+                                                                  "grad_weight"}

@@ -216,3 +216,23 @@ def test_checkpoint_of_a_cuda_model_loads_on_the_cpu_and_back(_, tmp_path):
         assert backend.device_of(gpu_model.state_dict()[k]) == "cuda", k
         np.testing.assert_array_equal(backend.to_numpy(gpu_model.state_dict()[k]),
                                       backend.to_numpy(want), k)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_cli_info_names_the_gpu_and_its_kernels(_, capsys):
+    from gpuconv import cli
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU: " in out and "sees no CUDA device" not in out
+    for family in ("conv", "pool", "activation", "linear", "loss", "norm", "rnn", "optim"):
+        assert f"{family}.cu compiled" in out
+    assert ", cuda_im2col" in out and ", cuda_im2col (not here)" not in out
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_cli_trains_lenet5_on_digits_on_cuda(_, tmp_path):
+    from gpuconv import cli
+    assert cli.main(["train", "lenet5", "--dataset", "digits", "--device", "cuda", "--epochs",
+                     "1", "--no-progress", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["device"] == "cuda" and 0 < summary["test_accuracy"] <= 1

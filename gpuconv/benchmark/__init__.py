@@ -60,7 +60,7 @@ def environment(device: str) -> dict:
         env.update(device=props["name"].decode(), cupy=cp.__version__,
                    cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
                    driver=cp.cuda.runtime.driverGetVersion())
-    torch = _torch()
+    torch = _torch(device)
     if torch is not None:
         env["torch"] = torch.__version__
         if device == "cuda":
@@ -68,12 +68,14 @@ def environment(device: str) -> dict:
     return env
 
 
-def _torch():
+def _torch(device: str = "cpu"):
+    """torch, where it is importable and can compute on ``device`` (a CPU-only build cannot
+    be the reference of a GPU run), else None."""
     try:
         import torch
     except ImportError:
         return None
-    return torch
+    return torch if device == "cpu" or torch.cuda.is_available() else None
 
 
 def _array_dtype(dtype: str):
@@ -136,7 +138,7 @@ def _array_row(case, p, sets, oracle, dtype, device, ceilings, quick) -> dict:
 
 
 def _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick):
-    torch = _torch()
+    torch = _torch(device)
     if torch is None or p.torch_call is None:
         return None
     tdtype = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
@@ -182,7 +184,7 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
     if unknown:
         raise ValueError(f"unknown benchmark {unknown}; choose from {', '.join(FAMILIES)}")
     suite = suite or ("quick" if quick else ("gpu" if device == "cuda" else "cpu"))
-    torch = _torch()
+    torch = _torch(device)
     if torch is not None and threads is not None:
         torch.set_num_threads(threads)
     xp = backend.cupy_or_none() if device == "cuda" else np

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from .. import backend
+from . import _torch
 
 LR = 0.01
 MOMENTUM = 0.9
@@ -95,10 +96,7 @@ def train_rows(cases: list, device: str, quick: bool, log) -> list:
         x, y = _data(case["images"], device)
         ours = _row(case, "gpuconv", "gpuconv", _gpuconv_epoch(x, y, case["batch"], device), device)
         case_rows = [ours]
-        try:
-            import torch
-        except ImportError:
-            torch = None
+        torch = _torch(device)
         if torch is not None:
             case_rows.append(_row(case, "torch_eager", "torch",
                                   _torch_epoch(torch, x, y, case["batch"], device), device))

@@ -320,6 +320,9 @@ class RawModule:
         self._lib = ctypes.CDLL(str(_build(code, flags)))
         self._lib.emu_last_error.restype = ctypes.c_char_p
 
+    def compile(self, log_stream=None) -> None:
+        """Compiled already, when the module was made."""
+
     def get_function(self, name: str) -> "RawKernel":
         return RawKernel(self._lib, name)
 

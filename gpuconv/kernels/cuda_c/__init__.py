@@ -17,7 +17,7 @@ from ..._resources import cuda_source_dir
 import numpy as np
 
 __all__ = ["kernel", "launch", "grid_1d", "gpu_op", "entry_point", "run_threads", "run_blocks",
-           "THREADS_1D", "REDUCE_THREADS", "MAX_BLOCKS", "DTYPES", "NULL"]
+           "compile_states", "THREADS_1D", "REDUCE_THREADS", "MAX_BLOCKS", "DTYPES", "NULL"]
 
 # A multiple of the warp size that keeps occupancy high for simple elementwise kernels.
 THREADS_1D = 256
@@ -40,6 +40,21 @@ def _module(family: str, device_id: int, defines: tuple[str, ...]):
     source = (src_dir / f"{family}.cu").read_text()
     options = NVRTC_OPTIONS + (f"-I{src_dir}",) + tuple(f"-D{d}" for d in defines)
     return cp.RawModule(code=source, options=options)
+
+
+def compile_states() -> dict[str, str]:
+    """``{"conv.cu": "compiled" | "failed: <first line of the error>", ...}`` for every
+    CUDA C source, compiled now for the current device (then cached like any launch)."""
+    cp = backend.cupy_or_none()
+    states = {}
+    for source in sorted(cuda_source_dir().glob("*.cu")):
+        try:
+            _module(source.stem, cp.cuda.Device().id, ()).compile()
+            states[source.name] = "compiled"
+        except Exception as exc:  # any NVRTC or driver error is the state to report
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            states[source.name] = f"failed: {lines[0]}"
+    return states
 
 
 def kernel(family: str, name: str, defines: Sequence[str] = ()):
