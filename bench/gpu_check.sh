@@ -4,6 +4,7 @@
 # 1. every `gpu`-marked test (each GPU impl against the CPU reference, outputs NaN-poisoned);
 # 2. compute-sanitizer memcheck and racecheck over a small subset of those tests;
 # 3. LeNet-5 on digits trained with --device cuda and with --device cpu, same seed;
+# 4. gpuconv info (the GPU, versions, and whether each kernels/*.cu compiles there);
 # then a short summary, last. Logs go to $OUT (the device tool's folder) or /tmp/gpu_check.
 set -u
 cd "$(dirname "$0")/.."
@@ -42,6 +43,7 @@ train() {
 }
 acc_cuda=$(train cuda)
 acc_cpu=$(train cpu)
+python3 -m gpuconv info >"$out/info.log" 2>&1
 
 echo
 echo "== gpu_check summary ($(python3 -c 'import cupy; print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())' 2>/dev/null)) =="
@@ -49,4 +51,5 @@ echo "gpu tests:         exit $tests_rc; $(last_line "$out/gpu_tests.log")"
 echo "memcheck:          exit $memcheck_rc; $(last_line "$out/sanitizer_memcheck.log" 2>/dev/null)"
 echo "racecheck:         exit $racecheck_rc; $(last_line "$out/sanitizer_racecheck.log" 2>/dev/null)"
 echo "lenet5 on digits:  test accuracy $acc_cuda on cuda, $acc_cpu on cpu"
+echo "$(grep -E '^(GPU|CUDA C)' "$out/info.log")"
 [ "$tests_rc" = 0 ] && [ "$memcheck_rc" = 0 ] && [ "$racecheck_rc" = 0 ]
