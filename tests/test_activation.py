@@ -455,3 +455,91 @@ def test_dropout_training_must_be_a_bool():
 def test_dropout_seed_outside_uint64_is_rejected(seed, error, match):
     with pytest.raises(error, match=f"dropout: {match}"):
         F.dropout(X, 0.5, True, seed)
+
+
+# --------------------------------------------------------------------------- bias_act
+
+# (activation, param, input shape): each activation once, over a conv's (N, C, H, W), a
+# linear layer's (N, F), a 1-d conv's (N, C, L), odd sizes and batch 1.
+BIAS_ACT = [("identity", 0.0, (2, 3, 4, 5)), ("relu", 0.0, (4, 7)), ("leaky_relu", 0.2, (1, 3, 5)),
+            ("elu", 0.7, (2, 5, 3, 3)), ("sigmoid", 0.0, (3, 6)), ("tanh", 0.0, (1, 4, 2, 3))]
+BIAS_ACT_IDS = [f"{a}-{'x'.join(map(str, s))}" for a, _, s in BIAS_ACT]
+
+
+def bias_act_inputs(case, dtype="float64"):
+    """(x, bias, grad_output) with |x + bias| >= 0.1, so that no case sits on a kink."""
+    activation, param, shape = case
+    rng = rng_for("bias_act", case)
+    bias = rng.standard_normal(shape[1])
+    x = away_from_zero(rng, shape) - bias.reshape((1, -1) + (1,) * (len(shape) - 2))
+    g = rng.standard_normal(shape)
+    return x.astype(dtype), bias.astype(dtype), g.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case, impl", with_impls(BIAS_ACT, BIAS_ACT_IDS, "bias_act"))
+def test_bias_act_matches_reference(case, impl, dtype):
+    activation, param, _ = case
+    x, b, _ = bias_act_inputs(case, dtype)
+    out = F.bias_act(*on_device_of(impl, "bias_act", x, b), activation, param, impl=impl)
+    ref = F.bias_act(x.astype(np.float64), b.astype(np.float64), activation, param,
+                     impl="reference")
+    check_against_reference(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case, impl", with_impls(BIAS_ACT, BIAS_ACT_IDS, "bias_act_backward"))
+def test_bias_act_backward_matches_reference(case, impl, dtype):
+    activation, param, _ = case
+    x, b, g = bias_act_inputs(case, dtype)
+    grads = F.bias_act_backward(*on_device_of(impl, "bias_act_backward", g, x, b), activation,
+                                param, impl=impl)
+    refs = F.bias_act_backward(*(a.astype(np.float64) for a in (g, x, b)), activation, param,
+                               impl="reference")
+    for name, got, want in zip(("grad_input", "grad_bias"), grads, refs):
+        check_against_reference(got, want, dtype, name)
+
+
+@pytest.mark.parametrize("case, impl", with_impls(BIAS_ACT, BIAS_ACT_IDS, "bias_act_backward",
+                                                  include_reference=True))
+def test_bias_act_backward_matches_finite_differences(case, impl):
+    activation, param, _ = case
+    x, b, g = bias_act_inputs(case)
+
+    def loss():
+        return float(np.sum(F.bias_act(x, b, activation, param, impl="reference") * g))
+
+    grad_x, grad_b = F.bias_act_backward(*on_device_of(impl, "bias_act_backward", g, x, b),
+                                         activation, param, impl=impl)
+    check_grads(loss, {"input": backend.to_numpy(grad_x), "bias": backend.to_numpy(grad_b)},
+                {"input": x, "bias": b})
+
+
+@pytest.mark.parametrize("case, impl", with_impls(BIAS_ACT[-2:], BIAS_ACT_IDS[-2:],
+                                                  "bias_act_backward", include_reference=True))
+def test_bias_act_backward_from_saved_output_equals_recomputed(case, impl):
+    activation, param, _ = case
+    x, b, g = on_device_of(impl, "bias_act_backward", *bias_act_inputs(case))
+    y = F.bias_act(x, b, activation, param)
+    saved = F.bias_act_backward(g, x, b, activation, param, output=y, impl=impl)
+    recomputed = F.bias_act_backward(g, x, b, activation, param, impl=impl)
+    for got, want in zip(saved, recomputed):
+        assert_close(got, want, "float64")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, b: F.bias_act(x, b[:2]), r"bias must have shape \(C,\) .* bias \(2,\) and input \(2, 3, 4\)"),
+    (lambda x, b: F.bias_act(x[0, 0], b), r"bias must have shape \(C,\) .* input \(4,\)"),
+    (lambda x, b: F.bias_act(x, b, "gelu"), "activation must be one of identity, relu"),
+    (lambda x, b: F.bias_act(x, b, "elu", float("nan")), "param"),
+    (lambda x, b: F.bias_act_backward(x[:1], x, b), r"grad_output must have shape \(2, 3, 4\)"),
+], ids=["bias-length", "input-1d", "unknown-activation", "nan-param", "grad-output-shape"])
+def test_bias_act_rejects_bad_arguments(call, message):
+    x, b = np.zeros((2, 3, 4)), np.zeros(3)
+    with pytest.raises(ValueError, match=message):
+        call(x, b)
+
+
+def test_bias_act_rejects_a_bias_of_another_dtype():
+    with pytest.raises(TypeError, match="bias_act: bias has dtype float32"):
+        F.bias_act(np.zeros((2, 3)), np.zeros(3, np.float32))

@@ -1,4 +1,5 @@
-"""Activations: relu, leaky_relu, elu, sigmoid, tanh, softmax, log_softmax, dropout.
+"""Activations: relu, leaky_relu, elu, sigmoid, tanh, softmax, log_softmax, dropout, and
+bias_act (a per-channel bias add fused with one of the pointwise activations).
 
 Every op takes an array of any shape and floating dtype and returns a new array of the same
 shape and dtype (``dropout`` with ``training=False`` returns its input itself, like torch).
@@ -19,8 +20,12 @@ from .. import _checks as C, backend, kernels
 __all__ = [
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward",
-    "log_softmax", "log_softmax_backward", "dropout", "dropout_backward",
+    "log_softmax", "log_softmax_backward", "dropout", "dropout_backward", "bias_act",
+    "bias_act_backward", "BIAS_ACTIVATIONS",
 ]
+
+# The activations bias_act fuses with the bias add.
+BIAS_ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
 
 _SEED_LIMIT = 2 ** 64
 
@@ -258,3 +263,49 @@ def dropout_backward(grad_output, input, p: float = 0.5, training: bool = True, 
     if not training:
         return grad_output
     return kernels.dispatch("dropout_backward", impl, grad_output, p, seed)
+
+
+# --------------------------------------------------------------------------- fused bias
+
+def _bias_act_args(op: str, input, bias, activation, param) -> float:
+    C.float_array(op, "input", input)
+    C.float_array(op, "bias", bias, ndim=1)
+    C.same_kind(op, "input", input, bias=bias)
+    if input.ndim < 2 or bias.shape[0] != input.shape[1]:
+        raise ValueError(f"{op}: bias must have shape (C,) for input of shape (N, C, *); got "
+                         f"bias {tuple(bias.shape)} and input {tuple(input.shape)}")
+    if activation not in BIAS_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {', '.join(BIAS_ACTIVATIONS)}, "
+                         f"got {activation!r}")
+    return C.finite_float(op, "param", param)
+
+
+@backend.interop
+def bias_act(input, bias, activation: str = "relu", param: float = 0.0, *,
+             impl: str | None = None):
+    """``y = act(x + bias[c])``: a layer's bias added along axis 1 and its activation applied,
+    in one pass over memory where the impl fuses them (the GPU's does).
+
+    input: (N, C, *) (a convolution's output computed without bias, or (N, F) after a linear
+    layer); bias: (C,), same dtype; activation: one of :data:`BIAS_ACTIVATIONS`; param:
+    leaky_relu's negative_slope or elu's alpha (ignored by the others). Returns y shaped as
+    input.
+    """
+    param = _bias_act_args("bias_act", input, bias, activation, param)
+    return kernels.dispatch("bias_act", impl, input, bias, activation, param)
+
+
+@backend.interop
+def bias_act_backward(grad_output, input, bias, activation: str = "relu", param: float = 0.0,
+                      *, output=None, impl: str | None = None):
+    """Gradients of :func:`bias_act`: ``(grad_input, grad_bias)``.
+
+    ``grad_input = grad_output * act'(x + bias[c])`` (which is also the gradient of the
+    layer's pre-bias output) and ``grad_bias[c]`` its sum over every axis but 1. output: the
+    saved forward result, optional; sigmoid and tanh then take their derivative from it.
+    """
+    param = _bias_act_args("bias_act_backward", input, bias, activation, param)
+    _grad_pair("bias_act_backward", grad_output, input)
+    _saved_output("bias_act_backward", output, input)
+    return tuple(kernels.dispatch("bias_act_backward", impl, grad_output, input, bias,
+                                  activation, param, output))

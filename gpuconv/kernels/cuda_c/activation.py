@@ -3,9 +3,8 @@ along any axis, and dropout with the Philox mask, forward and backward, float32/
 
 Registry contract as every activation impl (see ``gpuconv/kernels/reference/activation.py``).
 The pointwise kernels choose the activation by an int code, so one kernel per direction
-serves all five; they also take an optional per-channel bias, which the layers' GPU path uses
-through :func:`bias_act_forward` and :func:`bias_act_backward` (``gpuconv.functional`` has
-no fused op to register them under). Softmax rows are owned by a warp when the normalised
+serves all five; they also take an optional per-channel bias, which makes them the fused
+``bias_act`` op (bias add and activation in one pass). Softmax rows are owned by a warp when the normalised
 axis is the innermost (coalesced reads along it) and by a thread otherwise (coalesced reads
 across neighbouring rows). Dropout draws the same Philox4x64-10 words as the CPU impls, so
 the masks agree bit for bit.
@@ -21,7 +20,7 @@ from .. import register
 from ..numpy_impl.activation import _keep_threshold
 from . import DTYPES, NULL, REDUCE_THREADS, gpu_op, run_blocks, run_threads
 
-__all__ = ["ACTIVATIONS", "bias_act_forward", "bias_act_backward"]
+__all__ = ["ACTIVATIONS"]
 
 FAMILY = "activation"
 WARP_LANES = 32
@@ -140,47 +139,15 @@ def tanh_backward(g, x, output):
 
 # --------------------------------------------------------------------------- fused bias
 
-def _check_bias_act(op: str, x, bias, activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{op}: unknown activation {activation!r}; "
-                         f"known: {', '.join(ACTIVATIONS)}")
-    if x.ndim < 2 or tuple(bias.shape) != (x.shape[1],):
-        raise ValueError(f"{op}: bias must have shape (C,) for x of shape (N, C, *); got "
-                         f"bias {tuple(bias.shape)} and x {tuple(x.shape)}")
-
-
-@gpu_op("bias_act_forward")
-def bias_act_forward(x, bias, activation: str = "identity", param: float = 0.0):
-    """``y = act(x + bias[c])`` in one elementwise pass on the GPU.
-
-    For the layers' GPU path: a convolution or linear layer computes ``x`` without its bias
-    and this adds the bias and applies the activation together, saving a pass over memory.
-    It is not a registered op (``gpuconv.functional`` has no fused op).
-
-    x: CuPy array ``(N, C, *)`` (``(N, F)`` after a linear layer), float32 or float64;
-    bias: ``(C,)`` of the same dtype. activation: a key of :data:`ACTIVATIONS`; param:
-    leaky_relu's negative slope or elu's alpha (ignored otherwise). Returns y, shaped like x.
-    """
-    _check_bias_act("bias_act_forward", x, bias, activation)
+@_register("bias_act")
+def bias_act(x, bias, activation, param):
     return _forward(x, bias, activation, param)
 
 
-@gpu_op("bias_act_backward")
-def bias_act_backward(grad_output, x, bias, activation: str = "identity", param: float = 0.0,
-                      output=None):
-    """Gradients of :func:`bias_act_forward`: ``(grad_x, grad_bias)``.
-
-    ``grad_x = grad_output * act'(x + bias[c])`` (also the gradient of the pre-bias layer
-    output) and ``grad_bias[c]`` = its sum over every (n, *) of channel c, reduced in a fixed
-    order (deterministic). output: the saved forward result, optional; sigmoid and tanh
-    then take their derivative from it instead of recomputing. Arguments as the forward;
-    grad_output and output shaped like x.
-    """
-    _check_bias_act("bias_act_backward", x, bias, activation)
-    for name, a in (("grad_output", grad_output), ("output", output)):
-        if a is not None and tuple(a.shape) != tuple(x.shape):
-            raise ValueError(f"bias_act_backward: {name} must have the shape of x "
-                             f"{tuple(x.shape)}, got {tuple(a.shape)}")
+@_register("bias_act_backward")
+def bias_act_backward(grad_output, x, bias, activation, param, output):
+    """grad_x in one elementwise pass; grad_bias by per-chunk partial sums of each channel,
+    then one block per channel adding its partials in a fixed order (deterministic)."""
     cp = backend.cupy_or_none()
     N, C = x.shape[0], x.shape[1]
     plane = math.prod(x.shape[2:])

@@ -177,3 +177,39 @@ def dropout(x, p, seed):
         np.multiply(src[start:stop], scale, out=d)
         np.multiply(d, k, out=d)
     return out
+
+
+# --------------------------------------------------------------------------- bias + activation
+
+def _plus_bias(x, bias):
+    z = backend.empty(x.shape, x.dtype)
+    return np.add(x, bias.reshape((1, -1) + (1,) * (x.ndim - 2)), out=z)
+
+
+# name: (forward, backward, whether both take the parameter, whether backward takes output)
+_BIAS_ACTS = {"relu": (relu, relu_backward, False, False),
+              "leaky_relu": (leaky_relu, leaky_relu_backward, True, False),
+              "elu": (elu, elu_backward, True, False),
+              "sigmoid": (sigmoid, sigmoid_backward, False, True),
+              "tanh": (tanh, tanh_backward, False, True)}
+
+
+@register("bias_act", "numpy")
+def bias_act(x, bias, activation, param):
+    z = _plus_bias(x, bias)
+    if activation == "identity":
+        return z
+    forward, _, takes_param, _ = _BIAS_ACTS[activation]
+    return forward(z, param) if takes_param else forward(z)
+
+
+@register("bias_act_backward", "numpy")
+def bias_act_backward(g, x, bias, activation, param, output):
+    if activation == "identity":
+        grad_z = np.array(g)  # a new array: the result never aliases grad_output
+    else:
+        _, backward, takes_param, takes_output = _BIAS_ACTS[activation]
+        z = None if takes_output and output is not None else _plus_bias(x, bias)
+        extra = (param,) if takes_param else (output,) if takes_output else ()
+        grad_z = backward(g, z, *extra)
+    return grad_z, grad_z.sum(axis=(0,) + tuple(range(2, g.ndim)))

@@ -6,6 +6,12 @@ Backward functions take ``(grad_output, input, <the forward's arguments>)``; tho
 sigmoid, tanh, softmax and log_softmax end with ``output``, the saved forward result or None
 (then it is recomputed from ``input``). ``dropout`` takes ``(input, p, seed)`` and
 ``dropout_backward`` ``(grad_output, p, seed)``: the mask needs only the seed and the shape.
+
+``bias_act`` takes ``(x, bias, activation, param)``: ``x`` (N, C, *), ``bias`` (C,), the
+activation's name (``identity``, ``relu``, ``leaky_relu``, ``elu``, ``sigmoid``, ``tanh``)
+and its parameter (leaky_relu's slope, elu's alpha; ignored by the others); it returns
+``act(x + bias[c])``. ``bias_act_backward`` takes ``(grad_output, x, bias, activation, param,
+output)`` and returns ``(grad_x, grad_bias)``.
 """
 from __future__ import annotations
 
@@ -113,3 +119,31 @@ def dropout(x, p, seed):
 def dropout_backward(g, p, seed):
     # The same mask and scale as the forward pass: dropout is linear in its input.
     return dropout(g, p, seed)
+
+
+def _channel(bias, ndim: int):
+    """bias (C,) shaped to broadcast along axis 1 of an ndim-dimensional array."""
+    return bias.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _bias_act_z(x, bias):
+    return x + _channel(bias, x.ndim)
+
+
+@register("bias_act", "reference", priority=_LOWEST)
+def bias_act(x, bias, activation, param):
+    z = _bias_act_z(x, bias)
+    return {"identity": lambda: z, "relu": lambda: relu(z),
+            "leaky_relu": lambda: leaky_relu(z, param), "elu": lambda: elu(z, param),
+            "sigmoid": lambda: sigmoid(z), "tanh": lambda: tanh(z)}[activation]()
+
+
+@register("bias_act_backward", "reference", priority=_LOWEST)
+def bias_act_backward(g, x, bias, activation, param, output):
+    z = _bias_act_z(x, bias)
+    grad_z = {"identity": lambda: g.copy(), "relu": lambda: relu_backward(g, z),
+              "leaky_relu": lambda: leaky_relu_backward(g, z, param),
+              "elu": lambda: elu_backward(g, z, param),
+              "sigmoid": lambda: sigmoid_backward(g, z, output),
+              "tanh": lambda: tanh_backward(g, z, output)}[activation]()
+    return grad_z, grad_z.sum(axis=tuple(a for a in range(g.ndim) if a != 1))
