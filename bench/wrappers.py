@@ -46,6 +46,8 @@ def _check(result, p, inputs64) -> None:
 def bench_gpuconv(benchmark_fixture, case: dict, p, impl: str) -> None:
     """Check, then time, ``impl`` on the pass."""
     inputs64, inputs = _inputs(p)
+    if p.prepare is not None:
+        inputs = p.prepare(inputs, impl)
     _check(p.call(inputs, impl), p, inputs64)
     benchmark_fixture.group = f"{case['label']} {p.name}"
     benchmark_fixture(p.call, inputs, impl)

@@ -174,8 +174,8 @@ def _seq_impls():
 def test_step_loop_sequence_matches_reference(kind, case, dtype):
     x, states, params, masks, L, bi = _seq_inputs(kind, case, rng_for("numba_seq", kind, case))
     out = _seq_impls()[kind](*_cast([x, *states], dtype), _cast(params, dtype), L, bi,
-                             None if masks is None else _cast(masks, dtype))
-    ref = _impl(kind, "reference")(x, *states, params, L, bi, masks)
+                             None if masks is None else _cast(masks, dtype), None)
+    ref = _impl(kind, "reference")(x, *states, params, L, bi, masks, None)
     _assert_all_close(out, ref, dtype, kind)
 
 
@@ -185,13 +185,14 @@ def test_step_loop_sequence_matches_reference(kind, case, dtype):
 def test_step_loop_sequence_backward_matches_reference(kind, case, dtype):
     rng = rng_for("numba_seq_backward", kind, case)
     x, states, params, masks, L, bi = _seq_inputs(kind, case, rng)
-    out, *finals = _impl(kind, "reference")(x, *states, params, L, bi, masks)
+    out, *finals = _impl(kind, "reference")(x, *states, params, L, bi, masks, None)
     grads = [rng.standard_normal(a.shape) for a in (out, *finals)]
     op = f"{kind}_backward"
     gx, *g_states, g_params = _seq_impls()[op](
         *_cast(grads + [x, *states], dtype), _cast(params, dtype), L, bi,
-        None if masks is None else _cast(masks, dtype))
-    rx, *r_states, r_params = _impl(op, "reference")(*grads, x, *states, params, L, bi, masks)
+        None if masks is None else _cast(masks, dtype), None)
+    rx, *r_states, r_params = _impl(op, "reference")(*grads, x, *states, params, L, bi, masks,
+                                                     None)
     _assert_all_close([gx, *g_states], [rx, *r_states], dtype, op)
     _assert_all_close(g_params, r_params, dtype, f"{op} params")
 

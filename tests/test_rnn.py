@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from support import check_against_reference, check_grads, on_device_of, rng_for, with_impls
 
-from gpuconv import kernels
+from gpuconv import backend, kernels
 from gpuconv.functional.rnn import (
-    gru, gru_backward, gru_cell, gru_cell_backward, lstm, lstm_backward, lstm_cell,
+    Reserve, gru, gru_backward, gru_cell, gru_cell_backward, lstm, lstm_backward, lstm_cell,
     lstm_cell_backward, rnn, rnn_backward, rnn_relu_cell, rnn_relu_cell_backward,
     rnn_tanh_cell, rnn_tanh_cell_backward,
 )
@@ -272,6 +272,77 @@ def test_sequence_backward_matches_finite_differences(kind, impl):
     analytic = seq_backward(kind, to_impl(impl, op, grads), *to_impl(impl, op, [x]),
                             to_impl(impl, op, states), to_impl(impl, op, params), impl, **kw)
     check_grads(loss, dict(enumerate(analytic)), dict(enumerate([x, *states, *params])))
+
+
+# --------------------------------------------------------------------------- reserve
+
+RESERVE_CASE = dict(T=4, B=3, I=2, H=3, num_layers=2, bidirectional=True, batch_first=True,
+                    biases=True, dropout=0.3, training=True, seed=5)
+
+
+@pytest.mark.parametrize("kind,impl", kind_impl_params(SEQ_OP, include_reference=True))
+def test_backward_from_a_reserve_equals_the_recomputing_backward(kind, impl):
+    rng = rng_for("reserve", kind)
+    x, states, params = seq_case_inputs(kind, RESERVE_CASE, rng)
+    kw = seq_kwargs(kind, RESERVE_CASE)
+    grads = seq_output_grads(kind, x, states, params, RESERVE_CASE, rng)
+    op = SEQ_OP[kind]
+    x, = to_impl(impl, op, [x])
+    states, params, grads = (to_impl(impl, op, a) for a in (states, params, grads))
+    reserve = Reserve()
+    seq_forward(kind, x, states, params, impl, reserve=reserve, **kw)
+    assert reserve.impl == impl and reserve.saved
+    recomputed = seq_backward(kind, grads, x, states, params, impl, **kw)
+    for _ in range(2):  # a backward leaves the reserve as it found it
+        from_reserve = seq_backward(kind, grads, x, states, params, None, reserve=reserve, **kw)
+        assert_all_close(from_reserve, [backend.to_numpy(a) for a in recomputed], "float64", op)
+
+
+def test_backward_from_a_reserve_does_not_run_the_forward_again(monkeypatch):
+    from gpuconv.kernels import _rnn_loop
+    rng = rng_for("reserve_spy")
+    x, states, params = seq_case_inputs("lstm", RESERVE_CASE, rng)
+    kw = seq_kwargs("lstm", RESERVE_CASE)
+    grads = seq_output_grads("lstm", x, states, params, RESERVE_CASE, rng)
+    reserve = Reserve()
+    seq_forward("lstm", x, states, params, "numpy", reserve=reserve, **kw)
+    calls = []
+    forward = _rnn_loop._forward
+    monkeypatch.setattr(_rnn_loop, "_forward", lambda *a: calls.append(1) or forward(*a))
+    seq_backward("lstm", grads, x, states, params, None, reserve=reserve, **kw)
+    assert calls == []
+    seq_backward("lstm", grads, x, states, params, "numpy", **kw)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("mutate, error, message", [
+    (lambda r, x: (r, x[:, :2]), ValueError, "of a forward on other inputs"),
+    (lambda r, x: (Reserve(), x), ValueError, "of a forward on other inputs"),
+    (lambda r, x: ([], x), TypeError, "reserve must be a gpuconv.functional.Reserve"),
+], ids=["other-shape", "empty", "not-a-reserve"])
+def test_a_reserve_that_does_not_match_the_backward_is_refused(mutate, error, message):
+    rng = rng_for("reserve_errors")
+    x, states, params = seq_case_inputs("gru", RESERVE_CASE, rng)
+    kw = seq_kwargs("gru", RESERVE_CASE)
+    reserve = Reserve()
+    seq_forward("gru", x, states, params, "numpy", reserve=reserve, **kw)
+    reserve, x = mutate(reserve, x)
+    with pytest.raises(error, match=message):
+        gru_backward(None, None, x, states[0], params, reserve=reserve, **kw)
+
+
+def test_a_reserve_of_another_nonlinearity_or_impl_is_refused():
+    rng = rng_for("reserve_ops")
+    x, states, params = seq_case_inputs("rnn_tanh", RESERVE_CASE, rng)
+    kw = seq_kwargs("rnn_tanh", RESERVE_CASE)
+    reserve = Reserve()
+    rnn(x, states[0], params, reserve=reserve, impl="numpy", **kw)
+    with pytest.raises(ValueError, match="rnn_backward: reserve holds Reserve.rnn"):
+        rnn_backward(None, None, x, states[0], params, reserve=reserve,
+                     **{**kw, "nonlinearity": "relu"})
+    with pytest.raises(ValueError, match="impl 'reference' cannot use a reserve made by impl "
+                                         "'numpy'"):
+        rnn_backward(None, None, x, states[0], params, reserve=reserve, impl="reference", **kw)
 
 
 def test_batch_first_is_the_transposed_time_major_sequence():

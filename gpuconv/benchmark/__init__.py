@@ -122,8 +122,9 @@ def _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick) 
     for impl in kernels.available(p.op, probe):
         if impls and impl not in impls:
             continue
-        err = _max_err(p.call(sets[0], impl), oracle)
-        timing = time_call(lambda *a: p.call(a, impl), sets, device, quick)
+        impl_sets = [p.prepare(s, impl) for s in sets] if p.prepare else sets
+        err = _max_err(p.call(impl_sets[0], impl), oracle)
+        timing = time_call(lambda *a: p.call(a, impl), impl_sets, device, quick)
         rows.append(_row(case, p, "gpuconv", impl, dtype, device, timing, err, ceilings,
                          probe.dtype.itemsize))
     return rows

@@ -28,6 +28,8 @@ class Pass:
     torch_call: Callable[[Any, tuple], Callable] | None   # (torch, inputs) -> a timed closure
     # The same computation in plain array-library calls (CuPy on a GPU, NumPy on the CPU).
     array_call: Callable[[tuple], Any] | None = None
+    # Untimed work before the timed calls of one impl: (inputs, impl) -> the inputs it takes.
+    prepare: Callable[[tuple, str], tuple] | None = None
 
     def bytes(self, itemsize: int) -> int:
         return self.elements * itemsize + self.extra_bytes
@@ -177,8 +179,17 @@ def lstm_passes(c: dict) -> list[Pass]:
     def forward(a, impl):
         return F.lstm(a[0], None, list(a[1:]), impl=impl)
 
+    def with_reserve(a, impl):
+        # As torch's autograd keeps the forward's activations, the backward starts from the
+        # impl's own forward (its reserve), outside the timing.
+        reserve = F.Reserve()
+        F.lstm(a[1], None, list(a[2:]), reserve=reserve, impl=impl)
+        return a + (reserve,)
+
     def backward(a, impl):
-        return F.lstm_backward(a[0], None, None, a[1], None, list(a[2:]), impl=impl)
+        reserve = a[6] if len(a) > 6 else None
+        return F.lstm_backward(a[0], None, None, a[1], None, list(a[2:6]), reserve=reserve,
+                               impl=impl)
 
     def torch_module(torch, params):
         m = torch.nn.LSTM(I, H).to(params[0].device, params[0].dtype)
@@ -201,7 +212,8 @@ def lstm_passes(c: dict) -> list[Pass]:
     return [Pass("lstm", "forward", 2 * T * step_macs, x_n + params_n + y_n + 2 * B * H, 0,
                  make_fwd, forward, torch_fwd),
             Pass("lstm_backward", "backward", 4 * T * step_macs,
-                 y_n + x_n + params_n + x_n + params_n, 0, make_bwd, backward, torch_bwd)]
+                 y_n + x_n + params_n + x_n + params_n, 0, make_bwd, backward, torch_bwd,
+                 prepare=with_reserve)]
 
 
 SUITE_PASSES: dict[str, Callable[[dict], list]] = {"conv": conv_passes, "pool": pool_passes,

@@ -14,6 +14,10 @@ arguments sees the same mask as the forward: the output of layer ``l`` (0-based,
 is multiplied by ``(u >= dropout) / (1 - dropout)`` (zero when ``dropout == 1``) where
 ``u = numpy.random.Generator(numpy.random.Philox(key=seed + l)).random((T, B, D*H))``
 (float64 draws, so the mask does not depend on the dtype or the device).
+
+A backward recomputes its forward, unless the forward was given a :class:`Reserve` and the
+backward gets the same one: then it reuses the states and gate values the forward kept, as
+cuDNN does with its reserve space (the layers in :mod:`gpuconv.nn` do this).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ __all__ = [
     "rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell",
     "rnn_tanh_cell_backward", "rnn_relu_cell_backward", "lstm_cell_backward",
     "gru_cell_backward",
-    "rnn", "lstm", "gru", "rnn_backward", "lstm_backward", "gru_backward",
+    "rnn", "lstm", "gru", "rnn_backward", "lstm_backward", "gru_backward", "Reserve",
 ]
 
 _GATES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -254,6 +258,67 @@ class _Seq(NamedTuple):
     bidirectional: bool
 
 
+class Reserve:
+    """What a sequence forward keeps for its backward: every layer's input, states and gate
+    values (``T * B * H`` numbers per state and gate, per layer and direction).
+
+    Pass a new ``Reserve()`` as ``reserve=`` to :func:`lstm` (:func:`gru`, :func:`rnn`), then
+    the same object to the matching backward, which then skips recomputing the forward. It is
+    valid for the forward's arrays as they were: the backward checks the op, the impl and
+    the shapes, dtype and device of the input and states, but not their values; change the
+    input or the parameters in between and the gradients are those of the old values.
+    """
+
+    def __init__(self) -> None:
+        self.op: str | None = None
+        self.impl: str | None = None
+        self.key: tuple | None = None
+        self.saved: list = []
+
+    def __repr__(self) -> str:
+        return "Reserve(empty)" if self.op is None else f"Reserve({self.op}, impl={self.impl!r})"
+
+
+def _reserve_key(seq: "_Seq", extra: tuple) -> tuple:
+    return (tuple(seq.x.shape), str(seq.x.dtype), backend.device_of(seq.x),
+            tuple(tuple(s.shape) for s in seq.states), seq.num_layers, seq.bidirectional, extra)
+
+
+def _forward(op: str, impl: str | None, seq: "_Seq", extra: tuple, reserve):
+    """Dispatch a sequence forward; fill ``reserve`` (a Reserve or None) with its tape."""
+    args = (seq.x, *seq.states, seq.params, seq.num_layers, seq.bidirectional, seq.masks,
+            *extra)
+    if reserve is None:
+        return kernels.dispatch(op, impl, *args, None)
+    if not isinstance(reserve, Reserve):
+        raise TypeError(f"{op}: reserve must be a gpuconv.functional.Reserve or None, "
+                        f"got {type(reserve).__name__}")
+    chosen = kernels.select(op, impl, seq.x, args + (None,))
+    reserve.op, reserve.impl, reserve.key, reserve.saved = op, chosen.name, None, []
+    result = chosen.fn(*args, reserve.saved)
+    reserve.key = _reserve_key(seq, extra)
+    return result
+
+
+def _backward(op: str, impl: str | None, grads: tuple, seq: "_Seq", extra: tuple, reserve):
+    """Dispatch a sequence backward, from ``reserve`` when it holds the matching forward."""
+    saved = None
+    if reserve is not None:
+        if not isinstance(reserve, Reserve):
+            raise TypeError(f"{op}: reserve must be a gpuconv.functional.Reserve or None, "
+                            f"got {type(reserve).__name__}")
+        forward_op = op.removesuffix("_backward")
+        if reserve.op != forward_op or reserve.key != _reserve_key(seq, extra):
+            raise ValueError(f"{op}: reserve holds {reserve!r} of a forward on other inputs; "
+                             f"it must come from {forward_op} on these arguments")
+        if impl is not None and impl != reserve.impl:
+            raise ValueError(f"{op}: impl {impl!r} cannot use a reserve made by impl "
+                             f"{reserve.impl!r}")
+        impl, saved = reserve.impl, reserve.saved
+    return kernels.dispatch(op, impl, *grads, seq.x, *seq.states, seq.params, seq.num_layers,
+                            seq.bidirectional, seq.masks, *extra, saved)
+
+
 def _param_names(num_layers: int, D: int, per: int) -> list[str]:
     kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[:per]
     return [f"params[{i}] ({kind}_l{layer}{'_reverse' if d else ''})"
@@ -392,7 +457,7 @@ _SEQ_DOC = """
 @backend.interop
 def rnn(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool = False,
         batch_first: bool = False, dropout: float = 0.0, training: bool = False, seed: int = 0,
-        nonlinearity: str = "tanh", *, impl: str | None = None):
+        nonlinearity: str = "tanh", *, reserve: Reserve | None = None, impl: str | None = None):
     """Multi-layer Elman RNN, h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh) with
     act = tanh or relu (``nonlinearity``). hx: (num_layers * D, B, H) or None.
 
@@ -402,15 +467,14 @@ def rnn(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool = 
     nonlinearity = _nonlinearity(op, nonlinearity)
     seq = _prepare(op, "rnn", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
-    out, h_n = kernels.dispatch(op, impl, seq.x, *seq.states, seq.params, seq.num_layers,
-                                seq.bidirectional, seq.masks, nonlinearity)
+    out, h_n = _forward(op, impl, seq, (nonlinearity,), reserve)
     return _user_layout(seq, out), h_n
 
 
 @backend.interop
 def gru(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool = False,
         batch_first: bool = False, dropout: float = 0.0, training: bool = False, seed: int = 0,
-        *, impl: str | None = None):
+        *, reserve: Reserve | None = None, impl: str | None = None):
     """Multi-layer GRU, each step as :func:`gru_cell`. hx: (num_layers * D, B, H) or None.
 
     Returns (output, h_n).
@@ -418,15 +482,14 @@ def gru(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool = 
     op = "gru"
     seq = _prepare(op, "gru", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
-    out, h_n = kernels.dispatch(op, impl, seq.x, *seq.states, seq.params, seq.num_layers,
-                                seq.bidirectional, seq.masks)
+    out, h_n = _forward(op, impl, seq, (), reserve)
     return _user_layout(seq, out), h_n
 
 
 @backend.interop
 def lstm(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool = False,
          batch_first: bool = False, dropout: float = 0.0, training: bool = False, seed: int = 0,
-         *, impl: str | None = None):
+         *, reserve: Reserve | None = None, impl: str | None = None):
     """Multi-layer LSTM, each step as :func:`lstm_cell`. hx: a pair (h0, c0), each
     (num_layers * D, B, H), or None.
 
@@ -435,16 +498,16 @@ def lstm(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool =
     op = "lstm"
     seq = _prepare(op, "lstm", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
-    out, h_n, c_n = kernels.dispatch(op, impl, seq.x, *seq.states, seq.params, seq.num_layers,
-                                     seq.bidirectional, seq.masks)
+    out, h_n, c_n = _forward(op, impl, seq, (), reserve)
     return _user_layout(seq, out), (h_n, c_n)
 
 
 _BACKWARD_DOC = """
     grad_output: dL/doutput, shaped as the forward's output; grad_h_n (and grad_c_n): dL/dh_n
     (dL/dc_n), shaped as h_n; each may be None (zero). The other arguments are the forward's.
-    The forward is recomputed (same dropout masks), then backpropagated through time.
-    grad_params mirrors params (same length and order).
+    The forward is recomputed (same dropout masks), or taken from ``reserve`` when the forward
+    filled it, then backpropagated through time. grad_params mirrors params (same length and
+    order).
 """
 
 
@@ -452,7 +515,7 @@ _BACKWARD_DOC = """
 def rnn_backward(grad_output, grad_h_n, input, hx, params: Sequence, num_layers: int = 1,
                  bidirectional: bool = False, batch_first: bool = False, dropout: float = 0.0,
                  training: bool = False, seed: int = 0, nonlinearity: str = "tanh", *,
-                 impl: str | None = None):
+                 reserve: Reserve | None = None, impl: str | None = None):
     """Gradients of :func:`rnn`. Returns (grad_input, grad_hx or None when hx is None,
     grad_params).
     """
@@ -461,16 +524,15 @@ def rnn_backward(grad_output, grad_h_n, input, hx, params: Sequence, num_layers:
     seq = _prepare(op, "rnn", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
     grads = _output_grads(op, seq, grad_output, {"grad_h_n": grad_h_n})
-    gx, gh0, gparams = kernels.dispatch(op, impl, *grads, seq.x, *seq.states, seq.params,
-                                        seq.num_layers, seq.bidirectional, seq.masks,
-                                        nonlinearity)
+    gx, gh0, gparams = _backward(op, impl, grads, seq, (nonlinearity,), reserve)
     return _user_layout(seq, gx), None if hx is None else gh0, _user_params(seq, gparams)
 
 
 @backend.interop
 def gru_backward(grad_output, grad_h_n, input, hx, params: Sequence, num_layers: int = 1,
                  bidirectional: bool = False, batch_first: bool = False, dropout: float = 0.0,
-                 training: bool = False, seed: int = 0, *, impl: str | None = None):
+                 training: bool = False, seed: int = 0, *, reserve: Reserve | None = None,
+                 impl: str | None = None):
     """Gradients of :func:`gru`. Returns (grad_input, grad_hx or None when hx is None,
     grad_params).
     """
@@ -478,8 +540,7 @@ def gru_backward(grad_output, grad_h_n, input, hx, params: Sequence, num_layers:
     seq = _prepare(op, "gru", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
     grads = _output_grads(op, seq, grad_output, {"grad_h_n": grad_h_n})
-    gx, gh0, gparams = kernels.dispatch(op, impl, *grads, seq.x, *seq.states, seq.params,
-                                        seq.num_layers, seq.bidirectional, seq.masks)
+    gx, gh0, gparams = _backward(op, impl, grads, seq, (), reserve)
     return _user_layout(seq, gx), None if hx is None else gh0, _user_params(seq, gparams)
 
 
@@ -487,7 +548,7 @@ def gru_backward(grad_output, grad_h_n, input, hx, params: Sequence, num_layers:
 def lstm_backward(grad_output, grad_h_n, grad_c_n, input, hx, params: Sequence,
                   num_layers: int = 1, bidirectional: bool = False, batch_first: bool = False,
                   dropout: float = 0.0, training: bool = False, seed: int = 0, *,
-                  impl: str | None = None):
+                  reserve: Reserve | None = None, impl: str | None = None):
     """Gradients of :func:`lstm`. Returns (grad_input, (grad_h0, grad_c0) or None when hx is
     None, grad_params).
     """
@@ -495,8 +556,7 @@ def lstm_backward(grad_output, grad_h_n, grad_c_n, input, hx, params: Sequence,
     seq = _prepare(op, "lstm", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
     grads = _output_grads(op, seq, grad_output, {"grad_h_n": grad_h_n, "grad_c_n": grad_c_n})
-    gx, gh0, gc0, gparams = kernels.dispatch(op, impl, *grads, seq.x, *seq.states, seq.params,
-                                             seq.num_layers, seq.bidirectional, seq.masks)
+    gx, gh0, gc0, gparams = _backward(op, impl, grads, seq, (), reserve)
     return (_user_layout(seq, gx), None if hx is None else (gh0, gc0),
             _user_params(seq, gparams))
 

@@ -10,7 +10,9 @@ its pointwise functions and registers the functions that :func:`impls` (or
   ``(T*B, I) @ [W_ih fwd; W_ih rev]^T``; the biases are added by the pointwise functions;
 - per step, one GEMM ``h @ W_hh^T``, then the pointwise forward for the whole cell update
   (one fused kernel on a GPU);
-- backward recomputes the forward, runs the pointwise backward per step into the gate
+- backward takes the forward's tape (the states and saved gate values of every step, kept
+  when the caller asks, as cuDNN keeps its reserve space) or recomputes the forward, then
+  runs the pointwise backward per step into the gate
   gradients of every step, then gets the input gradient and ``W_ih``'s gradient from one GEMM
   each over all steps and both directions, and ``W_hh``'s from one GEMM per direction.
 
@@ -222,21 +224,26 @@ def _forward(cell: Cell, x, init, params, num_layers: int, bidirectional: bool,
 
 
 def sequence_forward(cell: Cell, x, init, params, num_layers: int, bidirectional: bool,
-                     masks):
+                     masks, saved=None):
     """The stack over x (T, B, I) from the initial states ``init`` ((h0,) or (h0, c0), each
-    (L*D, B, H)). Returns (out, the final states as ``init``)."""
+    (L*D, B, H)). Returns (out, the final states as ``init``); appends the tape to ``saved``
+    when that is a list."""
     xp = backend.array_module(x)
     tape = _forward(cell, x, init, params, num_layers, bidirectional, masks)
+    if saved is not None:
+        saved.append(tape)
     finals = [t.finals() for _, tapes in tape for t in tapes]
     return _layer_output(tape[-1][1]), [xp.stack(f) for f in zip(*finals)]
 
 
 def sequence_backward(cell: Cell, grad_out, grad_finals, x, init, params, num_layers: int,
-                      bidirectional: bool, masks):
-    """Backpropagation through time. ``grad_finals`` holds the gradients of the final states.
-    Returns (grad x, the gradients of ``init``, grad params)."""
+                      bidirectional: bool, masks, saved=None):
+    """Backpropagation through time. ``grad_finals`` holds the gradients of the final states;
+    ``saved`` the forward's tape, or nothing (then the forward is recomputed). Returns
+    (grad x, the gradients of ``init``, grad params)."""
     xp = backend.array_module(x)
-    tape = _forward(cell, x, init, params, num_layers, bidirectional, masks)
+    tape = saved[0] if saved else _forward(cell, x, init, params, num_layers, bidirectional,
+                                           masks)
     grad_out = xp.ascontiguousarray(grad_out)
     grad_finals = _contiguous(xp, grad_finals)
     D = 2 if bidirectional else 1
@@ -311,33 +318,35 @@ def cell_impls(kind: str, cell: Cell) -> dict:
 def sequence_impls(cells: dict) -> dict:
     """The registry functions of the sequence ops over ``cells`` (by kind: "lstm", "gru",
     "rnn_tanh", "rnn_relu"), by op name."""
-    def lstm(x, h0, c0, params, num_layers, bidirectional, masks):
+    def lstm(x, h0, c0, params, num_layers, bidirectional, masks, saved):
         out, (h_n, c_n) = sequence_forward(cells["lstm"], x, (h0, c0), params, num_layers,
-                                           bidirectional, masks)
+                                           bidirectional, masks, saved)
         return out, h_n, c_n
 
     def lstm_backward(grad_out, grad_h_n, grad_c_n, x, h0, c0, params, num_layers,
-                      bidirectional, masks):
+                      bidirectional, masks, saved):
         gx, (gh0, gc0), gparams = sequence_backward(cells["lstm"], grad_out,
                                                     (grad_h_n, grad_c_n), x, (h0, c0), params,
-                                                    num_layers, bidirectional, masks)
+                                                    num_layers, bidirectional, masks, saved)
         return gx, gh0, gc0, gparams
 
-    def gru(x, h0, params, num_layers, bidirectional, masks):
-        return _h_only_forward(cells["gru"], x, h0, params, num_layers, bidirectional, masks)
+    def gru(x, h0, params, num_layers, bidirectional, masks, saved):
+        return _h_only_forward(cells["gru"], x, h0, params, num_layers, bidirectional, masks,
+                               saved)
 
-    def gru_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks):
+    def gru_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks,
+                     saved):
         return _h_only_backward(cells["gru"], grad_out, grad_h_n, x, h0, params, num_layers,
-                                bidirectional, masks)
+                                bidirectional, masks, saved)
 
-    def rnn(x, h0, params, num_layers, bidirectional, masks, nonlinearity):
+    def rnn(x, h0, params, num_layers, bidirectional, masks, nonlinearity, saved):
         return _h_only_forward(cells[f"rnn_{nonlinearity}"], x, h0, params, num_layers,
-                               bidirectional, masks)
+                               bidirectional, masks, saved)
 
     def rnn_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks,
-                     nonlinearity):
+                     nonlinearity, saved):
         return _h_only_backward(cells[f"rnn_{nonlinearity}"], grad_out, grad_h_n, x, h0,
-                                params, num_layers, bidirectional, masks)
+                                params, num_layers, bidirectional, masks, saved)
 
     return {"lstm": lstm, "lstm_backward": lstm_backward, "gru": gru,
             "gru_backward": gru_backward, "rnn": rnn, "rnn_backward": rnn_backward}
@@ -351,13 +360,14 @@ def impls(cells: dict) -> dict:
     return ops
 
 
-def _h_only_forward(cell, x, h0, params, num_layers, bidirectional, masks):
-    out, (h_n,) = sequence_forward(cell, x, (h0,), params, num_layers, bidirectional, masks)
+def _h_only_forward(cell, x, h0, params, num_layers, bidirectional, masks, saved):
+    out, (h_n,) = sequence_forward(cell, x, (h0,), params, num_layers, bidirectional, masks,
+                                   saved)
     return out, h_n
 
 
 def _h_only_backward(cell, grad_out, grad_h_n, x, h0, params, num_layers, bidirectional,
-                     masks):
+                     masks, saved):
     gx, (gh0,), gparams = sequence_backward(cell, grad_out, (grad_h_n,), x, (h0,), params,
-                                            num_layers, bidirectional, masks)
+                                            num_layers, bidirectional, masks, saved)
     return gx, gh0, gparams

@@ -12,6 +12,10 @@ forward's ``hx`` in ``self.grad_hx`` (None when the forward had ``hx=None``).
 
 Inter-layer dropout draws a fresh seed per training forward from the package-wide generator
 (:func:`gpuconv.nn.manual_seed`); backward reuses it, so it sees the forward's masks.
+
+In training mode the forward keeps a :class:`gpuconv.functional.Reserve` (every step's states
+and gate values) and backward starts from it instead of recomputing the forward; in eval
+mode nothing extra is kept and a backward recomputes.
 """
 from __future__ import annotations
 
@@ -78,14 +82,17 @@ class _RNNBase(Module):
 
     def forward(self, input, hx=None):
         training, seed = self.training, self._next_seed()
-        out = type(self)._op(input, hx, self._flat_params(), *self._op_args(training, seed))
-        self._save(input, hx, training, seed)
+        reserve = F.Reserve() if training else None
+        out = type(self)._op(input, hx, self._flat_params(), *self._op_args(training, seed),
+                             reserve=reserve)
+        self._save(input, hx, training, seed, reserve)
         return out
 
     def _run_backward(self, *grads):
-        input, hx, training, seed = self._saved()
+        input, hx, training, seed, reserve = self._saved()
         gx, ghx, gparams = type(self)._op_backward(*grads, input, hx, self._flat_params(),
-                                                   *self._op_args(training, seed))
+                                                   *self._op_args(training, seed),
+                                                   reserve=reserve)
         for name, g in zip(self._flat_weights_names, gparams):
             accumulate_grad(getattr(self, name), g)
         self.grad_hx = ghx

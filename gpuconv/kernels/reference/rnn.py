@@ -23,20 +23,24 @@ Sequences (always time-major; the public functions transpose ``batch_first`` inp
   ``w_ih, w_hh, b_ih, b_hh``, the biases both None when the network has none.
 - ``masks``: None, or a list of ``L - 1`` arrays ``(T, B, D*H)``: inter-layer dropout, already
   scaled; ``masks[l]`` multiplies the output of layer ``l`` before layer ``l + 1`` reads it.
-- ``lstm``: ``(x, h0, c0, params, num_layers, bidirectional, masks) -> (out, h_n, c_n)``
-- ``gru``: ``(x, h0, params, num_layers, bidirectional, masks) -> (out, h_n)``
-- ``rnn``: ``(x, h0, params, num_layers, bidirectional, masks, nonlinearity) -> (out, h_n)``
-  with ``nonlinearity`` ``"tanh"`` or ``"relu"``.
+- ``saved``: None, or a list. A forward given a list appends what its backward needs (the
+  impl's own format, opaque to callers); a backward given a non-empty list uses that instead
+  of recomputing the forward (it must come from the same impl's forward on the same inputs).
+- ``lstm``: ``(x, h0, c0, params, num_layers, bidirectional, masks, saved)
+  -> (out, h_n, c_n)``
+- ``gru``: ``(x, h0, params, num_layers, bidirectional, masks, saved) -> (out, h_n)``
+- ``rnn``: ``(x, h0, params, num_layers, bidirectional, masks, nonlinearity, saved)
+  -> (out, h_n)`` with ``nonlinearity`` ``"tanh"`` or ``"relu"``.
 - ``lstm_backward``: ``(grad_out, grad_h_n, grad_c_n, x, h0, c0, params, num_layers,
-  bidirectional, masks) -> (gx, gh0, gc0, grad_params)``
-- ``gru_backward``: ``(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks)
-  -> (gx, gh0, grad_params)``
-- ``rnn_backward``: as ``gru_backward`` with ``nonlinearity`` last.
+  bidirectional, masks, saved) -> (gx, gh0, gc0, grad_params)``
+- ``gru_backward``: ``(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks,
+  saved) -> (gx, gh0, grad_params)``
+- ``rnn_backward``: as ``gru_backward`` with ``nonlinearity`` before ``saved``.
 
 ``out`` is ``(T, B, D*H)`` (direction ``d`` in columns ``d*H:(d+1)*H``; the reverse
 direction reads time backwards but writes ``out[t]`` at its own ``t``); the grads are arrays
 (never None) of the shapes of their inputs, and ``grad_params`` mirrors ``params`` (None for
-absent biases). The backward ops recompute the forward.
+absent biases). The backward ops recompute the forward unless ``saved`` holds it.
 
 This module is the oracle: one readable function per cell and a per-step loop over them for
 sequences and for backpropagation through time. It shares no code with the fast impls.
@@ -224,10 +228,20 @@ def _forward(step, x, states0, params, num_layers, bidirectional, masks):
     return layer_in, final_states, tape
 
 
+def _run_forward(step, x, states0, params, num_layers, bidirectional, masks, saved):
+    """_forward, keeping its tape in ``saved`` when that is a list."""
+    out, finals, tape = _forward(step, x, states0, params, num_layers, bidirectional, masks)
+    if saved is not None:
+        saved.append(tape)
+    return out, finals
+
+
 def _backward(step, step_backward, grad_out, grad_finals, x, states0, params, num_layers,
-              bidirectional, masks):
-    """Backpropagation through time; returns (grad x, grads of states0, grad params)."""
-    _, _, tape = _forward(step, x, states0, params, num_layers, bidirectional, masks)
+              bidirectional, masks, saved):
+    """Backpropagation through time, from the forward's tape in ``saved`` or recomputing it;
+    returns (grad x, grads of states0, grad params)."""
+    tape = saved[0] if saved else _forward(step, x, states0, params, num_layers,
+                                           bidirectional, masks)[2]
     T = x.shape[0]
     D = 2 if bidirectional else 1
     H = states0[0].shape[2]
@@ -255,45 +269,46 @@ def _backward(step, step_backward, grad_out, grad_finals, x, states0, params, nu
 
 
 @register("lstm", "reference", **_REF)
-def lstm(x, h0, c0, params, num_layers, bidirectional, masks):
-    out, (h_n, c_n), _ = _forward(_lstm_step, x, (h0, c0), params, num_layers, bidirectional,
-                                  masks)
+def lstm(x, h0, c0, params, num_layers, bidirectional, masks, saved):
+    out, (h_n, c_n) = _run_forward(_lstm_step, x, (h0, c0), params, num_layers, bidirectional,
+                                   masks, saved)
     return out, h_n, c_n
 
 
 @register("lstm_backward", "reference", **_REF)
 def lstm_backward(grad_out, grad_h_n, grad_c_n, x, h0, c0, params, num_layers, bidirectional,
-                  masks):
+                  masks, saved):
     gx, (gh0, gc0), gparams = _backward(_lstm_step, _lstm_step_backward, grad_out,
                                         (grad_h_n, grad_c_n), x, (h0, c0), params, num_layers,
-                                        bidirectional, masks)
+                                        bidirectional, masks, saved)
     return gx, gh0, gc0, gparams
 
 
 @register("gru", "reference", **_REF)
-def gru(x, h0, params, num_layers, bidirectional, masks):
-    out, (h_n,), _ = _forward(_gru_step, x, (h0,), params, num_layers, bidirectional, masks)
+def gru(x, h0, params, num_layers, bidirectional, masks, saved):
+    out, (h_n,) = _run_forward(_gru_step, x, (h0,), params, num_layers, bidirectional, masks,
+                               saved)
     return out, h_n
 
 
 @register("gru_backward", "reference", **_REF)
-def gru_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks):
+def gru_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks, saved):
     gx, (gh0,), gparams = _backward(_gru_step, _gru_step_backward, grad_out, (grad_h_n,), x,
-                                    (h0,), params, num_layers, bidirectional, masks)
+                                    (h0,), params, num_layers, bidirectional, masks, saved)
     return gx, gh0, gparams
 
 
 @register("rnn", "reference", **_REF)
-def rnn(x, h0, params, num_layers, bidirectional, masks, nonlinearity):
+def rnn(x, h0, params, num_layers, bidirectional, masks, nonlinearity, saved):
     step, _ = _simple_steps(nonlinearity)
-    out, (h_n,), _ = _forward(step, x, (h0,), params, num_layers, bidirectional, masks)
+    out, (h_n,) = _run_forward(step, x, (h0,), params, num_layers, bidirectional, masks, saved)
     return out, h_n
 
 
 @register("rnn_backward", "reference", **_REF)
 def rnn_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks,
-                 nonlinearity):
+                 nonlinearity, saved):
     step, step_backward = _simple_steps(nonlinearity)
     gx, (gh0,), gparams = _backward(step, step_backward, grad_out, (grad_h_n,), x, (h0,),
-                                    params, num_layers, bidirectional, masks)
+                                    params, num_layers, bidirectional, masks, saved)
     return gx, gh0, gparams
