@@ -5,7 +5,9 @@
 // every name listed with EMU_EXPORT.
 //
 // Execution model: the blocks of a grid run one after another; the threads of a block are
-// fibers on one OS thread, run in threadIdx order. A fiber runs until it
+// fibers on one OS thread. Every other launch runs its blocks and threads in reverse order,
+// so that a kernel whose result depends on the order of threads or blocks without a barrier
+// between them (a race on a GPU) gives a different answer on one of the two and fails. A fiber runs until it
 // returns or reaches a barrier:
 //   __syncthreads()        waits until every thread of the block that has not returned is
 //                          waiting there too;
@@ -96,6 +98,8 @@ inline void (*body)(void*) = nullptr;
 inline void* body_arg = nullptr;
 inline std::string error;
 inline unsigned long long shuffle_buffer[1024];
+inline bool reversed = false;  // this launch's scheduling order
+inline unsigned long long launches = 0;
 
 inline void suspend(State state) {
     fibers[current].state = state;
@@ -172,7 +176,9 @@ inline bool run_block() {
     for (Fiber& f : fibers) f.state = State::ready;
     for (;;) {
         bool ran = false, live = false;
-        for (unsigned t = 0; t < fibers.size(); ++t) {
+        const unsigned n = (unsigned)fibers.size();
+        for (unsigned i = 0; i < n; ++i) {
+            const unsigned t = reversed ? n - 1 - i : i;
             if (fibers[t].state != State::ready) continue;
             resume(t);
             ran = true;
@@ -199,7 +205,9 @@ inline int run_grid(unsigned grid, unsigned block, void (*fn)(void*), void* arg)
     gridDim.x = grid;
     blockDim.x = block;
     start_fibers(block);
-    for (unsigned b = 0; b < grid; ++b) {
+    reversed = (launches++ % 2) == 1;
+    for (unsigned i = 0; i < grid; ++i) {
+        const unsigned b = reversed ? grid - 1 - i : i;
         blockIdx.x = b;
         if (!run_block()) return 1;
     }
