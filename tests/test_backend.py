@@ -61,8 +61,15 @@ def test_dtype_restricted_impl_is_skipped_for_other_dtypes(registry):
     registry.register("toy", "f32", dtypes=["float32"])(lambda x: "f32")
     assert registry.dispatch("toy", None, np.zeros(2, np.float64)) == "reference"
     assert registry.dispatch("toy", None, np.zeros(2, np.float32)) == "f32"
-    with pytest.raises(TypeError, match="does not support dtype float64"):
+    with pytest.raises(TypeError, match=r"does not support dtype float64 \(input shape \(2,\)\)"):
         registry.dispatch("toy", "f32", np.zeros(2, np.float64))
+
+
+def test_no_impl_for_a_dtype_is_a_type_error_naming_op_dtype_and_shape(registry):
+    registry.register("toy", "f32", dtypes=["float32"])(lambda x: "f32")
+    with pytest.raises(TypeError, match=r"toy: no implementation runs on a cpu array of dtype "
+                                        r"float16 \(input shape \(2, 3\)\)"):
+        registry.dispatch("toy", None, np.zeros((2, 3), np.float16))
 
 
 def test_available_lists_runnable_impls_for_an_array(registry):
@@ -152,3 +159,33 @@ def test_thread_count_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("GPUCONV_NUM_THREADS", "many")
     with pytest.raises(ValueError, match="GPUCONV_NUM_THREADS"):
         threads.default_threads()
+
+
+ON_GPU = [pytest.mark.gpu,
+          pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")]
+
+
+@pytest.mark.parametrize("impl", [pytest.param(i, marks=ON_GPU)
+                                  for i in ("cuda_direct", "cuda_im2col")])
+def test_gpu_out_of_memory_is_a_memory_error_naming_the_op_and_shapes(impl, monkeypatch):
+    import gpuconv.functional as F
+    cp = backend.cupy_or_none()
+    x = backend.to_device(np.ones((2, 3, 8, 8), np.float32), "cuda")
+    w = backend.to_device(np.ones((4, 3, 3, 3), np.float32), "cuda")
+
+    def out_of_memory(*args, **kwargs):
+        raise cp.cuda.memory.OutOfMemoryError(1 << 40, 0)
+    monkeypatch.setattr(backend, "empty", out_of_memory)
+    with pytest.raises(MemoryError, match=r"conv2d: out of GPU memory for input shapes "
+                                          r"\[\(2, 3, 8, 8\), \(4, 3, 3, 3\)\]"):
+        F.conv2d(x, w, impl=impl)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_gpu_array_of_an_unsupported_dtype_is_a_type_error_naming_op_and_shape(_):
+    import gpuconv.functional as F
+    x = backend.to_device(np.ones((2, 3, 8, 8), np.float16), "cuda")
+    w = backend.to_device(np.ones((4, 3, 3, 3), np.float16), "cuda")
+    with pytest.raises(TypeError, match=r"conv2d: no implementation runs on a cuda array of "
+                                        r"dtype float16 \(input shape \(2, 3, 8, 8\)\)"):
+        F.conv2d(x, w)

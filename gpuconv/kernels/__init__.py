@@ -146,16 +146,18 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
             raise ValueError(f"{op}: impl {impl!r} runs on {chosen.device} arrays, "
                              f"but the input is a {device} array")
         if not chosen.supports(dtype):
-            raise TypeError(f"{op}: impl {impl!r} does not support dtype {dtype}; "
-                            f"it supports {sorted(str(d) for d in chosen.dtypes)}")
+            raise TypeError(f"{op}: impl {impl!r} does not support dtype {dtype} (input shape "
+                            f"{tuple(array.shape)}); it supports "
+                            f"{sorted(str(d) for d in chosen.dtypes)}")
         if not chosen.is_available():
             raise RuntimeError(f"{op}: impl {impl!r} cannot run on this machine")
         return chosen
     candidates = [i for i in impls.values()
                   if i.device == device and i.supports(dtype) and i.is_available()]
     if not candidates:
-        raise TypeError(f"{op}: no implementation runs on a {device} array of dtype {dtype}; "
-                        f"registered: {', '.join(f'{i.name} ({i.device})' for i in impls.values())}")
+        raise TypeError(f"{op}: no implementation runs on a {device} array of dtype {dtype} "
+                        f"(input shape {tuple(array.shape)}); registered: "
+                        f"{', '.join(f'{i.name} ({i.device})' for i in impls.values())}")
     return max(candidates, key=lambda i: i.score(args, kwargs))
 
 

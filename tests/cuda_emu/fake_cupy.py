@@ -227,7 +227,11 @@ class _Submodule:
 # --------------------------------------------------------------------------- cupy.cuda
 
 class OutOfMemoryError(MemoryError):
-    pass
+    """CuPy's: the size asked for, the total allocated so far, the pool's limit."""
+
+    def __init__(self, size: int, total: int, limit: int = 0):
+        super().__init__(f"Out of memory allocating {size:,} bytes "
+                         f"(allocated so far: {total:,} bytes).")
 
 
 class _Device:

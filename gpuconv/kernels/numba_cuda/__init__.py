@@ -11,6 +11,9 @@ import os
 
 from ... import backend
 
+# The dtypes the numba.cuda kernels are written and tested for.
+DTYPES = ("float32", "float64")
+
 
 def simulator_enabled() -> bool:
     """True when numba.cuda runs as the CPU simulator."""

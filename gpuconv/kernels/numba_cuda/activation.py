@@ -17,12 +17,11 @@ import math
 from ... import backend
 from .. import register
 from ..numpy_impl.activation import _keep_threshold
-from . import is_available
+from . import DTYPES, is_available
 
 THREADS = 128
 # Grid-stride kernels need no more blocks than this to fill any current GPU.
 MAX_BLOCKS = 1 << 16
-DTYPES = ("float32", "float64")
 
 
 def _kernels():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ... import backend
 from .. import register
-from . import is_available
+from . import DTYPES, is_available
 
 THREADS = 128
 # The im2col column buffer's size bound (elements): about 64 MiB of float32.
@@ -56,7 +56,7 @@ def _prepare(*arrays):
     return xp, tuple(xp.ascontiguousarray(a) for a in arrays)
 
 
-@register("conv2d", "numba_cuda", device="cuda", available=is_available, priority=-10)
+@register("conv2d", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available, priority=-10)
 def conv2d_direct(x, weight, bias, stride, padding, dilation, groups):
     xp, (x, weight) = _prepare(x, weight)
     N, K, OH, OW = _geometry(x, weight, stride, padding, dilation)
@@ -67,7 +67,7 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups):
     return y
 
 
-@register("conv2d_backward", "numba_cuda", device="cuda", available=is_available, priority=-10)
+@register("conv2d_backward", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available, priority=-10)
 def conv2d_backward_direct(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
     need_x, need_w, need_b = output_mask
     xp, (grad_out, x, weight) = _prepare(grad_out, x, weight)
@@ -101,7 +101,7 @@ def _columns(x, c0, cg, R, S, stride, padding, dilation, OH, OW, xp):
     return col
 
 
-@register("conv2d", "numba_cuda_im2col", device="cuda", available=is_available, priority=-20)
+@register("conv2d", "numba_cuda_im2col", device="cuda", dtypes=DTYPES, available=is_available, priority=-20)
 def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups):
     xp, (x, weight) = _prepare(x, weight)
     N, K, OH, OW = _geometry(x, weight, stride, padding, dilation)
@@ -118,7 +118,7 @@ def conv2d_im2col(x, weight, bias, stride, padding, dilation, groups):
     return y.reshape(N, K, OH, OW)
 
 
-@register("conv2d_backward", "numba_cuda_im2col", device="cuda", available=is_available,
+@register("conv2d_backward", "numba_cuda_im2col", device="cuda", dtypes=DTYPES, available=is_available,
           priority=-20)
 def conv2d_backward_im2col(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
     need_x, need_w, need_b = output_mask

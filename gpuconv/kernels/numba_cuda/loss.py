@@ -13,7 +13,7 @@ import math
 
 from ... import backend
 from .. import register
-from . import is_available
+from . import DTYPES, is_available
 
 THREADS = 128
 
@@ -55,7 +55,7 @@ def _row_grads(xp, grad_output, target2, w, ignore_index, reduction):
     return row_grads
 
 
-@register("cross_entropy", "numba_cuda", device="cuda", available=is_available, priority=-10)
+@register("cross_entropy", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available, priority=-10)
 def cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing):
     xp, x3, target2, w = _class_inputs(x, target, weight)
     losses = backend.empty(target2.shape, x.dtype, xp)
@@ -69,7 +69,7 @@ def cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing):
     return xp.asarray(total, dtype=x.dtype)
 
 
-@register("cross_entropy_backward", "numba_cuda", device="cuda", available=is_available,
+@register("cross_entropy_backward", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available,
           priority=-10)
 def cross_entropy_backward(grad_output, x, target, weight, ignore_index, reduction,
                            label_smoothing):

@@ -12,7 +12,7 @@ import math
 
 from ... import backend
 from .. import register
-from . import is_available
+from . import DTYPES, is_available
 
 THREADS = 128
 
@@ -55,7 +55,7 @@ def _stats(xp, x3, running_mean, running_var, training, momentum=None):
     return mean, var
 
 
-@register("batch_norm", "numba_cuda", device="cuda", available=is_available, priority=-10)
+@register("batch_norm", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available, priority=-10)
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
     xp, x3, w, b = _inputs(x, weight, bias)
     mean, var = _stats(xp, x3, running_mean, running_var, training, momentum)
@@ -64,7 +64,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     return y.reshape(x.shape)
 
 
-@register("batch_norm_backward", "numba_cuda", device="cuda", available=is_available,
+@register("batch_norm_backward", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available,
           priority=-10)
 def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, training, eps):
     xp, x3, w, _ = _inputs(x, weight, bias)

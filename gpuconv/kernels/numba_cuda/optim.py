@@ -9,7 +9,7 @@ updated in registers, parameter and state written once. The launchers flatten th
 from __future__ import annotations
 
 from .. import register
-from . import is_available
+from . import DTYPES, is_available
 
 THREADS = 128
 # Grid-stride kernels need no more blocks than this to fill any current GPU.
@@ -30,7 +30,7 @@ def _launch(name: str, arrays: tuple, *scalars) -> None:
 
 
 def _numba(op: str):
-    return register(op, "numba_cuda", device="cuda", available=is_available, priority=-10)
+    return register(op, "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available, priority=-10)
 
 
 @_numba("sgd_step")

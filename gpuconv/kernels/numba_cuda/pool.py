@@ -13,8 +13,7 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from ..cuda_c import DTYPES
-from . import is_available
+from . import DTYPES, is_available
 
 __all__ = ["NO_DIVISOR_OVERRIDE"]
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from .. import register
 from .._rnn_loop import Cell, cell_impls, empty_like
-from . import is_available
+from . import DTYPES, is_available
 
 THREADS = 128
 # Grid-stride kernels need no more blocks than this to fill any current GPU.
 MAX_BLOCKS = 1 << 16
-DTYPES = ("float32", "float64")
 
 
 def _launch(name: str, like, *args) -> None:
