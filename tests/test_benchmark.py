@@ -175,3 +175,4 @@ def test_quick_gpu_run_checks_every_cuda_impl_and_the_cupy_reference():
     assert {"cuda_direct", "cuda_im2col"} <= conv_impls
     assert {r["pass"] for r in rows if r["source"] == "cupy"} == {"forward", "grad_input",
                                                                   "grad_weight"}
+    assert "cuda_runtime" in benchmark.markdown(report) and "driver" in benchmark.markdown(report)

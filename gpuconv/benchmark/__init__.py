@@ -238,8 +238,9 @@ def markdown(report: dict) -> str:
     """The report as Markdown: the run's facts, one table of kernel rows and one of training
     rows ("vs best ref" is the best correct reference's time over the row's)."""
     env, ceil = report["environment"], report["ceilings"]
-    versions = ", ".join(f"{k} {env[k]}" for k in ("gpuconv", "numpy", "cupy", "cuda", "torch",
-                                                     "cudnn", "python") if k in env)
+    versions = ", ".join(f"{k} {env[k]}" for k in ("gpuconv", "numpy", "cupy", "cuda_runtime",
+                                                     "driver", "torch", "cudnn", "python")
+                         if k in env)
     lines = [f"- date: {env['date'][:10]}; device: {env['device']}; dtype: {report['dtype']}; "
              f"suite: {report['suite']}; CPU threads: {env.get('cpu_threads')}",
              f"- {versions}",

@@ -84,7 +84,7 @@ def conv_passes(c: dict) -> list[Pass]:
     def grad(mask):
         return lambda a, impl: F.conv2d_backward(*a, *args, output_mask=mask, impl=impl)
 
-    pairs = ((c["stride"],) * 2, (c["pad"],) * 2, (geo["dilation"],) * 2, geo["groups"])
+    pairs = (*((v, v) for v in args[:3]), args[3])  # im2col_gemm takes (h, w) pairs
     return [
         Pass("conv2d", "forward", 2 * geo["macs"], geo["x"] + geo["w"] + geo["b"] + geo["y"], 0,
              make_fwd, lambda a, impl: F.conv2d(*a, *args, impl=impl), torch_fwd,

@@ -284,15 +284,19 @@ def _reserve_key(seq: "_Seq", extra: tuple) -> tuple:
             tuple(tuple(s.shape) for s in seq.states), seq.num_layers, seq.bidirectional, extra)
 
 
+def _check_reserve(op: str, reserve) -> None:
+    if not isinstance(reserve, Reserve):
+        raise TypeError(f"{op}: reserve must be a gpuconv.functional.Reserve or None, "
+                        f"got {type(reserve).__name__}")
+
+
 def _forward(op: str, impl: str | None, seq: "_Seq", extra: tuple, reserve):
     """Dispatch a sequence forward; fill ``reserve`` (a Reserve or None) with its tape."""
     args = (seq.x, *seq.states, seq.params, seq.num_layers, seq.bidirectional, seq.masks,
             *extra)
     if reserve is None:
         return kernels.dispatch(op, impl, *args, None)
-    if not isinstance(reserve, Reserve):
-        raise TypeError(f"{op}: reserve must be a gpuconv.functional.Reserve or None, "
-                        f"got {type(reserve).__name__}")
+    _check_reserve(op, reserve)
     chosen = kernels.select(op, impl, seq.x, args + (None,))
     reserve.op, reserve.impl, reserve.key, reserve.saved = op, chosen.name, None, []
     result = chosen.fn(*args, reserve.saved)
@@ -304,9 +308,7 @@ def _backward(op: str, impl: str | None, grads: tuple, seq: "_Seq", extra: tuple
     """Dispatch a sequence backward, from ``reserve`` when it holds the matching forward."""
     saved = None
     if reserve is not None:
-        if not isinstance(reserve, Reserve):
-            raise TypeError(f"{op}: reserve must be a gpuconv.functional.Reserve or None, "
-                            f"got {type(reserve).__name__}")
+        _check_reserve(op, reserve)
         forward_op = op.removesuffix("_backward")
         if reserve.op != forward_op or reserve.key != _reserve_key(seq, extra):
             raise ValueError(f"{op}: reserve holds {reserve!r} of a forward on other inputs; "
