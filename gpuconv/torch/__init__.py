@@ -4,3 +4,4 @@ from ._linear import *
 from ._loss import *
 from ._norm import *
 from ._pool import *
+from ._rnn import *
