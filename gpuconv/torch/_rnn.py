@@ -35,8 +35,8 @@ def _grad_or_none(grads, tensors) -> tuple:
     return tuple(None if t is None else g for g, t in zip(grads, tensors))
 
 
-def _fakes(tensors) -> tuple:
-    return tuple(t.new_empty(0) if t is None else torch.empty_like(t) for t in tensors)
+def _fakes(tensors, like: torch.Tensor) -> tuple:
+    return tuple(like.new_empty(0) if t is None else torch.empty_like(t) for t in tensors)
 
 
 # --------------------------------------------------------------------------- cells
@@ -62,7 +62,7 @@ def _define_cell(kind: str, forward, backward, n_states: int):
         return tuple(empty_if_none(g, tensors[0]) for g in call(backward, *args))
 
     def backward_fake(*args):
-        return _fakes(args[n_states:])
+        return _fakes(args[n_states:], args[n_states])
 
     op = define(f"{kind}_cell", f"(Tensor input, {states}, {_WEIGHTS}) -> ({returns})", impl,
                 fake)
@@ -249,7 +249,7 @@ def _define_sequence(kind: str, forward, backward, n_states: int, extra: str = "
 
     def backward_fake(*args):
         input, *states_, params = args[n_states + 1:2 * n_states + 3]
-        return (torch.empty_like(input), *_fakes(states_), list(_fakes(params)))
+        return (torch.empty_like(input), *_fakes(states_, input), list(_fakes(params, input)))
 
     returns = ", ".join(["Tensor"] * (n_states + 3))
     op = define(kind, f"(Tensor input, {states}, {_SEQ_ARGS}{tail}, *, bool keep_reserve) -> "
