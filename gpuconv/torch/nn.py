@@ -2,7 +2,8 @@
 
 Each class subclasses the ``torch.nn`` module of the same name: the constructor arguments,
 parameters, buffers, initialisation, ``state_dict`` keys and ``repr`` are PyTorch's own, and
-``isinstance(m, torch.nn.Conv2d)`` holds. Only ``forward`` differs. So a model swaps layers
+``isinstance(m, torch.nn.Conv2d)`` holds (the recurrent layers subclass ``torch.nn.RNNBase``,
+see below). Only ``forward`` differs. So a model swaps layers
 one at a time, and ``load_state_dict`` works both ways between a gpuconv layer and its
 PyTorch twin. Options gpuconv does not implement (a ``padding_mode`` other than "zeros", an
 LSTM ``proj_size``, packed sequences, ``inplace=True``) raise a ValueError.
@@ -208,17 +209,42 @@ def _map_states(states, fn):
     return tuple(fn(s) for s in states) if isinstance(states, tuple) else fn(states)
 
 
-class RNN(_RNNBase, nn.RNN):
+# The recurrent layers subclass torch.nn.RNNBase as torch.nn.RNN/LSTM/GRU do, with their
+# constructor arguments, but not those classes themselves: torch.compile refuses to trace any
+# instance of them (it assumes their cuDNN forward), while these forwards trace.
+
+class RNN(_RNNBase, nn.RNNBase):
+    """``torch.nn.RNN``: ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh',
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, ...)``."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", *args,
+                 **kwargs):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(f"RNN_{nonlinearity.upper()}", input_size, hidden_size, num_layers,
+                         *args, **kwargs)
+        self.nonlinearity = nonlinearity
+
     def _sequence(self, *args):
         return _rnn.rnn(*args, nonlinearity=self.nonlinearity)
 
 
-class LSTM(_RNNBase, nn.LSTM):
+class LSTM(_RNNBase, nn.RNNBase):
+    """``torch.nn.LSTM``'s arguments (``proj_size`` must stay 0)."""
+
     _sequence = staticmethod(_rnn.lstm)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
 
-class GRU(_RNNBase, nn.GRU):
+
+class GRU(_RNNBase, nn.RNNBase):
+    """``torch.nn.GRU``'s arguments."""
+
     _sequence = staticmethod(_rnn.gru)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("GRU", *args, **kwargs)
 
 
 class _CellBase:
