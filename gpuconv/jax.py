@@ -68,14 +68,17 @@ def _host(fn: Callable, result, *args):
     return jax.pure_callback(call, result, *args, vmap_method="sequential")
 
 
-def _differentiable(tensors: Sequence) -> list[bool]:
-    return [t is not None and jnp.issubdtype(t.dtype, jnp.floating) for t in tensors]
+def _differentiable(arrays: Sequence, constants: tuple) -> list[bool]:
+    return [a is not None and i not in constants and jnp.issubdtype(a.dtype, jnp.floating)
+            for i, a in enumerate(arrays)]
 
 
-def _op(forward: Callable, backward: Callable, result: Callable, *, saves_output=False):
+def _op(forward: Callable, backward: Callable, result: Callable, *, saves_output=False,
+        constants: tuple = ()):
     """A custom_vjp op ``op(static, *arrays)``: ``forward(static, *arrays)`` and
     ``result(static, *arrays)`` (the output's ShapeDtypeStructs); ``backward(static, ct,
-    *arrays[, output])`` returns one gradient per array (None for constants)."""
+    *arrays[, output])`` returns one gradient per array, None for the integer ones and for
+    those at ``constants`` (class weights, running statistics), whose gradient is zero."""
     @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
     def op(static, *arrays):
         return _host(lambda *a: forward(static, *a), result(static, *arrays), *arrays)
@@ -86,7 +89,7 @@ def _op(forward: Callable, backward: Callable, result: Callable, *, saves_output
 
     def bwd(static, residuals, ct):
         arrays, out = residuals
-        wanted = _differentiable(arrays)
+        wanted = _differentiable(arrays, constants)
         specs = tuple(_like(a) for a, w in zip(arrays, wanted) if w)
 
         def grads(ct, out, *arrays):
@@ -377,10 +380,10 @@ def _loss_result(static, x, target, *rest):
 _cross_entropy = _op(
     lambda s, x, t, w: F.cross_entropy(x, t, w, *s),
     lambda s, ct, x, t, w: (F.cross_entropy_backward(ct, x, t, w, *s), None, None),
-    _loss_result)
+    _loss_result, constants=(2,))
 _nll_loss = _op(lambda s, x, t, w: F.nll_loss(x, t, w, *s),
                 lambda s, ct, x, t, w: (F.nll_loss_backward(ct, x, t, w, *s), None, None),
-                _loss_result)
+                _loss_result, constants=(2,))
 _mse_loss = _op(lambda s, x, t: F.mse_loss(x, t, *s),
                 lambda s, ct, x, t: F.mse_loss_backward(ct, x, t, *s), _loss_result)
 _l1_loss = _op(lambda s, x, t: F.l1_loss(x, t, *s),
@@ -428,7 +431,8 @@ def _batch_norm_backward(static, ct, x, mean, var, w, b):
 
 _batch_norm = _op(_batch_norm_forward, _batch_norm_backward,
                   lambda s, x, mean, var, w, b: (_like(x), *(None if a is None else _like(a)
-                                                             for a in (mean, var))))
+                                                             for a in (mean, var))),
+                  constants=(1, 2))
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
