@@ -119,10 +119,10 @@ def _dropout_grad(ctx, grad_output):
 _dropout.register_autograd(_dropout_grad, setup_context=_dropout_setup)
 
 
-def new_seed(device) -> torch.Tensor:
-    """A dropout seed drawn from PyTorch's generator (an int64 scalar tensor on ``device``;
-    a compiled graph draws it afresh at every call)."""
-    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device=device)
+def new_seed() -> torch.Tensor:
+    """A dropout seed drawn from PyTorch's CPU generator: an int64 scalar tensor on the CPU
+    (reading it never waits for a GPU), which a compiled graph draws afresh at every call."""
+    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64)
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
@@ -134,7 +134,7 @@ def dropout(input, p=0.5, training=True, inplace=False):
     _no_inplace("dropout", inplace)
     if not training:
         return input
-    return _dropout(input, float(p), new_seed(input.device))
+    return _dropout(input, float(p), new_seed())
 
 
 # --------------------------------------------------------------------------- bias_act

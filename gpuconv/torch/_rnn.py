@@ -162,7 +162,8 @@ def _fill(skeleton, buffer):
 
 
 def _pack(reserve, like: torch.Tensor) -> tuple:
-    """(flat buffer, layout id) tensors holding ``reserve`` (None: an empty buffer, id -1)."""
+    """(flat buffer, layout id) tensors holding ``reserve`` (None: an empty buffer, id -1);
+    the buffer on ``like``'s device, the id on the CPU (reading it never waits for a GPU)."""
     no_reserve = like.new_empty(0), torch.tensor(-1, dtype=torch.int64)
     if reserve is None:
         return no_reserve
@@ -237,7 +238,7 @@ def _define_sequence(kind: str, forward, backward, n_states: int, extra: str = "
         out = input.new_empty((B, T, D * H) if batch_first else (T, B, D * H))
         finals = [input.new_empty((num_layers * D, B, H)) for _ in range(n_states)]
         buffer = input.new_empty(torch.library.get_ctx().new_dynamic_size())
-        return (out, *finals, buffer, input.new_empty((), dtype=torch.int64))
+        return (out, *finals, buffer, torch.empty((), dtype=torch.int64, device="cpu"))
 
     def backward_impl(*args):
         output_grads = args[:n_states + 1]
@@ -295,9 +296,9 @@ def _needs_grad(*tensors) -> bool:
         t is not None and t.requires_grad for t in tensors)
 
 
-def _seq_args(input, params, num_layers, bidirectional, batch_first, dropout, training) -> tuple:
+def _seq_args(params, num_layers, bidirectional, batch_first, dropout, training) -> tuple:
     return (list(params), int(num_layers), bool(bidirectional), bool(batch_first),
-            float(dropout), bool(training), new_seed(input.device))
+            float(dropout), bool(training), new_seed())
 
 
 def rnn(input, hx, params, num_layers=1, bidirectional=False, batch_first=False, dropout=0.0,
@@ -305,8 +306,8 @@ def rnn(input, hx, params, num_layers=1, bidirectional=False, batch_first=False,
     """Multi-layer Elman RNN computed by gpuconv, with autograd; arguments and results as
     :func:`gpuconv.functional.rnn` (torch.nn.functional has no rnn), the dropout seed drawn
     from PyTorch's generator. Returns (output, h_n)."""
-    out, h_n, *_ = _rnn(input, hx, *_seq_args(input, params, num_layers, bidirectional,
-                                              batch_first, dropout, training), nonlinearity,
+    out, h_n, *_ = _rnn(input, hx, *_seq_args(params, num_layers, bidirectional, batch_first,
+                                              dropout, training), nonlinearity,
                         keep_reserve=_needs_grad(input, hx, *params))
     return out, h_n
 
@@ -315,8 +316,8 @@ def gru(input, hx, params, num_layers=1, bidirectional=False, batch_first=False,
         training=False):
     """Multi-layer GRU computed by gpuconv, with autograd (see :func:`rnn`). Returns
     (output, h_n)."""
-    out, h_n, *_ = _gru(input, hx, *_seq_args(input, params, num_layers, bidirectional,
-                                              batch_first, dropout, training),
+    out, h_n, *_ = _gru(input, hx, *_seq_args(params, num_layers, bidirectional, batch_first,
+                                              dropout, training),
                         keep_reserve=_needs_grad(input, hx, *params))
     return out, h_n
 
@@ -326,8 +327,7 @@ def lstm(input, hx, params, num_layers=1, bidirectional=False, batch_first=False
     """Multi-layer LSTM computed by gpuconv, with autograd (see :func:`rnn`); hx is None or
     the pair (h0, c0). Returns (output, (h_n, c_n))."""
     h0, c0 = (None, None) if hx is None else hx
-    out, h_n, c_n, *_ = _lstm(input, h0, c0, *_seq_args(input, params, num_layers,
-                                                         bidirectional, batch_first, dropout,
-                                                         training),
+    out, h_n, c_n, *_ = _lstm(input, h0, c0, *_seq_args(params, num_layers, bidirectional,
+                                                         batch_first, dropout, training),
                               keep_reserve=_needs_grad(input, h0, c0, *params))
     return out, (h_n, c_n)
