@@ -28,7 +28,7 @@ Importing this module imports JAX; ``import gpuconv`` never does.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -10,10 +10,8 @@ tensors too (marker ``gpu``) where PyTorch sees a GPU.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="gpuconv.torch needs PyTorch (pip install "
