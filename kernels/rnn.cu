@@ -32,21 +32,13 @@
 // Row strides: gi, grad_gi/grad_gh and grad_out may be column blocks of wider matrices (one
 // direction of a bidirectional layer), so they come with a row stride ld in elements; every
 // other array is a contiguous (B, H) or (B, G*H) block. Element offsets are 64-bit.
+//
+// The LSTM and GRU unit math itself is in rnn_cell.cuh, shared with rnn_persistent.cu.
 #include "common.cuh"
+#include "rnn_cell.cuh"
 
 #define RNN_TANH 0
 #define RNN_RELU 1
-
-template <typename T>
-__device__ __forceinline__ T sigmoid(T x) {
-    // exp(-x) overflows to inf for very negative x, and 1 / inf is the exact limit, 0.
-    return T(1) / (T(1) + exp(-x));
-}
-
-template <typename T>
-__device__ __forceinline__ T bias_at(const T* __restrict__ bias, long long i) {
-    return bias != nullptr ? bias[i] : T(0);
-}
 
 // Where thread e's hidden unit sits: batch row b, unit j.
 struct Unit {
@@ -68,18 +60,16 @@ __device__ void lstm_cell_fwd_pointwise(const T* __restrict__ gi, long long ld_g
         const Unit u = unit_of(e, H);
         const T* gi_row = gi + u.b * ld_gi;
         const T* gh_row = gh + u.b * G;
-        T act[4];
+        T pre[4];
         for (int q = 0; q < 4; ++q) {
             const long long col = q * (long long)H + u.j;
-            const T pre = gi_row[col] + gh_row[col] + bias_at(b_ih, col) + bias_at(b_hh, col);
-            act[q] = q == 2 ? tanh(pre) : sigmoid(pre);
+            pre[q] = gi_row[col] + gh_row[col] + bias_at(b_ih, col) + bias_at(b_hh, col);
         }
-        const T c_new = act[1] * c_prev[e] + act[0] * act[2];
-        const T t = tanh(c_new);
-        c[e] = c_new;
-        h[e] = act[3] * t;
-        tanh_c[e] = t;
-        for (int q = 0; q < 4; ++q) gates[u.b * G + q * (long long)H + u.j] = act[q];
+        const LstmUnit<T> out = lstm_unit_forward(pre, c_prev[e]);
+        c[e] = out.c;
+        h[e] = out.h;
+        tanh_c[e] = out.tanh_c;
+        for (int q = 0; q < 4; ++q) gates[u.b * G + q * (long long)H + u.j] = out.act[q];
     }
 }
 
@@ -95,17 +85,13 @@ __device__ void lstm_cell_bwd_pointwise(const T* __restrict__ grad_h,
     const long long G = 4LL * H;
     GPUCONV_GRID_STRIDE_LOOP(e, (long long)B * H) {
         const Unit u = unit_of(e, H);
-        const T* act = gates + u.b * G + u.j;
-        const T i = act[0], f = act[H], g = act[2LL * H], o = act[3LL * H];
-        const T t = tanh_c[e];
+        const T* saved = gates + u.b * G + u.j;
+        const T act[4] = {saved[0], saved[H], saved[2LL * H], saved[3LL * H]};
         const T dh = grad_h[e] + grad_out[u.b * ld_out + u.j];
-        const T dc = grad_c[e] + dh * o * (T(1) - t * t);
+        T dpre[4];
+        grad_c_prev[e] = lstm_unit_backward(act, tanh_c[e], c_prev[e], dh, grad_c[e], dpre);
         T* row = grad_gates + u.b * ld_grad + u.j;
-        row[0] = dc * g * i * (T(1) - i);
-        row[H] = dc * c_prev[e] * f * (T(1) - f);
-        row[2LL * H] = dc * i * (T(1) - g * g);
-        row[3LL * H] = dh * t * o * (T(1) - o);
-        grad_c_prev[e] = dc * f;
+        for (int q = 0; q < 4; ++q) row[q * (long long)H] = dpre[q];
     }
 }
 
@@ -127,14 +113,12 @@ __device__ void gru_cell_fwd_pointwise(const T* __restrict__ gi, long long ld_gi
             in_part[q] = gi_row[col] + bias_at(b_ih, col);
             hidden_part[q] = gh_row[col] + bias_at(b_hh, col);
         }
-        const T r = sigmoid(in_part[0] + hidden_part[0]);
-        const T z = sigmoid(in_part[1] + hidden_part[1]);
-        const T n = tanh(in_part[2] + r * hidden_part[2]);
-        h[e] = n + z * (h_prev[e] - n);
+        const GruUnit<T> out = gru_unit_forward(in_part, hidden_part, h_prev[e]);
+        h[e] = out.h;
         T* saved = gates + u.b * G + u.j;
-        saved[0] = r;
-        saved[H] = z;
-        saved[2LL * H] = n;
+        saved[0] = out.r;
+        saved[H] = out.z;
+        saved[2LL * H] = out.n;
         gh_n[e] = hidden_part[2];
     }
 }
@@ -150,18 +134,16 @@ __device__ void gru_cell_bwd_pointwise(const T* __restrict__ grad_h,
     GPUCONV_GRID_STRIDE_LOOP(e, (long long)B * H) {
         const Unit u = unit_of(e, H);
         const T* saved = gates + u.b * G + u.j;
-        const T r = saved[0], z = saved[H], n = saved[2LL * H];
         const T dh = grad_h[e] + grad_out[u.b * ld_out + u.j];
-        const T dn = dh * (T(1) - z) * (T(1) - n * n);
-        const T dr = dn * gh_n[e] * r * (T(1) - r);
-        const T dz = dh * (h_prev[e] - n) * z * (T(1) - z);
+        T d_in[3], d_hid[3];
+        grad_h_direct[e] = gru_unit_backward(saved[0], saved[H], saved[2LL * H], gh_n[e],
+                                             h_prev[e], dh, d_in, d_hid);
         T* gi_row = grad_gi + u.b * ld_grad + u.j;
         T* gh_row = grad_gh + u.b * ld_grad + u.j;
-        gi_row[0] = gh_row[0] = dr;
-        gi_row[H] = gh_row[H] = dz;
-        gi_row[2LL * H] = dn;
-        gh_row[2LL * H] = dn * r;
-        grad_h_direct[e] = dh * z;
+        for (int q = 0; q < 3; ++q) {
+            gi_row[q * (long long)H] = d_in[q];
+            gh_row[q * (long long)H] = d_hid[q];
+        }
     }
 }
 
