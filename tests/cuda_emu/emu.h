@@ -5,7 +5,11 @@
 // every name listed with EMU_EXPORT.
 //
 // Execution model: the blocks of a grid run one after another; the threads of a block are
-// fibers on one OS thread. Every other launch runs its blocks and threads in reverse order,
+// fibers on one OS thread. A cooperative launch (the launcher's RawModule was made with
+// enable_cooperative_groups) runs every block at once instead: all the grid's threads are
+// fibers scheduled together, so that a grid barrier (gpuconv_grid_sync, kernels/grid_sync.cuh)
+// behaves as on a GPU; fake_cupy refuses such a launch when the grid could not be resident on
+// the emulated GPU. Every other launch runs its blocks and threads in reverse order,
 // so that a kernel whose result depends on the order of threads or blocks without a barrier
 // between them (a race on a GPU) gives a different answer on one of the two and fails. A fiber runs until it
 // returns or reaches a barrier:
@@ -13,17 +17,25 @@
 //                          waiting there too;
 //   __shfl_xor_sync(...)   publishes its value to the warp, waits for the warp's other live
 //                          lanes, reads its partner's value, and waits again before the
-//                          buffer can be reused.
+//                          buffer can be reused;
+//   gpuconv_grid_sync(arrived, round)   (cooperative launches only) waits until every thread
+//                          of the grid that has not returned is waiting there too, a block with
+//                          no live thread being a deadlock; thread 0 of each block adds one to
+//                          *arrived as the device version does, and each thread then checks
+//                          that *arrived == round * gridDim.x (a counter not zeroed before the
+//                          launch, or rounds miscounted, would let a GPU pass the barrier early).
 // A round in which no fiber can run and no barrier can open is a deadlock (a barrier in
 // divergent code): the launch fails with that message instead of hanging. __trap() fails the
 // launch too. __shared__ variables become statics, which is right because blocks never
-// overlap in time.
-//
+// overlap in time outside cooperative launches; a block's dynamic shared memory
+// (GPUCONV_BLOCK_SMEM) is its own buffer in every launch, filled with 0xFF bytes (NaN to a
+// float read) when the block starts and followed by a guard zone checked when it ends.
 // What this cannot show: timing, memory coalescing, races that need true parallelism
 // within a warp, or NVRTC's own diagnostics (tests/test_cuda_sources.py runs nvcc).
 #pragma once
 
 #include <setjmp.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -76,8 +88,12 @@ namespace emu {
 constexpr int WARP = 32;
 // Bytes of stack per fiber; the kernels keep small frames (no recursion, no large locals).
 constexpr size_t FIBER_STACK = 128 * 1024;
+// The most threads a cooperative launch may run at once here (their stacks are mapped lazily).
+constexpr unsigned MAX_COOPERATIVE_THREADS = 16384;
+// Bytes of guard zone after each block's dynamic shared memory.
+constexpr size_t SMEM_GUARD = 256;
 
-enum class State { ready, block_barrier, warp_barrier, done };
+enum class State { ready, block_barrier, warp_barrier, grid_barrier, done };
 
 // A fiber is entered once per launch through its ucontext and then switched with
 // _setjmp/_longjmp, which unlike swapcontext make no system call. After the kernel body
@@ -87,19 +103,26 @@ struct Fiber {
     jmp_buf resume;
     bool started;
     State state;
+    unsigned block;   // blockIdx.x of the block it runs
+    unsigned thread;  // threadIdx.x
 };
 
 inline jmp_buf scheduler;
 inline ucontext_t scheduler_context;
 inline std::vector<Fiber> fibers;
-inline std::vector<char> stacks;
+inline char* stacks = nullptr;
+inline size_t stacks_size = 0;
 inline unsigned current = 0;
 inline void (*body)(void*) = nullptr;
 inline void* body_arg = nullptr;
 inline std::string error;
-inline unsigned long long shuffle_buffer[1024];
+inline std::vector<unsigned long long> shuffle_buffer;
 inline bool reversed = false;  // this launch's scheduling order
+inline bool cooperative = false;
 inline unsigned long long launches = 0;
+inline size_t dynamic_smem = 0;
+inline std::vector<std::vector<unsigned char>> block_smems;  // one per block running at once
+inline unsigned first_block = 0;                             // blockIdx.x of block_smems[0]
 
 inline void suspend(State state) {
     fibers[current].state = state;
@@ -118,98 +141,184 @@ inline void fiber_main() {
     }
 }
 
-inline void resume(unsigned t) {
-    current = t;
-    threadIdx.x = t;
+inline void resume(unsigned f) {
+    current = f;
+    threadIdx.x = fibers[f].thread;
+    blockIdx.x = fibers[f].block;
     if (_setjmp(scheduler)) return;
-    Fiber& f = fibers[t];
-    if (f.started) _longjmp(f.resume, 1);
-    f.started = true;
-    swapcontext(&scheduler_context, &f.entry);
+    Fiber& fiber = fibers[f];
+    if (fiber.started) _longjmp(fiber.resume, 1);
+    fiber.started = true;
+    swapcontext(&scheduler_context, &fiber.entry);
+}
+
+// The fibers of one running block: [first, first + blockDim.x).
+inline bool all_live_wait(unsigned first, unsigned count, State state, bool& any) {
+    bool all = true;
+    any = false;
+    for (unsigned f = first; f < first + count; ++f) {
+        if (fibers[f].state == State::done) continue;
+        any = true;
+        all = all && fibers[f].state == state;
+    }
+    return all;
+}
+
+inline void release(unsigned first, unsigned count, State state) {
+    for (unsigned f = first; f < first + count; ++f)
+        if (fibers[f].state == state) fibers[f].state = State::ready;
 }
 
 // Opens the barriers whose threads have all arrived; false when none could open.
 inline bool open_barriers() {
-    const unsigned n = (unsigned)fibers.size();
-    bool opened = false;
-    for (unsigned w = 0; w < n; w += WARP) {
-        bool any = false, all = true;
-        for (unsigned t = w; t < std::min(n, w + WARP); ++t) {
-            if (fibers[t].state == State::done) continue;
-            any = true;
-            all = all && fibers[t].state == State::warp_barrier;
+    const unsigned n = (unsigned)fibers.size(), block = blockDim.x;
+    bool opened = false, any = false;
+    for (unsigned b = 0; b < n; b += block)
+        for (unsigned w = b; w < b + block; w += WARP) {
+            const unsigned lanes = std::min(block - (w - b), (unsigned)WARP);
+            if (all_live_wait(w, lanes, State::warp_barrier, any) && any) {
+                release(w, lanes, State::warp_barrier);
+                opened = true;
+            }
         }
-        if (any && all) {
-            for (unsigned t = w; t < std::min(n, w + WARP); ++t)
-                if (fibers[t].state == State::warp_barrier) fibers[t].state = State::ready;
+    if (opened) return true;
+    for (unsigned b = 0; b < n; b += block)
+        if (all_live_wait(b, block, State::block_barrier, any) && any) {
+            release(b, block, State::block_barrier);
             opened = true;
         }
-    }
-    if (opened) return true;
-    bool any = false, all = true;
-    for (const Fiber& f : fibers) {
-        if (f.state == State::done) continue;
-        any = true;
-        all = all && f.state == State::block_barrier;
-    }
-    if (!(any && all)) return false;
-    for (Fiber& f : fibers) f.state = State::ready;
+    if (opened || !cooperative) return opened;
+    for (unsigned b = 0; b < n; b += block)
+        if (!(all_live_wait(b, block, State::grid_barrier, any) && any)) return false;
+    release(0, n, State::grid_barrier);
     return true;
 }
 
-inline void start_fibers(unsigned threads) {
-    fibers.assign(threads, Fiber{});
-    if (stacks.size() < threads * FIBER_STACK) stacks.resize(threads * FIBER_STACK);
-    for (unsigned t = 0; t < threads; ++t) {
-        Fiber& f = fibers[t];
-        getcontext(&f.entry);
-        f.entry.uc_stack.ss_sp = stacks.data() + t * FIBER_STACK;
-        f.entry.uc_stack.ss_size = FIBER_STACK;
-        f.entry.uc_link = nullptr;  // fiber_main never returns
-        makecontext(&f.entry, fiber_main, 0);
-        f.started = false;
+inline void map_stacks(size_t bytes) {
+    if (bytes <= stacks_size) return;
+    if (stacks != nullptr) munmap(stacks, stacks_size);
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        stacks = nullptr;
+        stacks_size = 0;
+        return;
     }
+    stacks = static_cast<char*>(p);
+    stacks_size = bytes;
 }
 
-// Runs one block to completion; false (with `error` set) on a deadlock or a trap.
-inline bool run_block() {
+// Fibers for `blocks` blocks of `block` threads, starting at blockIdx.x == first.
+inline bool start_fibers(unsigned blocks, unsigned block, unsigned first) {
+    const unsigned threads = blocks * block;
+    map_stacks(threads * FIBER_STACK);
+    if (stacks == nullptr) {
+        error = "could not map " + std::to_string(threads) + " fiber stacks";
+        return false;
+    }
+    fibers.assign(threads, Fiber{});
+    shuffle_buffer.assign(threads, 0);
+    for (unsigned f = 0; f < threads; ++f) {
+        Fiber& fiber = fibers[f];
+        getcontext(&fiber.entry);
+        fiber.entry.uc_stack.ss_sp = stacks + f * FIBER_STACK;
+        fiber.entry.uc_stack.ss_size = FIBER_STACK;
+        fiber.entry.uc_link = nullptr;  // fiber_main never returns
+        makecontext(&fiber.entry, fiber_main, 0);
+        fiber.started = false;
+        fiber.block = first + f / block;
+        fiber.thread = f % block;
+    }
+    return true;
+}
+
+// Gives each running block a fresh dynamic shared memory buffer (0xFF, then the guard zone).
+inline void fill_block_smems(unsigned blocks, unsigned first) {
+    first_block = first;
+    block_smems.resize(blocks);
+    for (auto& smem : block_smems) smem.assign(dynamic_smem + SMEM_GUARD + 16, 0xFF);
+}
+
+// The 16-byte aligned start of a block's buffer; its guard zone follows dynamic_smem bytes on.
+inline unsigned char* aligned_start(std::vector<unsigned char>& smem) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(smem.data());
+    return smem.data() + (16 - base % 16) % 16;
+}
+
+inline bool block_smems_intact() {
+    for (unsigned b = 0; b < block_smems.size(); ++b) {
+        const unsigned char* guard = aligned_start(block_smems[b]) + dynamic_smem;
+        for (size_t i = 0; i < SMEM_GUARD; ++i)
+            if (guard[i] != 0xFF) {
+                error = "block " + std::to_string(first_block + b) + " wrote past its " +
+                        std::to_string(dynamic_smem) + " bytes of dynamic shared memory";
+                return false;
+            }
+    }
+    return true;
+}
+
+inline unsigned char* block_smem() {
+    return aligned_start(block_smems[fibers[current].block - first_block]);
+}
+
+// Runs the fibers until all have returned; false (with `error` set) on a deadlock or a trap.
+inline bool run_fibers() {
     for (Fiber& f : fibers) f.state = State::ready;
     for (;;) {
         bool ran = false, live = false;
         const unsigned n = (unsigned)fibers.size();
         for (unsigned i = 0; i < n; ++i) {
-            const unsigned t = reversed ? n - 1 - i : i;
-            if (fibers[t].state != State::ready) continue;
-            resume(t);
+            const unsigned f = reversed ? n - 1 - i : i;
+            if (fibers[f].state != State::ready) continue;
+            resume(f);
             ran = true;
             if (!error.empty()) return false;
         }
         for (const Fiber& f : fibers) live = live || f.state != State::done;
-        if (!live) return true;
+        if (!live) return block_smems_intact();
         if (!ran && !open_barriers()) {
-            error = "deadlock: threads wait at barriers that the rest of the block never reaches";
+            error = cooperative ? "deadlock: threads wait at barriers that the rest of the block "
+                                  "or grid never reaches"
+                                : "deadlock: threads wait at barriers that the rest of the block "
+                                  "never reaches";
             return false;
         }
     }
 }
 
 // Runs the grid; returns 0, or 1 with the reason in emu_last_error().
-inline int run_grid(unsigned grid, unsigned block, void (*fn)(void*), void* arg) {
+inline int run_grid(unsigned grid, unsigned block, size_t shared_mem, bool is_cooperative,
+                    void (*fn)(void*), void* arg) {
     error.clear();
     if (grid == 0 || block == 0 || block > 1024) {
         error = "launch with grid " + std::to_string(grid) + " and block " + std::to_string(block);
+        return 1;
+    }
+    if (is_cooperative && (unsigned long long)grid * block > MAX_COOPERATIVE_THREADS) {
+        error = "a cooperative launch of " + std::to_string(grid) + " x " +
+                std::to_string(block) + " threads is more than the emulator runs at once (" +
+                std::to_string(MAX_COOPERATIVE_THREADS) + ")";
         return 1;
     }
     body = fn;
     body_arg = arg;
     gridDim.x = grid;
     blockDim.x = block;
-    start_fibers(block);
+    cooperative = is_cooperative;
+    dynamic_smem = shared_mem;
     reversed = (launches++ % 2) == 1;
+    if (cooperative) {
+        if (!start_fibers(grid, block, 0)) return 1;
+        fill_block_smems(grid, 0);
+        return run_fibers() ? 0 : 1;
+    }
+    if (!start_fibers(1, block, 0)) return 1;
     for (unsigned i = 0; i < grid; ++i) {
         const unsigned b = reversed ? grid - 1 - i : i;
-        blockIdx.x = b;
-        if (!run_block()) return 1;
+        for (Fiber& f : fibers) f.block = b;
+        fill_block_smems(1, b);
+        if (!run_fibers()) return 1;
     }
     return 0;
 }
@@ -243,9 +352,10 @@ struct Launch {
 };
 
 template <typename... A>
-int launch(void (*kernel)(A...), void* const* argv, unsigned grid, unsigned block) {
+int launch(void (*kernel)(A...), void* const* argv, unsigned grid, unsigned block,
+           size_t shared_mem, bool is_cooperative) {
     Launch<A...> l{kernel, argv};
-    return run_grid(grid, block, &Launch<A...>::run, &l);
+    return run_grid(grid, block, shared_mem, is_cooperative, &Launch<A...>::run, &l);
 }
 
 // The parameter types, comma-separated ("float32*,int32,float64").
@@ -272,20 +382,44 @@ template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "one word per lane");
     if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only the full-warp mask is emulated");
-    const unsigned t = threadIdx.x;
-    std::memcpy(&emu::shuffle_buffer[t], &value, sizeof(T));
+    const unsigned t = threadIdx.x, self = emu::current, first = self - t;
+    std::memcpy(&emu::shuffle_buffer[self], &value, sizeof(T));
     emu::suspend(emu::State::warp_barrier);
     const unsigned partner = (t & ~(emu::WARP - 1u)) | ((t % emu::WARP) ^ (unsigned)lane_mask);
     T out;
-    std::memcpy(&out, &emu::shuffle_buffer[partner < blockDim.x ? partner : t], sizeof(T));
+    std::memcpy(&out, &emu::shuffle_buffer[partner < blockDim.x ? first + partner : self],
+                sizeof(T));
     emu::suspend(emu::State::warp_barrier);
     return out;
+}
+
+// kernels/grid_sync.cuh, emulated (see the execution model above).
+#define GPUCONV_EMULATED_GRID_SYNC 1
+#define GPUCONV_BLOCK_SMEM(name) unsigned char* name = emu::block_smem()
+
+inline void gpuconv_grid_sync(unsigned* arrived, unsigned round) {
+    if (!emu::cooperative)
+        emu::fail("gpuconv_grid_sync in a launch that is not cooperative: on a GPU the blocks "
+                  "need not be resident together and the barrier can hang");
+    if (threadIdx.x == 0) *arrived += 1;
+    emu::suspend(emu::State::grid_barrier);
+    if (*arrived != round * gridDim.x)
+        emu::fail("gpuconv_grid_sync: the arrival counter reads " + std::to_string(*arrived) +
+                  " after round " + std::to_string(round) + " of " +
+                  std::to_string(gridDim.x) + " blocks (not zero at launch, or rounds not "
+                  "counted from 1)");
+}
+
+template <typename T>
+inline T gpuconv_load_cg(const T* p) {
+    return *p;
 }
 
 extern "C" const char* emu_last_error() { return emu::error.c_str(); }
 
 #define EMU_EXPORT(kernel)                                                                   \
-    extern "C" int emu_launch_##kernel(void* const* argv, unsigned grid, unsigned block) {   \
-        return emu::launch(kernel, argv, grid, block);                                       \
+    extern "C" int emu_launch_##kernel(void* const* argv, unsigned grid, unsigned block,     \
+                                       size_t shared_mem, int cooperative) {                 \
+        return emu::launch(kernel, argv, grid, block, shared_mem, cooperative != 0);         \
     }                                                                                        \
     extern "C" const char* emu_signature_##kernel() { return emu::signature(kernel); }

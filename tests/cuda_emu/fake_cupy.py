@@ -9,7 +9,9 @@ Installed as ``sys.modules["cupy"]`` by ``tests/cuda_emu/plugin.py``. Two halves
   ``matmul``, ...) are NumPy's on the unwrapped data; ``matmul`` stands for cuBLAS.
 - ``RawModule`` compiles a ``kernels/<family>.cu`` source with g++ against ``emu.h`` and
   launches its entry points there (blocks in turn, a block's threads as fibers, barriers
-  and warp shuffles emulated). Each launch checks what the device would not: every argument
+  and warp shuffles emulated; a module made with ``enable_cooperative_groups`` runs every
+  block of a launch at once, after checking with ``occupancy.py`` that the emulated GPU could
+  keep the whole grid resident). Each launch checks what the device would not: every argument
   has the type the entry point declares (CuPy passes a Python int as 64 bits), every array
   is C-contiguous and of the pointer's dtype, and no kernel writes outside its arrays (each
   array runs inside a guard zone of 0xFF bytes, NaN to a float read, checked afterwards).
@@ -28,6 +30,8 @@ import types
 from pathlib import Path
 
 import numpy as np
+
+from cuda_emu import occupancy
 
 __version__ = "0.0-emulated"
 _HERE = Path(__file__).resolve().parent
@@ -267,9 +271,11 @@ cuda = types.SimpleNamespace(
         getDeviceCount=lambda: 1,
         runtimeGetVersion=lambda: _CUDA_VERSION,
         driverGetVersion=lambda: _CUDA_VERSION,
-        getDeviceProperties=lambda device_id: {
-            "name": DEVICE_NAME, "totalGlobalMem": 1 << 30, "multiProcessorCount": 1,
-            "major": 0, "minor": 0},
+        getDeviceProperties=lambda device_id: occupancy.device_properties(DEVICE_NAME),
+    ),
+    driver=types.SimpleNamespace(
+        occupancyMaxActiveBlocksPerMultiprocessor=lambda func, threads, dynamic_smem:
+            _FUNCTIONS[func].blocks_per_sm(threads, dynamic_smem),
     ),
 )
 
@@ -319,16 +325,27 @@ def _build(code: str, flags: list[str]) -> Path:
 
 
 class RawModule:
-    def __init__(self, code: str, options=(), **kwargs):
-        flags = [o for o in options if o.startswith(("-I", "-D"))]
-        self._lib = ctypes.CDLL(str(_build(code, flags)))
+    def __init__(self, code: str, options=(), enable_cooperative_groups: bool = False,
+                 **kwargs):
+        self._flags = [o for o in options if o.startswith(("-I", "-D"))]
+        self._code = code
+        self._cooperative = enable_cooperative_groups
+        self._lib = ctypes.CDLL(str(_build(code, self._flags)))
         self._lib.emu_last_error.restype = ctypes.c_char_p
 
     def compile(self, log_stream=None) -> None:
         """Compiled already, when the module was made."""
 
     def get_function(self, name: str) -> "RawKernel":
-        return RawKernel(self._lib, name)
+        return RawKernel(self._lib, name, self)
+
+    def resources(self, name: str) -> occupancy.Resources:
+        """ptxas's registers and static shared memory of entry point ``name``."""
+        return occupancy.resource_report(self._code, self._flags)[name]
+
+
+# Function handles (``RawKernel.kernel.ptr``) -> their kernel, for the occupancy API.
+_FUNCTIONS: dict = {}
 
 
 def _dims(d, what: str) -> int:
@@ -339,29 +356,83 @@ def _dims(d, what: str) -> int:
 
 
 class RawKernel:
-    def __init__(self, lib, name: str):
+    def __init__(self, lib, name: str, module: RawModule):
         try:
             self._launch = getattr(lib, f"emu_launch_{name}")
         except AttributeError:
             raise AttributeError(f"emulated cupy: no extern \"C\" kernel {name!r}") from None
-        self._launch.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint, ctypes.c_uint]
+        self._launch.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint, ctypes.c_uint,
+                                 ctypes.c_size_t, ctypes.c_int]
         signature = getattr(lib, f"emu_signature_{name}")
         signature.restype = ctypes.c_char_p
         self.params = signature().decode().split(",") if signature() else []
         self.name = name
         self._lib = lib
+        self._module = module
+        self._max_dynamic_smem = occupancy.SMEM_DEFAULT_DYNAMIC
+        self.kernel = types.SimpleNamespace(ptr=id(self))
+        _FUNCTIONS[id(self)] = self
+
+    @property
+    def num_regs(self) -> int:
+        return self._module.resources(self.name).registers
+
+    @property
+    def shared_size_bytes(self) -> int:
+        return self._module.resources(self.name).static_smem
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        return self._max_dynamic_smem
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, size: int) -> None:
+        most = occupancy.target()["smem_per_block_optin"]
+        if not 0 <= size <= most:
+            raise ValueError(f"emulated cupy: {self.name}: max_dynamic_shared_size_bytes "
+                             f"{size} is outside 0..{most} on the emulated GPU")
+        self._max_dynamic_smem = int(size)
+
+    def blocks_per_sm(self, threads: int, dynamic_smem: int) -> int:
+        """What cuOccupancyMaxActiveBlocksPerMultiprocessor answers."""
+        return occupancy.blocks_per_sm(self._module.resources(self.name), threads,
+                                       dynamic_smem)[0]
+
+    def _check_cooperative(self, grid: int, block: int, shared_mem: int) -> None:
+        """A cooperative grid must fit on the emulated GPU at once. CuPy would shrink a grid
+        that does not (with a warning) and cuLaunchCooperativeKernel refuses one; a shrunken
+        grid is never what a persistent kernel wants, so the emulator refuses too."""
+        gpu = occupancy.target()
+        resources = self._module.resources(self.name)
+        if resources.static_smem:
+            raise RuntimeError(f"{self.name}: a cooperative kernel with static __shared__ "
+                               "memory: the emulator runs its blocks at once and would share "
+                               "it between them; use GPUCONV_BLOCK_SMEM")
+        per_sm, limit = occupancy.blocks_per_sm(resources, block, shared_mem)
+        if grid > per_sm * gpu["sms"]:
+            raise RuntimeError(
+                f"{self.name}<<<{grid}, {block}, {shared_mem}>>>: a cooperative grid larger "
+                f"than the {per_sm} x {gpu['sms']} blocks an {gpu['name']} keeps resident "
+                f"({resources.registers} registers per thread, {resources.static_smem} + "
+                f"{shared_mem} bytes of shared memory per block; limited by {limit})")
 
     def __call__(self, grid, block, args, shared_mem: int = 0, stream=None):
         grid, block = _dims(grid, "grid"), _dims(block, "block")
         if len(args) != len(self.params):
             raise TypeError(f"{self.name} takes {len(self.params)} arguments "
                             f"({', '.join(self.params)}), the launch passed {len(args)}")
+        if shared_mem > self._max_dynamic_smem:
+            raise RuntimeError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, more "
+                               f"than max_dynamic_shared_size_bytes ({self._max_dynamic_smem}): "
+                               "the launch fails on a GPU (too many resources requested)")
+        if self._module._cooperative:
+            self._check_cooperative(grid, block, shared_mem)
         arrays = [a._a for a in args if isinstance(a, ndarray)]
         with _guarded(arrays, self.name) as device:
             values = [self._value(i, p, a, device) for i, (p, a) in
                       enumerate(zip(self.params, args))]
             argv = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-            if self._launch(argv, grid, block) != 0:
+            if self._launch(argv, grid, block, shared_mem, int(self._module._cooperative)) != 0:
                 raise RuntimeError(f"{self.name}<<<{grid}, {block}>>>: "
                                    f"{self._lib.emu_last_error().decode()}")
 
