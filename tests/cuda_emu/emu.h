@@ -331,6 +331,8 @@ std::string type_name() {
         return "float" + std::to_string(8 * sizeof(T));
     } else if constexpr (std::is_same_v<T, bool>) {
         return "bool";
+    } else if constexpr (std::is_class_v<T> && sizeof(T) == 2) {
+        return "uint16";  // a 16-bit storage type (bfloat16 / float16 bits), passed as uint16
     } else {
         static_assert(std::is_integral_v<T>, "kernel parameters are pointers or scalars");
         return std::string(std::is_signed_v<T> ? "int" : "uint") + std::to_string(8 * sizeof(T));

@@ -34,12 +34,13 @@ NVRTC_OPTIONS = ("-std=c++17",)
 
 
 @functools.lru_cache(maxsize=None)
-def _module(family: str, device_id: int, defines: tuple[str, ...]):
+def _module(family: str, device_id: int, defines: tuple[str, ...], cooperative: bool = False):
     cp = backend.cupy_or_none()
     src_dir = cuda_source_dir()
     source = (src_dir / f"{family}.cu").read_text()
     options = NVRTC_OPTIONS + (f"-I{src_dir}",) + tuple(f"-D{d}" for d in defines)
-    return cp.RawModule(code=source, options=options)
+    # A cooperative module launches every kernel with cuLaunchCooperativeKernel.
+    return cp.RawModule(code=source, options=options, enable_cooperative_groups=cooperative)
 
 
 def compile_states() -> dict[str, str]:
@@ -57,10 +58,11 @@ def compile_states() -> dict[str, str]:
     return states
 
 
-def kernel(family: str, name: str, defines: Sequence[str] = ()):
-    """The ``extern "C"`` kernel ``name`` of ``kernels/<family>.cu`` on the current device."""
+def kernel(family: str, name: str, defines: Sequence[str] = (), cooperative: bool = False):
+    """The ``extern "C"`` kernel ``name`` of ``kernels/<family>.cu`` on the current device;
+    ``cooperative``: from the module whose launches are cooperative (all blocks resident)."""
     cp = backend.cupy_or_none()
-    return _module(family, cp.cuda.Device().id, tuple(defines)).get_function(name)
+    return _module(family, cp.cuda.Device().id, tuple(defines), cooperative).get_function(name)
 
 
 def grid_1d(n: int, threads: int = THREADS_1D) -> tuple[int]:

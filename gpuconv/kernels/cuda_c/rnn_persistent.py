@@ -1,0 +1,548 @@
+"""LSTM and GRU in few launches: the kernels of ``kernels/rnn_persistent.cu``, registered as
+two impls of the recurrent ops (float32 and float64 CuPy arrays).
+
+- ``cuda_persistent`` (ops ``lstm``, ``gru`` and their backwards): per layer, one GEMM
+  projects the input of every step for both directions (``x [W_ih fwd; W_ih rev]^T``), then
+  one cooperative launch runs all T steps of both directions with each block's slice of
+  W_hh held in shared memory; backward is the same partition run in reverse time, then the
+  weight and input gradients as GEMMs over all steps and the bias gradients as sums.
+- ``cuda_fused``: the same steps with W_hh streamed from global memory, one launch per step
+  (the fallback where the slices do not fit on chip or the grid cannot be resident), and
+  ``lstm_cell`` / ``gru_cell`` in one launch (both gate products, biases and gate math).
+
+The priority rule: ``cuda_persistent`` (30) wins when the plan fits: the block's slice of W_hh
+(G*U*H weights for U = ceil(H / (SMs / D)) units per block) plus the staged input fits the
+device's shared memory per block, and the occupancy API says the whole grid is resident;
+otherwise it is never chosen (forcing it raises) and ``cuda_fused`` (20) runs, ahead of the
+per-step cuBLAS impl ``cuda`` (10). So ``nn.LSTM``, ``nn.GRU`` and the classifiers use them
+on a GPU without a change.
+
+On-chip limits: one block per SM, U = ceil(H / (SMs / D)) units per block, each block holding
+G*U*H weights (4 bytes each in fp32 and tf32, 2 in bf16 and fp16, 8 in float64) plus the
+staged input (8.3 KB in fp32) in its shared memory: 227 KB per block on an H100 (132 SMs),
+163 KB on an A100 (108 SMs). Every hidden size up to these runs persistent (unidirectional /
+bidirectional, where both directions hold their weights at once):
+
+=========  ===========  ===========  ===========  ===========
+precision   LSTM H100    GRU H100     LSTM A100    GRU A100
+=========  ===========  ===========  ===========  ===========
+fp32, tf32  1320 / 933   1556 / 1098   991 / 708   1188 / 826
+bf16, fp16  1867 / 1334  2197 / 1556  1416 / 1026  1652 / 1188
+float64     924 / 660    1056 / 749    670 / 486    782 / 569
+=========  ===========  ===========  ===========  ===========
+
+(:func:`max_persistent_hidden` computes them; ``tests/test_rnn_persistent.py`` checks the
+table.) Beyond them the fallback runs.
+
+Precision (float32 arrays; the setting :func:`precision` sets; float64 arrays always compute
+in float64): ``"fp32"`` (default) every product in fp32; ``"tf32"`` the GEMMs (input
+projection, input and weight gradients) on tensor cores in TF32, the recurrence in fp32;
+``"bf16"`` / ``"fp16"`` the GEMMs' operands rounded to bfloat16 / float16 and multiplied on
+tensor cores with fp32 accumulation (a TF32 GEMM is exact on such operands), W_hh stored in
+16 bits on chip, the recurrence's products and every sum, state and gate in fp32. The
+recurrence runs on the CUDA cores (FMA from shared memory), not on tensor cores. The GEMMs
+are cuBLAS through CuPy (its compute type switched to TF32 for the tensor-core modes), since
+the precision setting of the implicit-GEMM convolution (issue 10) is not on main yet.
+The cells compute in their arrays' precision.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ... import backend
+from .. import register
+from .._rnn_loop import _bias_grads, _layer_weights, _stacked_w_ih
+from . import DTYPES, NULL, gpu_op, kernel
+from .rnn import CELLS
+
+FAMILY = "rnn_persistent"
+# Must equal the #defines of kernels/rnn_persistent.cu (tests/test_rnn_persistent.py checks).
+K_CHUNK = 32
+BATCH_TILE = 64
+TILE_STRIDE = BATCH_TILE + 1
+MAX_THREADS = 256
+GATES = {"lstm": 4, "gru": 3}
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# Bytes of one stored recurrent weight, per precision.
+WEIGHT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
+_SUFFIX = {"fp32": "f32", "tf32": "f32", "bf16": "f32_bf16w", "fp16": "f32_f16w", "fp64": "f64"}
+# Dynamic shared memory above this needs the kernel's attribute raised first.
+DEFAULT_DYNAMIC_SMEM = 48 * 1024
+# Priorities: above the per-step cuBLAS impl ``cuda`` (10).
+PERSISTENT_PRIORITY = 30
+FUSED_PRIORITY = 20
+NEVER = -1000
+# Tests lower this to split a small hidden size over several blocks (None: the device's SMs).
+BLOCKS_PER_DIRECTION: int | None = None
+
+_precision: contextvars.ContextVar[str] = contextvars.ContextVar("gpuconv_rnn_precision",
+                                                                 default="fp32")
+
+
+@contextlib.contextmanager
+def precision(mode: str):
+    """``with precision("bf16"): ...``: the precision of the fused recurrent kernels on
+    float32 arrays inside the block ("fp32", "tf32", "bf16" or "fp16"; module docstring)."""
+    if mode not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {mode!r}")
+    token = _precision.set(mode)
+    try:
+        yield
+    finally:
+        _precision.reset(token)
+
+
+def precision_of(dtype) -> str:
+    """The precision the kernels use for arrays of ``dtype``."""
+    return "fp64" if np.dtype(dtype) == np.float64 else _precision.get()
+
+
+# --------------------------------------------------------------------------- GEMMs
+
+def _round_to(a, mode: str):
+    """a (float32) with every value rounded to tf32 (to nearest, ties away from zero, as
+    cvt.rna.tf32.f32), bf16 or fp16 (to nearest even), kept in float32."""
+    xp = backend.array_module(a)
+    if mode == "fp16":
+        return a.astype(np.float16).astype(np.float32)
+    bits = xp.ascontiguousarray(a).view(np.uint32)
+    finite = (bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
+    if mode == "tf32":
+        rounded = (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    else:
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) \
+            & np.uint32(0xFFFF0000)
+    return xp.where(finite, rounded, bits).view(np.float32)
+
+
+@contextlib.contextmanager
+def _tensor_core_gemms(xp):
+    """CuPy's float32 GEMMs in TF32 inside the block (a private CuPy setting, restored after;
+    without it, as in the CPU emulation, the GEMMs run in fp32 on the same rounded operands)."""
+    linalg = getattr(getattr(xp, "_core", None), "_routines_linalg", None)
+    if linalg is None:
+        yield
+        return
+    old = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(np.float32, old)
+
+
+def gemm(a, b, mode: str):
+    """a @ b in precision ``mode`` (fp32 and fp64: as they are; tf32, bf16, fp16: operands
+    rounded to that type, products on tensor cores, sums in fp32)."""
+    if mode in ("fp32", "fp64"):
+        return a @ b
+    xp = backend.array_module(a)
+    a, b = _round_to(a, mode), _round_to(b, mode)
+    with _tensor_core_gemms(xp):
+        return a @ b
+
+
+def _stored_weights(w, mode: str):
+    """W_hh (D, G*H, H) as the kernels read it: as it is, or bfloat16 / float16 bits."""
+    if mode == "bf16":
+        return (_round_to(w, "bf16").view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    if mode == "fp16":
+        return w.astype(np.float16).view(np.uint16)
+    return w
+
+
+# --------------------------------------------------------------------------- plans
+
+@dataclass(frozen=True)
+class Plan:
+    """A launch of the fused kernels: U hidden units per block, ``threads`` per block,
+    ``blocks`` in all (D directions x ceil(H / U)), ``smem`` bytes of dynamic shared memory."""
+
+    units: int
+    threads: int
+    blocks: int
+    smem: int
+
+
+def _align16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def smem_bytes(kernel_kind: str, G: int, units: int, H: int, weight_bytes: int,
+               item_bytes: int) -> int:
+    """Dynamic shared memory of a kernel (the carving at the top of rnn_persistent.cu):
+    ``persistent`` (the whole slice), ``fwd_step`` and ``cell_fwd`` (a chunk of gate rows) or
+    ``bwd_step`` (a chunk of columns), plus the staged input chunk."""
+    weights = {"persistent": G * units * H, "fwd_step": K_CHUNK * G * units,
+               "cell_fwd": K_CHUNK * G * units, "bwd_step": K_CHUNK * units}[kernel_kind]
+    return _align16(weights * weight_bytes) + K_CHUNK * TILE_STRIDE * item_bytes
+
+
+def _units(H: int, D: int, sms: int) -> int:
+    per_direction = max(1, sms // D)
+    if BLOCKS_PER_DIRECTION is not None:
+        per_direction = min(per_direction, BLOCKS_PER_DIRECTION)
+    return math.ceil(H / per_direction)
+
+
+def _threads(units: int, B: int) -> int:
+    """One thread per (row, unit) of a batch tile if that fits, a multiple of 32."""
+    return min(MAX_THREADS, max(32, math.ceil(units * min(B, BATCH_TILE) / 32) * 32))
+
+
+def _props() -> dict:
+    cp = backend.cupy_or_none()
+    return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+
+
+def _with_smem(k, smem: int):
+    if smem > DEFAULT_DYNAMIC_SMEM and k.max_dynamic_shared_size_bytes < smem:
+        k.max_dynamic_shared_size_bytes = smem
+    return k
+
+
+@functools.lru_cache(maxsize=256)
+def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, itemsize: int,
+                     device_id: int, blocks_override: int | None) -> tuple[Plan | None, str]:
+    """(the plan, "") when both persistent kernels of this shape can run on chip, else
+    (None, why not)."""
+    cp = backend.cupy_or_none()
+    props = _props()
+    sms, most = props["multiProcessorCount"], props["sharedMemPerBlockOptin"]
+    G = GATES[kind]
+    units = _units(H, D, sms)
+    if units > MAX_THREADS:
+        return None, f"{units} hidden units per block, more than {MAX_THREADS} threads"
+    smem = smem_bytes("persistent", G, units, H, WEIGHT_BYTES[mode], itemsize)
+    if smem > most:
+        return None, (f"each block's slice of W_hh and its staged input take {smem} bytes of "
+                      f"shared memory, the device allows {most} per block")
+    threads = _threads(units, B)
+    blocks = D * math.ceil(H / units)
+    if steps * blocks >= 2 ** 32:
+        return None, f"{steps} steps x {blocks} blocks overflow the barrier counter"
+    for direction in ("fwd", "bwd"):
+        k = _with_smem(kernel(FAMILY, f"{kind}_{direction}_persistent_{_SUFFIX[mode]}",
+                              cooperative=True), smem)
+        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr,
+                                                                          threads, smem)
+        if per_sm * sms < blocks:
+            return None, (f"the {direction} grid of {blocks} blocks ({threads} threads, {smem} "
+                          f"bytes of shared memory) is not resident: {per_sm} per SM x {sms}")
+    return Plan(units, threads, blocks, smem), ""
+
+
+def persistent_plan(kind: str, steps: int, B: int, H: int, D: int, dtype) -> tuple:
+    """(Plan or None, why not) for the persistent kernels on the current device."""
+    cp = backend.cupy_or_none()
+    mode = precision_of(dtype)
+    return _persistent_plan(kind, steps, B, H, D, mode, np.dtype(dtype).itemsize,
+                            cp.cuda.Device().id, BLOCKS_PER_DIRECTION)
+
+
+def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: int,
+              itemsize: int) -> Plan:
+    """The plan of the streamed kernels (fwd_step, bwd_step, cell_fwd)."""
+    units = min(_units(H, D, _props()["multiProcessorCount"]), MAX_THREADS)
+    return Plan(units, _threads(units, B), D * math.ceil(H / units),
+                smem_bytes(kernel_kind, G, units, H, weight_bytes, itemsize))
+
+
+def max_persistent_hidden(kind: str, D: int, weight_bytes: int, itemsize: int, sms: int,
+                          smem_per_block: int) -> int:
+    """The largest hidden size whose persistent slices fit ``smem_per_block`` bytes on a GPU
+    with ``sms`` SMs (the docstring's table; occupancy aside)."""
+    H = 1
+    while smem_bytes("persistent", GATES[kind], math.ceil((H + 1) / max(1, sms // D)), H + 1,
+                     weight_bytes, itemsize) <= smem_per_block:
+        H += 1
+    return H
+
+
+# --------------------------------------------------------------------------- launches
+
+def _ptr(a):
+    return NULL if a is None else a
+
+
+def _run(name: str, plan: Plan, args: tuple, cooperative: bool = False) -> None:
+    k = _with_smem(kernel(FAMILY, name, cooperative=cooperative), plan.smem)
+    if not cooperative:
+        k((plan.blocks,), (plan.threads,), args, shared_mem=plan.smem)
+        return
+    # CuPy shrinks a cooperative grid that does not fit (with a warning); the plan was checked,
+    # so a shrink here is a bug, never a smaller partition.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The grid size will be reduced")
+        k((plan.blocks,), (plan.threads,), args, shared_mem=plan.smem)
+
+
+def _sizes(steps: int, B: int, H: int, D: int, plan: Plan) -> tuple:
+    return tuple(np.int32(v) for v in (steps, B, H, D, plan.units))
+
+
+@dataclass
+class _Layer:
+    """What one layer's forward keeps for its backward."""
+
+    x: object          # the layer's input (T, B, I)
+    hs: object         # (D, T+1, B, H)
+    cs: object         # (D, T+1, B, H) or None (GRU)
+    gates: object      # (D, T, B, G*H)
+    extra: object      # (D, T, B, H)
+
+
+def _zero_counter(xp):
+    return xp.zeros(1, np.uint32)
+
+
+def _layer_forward(kind: str, persistent: bool, x, weights: list, init: list, keep: bool):
+    """One layer, both directions. ``init``: per direction, (h0,) or (h0, c0). Returns
+    (out (T, B, D*H), _Layer)."""
+    xp = backend.array_module(x)
+    T, B, I = x.shape
+    D, G, H = len(weights), GATES[kind], init[0][0].shape[1]
+    mode = precision_of(x.dtype)
+    gi = gemm(x.reshape(T * B, I), _stacked_w_ih(xp, weights).T, mode).reshape(T, B, D * G * H)
+    w_hh = _stored_weights(xp.stack([w[1] for w in weights]), mode)
+    b_ih, b_hh = ((None if weights[0][k] is None else xp.stack([w[k] for w in weights]))
+                  for k in (2, 3))
+    hs = backend.empty((D, T + 1, B, H), x.dtype, xp)
+    cs = backend.empty((D, T + 1, B, H), x.dtype, xp) if kind == "lstm" else None
+    for d in range(D):
+        hs[d, 0 if d == 0 else T] = init[d][0]
+        if cs is not None:
+            cs[d, 0 if d == 0 else T] = init[d][1]
+    gates = backend.empty((D, T, B, G * H), x.dtype, xp) if keep else None
+    extra = backend.empty((D, T, B, H), x.dtype, xp) if keep else None
+    out = backend.empty((T, B, D * H), x.dtype, xp)
+    arrays = (gi, w_hh, _ptr(b_ih), _ptr(b_hh), hs, _ptr(cs), _ptr(gates), _ptr(extra), out)
+    suffix = _SUFFIX[mode]
+    if persistent:
+        plan = _require_persistent(kind, T, B, H, D, x.dtype)
+        _run(f"{kind}_fwd_persistent_{suffix}", plan,
+             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan), cooperative=True)
+    else:
+        plan = step_plan("fwd_step", G, B, H, D, WEIGHT_BYTES[mode], x.dtype.itemsize)
+        for s in range(T):
+            _run(f"{kind}_fwd_step_{suffix}", plan,
+                 arrays + _sizes(T, B, H, D, plan) + (np.int32(s),))
+    return out, _Layer(x, hs, cs, gates, extra)
+
+
+def _layer_backward(kind: str, persistent: bool, grad_out, layer: _Layer, weights: list,
+                    grad_finals: list):
+    """Returns (grad x, per direction the grads of its initial states, the 4 weight grads per
+    direction)."""
+    xp = backend.array_module(grad_out)
+    x = layer.x
+    T, B, I = x.shape
+    D, G, H = len(weights), GATES[kind], layer.hs.shape[3]
+    GH = G * H
+    mode = precision_of(x.dtype)
+    w_hh = _stored_weights(xp.stack([w[1] for w in weights]), mode)
+    grad_gi = backend.empty((T, B, D * GH), x.dtype, xp)
+    grad_gh = backend.empty((T, B, D * GH), x.dtype, xp) if kind == "gru" else None
+    # In: the final states' gradients; out: the initial states'.
+    grad_h0 = xp.ascontiguousarray(xp.stack([g[0] for g in grad_finals]))
+    grad_c0 = (xp.ascontiguousarray(xp.stack([g[1] for g in grad_finals]))
+               if kind == "lstm" else None)
+    arrays = (w_hh, grad_out, layer.hs, _ptr(layer.cs), layer.gates, layer.extra, grad_gi,
+              _ptr(grad_gh), grad_h0, _ptr(grad_c0))
+    suffix = _SUFFIX[mode]
+    if persistent:
+        plan = _require_persistent(kind, T, B, H, D, x.dtype)
+        _run(f"{kind}_bwd_persistent_{suffix}", plan,
+             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan), cooperative=True)
+    else:
+        plan = step_plan("bwd_step", G, B, H, D, WEIGHT_BYTES[mode], x.dtype.itemsize)
+        for s in range(T + 1):
+            _run(f"{kind}_bwd_step_{suffix}", plan,
+                 arrays + _sizes(T, B, H, D, plan) + (np.int32(s),))
+    gi2 = grad_gi.reshape(T * B, D * GH)
+    gh2 = gi2 if grad_gh is None else grad_gh.reshape(T * B, D * GH)
+    grad_x = gemm(gi2, _stacked_w_ih(xp, weights), mode).reshape(T, B, I)
+    grad_w_ih = gemm(gi2.T, x.reshape(T * B, I), mode)
+    grad_weights = []
+    for d, (_, _, b_ih, b_hh) in enumerate(weights):
+        cols = slice(d * GH, (d + 1) * GH)
+        h_before = layer.hs[d, :T] if d == 0 else layer.hs[d, 1:]
+        grad_weights.append([grad_w_ih[cols], gemm(gh2[:, cols].T, h_before.reshape(T * B, H),
+                                                   mode),
+                             *_bias_grads(CELLS[kind], gi2[:, cols], gh2[:, cols], b_ih,
+                                          b_hh)])
+    grad_init = [[grad_h0[d]] + ([grad_c0[d]] if grad_c0 is not None else [])
+                 for d in range(D)]
+    return grad_x, grad_init, grad_weights
+
+
+def _require_persistent(kind: str, T: int, B: int, H: int, D: int, dtype) -> Plan:
+    plan, why = persistent_plan(kind, T, B, H, D, dtype)
+    if plan is None:
+        raise ValueError(f"{kind}: impl 'cuda_persistent' cannot hold hidden size {H} "
+                         f"({'bidirectional' if D == 2 else 'unidirectional'}, batch {B}, "
+                         f"{precision_of(dtype)}) on chip: {why}; use impl 'cuda_fused'")
+    return plan
+
+
+# --------------------------------------------------------------------------- sequences
+
+def _contiguous(xp, arrays) -> list:
+    return [None if a is None else xp.ascontiguousarray(a) for a in arrays]
+
+
+def _sequence_forward(kind: str, persistent: bool, x, init: tuple, params, num_layers: int,
+                      bidirectional: bool, masks, saved):
+    """Returns (out, the final states as ``init``); appends the per-layer tapes to ``saved``
+    when that is a list."""
+    xp = backend.array_module(x)
+    D = 2 if bidirectional else 1
+    params = _contiguous(xp, params)
+    init = _contiguous(xp, init)
+    T, B, _ = x.shape
+    H = params[1].shape[1]
+    if B == 0:
+        return (backend.empty((T, 0, D * H), x.dtype, xp),
+                [xp.zeros_like(s) for s in init], [])
+    layer_in, tape, finals = xp.ascontiguousarray(x), [], [[] for _ in init]
+    for layer in range(num_layers):
+        if layer > 0 and masks is not None:
+            layer_in = layer_in * masks[layer - 1]
+        ks = range(layer * D, (layer + 1) * D)
+        out, kept = _layer_forward(kind, persistent, layer_in,
+                                   _layer_weights(params, layer, D),
+                                   [[s[k] for s in init] for k in ks], saved is not None)
+        tape.append(kept)
+        for d in range(D):
+            end = T if d == 0 else 0
+            finals[0].append(kept.hs[d, end])
+            if kept.cs is not None:
+                finals[1].append(kept.cs[d, end])
+        layer_in = out
+    return layer_in, [xp.stack(f) for f in finals], tape
+
+
+def _sequence_backward(kind: str, persistent: bool, grad_out, grad_finals: tuple, x,
+                       init: tuple, params, num_layers: int, bidirectional: bool, masks,
+                       saved):
+    xp = backend.array_module(x)
+    D = 2 if bidirectional else 1
+    if not saved:
+        _, _, tape = _sequence_forward(kind, persistent, x, init, params, num_layers,
+                                       bidirectional, masks, [])
+    else:
+        tape = saved[0]
+    params = _contiguous(xp, params)
+    grad_finals = _contiguous(xp, grad_finals)
+    if x.shape[1] == 0:
+        return (xp.zeros_like(x), [xp.zeros_like(s) for s in init],
+                [None if p is None else xp.zeros_like(p) for p in params])
+    grad_out = xp.ascontiguousarray(grad_out)
+    grad_init = [backend.empty(s.shape, x.dtype, xp) for s in init]
+    grad_params = [None] * len(params)
+    for layer in reversed(range(num_layers)):
+        ks = range(layer * D, (layer + 1) * D)
+        grad_in, grad_states, grad_weights = _layer_backward(
+            kind, persistent, grad_out, tape[layer], _layer_weights(params, layer, D),
+            [[g[k] for g in grad_finals] for k in ks])
+        for k, states, gw in zip(ks, grad_states, grad_weights):
+            for g0, g in zip(grad_init, states):
+                g0[k] = g
+            grad_params[4 * k: 4 * k + 4] = gw
+        grad_out = grad_in * masks[layer - 1] if layer > 0 and masks is not None else grad_in
+    return grad_out, grad_init, grad_params
+
+
+def _sequence_impls(persistent: bool) -> dict:
+    def lstm(x, h0, c0, params, num_layers, bidirectional, masks, saved):
+        out, (h_n, c_n), tape = _sequence_forward("lstm", persistent, x, (h0, c0), params,
+                                                  num_layers, bidirectional, masks, saved)
+        if saved is not None:
+            saved.append(tape)
+        return out, h_n, c_n
+
+    def lstm_backward(grad_out, grad_h_n, grad_c_n, x, h0, c0, params, num_layers,
+                      bidirectional, masks, saved):
+        gx, (gh0, gc0), gparams = _sequence_backward(
+            "lstm", persistent, grad_out, (grad_h_n, grad_c_n), x, (h0, c0), params,
+            num_layers, bidirectional, masks, saved)
+        return gx, gh0, gc0, gparams
+
+    def gru(x, h0, params, num_layers, bidirectional, masks, saved):
+        out, (h_n,), tape = _sequence_forward("gru", persistent, x, (h0,), params, num_layers,
+                                              bidirectional, masks, saved)
+        if saved is not None:
+            saved.append(tape)
+        return out, h_n
+
+    def gru_backward(grad_out, grad_h_n, x, h0, params, num_layers, bidirectional, masks,
+                     saved):
+        gx, (gh0,), gparams = _sequence_backward("gru", persistent, grad_out, (grad_h_n,), x,
+                                                 (h0,), params, num_layers, bidirectional,
+                                                 masks, saved)
+        return gx, gh0, gparams
+
+    return {"lstm": lstm, "lstm_backward": lstm_backward, "gru": gru,
+            "gru_backward": gru_backward}
+
+
+# --------------------------------------------------------------------------- cells
+
+def _cell(kind: str, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    xp = backend.array_module(x)
+    x, hx, cx, w_ih, w_hh, b_ih, b_hh = _contiguous(xp, (x, hx, cx, w_ih, w_hh, b_ih, b_hh))
+    B, I = x.shape
+    H = hx.shape[1]
+    h = backend.empty((B, H), x.dtype, xp)
+    c = backend.empty((B, H), x.dtype, xp) if kind == "lstm" else None
+    if B > 0:
+        plan = step_plan("cell_fwd", GATES[kind], B, H, 1, x.dtype.itemsize, x.dtype.itemsize)
+        suffix = "f64" if x.dtype == np.float64 else "f32"
+        _run(f"{kind}_cell_fwd_{suffix}", plan,
+             (x, w_ih, w_hh, _ptr(b_ih), _ptr(b_hh), hx, _ptr(cx), h, _ptr(c), np.int32(B),
+              np.int32(I), np.int32(H), np.int32(plan.units)))
+    return h if c is None else (h, c)
+
+
+def lstm_cell(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    return _cell("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh):
+    return _cell("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh)
+
+
+# --------------------------------------------------------------------------- registration
+
+def _sequence_shape(op: str, args: tuple) -> tuple:
+    """(kind, T, B, H, D, dtype) of a sequence op's registry arguments."""
+    kind = op.removesuffix("_backward")
+    first = {"lstm": 3, "gru": 2}[kind] if op.endswith("_backward") else 0
+    x = args[first]
+    params = args[first + (3 if kind == "lstm" else 2)]
+    bidirectional = args[first + (5 if kind == "lstm" else 4)]
+    return kind, x.shape[0], x.shape[1], params[1].shape[1], 2 if bidirectional else 1, x.dtype
+
+
+def _persistent_priority(op: str):
+    def priority(*args, **kwargs) -> int:
+        kind, T, B, H, D, dtype = _sequence_shape(op, args)
+        return PERSISTENT_PRIORITY if persistent_plan(kind, T, B, H, D, dtype)[0] else NEVER
+    return priority
+
+
+for _persistent, _name in ((True, "cuda_persistent"), (False, "cuda_fused")):
+    for _op, _fn in _sequence_impls(_persistent).items():
+        _priority = _persistent_priority(_op) if _persistent else FUSED_PRIORITY
+        register(_op, _name, device="cuda", dtypes=DTYPES, priority=_priority)(
+            gpu_op(_op)(_fn))
+for _op, _fn in (("lstm_cell", lstm_cell), ("gru_cell", gru_cell)):
+    register(_op, "cuda_fused", device="cuda", dtypes=DTYPES, priority=FUSED_PRIORITY)(
+        gpu_op(_op)(_fn))
