@@ -6,10 +6,13 @@
 //
 // Execution model: the blocks of a grid run one after another; the threads of a block are
 // fibers on one OS thread. A cooperative launch (the launcher's RawModule was made with
-// enable_cooperative_groups) runs every block at once instead: all the grid's threads are
-// fibers scheduled together, so that a grid barrier (gpuconv_grid_sync, kernels/grid_sync.cuh)
-// behaves as on a GPU; fake_cupy refuses such a launch when the grid could not be resident on
-// the emulated GPU. Every other launch runs its blocks and threads in reverse order,
+// enable_cooperative_groups) keeps every block alive at once instead: all the grid's threads
+// are fibers, so that a grid barrier (gpuconv_grid_sync, kernels/grid_sync.cuh) behaves as on
+// a GPU. Each block runs alone until all its threads have returned or wait at the grid barrier,
+// then the next; when every block waits there, the barrier opens. So no block ever sees another
+// block's writes except across a grid barrier, and a kernel that needs one it lacks reads
+// stale (in tests: NaN-poisoned) data. fake_cupy refuses a cooperative launch whose grid could
+// not be resident on the emulated GPU. Every other launch runs its blocks and threads in reverse order,
 // so that a kernel whose result depends on the order of threads or blocks without a barrier
 // between them (a race on a GPU) gives a different answer on one of the two and fails. A fiber runs until it
 // returns or reaches a barrier:
@@ -21,8 +24,8 @@
 //   gpuconv_grid_sync(arrived, round)   (cooperative launches only) waits until every thread
 //                          of the grid that has not returned is waiting there too, a block with
 //                          no live thread being a deadlock; thread 0 of each block adds one to
-//                          *arrived as the device version does, and each thread then checks
-//                          that *arrived == round * gridDim.x (a counter not zeroed before the
+//                          *arrived as the device version does, and the barrier opens only if
+//                          then *arrived == round * gridDim.x (a counter not zeroed before the
 //                          launch, or rounds miscounted, would let a GPU pass the barrier early).
 // A round in which no fiber can run and no barrier can open is a deadlock (a barrier in
 // divergent code): the launch fails with that message instead of hanging. __trap() fails the
@@ -91,7 +94,7 @@ constexpr size_t FIBER_STACK = 128 * 1024;
 // The most threads a cooperative launch may run at once here (their stacks are mapped lazily).
 constexpr unsigned MAX_COOPERATIVE_THREADS = 16384;
 // Bytes of guard zone after each block's dynamic shared memory.
-constexpr size_t SMEM_GUARD = 256;
+constexpr size_t SMEM_GUARD = 16 * 1024;
 
 enum class State { ready, block_barrier, warp_barrier, grid_barrier, done };
 
@@ -103,8 +106,10 @@ struct Fiber {
     jmp_buf resume;
     bool started;
     State state;
-    unsigned block;   // blockIdx.x of the block it runs
-    unsigned thread;  // threadIdx.x
+    unsigned block;     // blockIdx.x of the block it runs
+    unsigned thread;    // threadIdx.x
+    unsigned* arrived;  // at a grid barrier: its counter and round
+    unsigned round;
 };
 
 inline jmp_buf scheduler;
@@ -152,16 +157,15 @@ inline void resume(unsigned f) {
     swapcontext(&scheduler_context, &fiber.entry);
 }
 
-// The fibers of one running block: [first, first + blockDim.x).
-inline bool all_live_wait(unsigned first, unsigned count, State state, bool& any) {
-    bool all = true;
-    any = false;
+// Whether every live fiber of [first, first + count) waits in `state` (and one is live).
+inline bool all_live_wait(unsigned first, unsigned count, State state) {
+    bool any = false, all = true;
     for (unsigned f = first; f < first + count; ++f) {
         if (fibers[f].state == State::done) continue;
         any = true;
         all = all && fibers[f].state == state;
     }
-    return all;
+    return any && all;
 }
 
 inline void release(unsigned first, unsigned count, State state) {
@@ -169,29 +173,46 @@ inline void release(unsigned first, unsigned count, State state) {
         if (fibers[f].state == state) fibers[f].state = State::ready;
 }
 
-// Opens the barriers whose threads have all arrived; false when none could open.
-inline bool open_barriers() {
-    const unsigned n = (unsigned)fibers.size(), block = blockDim.x;
-    bool opened = false, any = false;
-    for (unsigned b = 0; b < n; b += block)
-        for (unsigned w = b; w < b + block; w += WARP) {
-            const unsigned lanes = std::min(block - (w - b), (unsigned)WARP);
-            if (all_live_wait(w, lanes, State::warp_barrier, any) && any) {
-                release(w, lanes, State::warp_barrier);
-                opened = true;
-            }
-        }
-    if (opened) return true;
-    for (unsigned b = 0; b < n; b += block)
-        if (all_live_wait(b, block, State::block_barrier, any) && any) {
-            release(b, block, State::block_barrier);
+// Opens the warp or block barriers of the block of fibers [first, first + blockDim.x) whose
+// threads have all arrived; false when none could open.
+inline bool open_block_barriers(unsigned first) {
+    const unsigned block = blockDim.x;
+    bool opened = false;
+    for (unsigned w = first; w < first + block; w += WARP) {
+        const unsigned lanes = std::min(first + block - w, (unsigned)WARP);
+        if (all_live_wait(w, lanes, State::warp_barrier)) {
+            release(w, lanes, State::warp_barrier);
             opened = true;
         }
-    if (opened || !cooperative) return opened;
-    for (unsigned b = 0; b < n; b += block)
-        if (!(all_live_wait(b, block, State::grid_barrier, any) && any)) return false;
-    release(0, n, State::grid_barrier);
+    }
+    if (opened) return true;
+    if (!all_live_wait(first, block, State::block_barrier)) return false;
+    release(first, block, State::block_barrier);
     return true;
+}
+
+// Runs the block of fibers [first, first + blockDim.x) until every thread has returned or
+// waits at the grid barrier; false (with `error` set) on a deadlock or a trap.
+inline bool run_block(unsigned first) {
+    const unsigned block = blockDim.x;
+    for (;;) {
+        bool ran = false;
+        for (unsigned i = 0; i < block; ++i) {
+            const unsigned f = first + (reversed ? block - 1 - i : i);
+            if (fibers[f].state != State::ready) continue;
+            resume(f);
+            ran = true;
+            if (!error.empty()) return false;
+        }
+        if (ran || open_block_barriers(first)) continue;
+        bool parked = true;
+        for (unsigned f = first; f < first + block; ++f)
+            parked = parked && (fibers[f].state == State::done ||
+                                fibers[f].state == State::grid_barrier);
+        if (parked) return true;
+        error = "deadlock: threads wait at barriers that the rest of the block never reaches";
+        return false;
+    }
 }
 
 inline void map_stacks(size_t bytes) {
@@ -235,7 +256,7 @@ inline bool start_fibers(unsigned blocks, unsigned block, unsigned first) {
 // Gives each running block a fresh dynamic shared memory buffer (0xFF, then the guard zone).
 inline void fill_block_smems(unsigned blocks, unsigned first) {
     first_block = first;
-    block_smems.resize(blocks);
+    block_smems.resize(dynamic_smem > 0 ? blocks : 0);
     for (auto& smem : block_smems) smem.assign(dynamic_smem + SMEM_GUARD + 16, 0xFF);
 }
 
@@ -259,31 +280,53 @@ inline bool block_smems_intact() {
 }
 
 inline unsigned char* block_smem() {
+    if (block_smems.empty()) fail("GPUCONV_BLOCK_SMEM in a launch without dynamic shared memory");
     return aligned_start(block_smems[fibers[current].block - first_block]);
 }
 
-// Runs the fibers until all have returned; false (with `error` set) on a deadlock or a trap.
-inline bool run_fibers() {
-    for (Fiber& f : fibers) f.state = State::ready;
-    for (;;) {
-        bool ran = false, live = false;
-        const unsigned n = (unsigned)fibers.size();
-        for (unsigned i = 0; i < n; ++i) {
-            const unsigned f = reversed ? n - 1 - i : i;
-            if (fibers[f].state != State::ready) continue;
-            resume(f);
-            ran = true;
-            if (!error.empty()) return false;
-        }
-        for (const Fiber& f : fibers) live = live || f.state != State::done;
-        if (!live) return block_smems_intact();
-        if (!ran && !open_barriers()) {
-            error = cooperative ? "deadlock: threads wait at barriers that the rest of the block "
-                                  "or grid never reaches"
-                                : "deadlock: threads wait at barriers that the rest of the block "
-                                  "never reaches";
+// Every thread at the grid barrier names the same counter and round, and the counter shows
+// every block's arrival for that round (as the device version's spin would require).
+inline bool grid_barrier_consistent() {
+    const Fiber* first = nullptr;
+    for (const Fiber& f : fibers) {
+        if (f.state != State::grid_barrier) continue;
+        if (first == nullptr) first = &f;
+        if (f.arrived != first->arrived || f.round != first->round) {
+            error = "gpuconv_grid_sync: threads wait at barriers of different counters or rounds";
             return false;
         }
+    }
+    if (*first->arrived != first->round * gridDim.x) {
+        error = "gpuconv_grid_sync: the arrival counter reads " +
+                std::to_string(*first->arrived) + " at round " + std::to_string(first->round) +
+                " of " + std::to_string(gridDim.x) + " blocks (not zero at launch, or rounds "
+                "not counted from 1)";
+        return false;
+    }
+    return true;
+}
+
+// Runs every block of the fibers, each alone until it returns or parks at the grid barrier
+// (so that a block never waits for another except at a grid barrier: one that reads what
+// another block writes without a grid barrier between reads stale data here), then opens the
+// grid barrier, until every thread has returned. False (with `error` set) on a deadlock.
+inline bool run_fibers() {
+    const unsigned n = (unsigned)fibers.size(), block = blockDim.x, blocks = n / block;
+    for (Fiber& f : fibers) f.state = State::ready;
+    for (;;) {
+        for (unsigned i = 0; i < blocks; ++i)
+            if (!run_block((reversed ? blocks - 1 - i : i) * block)) return false;
+        bool live = false;
+        for (const Fiber& f : fibers) live = live || f.state != State::done;
+        if (!live) return block_smems_intact();
+        for (unsigned b = 0; b < n; b += block)
+            if (!all_live_wait(b, block, State::grid_barrier)) {
+                error = "deadlock: block " + std::to_string(fibers[b].block) + " has returned "
+                        "while the others wait at the grid barrier";
+                return false;
+            }
+        if (!grid_barrier_consistent()) return false;
+        release(0, n, State::grid_barrier);
     }
 }
 
@@ -404,12 +447,9 @@ inline void gpuconv_grid_sync(unsigned* arrived, unsigned round) {
         emu::fail("gpuconv_grid_sync in a launch that is not cooperative: on a GPU the blocks "
                   "need not be resident together and the barrier can hang");
     if (threadIdx.x == 0) *arrived += 1;
+    emu::fibers[emu::current].arrived = arrived;
+    emu::fibers[emu::current].round = round;
     emu::suspend(emu::State::grid_barrier);
-    if (*arrived != round * gridDim.x)
-        emu::fail("gpuconv_grid_sync: the arrival counter reads " + std::to_string(*arrived) +
-                  " after round " + std::to_string(round) + " of " +
-                  std::to_string(gridDim.x) + " blocks (not zero at launch, or rounds not "
-                  "counted from 1)");
 }
 
 template <typename T>

@@ -1,0 +1,412 @@
+"""The fused recurrent kernels (kernels/rnn_persistent.cu through
+gpuconv/kernels/cuda_c/rnn_persistent.py): the persistent LSTM/GRU sequences, their per-step
+fallback and the one-launch cells, against the float64 reference, per precision; the
+priority rule; and the CUDA emulator's cooperative mode that runs them without a GPU.
+
+The tests marked ``gpu`` run on a GPU, and without one in tests/test_cuda_emulated.py, where
+every block of a cooperative launch runs at once on the CPU. ``BLOCKS_PER_DIRECTION`` splits
+the small hidden sizes over a few blocks so that the partitions do not divide H, a block
+holds several units, and threads hold several batch rows.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+
+import numpy as np
+import pytest
+from support import TOL, assert_close, check_against_reference, on_device_of, rng_for
+
+from gpuconv import backend, kernels, models, nn
+from gpuconv._resources import cuda_source_dir
+from gpuconv.kernels.cuda_c import rnn_persistent as R
+from cuda_emu import occupancy
+
+# The module (the package's name `rnn` is the function).
+F = importlib.import_module("gpuconv.functional.rnn")
+
+IMPLS = ("cuda_persistent", "cuda_fused")
+KINDS = ("lstm", "gru")
+GATES = {"lstm": 4, "gru": 3}
+TOL_KEY = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "fp16": "float16"}
+GPU = [pytest.mark.gpu,
+       pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy (or the "
+                          "CUDA emulator: tests/test_cuda_emulated.py)")]
+
+
+def gpu_param(*values, id):
+    return pytest.param(*values, marks=GPU, id=id)
+
+
+def flat(result) -> list:
+    if isinstance(result, (tuple, list)):
+        return [a for r in result for a in flat(r)]
+    return [result]
+
+
+# --------------------------------------------------------------------------- inputs
+
+def seq_inputs(kind, c, rng):
+    """(x, hx, params, grads of (out, h_n[, c_n])) in float64, torch-sized weights."""
+    G, D, H = GATES[kind], 2 if c["bidirectional"] else 1, c["H"]
+    T, B = c["T"], c["B"]
+    bound = 1 / np.sqrt(H)
+    x = rng.standard_normal((B, T, c["I"]) if c.get("batch_first") else (T, B, c["I"]))
+    states = [rng.standard_normal((c["L"] * D, B, H)) for _ in range(2 if kind == "lstm" else 1)]
+    params = []
+    for layer in range(c["L"]):
+        for _ in range(D):
+            params += [rng.uniform(-bound, bound, (G * H, c["I"] if layer == 0 else D * H)),
+                       rng.uniform(-bound, bound, (G * H, H))]
+            if c.get("bias", True):
+                params += [rng.uniform(-bound, bound, G * H) for _ in range(2)]
+    out_shape = (B, T, D * H) if c.get("batch_first") else (T, B, D * H)
+    grads = [rng.standard_normal(out_shape)] + [rng.standard_normal(s.shape) for s in states]
+    return x, (tuple(states) if kind == "lstm" else states[0]), params, grads
+
+
+def seq_kwargs(c) -> dict:
+    kw = dict(num_layers=c["L"], bidirectional=c["bidirectional"],
+              batch_first=c.get("batch_first", False))
+    if c.get("dropout"):
+        kw.update(dropout=c["dropout"], training=True, seed=3)
+    return kw
+
+
+def to_gpu(impl, op, a, dtype):
+    if isinstance(a, (tuple, list)):
+        return type(a)(to_gpu(impl, op, e, dtype) for e in a)
+    return on_device_of(impl, op, a.astype(dtype))
+
+
+def forward(kind, impl, x, hx, params, kw):
+    fn = F.lstm if kind == "lstm" else F.gru
+    return flat(fn(x, hx, params, impl=impl, **kw))
+
+
+def backward(kind, impl, grads, x, hx, params, kw):
+    fn = F.lstm_backward if kind == "lstm" else F.gru_backward
+    return flat(fn(*grads, x, hx, params, impl=impl, **kw))
+
+
+# Sequence cases: each sets BLOCKS_PER_DIRECTION (None: one unit per block on these sizes).
+SEQ_CASES = [
+    pytest.param(dict(T=3, B=2, I=4, H=7, L=1, bidirectional=False, blocks=3),
+                 id="H7-in-blocks-of-3-3-1"),
+    pytest.param(dict(T=1, B=1, I=3, H=5, L=1, bidirectional=True, blocks=2), id="T1-B1-bidir"),
+    pytest.param(dict(T=4, B=3, I=2, H=6, L=2, bidirectional=True, batch_first=True,
+                      bias=False, blocks=4), id="stacked-bidir-batch_first-nobias"),
+    pytest.param(dict(T=3, B=2, I=3, H=4, L=3, bidirectional=False, dropout=0.3, blocks=None),
+                 id="L3-dropout"),
+    pytest.param(dict(T=2, B=65, I=33, H=40, L=1, bidirectional=False, blocks=5),
+                 id="two-batch-tiles-two-rows-per-thread-two-chunks"),
+]
+
+
+@pytest.fixture
+def blocks(monkeypatch):
+    def set_blocks(n):
+        monkeypatch.setattr(R, "BLOCKS_PER_DIRECTION", n)
+    return set_blocks
+
+
+def seq_params(with_dtype: bool = True) -> list:
+    dtypes = ("float64", "float32") if with_dtype else (None,)
+    return [gpu_param(kind, impl, dtype, id=f"{kind}-{impl}" + (f"-{dtype}" if dtype else ""))
+            for kind in KINDS for impl in IMPLS for dtype in dtypes]
+
+
+# --------------------------------------------------------------------------- sequences
+
+@pytest.mark.parametrize("c", SEQ_CASES)
+@pytest.mark.parametrize("kind,impl,dtype", seq_params())
+def test_sequence_forward_matches_reference(kind, impl, dtype, c, blocks):
+    blocks(c["blocks"])
+    x, hx, params, _ = seq_inputs(kind, c, rng_for("fwd", kind, c))
+    kw = seq_kwargs(c)
+    ref = forward(kind, "reference", x, hx, params, kw)
+    out = forward(kind, impl, *(to_gpu(impl, kind, a, dtype) for a in (x, hx, params)), kw)
+    for j, (o, r) in enumerate(zip(out, ref, strict=True)):
+        check_against_reference(o, r, dtype, f"{kind} {impl}[{j}]")
+
+
+@pytest.mark.parametrize("c", SEQ_CASES)
+@pytest.mark.parametrize("kind,impl,dtype", seq_params())
+def test_sequence_backward_matches_reference(kind, impl, dtype, c, blocks):
+    blocks(c["blocks"])
+    x, hx, params, grads = seq_inputs(kind, c, rng_for("bwd", kind, c))
+    kw = seq_kwargs(c)
+    ref = backward(kind, "reference", grads, x, hx, params, kw)
+    op = f"{kind}_backward"
+    out = backward(kind, impl, *(to_gpu(impl, op, a, dtype) for a in (grads, x, hx, params)),
+                   kw)
+    for j, (o, r) in enumerate(zip(out, ref, strict=True)):
+        check_against_reference(o, r, dtype, f"{op} {impl}[{j}]")
+
+
+PRECISION_CASE = dict(T=4, B=3, I=5, H=9, L=2, bidirectional=True, blocks=2)
+
+
+@pytest.mark.parametrize("mode", R.PRECISIONS)
+@pytest.mark.parametrize("kind,impl,_", seq_params(with_dtype=False))
+def test_each_precision_is_within_its_tolerance(kind, impl, _, mode, blocks):
+    """float32 arrays in every precision, forward and backward, against float64."""
+    blocks(PRECISION_CASE["blocks"])
+    x, hx, params, grads = seq_inputs(kind, PRECISION_CASE, rng_for("precision", kind))
+    kw = seq_kwargs(PRECISION_CASE)
+    refs = (forward(kind, "reference", x, hx, params, kw) +
+            backward(kind, "reference", grads, x, hx, params, kw))
+    args = [to_gpu(impl, kind, a, "float32") for a in (grads, x, hx, params)]
+    with R.precision(mode):
+        outs = forward(kind, impl, *args[1:], kw) + backward(kind, impl, *args, kw)
+    for j, (o, r) in enumerate(zip(outs, refs, strict=True)):
+        assert_close(o, r, TOL_KEY[mode], f"{kind} {impl} {mode}[{j}]")
+
+
+@pytest.mark.parametrize("kind,impl,_", seq_params(with_dtype=False))
+def test_the_reduced_precisions_round_the_weights(kind, impl, _, blocks):
+    """bf16 differs from fp32 by more than fp32's own error: the mode is really applied."""
+    blocks(2)
+    x, hx, params, _ = seq_inputs(kind, PRECISION_CASE, rng_for("rounded", kind))
+    kw = seq_kwargs(PRECISION_CASE)
+    args = [to_gpu(impl, kind, a, "float32") for a in (x, hx, params)]
+    exact = forward(kind, impl, *args, kw)[0]
+    with R.precision("bf16"):
+        rounded = forward(kind, impl, *args, kw)[0]
+    diff = np.abs(backend.to_numpy(exact) - backend.to_numpy(rounded)).max()
+    assert diff > 1e-4, f"bf16 output equals fp32 output to {diff:.1e}"
+
+
+@pytest.mark.parametrize("kind,impl,_", seq_params(with_dtype=False))
+def test_an_empty_batch_gives_empty_results_without_a_launch(kind, impl, _):
+    """N = 0 straight to the impl (the public op refuses an empty input until it learns
+    PyTorch's empty-batch semantics)."""
+    T, I, H, D = 3, 2, 4, 2
+    G = GATES[kind]
+    xp = backend.array_module(on_device_of(impl, kind, np.zeros(1)))
+    params = [xp.ones(s) for _ in range(D) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+    x = xp.zeros((T, 0, I))
+    states = [xp.zeros((D, 0, H)) for _ in range(2 if kind == "lstm" else 1)]
+    fwd = kernels.implementations(kind)
+    fn = next(i.fn for i in fwd if i.name == impl)
+    saved = []
+    out = fn(x, *states, params, 1, True, None, saved)
+    assert [tuple(a.shape) for a in flat(out)] == [(T, 0, D * H)] + [(D, 0, H)] * len(states)
+    bwd = next(i.fn for i in kernels.implementations(f"{kind}_backward") if i.name == impl)
+    grads = bwd(xp.zeros((T, 0, D * H)), *states, x, *states, params, 1, True, None, saved)
+    shapes = [tuple(a.shape) for a in flat(grads)]
+    assert shapes == [(T, 0, I)] + [(D, 0, H)] * len(states) + [tuple(p.shape) for p in params]
+    assert all(float(abs(g).sum()) == 0 for g in flat(grads)[1 + len(states):])
+
+
+# --------------------------------------------------------------------------- cells
+
+CELL_CASES = [pytest.param(3, 5, 4, "both", id="B3-I5-H4"),
+              pytest.param(1, 1, 1, "none", id="B1-I1-H1-nobias"),
+              pytest.param(2, 40, 7, "ih", id="B2-I40-H7-two-chunks-bias_ih"),
+              pytest.param(66, 3, 9, "hh", id="B66-two-batch-tiles-bias_hh")]
+
+
+def cell_args(kind, B, I, H, biases, rng) -> list:
+    G = GATES[kind]
+    states = [rng.standard_normal((B, H)) for _ in range(2 if kind == "lstm" else 1)]
+    bias = [rng.uniform(-0.5, 0.5, G * H) if biases in ("both", which) else None
+            for which in ("ih", "hh")]
+    return [rng.standard_normal((B, I)), *states, rng.uniform(-0.8, 0.8, (G * H, I)),
+            rng.uniform(-0.8, 0.8, (G * H, H)), *bias]
+
+
+@pytest.mark.parametrize("B,I,H,biases", CELL_CASES)
+@pytest.mark.parametrize("kind,dtype", [gpu_param(k, d, id=f"{k}-{d}") for k in KINDS
+                                        for d in ("float64", "float32")])
+def test_cell_in_one_launch_matches_reference(kind, dtype, B, I, H, biases, blocks):
+    blocks(3)
+    op = f"{kind}_cell"
+    args = cell_args(kind, B, I, H, biases, rng_for("cell", kind, B, I, H))
+    cell = F.lstm_cell if kind == "lstm" else F.gru_cell
+    ref = flat(cell(*args, impl="reference"))
+    out = flat(cell(*(None if a is None else to_gpu("cuda_fused", op, a, dtype) for a in args),
+                    impl="cuda_fused"))
+    for j, (o, r) in enumerate(zip(out, ref, strict=True)):
+        check_against_reference(o, r, dtype, f"{op}[{j}]")
+
+
+@pytest.mark.parametrize("kind", [gpu_param(k, id=k) for k in KINDS])
+def test_a_cell_is_one_launch(kind, monkeypatch):
+    launches = []
+    run = R._run
+    monkeypatch.setattr(R, "_run", lambda *a, **k: launches.append(a[0]) or run(*a, **k))
+    args = cell_args(kind, 2, 3, 4, "both", rng_for("one launch", kind))
+    cell = F.lstm_cell if kind == "lstm" else F.gru_cell
+    cell(*(on_device_of("cuda_fused", f"{kind}_cell", a) for a in args), impl="cuda_fused")
+    assert launches == [f"{kind}_cell_fwd_f64"]
+
+
+# --------------------------------------------------------------------------- the choice
+
+def classifier_shapes(kind):
+    """What the MNIST-1D classifier's recurrent layer passes (T=40, batch 128, hidden 64)."""
+    return dict(T=40, B=128, I=1, H=64, L=1, bidirectional=False)
+
+
+@pytest.mark.parametrize("kind", [gpu_param(k, id=k) for k in KINDS])
+def test_the_persistent_impl_is_chosen_where_it_fits(kind):
+    x, hx, params, _ = seq_inputs(kind, classifier_shapes(kind), rng_for("choice", kind))
+    seq = F._prepare(kind, kind, *(to_gpu("cuda_persistent", kind, a, "float32")
+                                   for a in (x, hx, params)), 1, False, False, 0.0, False, 0)
+    args = (seq.x, *seq.states, seq.params, 1, False, None, None)
+    assert kernels.select(kind, None, seq.x, args).name == "cuda_persistent"
+
+
+@pytest.mark.parametrize("kind", [gpu_param(k, id=k) for k in KINDS])
+def test_weights_too_big_for_the_chip_fall_back_to_the_fused_steps(kind, blocks):
+    blocks(1)  # one block per direction would hold all of W_hh: G*200*200*4 bytes do not fit
+    c = dict(T=2, B=1, I=1, H=200, L=1, bidirectional=False)
+    x, hx, params, _ = seq_inputs(kind, c, rng_for("fallback", kind))
+    gpu = [to_gpu("cuda_fused", kind, a, "float32") for a in (x, hx, params)]
+    seq = F._prepare(kind, kind, *gpu, 1, False, False, 0.0, False, 0)
+    args = (seq.x, *seq.states, seq.params, 1, False, None, None)
+    assert kernels.select(kind, None, seq.x, args).name == "cuda_fused"
+    with pytest.raises(ValueError, match=r"cannot hold hidden size 200 .* shared memory"):
+        forward(kind, "cuda_persistent", *gpu, seq_kwargs(c))
+    for o, r in zip(forward(kind, None, *gpu, seq_kwargs(c)),
+                    forward(kind, "reference", x, hx, params, seq_kwargs(c)), strict=True):
+        assert_close(o, r, "float32", f"{kind} fallback")
+
+
+@pytest.mark.gpu
+def test_the_choice_is_made_for_the_layers_without_code_changes(monkeypatch):
+    """nn.LSTM in a classifier on a GPU runs the persistent kernels, forward and backward."""
+    if not backend.gpu_available():
+        pytest.skip("needs a GPU with CuPy (or the CUDA emulator)")
+    calls = []
+    for name in ("_sequence_forward", "_sequence_backward"):
+        fn = getattr(R, name)
+        monkeypatch.setattr(R, name, lambda *a, _fn=fn, _n=name: calls.append((_n, a[1]))
+                            or _fn(*a))
+    model = models.lstm_classifier(hidden_size=6).to("cuda")
+    x = backend.to_device(rng_for("layers").standard_normal((4, 1, 5)).astype(np.float32),
+                          "cuda")
+    logits = model(x)
+    model.backward(backend.array_module(logits).ones_like(logits))
+    assert calls == [("_sequence_forward", True), ("_sequence_backward", True)]
+
+
+# --------------------------------------------------------------------------- launch facts
+
+def test_the_launcher_constants_are_the_kernel_file_defines():
+    source = (cuda_source_dir() / "rnn_persistent.cu").read_text()
+    defines = dict(re.findall(r"#define (RNN_\w+) \(?(\w+)", source))
+    assert int(defines["RNN_K_CHUNK"]) == R.K_CHUNK
+    assert int(defines["RNN_BATCH_TILE"]) == R.BATCH_TILE
+    assert int(defines["RNN_MAX_THREADS"]) == R.MAX_THREADS
+    assert "RNN_TILE_STRIDE (RNN_BATCH_TILE + 1)" in source and R.TILE_STRIDE == R.BATCH_TILE + 1
+
+
+def test_the_docstring_table_of_on_chip_limits_is_what_the_plan_computes():
+    rows = {"fp32, tf32": (4, 4), "bf16, fp16": (2, 4), "float64": (8, 8)}
+    gpus = [(132, 227 * 1024), (108, 163 * 1024)]  # H100, A100: SMs, shared memory per block
+    for label, (weight, item) in rows.items():
+        line = next(ln for ln in R.__doc__.splitlines() if ln.startswith(label))
+        printed = [int(v) for v in re.findall(r"\d+", line[len(label):])]
+        computed = [R.max_persistent_hidden(kind, D, weight, item, sms, smem)
+                    for sms, smem in gpus for kind in KINDS for D in (1, 2)]
+        lstm_h100, gru_h100, lstm_a100, gru_a100 = (computed[i:i + 2] for i in range(0, 8, 2))
+        assert printed == lstm_h100 + gru_h100 + lstm_a100 + gru_a100, label
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("gpu", sorted(occupancy.GPUS))
+def test_every_persistent_kernel_is_resident_one_block_per_sm_at_256_threads(gpu, monkeypatch):
+    """ptxas's registers and shared memory let one block of MAX_THREADS threads with the
+    largest dynamic shared memory run on every SM, with no spills (the plan's assumption)."""
+    monkeypatch.setenv("GPUCONV_EMULATED_GPU", gpu)
+    src = cuda_source_dir()
+    report = occupancy.resource_report((src / "rnn_persistent.cu").read_text(), [f"-I{src}"])
+    spec = occupancy.GPUS[gpu]
+    names = [n for n in report if "persistent" in n]
+    assert len(names) == 16
+    for name in names:
+        smem = spec["smem_per_block_optin"] - report[name].static_smem
+        per_sm, limit = occupancy.blocks_per_sm(report[name], R.MAX_THREADS, smem, spec)
+        assert per_sm >= 1, f"{name} on {gpu}: not resident ({limit})"
+
+
+# --------------------------------------------------------------------------- the emulator
+
+def test_occupancy_follows_the_calculator_rules():
+    h100 = occupancy.GPUS["H100"]
+    # 64 registers x 256 threads: 8 warps of 2048 registers, 32 warps' worth -> 4 blocks
+    assert occupancy.blocks_per_sm(occupancy.Resources(64, 0), 256, 0, h100) == (4, "registers")
+    # 100 KB + 1 KB reserved per block of 228 KB -> 2 blocks
+    assert occupancy.blocks_per_sm(occupancy.Resources(32, 0), 128, 100 * 1024, h100) == (
+        2, "shared memory")
+    assert occupancy.blocks_per_sm(occupancy.Resources(32, 0), 1024, 0, h100) == (2, "threads")
+    assert occupancy.blocks_per_sm(occupancy.Resources(16, 0), 32, 0, h100) == (
+        32, "blocks per SM")
+    assert occupancy.blocks_per_sm(occupancy.Resources(32, 0), 32, 228 * 1024, h100)[0] == 0
+
+
+def test_the_resource_report_is_read_per_entry_point():
+    text = ("ptxas info    : Compiling entry function 'k_a' for 'sm_90'\n"
+            "ptxas info    : Function properties for k_a\n"
+            "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+            "ptxas info    : Used 40 registers, used 1 barriers, 2048 bytes smem, 400 bytes cmem[0]\n"
+            "ptxas info    : Compiling entry function 'k_b' for 'sm_90'\n"
+            "ptxas info    : Used 8 registers, 380 bytes cmem[0]\n")
+    assert occupancy.parse_report(text) == {"k_a": occupancy.Resources(40, 2048),
+                                            "k_b": occupancy.Resources(8, 0)}
+
+
+def emulated() -> bool:
+    cp = backend.cupy_or_none()
+    return cp is not None and cp.__version__.endswith("emulated")
+
+
+EMULATED = [pytest.mark.gpu, pytest.mark.skipif(not emulated(), reason="checks the emulator")]
+
+
+def persistent_launch(H: int, steps: int, counter_value: int = 0):
+    """The arguments of lstm_fwd_persistent_f64 for a forward of T=steps, B=1, H, U=1."""
+    cp = backend.cupy_or_none()
+    z = lambda *s: cp.zeros(s)  # noqa: E731
+    args = (z(steps, 1, 4 * H), z(1, 4 * H, H), R.NULL, R.NULL, z(1, steps + 1, 1, H),
+            z(1, steps + 1, 1, H), R.NULL, R.NULL, z(steps, 1, H),
+            cp.full(1, counter_value, np.uint32))
+    return args + tuple(np.int32(v) for v in (steps, 1, H, 1, 1))
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
+def test_the_emulator_refuses_a_cooperative_grid_that_is_not_resident(_):
+    # 4000 blocks, each with the shared memory of a 4000-unit slice: one per SM is resident.
+    # (The launch's arrays are those of a small grid: it must be refused before it runs.)
+    smem = R.smem_bytes("persistent", 4, 1, 4000, 8, 8)
+    k = R._with_smem(R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=True), smem)
+    with pytest.raises(RuntimeError, match=r"cooperative grid larger than the 1 x 132 blocks"):
+        k((4000,), (32,), persistent_launch(3, 2), shared_mem=smem)
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
+def test_the_emulator_refuses_a_grid_barrier_outside_a_cooperative_launch(_):
+    smem = R.smem_bytes("persistent", 4, 1, 3, 8, 8)
+    k = R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=False)
+    with pytest.raises(RuntimeError, match="not cooperative"):
+        k((3,), (32,), persistent_launch(3, 2), shared_mem=smem)
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
+def test_the_emulator_catches_a_barrier_counter_not_zeroed(_):
+    smem = R.smem_bytes("persistent", 4, 1, 3, 8, 8)
+    k = R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=True)
+    with pytest.raises(RuntimeError, match="arrival counter reads 6 at round 1 of 3"):
+        k((3,), (32,), persistent_launch(3, 2, counter_value=3), shared_mem=smem)
+
+
+@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
+def test_the_emulator_checks_dynamic_shared_memory_bounds(_):
+    """Room for the weights and one staged value: the next staged value lands past the end."""
+    too_little = R.smem_bytes("persistent", 4, 1, 3, 8, 0) + 8
+    k = R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=True)
+    with pytest.raises(RuntimeError, match="wrote past its .* bytes of dynamic shared memory"):
+        k((3,), (32,), persistent_launch(3, 2), shared_mem=too_little)
