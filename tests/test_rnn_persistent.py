@@ -11,8 +11,12 @@ holds several units, and threads hold several batch rows.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from support import TOL, assert_close, check_against_reference, on_device_of, rn
 
 from gpuconv import backend, kernels, models, nn
 from gpuconv._resources import cuda_source_dir
+from gpuconv.kernels import numba_cuda
 from gpuconv.kernels.cuda_c import rnn_persistent as R
 from cuda_emu import occupancy
 
@@ -410,3 +415,83 @@ def test_the_emulator_checks_dynamic_shared_memory_bounds(_):
     k = R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=True)
     with pytest.raises(RuntimeError, match="wrote past its .* bytes of dynamic shared memory"):
         k((3,), (32,), persistent_launch(3, 2), shared_mem=too_little)
+
+
+# --------------------------------------------------------------------------- the numba twin
+
+NUMBA_CASES = [pytest.param(dict(T=3, B=2, I=3, H=5, L=1, bidirectional=False), 2, "float64",
+                            id="one-direction-H5-in-tiles-of-2-2-1-float64"),
+               pytest.param(dict(T=2, B=3, I=2, H=4, L=2, bidirectional=True, bias=False),
+                            None, "float32", id="op-L2-bidir-nobias-float32")]
+
+
+def registry_params(params: list, c: dict) -> list:
+    """params as the registry takes them: 4 per layer and direction, None for absent biases."""
+    if c.get("bias", True):
+        return list(params)
+    return [q for i in range(0, len(params), 2) for q in (*params[i:i + 2], None, None)]
+
+
+@pytest.mark.skipif(not numba_cuda.simulator_enabled(),
+                    reason="runs under NUMBA_ENABLE_CUDASIM=1 (set by conftest without a GPU)")
+@pytest.mark.parametrize("c,units,dtype", NUMBA_CASES)
+def test_the_numba_twin_under_the_simulator_matches_reference(c, units, dtype):
+    from gpuconv.kernels.numba_cuda import rnn_persistent as N
+
+    x, (h0, c0), params, _ = seq_inputs("lstm", c, rng_for("numba", c["H"]))
+    ref = forward("lstm", "reference", x, (h0, c0), params, seq_kwargs(c))
+    x, h0, c0 = (a.astype(dtype) for a in (x, h0, c0))
+    params = [None if q is None else q.astype(dtype) for q in registry_params(params, c)]
+    if units is None:
+        out = N.lstm(x, h0, c0, params, c["L"], c["bidirectional"], None, None)
+    else:
+        out = N.lstm_direction(x, h0[0], c0[0], *params, units=units)
+        ref = [ref[0], ref[1][0], ref[2][0]]
+    for j, (o, r) in enumerate(zip(out, ref, strict=True)):
+        check_against_reference(o, r, dtype, f"numba twin[{j}]")
+
+
+# Compiled by numba-cuda's real compiler (NVVM) for the argument types the launcher passes, then
+# by ptxas; no GPU: the device query of device-function compilation answers sm_90.
+REAL_COMPILE = """
+import shutil, subprocess, sys, tempfile, types
+import numba, numpy as np
+from numba import cuda
+from numba.cuda import dispatcher
+dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+from gpuconv.kernels.numba_cuda import rnn_persistent as N
+from gpuconv.kernels.numba_cuda._rnn_persistent_kernels import lstm_fwd_persistent
+for dtype in (np.float32, np.float64):
+    for bias in (True, False):
+        T, B, I, H = 2, 1, 3, 4
+        z = lambda *s: np.zeros(s, dtype)
+        b = z(4 * H) if bias else None
+        args, _ = N.kernel_arguments(z(T, B, I), z(B, H), z(B, H), z(4 * H, I), z(4 * H, H),
+                                     b, b, 2)
+        sig = tuple(numba.typeof(a) for a in args)
+        ptx, _ = cuda.compile_ptx(lstm_fwd_persistent(dtype).py_func, sig, cc=(9, 0))
+        assert "cudaCGSynchronize" in ptx, "no grid sync in the PTX"
+        with tempfile.TemporaryDirectory() as d:
+            path = f"{d}/k.ptx"
+            open(path, "w").write(ptx)
+            r = subprocess.run([sys.argv[1], "-arch=sm_90", "-c", path, "-o", f"{d}/k.o"],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        print(np.dtype(dtype).name, bias, ", ".join(map(str, sig)))
+"""
+
+
+def _ptxas():
+    nvcc = shutil.which("nvcc")
+    return shutil.which("ptxas") or (nvcc and str(Path(nvcc).parent / "ptxas"))
+
+
+@pytest.mark.skipif(not _ptxas(), reason="needs ptxas (the CUDA toolkit)")
+def test_the_numba_twin_compiles_with_the_real_numba_cuda_compiler():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    result = subprocess.run([sys.executable, "-c", REAL_COMPILE, _ptxas()], env=env,
+                            capture_output=True, text=True)
+    if "NvvmSupportError" in result.stderr or "libNVVM cannot be found" in result.stderr:
+        pytest.skip("numba-cuda cannot find libNVVM here")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) == 4, result.stdout
