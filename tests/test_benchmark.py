@@ -160,7 +160,7 @@ def test_lstm_flop_count_is_the_gate_gemms():
 def test_quick_pool_and_lstm_runs_are_correct():
     report = benchmark.run(["pool", "lstm"], impls=["numpy"], quick=True, log=lambda s: None)
     ours = [r for r in report["rows"] if r["impl"] == "numpy"]
-    assert len(ours) == 6 and all(r["correct"] for r in ours)
+    assert len(ours) == 8 and all(r["correct"] for r in ours)
 
 
 @pytest.mark.gpu

@@ -495,3 +495,22 @@ def test_the_numba_twin_compiles_with_the_real_numba_cuda_compiler():
         pytest.skip("numba-cuda cannot find libNVVM here")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.splitlines()) == 4, result.stdout
+
+
+# --------------------------------------------------------------------------- the bench suite
+
+def test_the_lstm_suite_times_gru_and_the_flashrnn_case_in_bfloat16():
+    from gpuconv import benchmark
+    from gpuconv.benchmark.cases import lstm_passes
+
+    cases = {c["label"]: c for c in benchmark.load_suite("lstm", "gpu")}
+    for shape in ("50x64_128_256", "25x64_512_512", "100x128_1024_1024"):
+        assert cases[f"gru_{shape}"]["kind"] == "gru" and f"lstm_{shape}" in cases
+    flash = cases["lstm_1024x16_768_768_bf16"]
+    fwd, bwd = lstm_passes(flash)
+    assert (fwd.op, bwd.op, fwd.dtype) == ("lstm", "lstm_backward", "bfloat16")
+    assert fwd.flops == 2 * 1024 * 16 * 4 * 768 * (768 + 768)
+    gru_fwd, _ = lstm_passes(cases["gru_1024x16_768_768_bf16"])
+    assert gru_fwd.op == "gru" and gru_fwd.flops == 3 * fwd.flops // 4
+    with gru_fwd.precision("bfloat16"):
+        assert R.precision_of(np.float32) == "bf16"

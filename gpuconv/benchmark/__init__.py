@@ -16,6 +16,7 @@ reference (reference time / our time: above 1 is faster than the reference).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import platform
@@ -119,14 +120,16 @@ def _row(case: dict, p: Pass, source: str, impl: str, dtype: str, device: str, t
 def _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick) -> list:
     rows = []
     probe = sets[0][0]
+    itemsize = {"bfloat16": 2, "float16": 2}.get(dtype, probe.dtype.itemsize)
     for impl in kernels.available(p.op, probe):
         if impls and impl not in impls:
             continue
-        impl_sets = [p.prepare(s, impl) for s in sets] if p.prepare else sets
-        err = _max_err(p.call(impl_sets[0], impl), oracle)
-        timing = time_call(lambda *a: p.call(a, impl), impl_sets, device, quick)
+        with p.precision(dtype) if p.precision else contextlib.nullcontext():
+            impl_sets = [p.prepare(s, impl) for s in sets] if p.prepare else sets
+            err = _max_err(p.call(impl_sets[0], impl), oracle)
+            timing = time_call(lambda *a: p.call(a, impl), impl_sets, device, quick)
         rows.append(_row(case, p, "gpuconv", impl, dtype, device, timing, err, ceilings,
-                         probe.dtype.itemsize))
+                         itemsize))
     return rows
 
 
@@ -206,10 +209,11 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
 
 
 def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
+    dtype = p.dtype or dtype
     sets64 = [p.make(np.random.default_rng(seed)) for seed in range(ROTATE)]
     oracle = _oracle(p, sets64[0])
     rows = []
-    array_dtype = _array_dtype(dtype)
+    array_dtype = np.float32 if p.precision else _array_dtype(dtype)
     if array_dtype is not None:
         sets = [tuple(xp.asarray(a.astype(array_dtype) if a.dtype.kind == "f" else a) for a in s)
                 for s in sets64]

@@ -30,6 +30,11 @@ class Pass:
     array_call: Callable[[tuple], Any] | None = None
     # Untimed work before the timed calls of one impl: (inputs, impl) -> the inputs it takes.
     prepare: Callable[[tuple, str], tuple] | None = None
+    # The dtype this pass is timed in, whatever the run's (None: the run's).
+    dtype: str | None = None
+    # A run dtype -> the context in which gpuconv computes it on float32 arrays (a precision
+    # setting), for passes whose impls take float32 arrays in every precision.
+    precision: Callable[[str], Any] | None = None
 
     def bytes(self, itemsize: int) -> int:
         return self.elements * itemsize + self.extra_bytes
@@ -157,16 +162,32 @@ def pool_passes(c: dict) -> list[Pass]:
                  torch_bwd)]
 
 
-# ------------------------------------------------------------------------------------- LSTM
+# ------------------------------------------------------------------------------ LSTM, GRU
+
+_PRECISION = {"float32": "fp32", "tf32": "tf32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _recurrent_precision(dtype: str):
+    """The fused recurrent kernels' precision for a run's dtype (on float32 arrays)."""
+    from ..kernels.cuda_c.rnn_persistent import precision
+    return precision(_PRECISION[dtype])
+
 
 def lstm_passes(c: dict) -> list[Pass]:
+    """The passes of one case of the lstm suite: an LSTM layer, or a GRU one where the case
+    says ``"kind": "gru"``; a case's ``"dtype"`` overrides the run's (gpuconv then runs on
+    float32 arrays in that precision, PyTorch in that dtype)."""
     from .. import functional as F
 
+    kind = c.get("kind", "lstm")
+    G = {"lstm": 4, "gru": 3}[kind]
     T, B, I, H = c["T"], c["B"], c["input"], c["hidden"]
-    shapes = [(4 * H, I), (4 * H, H), (4 * H,), (4 * H,)]
-    step_macs = B * 4 * H * (I + H)
+    shapes = [(G * H, I), (G * H, H), (G * H,), (G * H,)]
+    step_macs = B * G * H * (I + H)
     params_n = sum(int(np.prod(s)) for s in shapes)
     x_n, y_n = T * B * I, T * B * H
+    fwd_op, bwd_op = (F.lstm, F.lstm_backward) if kind == "lstm" else (F.gru, F.gru_backward)
+    no_final_grads = (None, None) if kind == "lstm" else (None,)
 
     def make_fwd(rng):
         bound = 1 / np.sqrt(H)
@@ -177,22 +198,22 @@ def lstm_passes(c: dict) -> list[Pass]:
         return (rng.standard_normal((T, B, H)),) + make_fwd(rng)
 
     def forward(a, impl):
-        return F.lstm(a[0], None, list(a[1:]), impl=impl)
+        return fwd_op(a[0], None, list(a[1:]), impl=impl)
 
     def with_reserve(a, impl):
         # As torch's autograd keeps the forward's activations, the backward starts from the
         # impl's own forward (its reserve), outside the timing.
         reserve = F.Reserve()
-        F.lstm(a[1], None, list(a[2:]), reserve=reserve, impl=impl)
+        fwd_op(a[1], None, list(a[2:]), reserve=reserve, impl=impl)
         return a + (reserve,)
 
     def backward(a, impl):
         reserve = a[6] if len(a) > 6 else None
-        return F.lstm_backward(a[0], None, None, a[1], None, list(a[2:6]), reserve=reserve,
-                               impl=impl)
+        return bwd_op(a[0], *no_final_grads, a[1], None, list(a[2:6]), reserve=reserve,
+                      impl=impl)
 
     def torch_module(torch, params):
-        m = torch.nn.LSTM(I, H).to(params[0].device, params[0].dtype)
+        m = getattr(torch.nn, kind.upper())(I, H).to(params[0].device, params[0].dtype)
         with torch.no_grad():
             for p, value in zip(m.parameters(), params):
                 p.copy_(value)
@@ -209,11 +230,12 @@ def lstm_passes(c: dict) -> list[Pass]:
         y, _ = m(leaf)
         return lambda: torch.autograd.grad(y, [leaf, *m.parameters()], gy, retain_graph=True)
 
-    return [Pass("lstm", "forward", 2 * T * step_macs, x_n + params_n + y_n + 2 * B * H, 0,
-                 make_fwd, forward, torch_fwd),
-            Pass("lstm_backward", "backward", 4 * T * step_macs,
+    extra = dict(dtype=c.get("dtype"), precision=_recurrent_precision)
+    return [Pass(kind, "forward", 2 * T * step_macs, x_n + params_n + y_n + 2 * B * H, 0,
+                 make_fwd, forward, torch_fwd, **extra),
+            Pass(f"{kind}_backward", "backward", 4 * T * step_macs,
                  y_n + x_n + params_n + x_n + params_n, 0, make_bwd, backward, torch_bwd,
-                 prepare=with_reserve)]
+                 prepare=with_reserve, **extra)]
 
 
 SUITE_PASSES: dict[str, Callable[[dict], list]] = {"conv": conv_passes, "pool": pool_passes,
