@@ -42,8 +42,10 @@
 // exchange between threads. Lanes of a warp hold consecutive units of the same row: their
 // weight reads are consecutive words of shared memory and their input read is one broadcast.
 //
-// Per step (forward), for each batch tile: the reduction over H runs in chunks of RNN_K_CHUNK:
-// the block stages the chunk of h_prev (rows of the tile) transposed into shared memory
+// Per step (forward), for each batch tile: the reduction over H runs in chunks (RNN_K_CHUNK
+// elements in the step and cell kernels; in the persistent kernels as many as the shared memory
+// left beside the weights holds, up to all of them, so that a step waits for L2 once or a few
+// times instead of H/32 times): the block stages the chunk of h_prev (rows of the tile) transposed into shared memory
 // (row stride RNN_TILE_STRIDE, odd, so the transposing stores do not conflict), reading it
 // through L2 (gpuconv_load_cg: other blocks wrote it this launch); every thread then adds its
 // G x rows products. The gate math follows in registers and writes h, c, the output and the
@@ -54,8 +56,9 @@
 // grad_c0, read and written only by the thread that owns the element.
 //
 // Shared memory (bytes): persistent kernels hold the whole slice, G*U*H*sizeof(W) rounded up
-// to 16, plus the staged input chunk, RNN_K_CHUNK * RNN_TILE_STRIDE * sizeof(T); step and cell
-// kernels hold one chunk of weights instead (RNN_K_CHUNK*G*U, or RNN_K_CHUNK*U in backward).
+// to 16, plus the staged input chunk, chunk * RNN_TILE_STRIDE * sizeof(T); step and cell
+// kernels hold one chunk of weights instead (RNN_K_CHUNK*G*U, or RNN_K_CHUNK*U in backward) and
+// stage RNN_K_CHUNK inputs.
 // gpuconv/kernels/cuda_c/rnn_persistent.py computes the same sizes and chooses U, the block
 // size (a multiple of 32, at least U) and whether the persistent grid fits.
 //
@@ -68,7 +71,8 @@
 #include "grid_sync.cuh"
 #include "rnn_cell.cuh"
 
-// Reduction elements staged per chunk.
+// Reduction elements staged per chunk in the step and cell kernels (the persistent kernels
+// take theirs as an argument).
 #define RNN_K_CHUNK 32
 // Batch rows per tile.
 #define RNN_BATCH_TILE 64
@@ -133,10 +137,11 @@ struct Tile {
     int group;      // this thread's row group
     int groups;     // row groups in the block
     int rows;       // batch rows per tile
+    int chunk;      // reduction elements per staged chunk
     bool computes;  // whether the thread's group exists (the others only stage data)
 };
 
-__device__ __forceinline__ Tile make_tile(int B, int H, int units) {
+__device__ __forceinline__ Tile make_tile(int B, int H, int units, int chunk) {
     const int blocks_per_direction = (H + units - 1) / units;
     Tile t;
     t.d = blockIdx.x / blocks_per_direction;
@@ -147,8 +152,10 @@ __device__ __forceinline__ Tile make_tile(int B, int H, int units) {
     t.group = threadIdx.x / units;
     t.groups = blockDim.x / units;
     t.rows = min(min(B, RNN_BATCH_TILE), t.groups * RNN_ROWS_PER_THREAD);
+    t.chunk = chunk;
     t.computes = t.group < t.groups;
-    if (t.groups == 0) __trap();  // the launcher gives every block at least U threads
+    // the launcher gives every block at least U threads and chunks of at least one element
+    if (t.groups == 0 || chunk <= 0) __trap();
     return t;
 }
 
@@ -232,8 +239,8 @@ template <int G, typename T, typename W, bool RESIDENT>
 __device__ void add_gate_products(T (&acc)[RNN_ROWS_PER_THREAD][G], const T* in, long long ld,
                                   const W* w, int K, int b0, int nb, const Tile& t, int H,
                                   W* ws, T* xs) {
-    for (int k0 = 0; k0 < K; k0 += RNN_K_CHUNK) {
-        const int kc = min(RNN_K_CHUNK, K - k0);
+    for (int k0 = 0; k0 < K; k0 += t.chunk) {
+        const int kc = min(t.chunk, K - k0);
         __syncthreads();  // every thread is done with the previous chunk
         stage_input(xs, in, ld, b0, nb, k0, kc);
         if constexpr (!RESIDENT) stage_gate_rows<G>(ws, w, K, t, H, k0, kc);
@@ -252,8 +259,8 @@ __device__ void add_hidden_grad_products(T (&acc)[RNN_ROWS_PER_THREAD], const T*
                                          long long ld, const W* w, int b0, int nb,
                                          const Tile& t, int H, W* ws, T* xs) {
     const int K = G * H;
-    for (int r0 = 0; r0 < K; r0 += RNN_K_CHUNK) {
-        const int kc = min(RNN_K_CHUNK, K - r0);
+    for (int r0 = 0; r0 < K; r0 += t.chunk) {
+        const int kc = min(t.chunk, K - r0);
         __syncthreads();
         stage_input(xs, dg, ld, b0, nb, r0, kc);
         if constexpr (!RESIDENT) stage_unit_columns(ws, w, t, H, r0, kc);
@@ -463,6 +470,7 @@ struct Sequence {
     int H;
     int D;
     int units;
+    int chunk;  // reduction elements per staged chunk
 };
 
 // Step s of direction d processes time step s going forward and T-1-s in reverse.
@@ -553,7 +561,7 @@ __device__ void forward_persistent(const T* gi, const W* w_hh, const T* b_ih, co
                                    Sequence n) {
     constexpr int G = Cell::G;
     GPUCONV_BLOCK_SMEM(smem);
-    const Tile t = make_tile(n.B, n.H, n.units);
+    const Tile t = make_tile(n.B, n.H, n.units, n.chunk);
     W* ws = reinterpret_cast<W*>(smem);
     T* xs = reinterpret_cast<T*>(
         smem + weight_bytes((long long)G * n.units * n.H, (int)sizeof(W)));
@@ -571,7 +579,7 @@ __device__ void forward_one_step(const T* gi, const W* w_hh, const T* b_ih, cons
                                  T* hs, T* cs, T* gates, T* extra, T* out, Sequence n, int s) {
     constexpr int G = Cell::G;
     GPUCONV_BLOCK_SMEM(smem);
-    const Tile t = make_tile(n.B, n.H, n.units);
+    const Tile t = make_tile(n.B, n.H, n.units, n.chunk);
     W* ws = reinterpret_cast<W*>(smem);
     T* xs = reinterpret_cast<T*>(
         smem + weight_bytes((long long)RNN_K_CHUNK * G * n.units, (int)sizeof(W)));
@@ -586,7 +594,7 @@ __device__ void backward_persistent(const W* w_hh, const T* grad_out, const T* h
                                     T* grad_h0, T* grad_c0, unsigned* barrier, Sequence n) {
     constexpr int G = Cell::G;
     GPUCONV_BLOCK_SMEM(smem);
-    const Tile t = make_tile(n.B, n.H, n.units);
+    const Tile t = make_tile(n.B, n.H, n.units, n.chunk);
     W* ws = reinterpret_cast<W*>(smem);
     T* xs = reinterpret_cast<T*>(
         smem + weight_bytes((long long)G * n.H * n.units, (int)sizeof(W)));
@@ -605,7 +613,7 @@ __device__ void backward_one_step(const W* w_hh, const T* grad_out, const T* hs,
                                   T* grad_h0, T* grad_c0, Sequence n, int s) {
     constexpr int G = Cell::G;
     GPUCONV_BLOCK_SMEM(smem);
-    const Tile t = make_tile(n.B, n.H, n.units);
+    const Tile t = make_tile(n.B, n.H, n.units, n.chunk);
     W* ws = reinterpret_cast<W*>(smem);
     T* xs = reinterpret_cast<T*>(
         smem + weight_bytes((long long)RNN_K_CHUNK * n.units, (int)sizeof(W)));
@@ -619,7 +627,7 @@ __device__ void cell_forward(const T* x, const T* w_ih, const T* w_hh, const T* 
                              const T* b_hh, const T* hx, const T* cx, T* h, T* c, int B, int I,
                              int H, int units) {
     GPUCONV_BLOCK_SMEM(smem);
-    const Tile t = make_tile(B, H, units);
+    const Tile t = make_tile(B, H, units, RNN_K_CHUNK);
     T* ws = reinterpret_cast<T*>(smem);
     T* xs = reinterpret_cast<T*>(
         smem + weight_bytes((long long)RNN_K_CHUNK * Cell::G * units, (int)sizeof(T)));
@@ -642,30 +650,32 @@ __device__ void cell_forward(const T* x, const T* w_ih, const T* w_hh, const T* 
 #define RNN_SEQUENCE_ENTRY_POINTS(NAME, CELL, T, W, SUFFIX)                                     \
     extern "C" __global__ void NAME##_fwd_persistent_##SUFFIX(                                  \
         const T* gi, const W* w_hh, const T* b_ih, const T* b_hh, T* hs, T* cs, T* gates,      \
-        T* extra, T* out, unsigned* barrier, int steps, int B, int H, int D, int units) {     \
+        T* extra, T* out, unsigned* barrier, int steps, int B, int H, int D, int units,       \
+        int chunk) {                                                                            \
         forward_persistent<CELL, T, W>(gi, w_hh, b_ih, b_hh, hs, cs, gates, extra, out,        \
-                                       barrier, Sequence{steps, B, H, D, units});              \
+                                       barrier, Sequence{steps, B, H, D, units, chunk});       \
     }                                                                                           \
     extern "C" __global__ void NAME##_fwd_step_##SUFFIX(                                        \
         const T* gi, const W* w_hh, const T* b_ih, const T* b_hh, T* hs, T* cs, T* gates,      \
         T* extra, T* out, int steps, int B, int H, int D, int units, int step) {              \
         forward_one_step<CELL, T, W>(gi, w_hh, b_ih, b_hh, hs, cs, gates, extra, out,          \
-                                     Sequence{steps, B, H, D, units}, step);                   \
+                                     Sequence{steps, B, H, D, units, RNN_K_CHUNK}, step);      \
     }                                                                                           \
     extern "C" __global__ void NAME##_bwd_persistent_##SUFFIX(                                  \
         const W* w_hh, const T* grad_out, const T* hs, const T* cs, const T* gates,            \
         const T* extra, T* grad_gi, T* grad_gh, T* grad_h0, T* grad_c0, unsigned* barrier,     \
-        int steps, int B, int H, int D, int units) {                                           \
+        int steps, int B, int H, int D, int units, int chunk) {                                \
         backward_persistent<CELL, T, W>(w_hh, grad_out, hs, cs, gates, extra, grad_gi,          \
                                         grad_gh, grad_h0, grad_c0, barrier,                     \
-                                        Sequence{steps, B, H, D, units});                       \
+                                        Sequence{steps, B, H, D, units, chunk});                \
     }                                                                                           \
     extern "C" __global__ void NAME##_bwd_step_##SUFFIX(                                        \
         const W* w_hh, const T* grad_out, const T* hs, const T* cs, const T* gates,            \
         const T* extra, T* grad_gi, T* grad_gh, T* grad_h0, T* grad_c0, int steps, int B,      \
         int H, int D, int units, int step) {                                                    \
         backward_one_step<CELL, T, W>(w_hh, grad_out, hs, cs, gates, extra, grad_gi, grad_gh,  \
-                                      grad_h0, grad_c0, Sequence{steps, B, H, D, units}, step); \
+                                      grad_h0, grad_c0,                                         \
+                                      Sequence{steps, B, H, D, units, RNN_K_CHUNK}, step);      \
     }
 
 #define RNN_CELL_ENTRY_POINT(NAME, CELL, T, SUFFIX)                                             \

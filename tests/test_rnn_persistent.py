@@ -104,15 +104,18 @@ SEQ_CASES = [
                       bias=False, blocks=4), id="stacked-bidir-batch_first-nobias"),
     pytest.param(dict(T=3, B=2, I=3, H=4, L=3, bidirectional=False, dropout=0.3, blocks=None),
                  id="L3-dropout"),
-    pytest.param(dict(T=2, B=65, I=33, H=40, L=1, bidirectional=False, blocks=5),
-                 id="two-batch-tiles-two-rows-per-thread-two-chunks"),
+    pytest.param(dict(T=2, B=65, I=33, H=40, L=1, bidirectional=False, blocks=5, chunk=32),
+                 id="two-batch-tiles-two-rows-per-thread-chunks-of-32"),
+    pytest.param(dict(T=2, B=50, I=2, H=40, L=1, bidirectional=False, blocks=1),
+                 id="one-block-eight-rows-per-thread"),
 ]
 
 
 @pytest.fixture
 def blocks(monkeypatch):
-    def set_blocks(n):
+    def set_blocks(n, chunk=None):
         monkeypatch.setattr(R, "BLOCKS_PER_DIRECTION", n)
+        monkeypatch.setattr(R, "PERSISTENT_CHUNK", chunk)
     return set_blocks
 
 
@@ -127,7 +130,7 @@ def seq_params(with_dtype: bool = True) -> list:
 @pytest.mark.parametrize("c", SEQ_CASES)
 @pytest.mark.parametrize("kind,impl,dtype", seq_params())
 def test_sequence_forward_matches_reference(kind, impl, dtype, c, blocks):
-    blocks(c["blocks"])
+    blocks(c["blocks"], c.get("chunk"))
     x, hx, params, _ = seq_inputs(kind, c, rng_for("fwd", kind, c))
     kw = seq_kwargs(c)
     ref = forward(kind, "reference", x, hx, params, kw)
@@ -139,7 +142,7 @@ def test_sequence_forward_matches_reference(kind, impl, dtype, c, blocks):
 @pytest.mark.parametrize("c", SEQ_CASES)
 @pytest.mark.parametrize("kind,impl,dtype", seq_params())
 def test_sequence_backward_matches_reference(kind, impl, dtype, c, blocks):
-    blocks(c["blocks"])
+    blocks(c["blocks"], c.get("chunk"))
     x, hx, params, grads = seq_inputs(kind, c, rng_for("bwd", kind, c))
     kw = seq_kwargs(c)
     ref = backward(kind, "reference", grads, x, hx, params, kw)
@@ -379,7 +382,7 @@ def persistent_launch(H: int, steps: int, counter_value: int = 0):
     args = (z(steps, 1, 4 * H), z(1, 4 * H, H), R.NULL, R.NULL, z(1, steps + 1, 1, H),
             z(1, steps + 1, 1, H), R.NULL, R.NULL, z(steps, 1, H),
             cp.full(1, counter_value, np.uint32))
-    return args + tuple(np.int32(v) for v in (steps, 1, H, 1, 1))
+    return args + tuple(np.int32(v) for v in (steps, 1, H, 1, 1, R.K_CHUNK))
 
 
 @pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])

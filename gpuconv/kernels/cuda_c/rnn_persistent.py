@@ -68,6 +68,8 @@ K_CHUNK = 32
 BATCH_TILE = 64
 TILE_STRIDE = BATCH_TILE + 1
 MAX_THREADS = 256
+# Batch rows each thread accumulates when the batch allows (at most RNN_ROWS_PER_THREAD).
+ROWS_PER_THREAD_TARGET = 2
 GATES = {"lstm": 4, "gru": 3}
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # Bytes of one stored recurrent weight, per precision.
@@ -79,8 +81,10 @@ DEFAULT_DYNAMIC_SMEM = 48 * 1024
 PERSISTENT_PRIORITY = 30
 FUSED_PRIORITY = 20
 NEVER = -1000
-# Tests lower this to split a small hidden size over several blocks (None: the device's SMs).
+# Tests lower these to split a small hidden size over several blocks (None: the device's
+# SMs) and to stage the persistent kernels' reduction in several chunks (None: as few as fit).
 BLOCKS_PER_DIRECTION: int | None = None
+PERSISTENT_CHUNK: int | None = None
 
 _precision: contextvars.ContextVar[str] = contextvars.ContextVar("gpuconv_rnn_precision",
                                                                  default="fp32")
@@ -163,12 +167,14 @@ def _stored_weights(w, mode: str):
 @dataclass(frozen=True)
 class Plan:
     """A launch of the fused kernels: U hidden units per block, ``threads`` per block,
-    ``blocks`` in all (D directions x ceil(H / U)), ``smem`` bytes of dynamic shared memory."""
+    ``blocks`` in all (D directions x ceil(H / U)), ``smem`` bytes of dynamic shared memory,
+    ``chunk`` reduction elements staged at a time."""
 
     units: int
     threads: int
     blocks: int
     smem: int
+    chunk: int = K_CHUNK
 
 
 def _align16(n: int) -> int:
@@ -176,13 +182,14 @@ def _align16(n: int) -> int:
 
 
 def smem_bytes(kernel_kind: str, G: int, units: int, H: int, weight_bytes: int,
-               item_bytes: int) -> int:
+               item_bytes: int, chunk: int = K_CHUNK) -> int:
     """Dynamic shared memory of a kernel (the carving at the top of rnn_persistent.cu):
     ``persistent`` (the whole slice), ``fwd_step`` and ``cell_fwd`` (a chunk of gate rows) or
-    ``bwd_step`` (a chunk of columns), plus the staged input chunk."""
+    ``bwd_step`` (a chunk of columns), plus the staged input chunk (``chunk`` elements: the
+    persistent kernels' argument; K_CHUNK in the others)."""
     weights = {"persistent": G * units * H, "fwd_step": K_CHUNK * G * units,
                "cell_fwd": K_CHUNK * G * units, "bwd_step": K_CHUNK * units}[kernel_kind]
-    return _align16(weights * weight_bytes) + K_CHUNK * TILE_STRIDE * item_bytes
+    return _align16(weights * weight_bytes) + chunk * TILE_STRIDE * item_bytes
 
 
 def _units(H: int, D: int, sms: int) -> int:
@@ -193,8 +200,14 @@ def _units(H: int, D: int, sms: int) -> int:
 
 
 def _threads(units: int, B: int) -> int:
-    """One thread per (row, unit) of a batch tile if that fits, a multiple of 32."""
-    return min(MAX_THREADS, max(32, math.ceil(units * min(B, BATCH_TILE) / 32) * 32))
+    """Enough threads for ROWS_PER_THREAD_TARGET rows of a batch tile each, a multiple of 32.
+
+    Per reduction step a warp loads G weights and one input per row from shared memory for
+    G FMAs per row: with one row per thread the loads (one instruction per SM per clock)
+    bound the loop; two rows per thread on four warps balance loads and FMAs better (see
+    bench/NOTES.md)."""
+    groups = math.ceil(min(B, BATCH_TILE) / ROWS_PER_THREAD_TARGET)
+    return min(MAX_THREADS, max(32, math.ceil(units * groups / 32) * 32))
 
 
 def _props() -> dict:
@@ -210,7 +223,8 @@ def _with_smem(k, smem: int):
 
 @functools.lru_cache(maxsize=256)
 def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, itemsize: int,
-                     device_id: int, blocks_override: int | None) -> tuple[Plan | None, str]:
+                     device_id: int, blocks_override: int | None,
+                     chunk_override: int | None) -> tuple[Plan | None, str]:
     """(the plan, "") when both persistent kernels of this shape can run on chip, else
     (None, why not)."""
     cp = backend.cupy_or_none()
@@ -224,6 +238,11 @@ def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, i
     if smem > most:
         return None, (f"each block's slice of W_hh and its staged input take {smem} bytes of "
                       f"shared memory, the device allows {most} per block")
+    # Stage as much of the reduction at once as the rest of the shared memory holds: each
+    # chunk costs one wait for L2 per tile and step.
+    room = most - _align16(G * units * H * WEIGHT_BYTES[mode])
+    chunk = chunk_override or max(K_CHUNK, min(G * H, room // (TILE_STRIDE * itemsize)))
+    smem = smem_bytes("persistent", G, units, H, WEIGHT_BYTES[mode], itemsize, chunk)
     threads = _threads(units, B)
     blocks = D * math.ceil(H / units)
     if steps * blocks >= 2 ** 32:
@@ -236,7 +255,7 @@ def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, i
         if per_sm * sms < blocks:
             return None, (f"the {direction} grid of {blocks} blocks ({threads} threads, {smem} "
                           f"bytes of shared memory) is not resident: {per_sm} per SM x {sms}")
-    return Plan(units, threads, blocks, smem), ""
+    return Plan(units, threads, blocks, smem, chunk), ""
 
 
 def persistent_plan(kind: str, steps: int, B: int, H: int, D: int, dtype) -> tuple:
@@ -244,7 +263,7 @@ def persistent_plan(kind: str, steps: int, B: int, H: int, D: int, dtype) -> tup
     cp = backend.cupy_or_none()
     mode = precision_of(dtype)
     return _persistent_plan(kind, steps, B, H, D, mode, np.dtype(dtype).itemsize,
-                            cp.cuda.Device().id, BLOCKS_PER_DIRECTION)
+                            cp.cuda.Device().id, BLOCKS_PER_DIRECTION, PERSISTENT_CHUNK)
 
 
 def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: int,
@@ -328,7 +347,8 @@ def _layer_forward(kind: str, persistent: bool, x, weights: list, init: list, ke
     if persistent:
         plan = _require_persistent(kind, T, B, H, D, x.dtype)
         _run(f"{kind}_fwd_persistent_{suffix}", plan,
-             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan), cooperative=True)
+             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan) + (np.int32(plan.chunk),),
+             cooperative=True)
     else:
         plan = step_plan("fwd_step", G, B, H, D, WEIGHT_BYTES[mode], x.dtype.itemsize)
         for s in range(T):
@@ -360,7 +380,8 @@ def _layer_backward(kind: str, persistent: bool, grad_out, layer: _Layer, weight
     if persistent:
         plan = _require_persistent(kind, T, B, H, D, x.dtype)
         _run(f"{kind}_bwd_persistent_{suffix}", plan,
-             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan), cooperative=True)
+             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan) + (np.int32(plan.chunk),),
+             cooperative=True)
     else:
         plan = step_plan("bwd_step", G, B, H, D, WEIGHT_BYTES[mode], x.dtype.itemsize)
         for s in range(T + 1):
