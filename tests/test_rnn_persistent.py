@@ -172,6 +172,15 @@ def test_each_precision_is_within_its_tolerance(kind, impl, _, mode, blocks):
         assert_close(o, r, TOL_KEY[mode], f"{kind} {impl} {mode}[{j}]")
 
 
+def test_a_precision_is_one_of_four_and_float64_keeps_its_own():
+    with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16, fp16"):
+        with R.precision("fp8"):
+            pass
+    with R.precision("tf32"):
+        assert (R.precision_of(np.float32), R.precision_of(np.float64)) == ("tf32", "fp64")
+    assert R.precision_of(np.float32) == "fp32"
+
+
 @pytest.mark.parametrize("kind,impl,_", seq_params(with_dtype=False))
 def test_the_reduced_precisions_round_the_weights(kind, impl, _, blocks):
     """bf16 differs from fp32 by more than fp32's own error: the mode is really applied."""
@@ -452,6 +461,20 @@ def test_the_numba_twin_under_the_simulator_matches_reference(c, units, dtype):
         ref = [ref[0], ref[1][0], ref[2][0]]
     for j, (o, r) in enumerate(zip(out, ref, strict=True)):
         check_against_reference(o, r, dtype, f"numba twin[{j}]")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not numba_cuda.is_available(), reason="needs a GPU with numba-cuda")
+def test_the_numba_twin_on_a_gpu_matches_reference():
+    from gpuconv.kernels.numba_cuda import rnn_persistent as N
+
+    c = dict(T=3, B=4, I=3, H=40, L=2, bidirectional=True)
+    x, (h0, c0), params, _ = seq_inputs("lstm", c, rng_for("numba gpu"))
+    ref = forward("lstm", "reference", x, (h0, c0), params, seq_kwargs(c))
+    out = N.lstm(*(backend.to_device(a.astype(np.float32), "cuda") for a in (x, h0, c0)),
+                 [backend.to_device(q.astype(np.float32), "cuda") for q in params], 2, True, None)
+    for j, (o, r) in enumerate(zip(out, ref, strict=True)):
+        check_against_reference(o, r, "float32", f"numba twin on a GPU[{j}]")
 
 
 # Compiled by numba-cuda's real compiler (NVVM) for the argument types the launcher passes, then

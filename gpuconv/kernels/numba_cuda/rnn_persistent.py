@@ -1,14 +1,14 @@
-"""The persistent LSTM forward in numba.cuda (kernel: ``_rnn_persistent_kernels.py``),
-registered as impl ``numba_cuda_persistent`` of op ``lstm``: the readable twin of
-``cuda_persistent`` (gpuconv/kernels/cuda_c/rnn_persistent.py), forward only.
+"""The persistent LSTM forward in numba.cuda (kernel: ``_rnn_persistent_kernels.py``): the
+readable twin of ``cuda_persistent`` (gpuconv/kernels/cuda_c/rnn_persistent.py), forward only.
+:func:`lstm` takes the registry's ``lstm`` arguments but is not registered: an impl of ``lstm``
+must also give ``lstm_backward`` a reserve, and this one keeps none.
 
 Per layer and direction: one GEMM on the array module for the input projection of every step
 (the reverse direction runs on the time-reversed input and its output is reversed back), then
 one cooperative launch for all T steps. On a GPU every block holds one tile of hidden units, as
 many tiles as the device keeps resident with their rows of W_hh in at most 48 KB of shared
 memory (numba's default limit; larger layers raise). Under numba's CUDA simulator (how CI runs
-it) the cooperative grid is one block. Forward only: it keeps no reserve, so a backward cannot
-start from a Reserve it filled (the registry has no backward of this impl).
+it) the cooperative grid is one block.
 """
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ import math
 import numpy as np
 
 from ... import backend
-from .. import register
 from .._rnn_loop import _layer_weights
-from . import DTYPES, is_available, simulator_enabled
+from . import simulator_enabled
 
 THREADS = 128
 # numba launches with at most this much dynamic shared memory per block by default.
@@ -85,8 +84,9 @@ def lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int | None = None):
     return out, hs[-1], cs[-1]
 
 
-def lstm(x, h0, c0, params, num_layers, bidirectional, masks, saved):
-    """The registry's ``lstm`` (contract: gpuconv/kernels/reference/rnn.py)."""
+def lstm(x, h0, c0, params, num_layers, bidirectional, masks, saved=None):
+    """The registry's ``lstm`` contract (gpuconv/kernels/reference/rnn.py); ``saved`` is
+    ignored."""
     xp = backend.array_module(x)
     D = 2 if bidirectional else 1
     layer_in, h_n, c_n = x, [], []
@@ -104,6 +104,3 @@ def lstm(x, h0, c0, params, num_layers, bidirectional, masks, saved):
         layer_in = xp.concatenate(outs, axis=2)
     return layer_in, xp.stack(h_n), xp.stack(c_n)
 
-
-register("lstm", "numba_cuda_persistent", device="cuda", dtypes=DTYPES, available=is_available,
-         priority=-10)(lstm)
