@@ -141,6 +141,12 @@ struct Tile {
     bool computes;  // whether the thread's group exists (the others only stage data)
 };
 
+// The batch row (within the tile of nb rows) of this thread's i-th accumulator, or -1.
+__device__ __forceinline__ int row_in_tile(const Tile& t, int i, int nb) {
+    const int b = t.group + i * t.groups;
+    return b < nb ? b : -1;
+}
+
 __device__ __forceinline__ Tile make_tile(int B, int H, int units, int chunk) {
     const int blocks_per_direction = (H + units - 1) / units;
     Tile t;
@@ -222,8 +228,8 @@ __device__ __forceinline__ void add_gate_chunk(T (&acc)[RNN_ROWS_PER_THREAD][G],
         for (int q = 0; q < G; ++q) w[q] = weight_value(ws[k * R + q * t.units + t.u]);
         #pragma unroll
         for (int i = 0; i < RNN_ROWS_PER_THREAD; ++i) {
-            const int b = t.group + i * t.groups;
-            if (b < nb) {
+            const int b = row_in_tile(t, i, nb);
+            if (b >= 0) {
                 const T x = xs[k * RNN_TILE_STRIDE + b];
                 #pragma unroll
                 for (int q = 0; q < G; ++q) acc[i][q] += w[q] * x;
@@ -271,8 +277,8 @@ __device__ void add_hidden_grad_products(T (&acc)[RNN_ROWS_PER_THREAD], const T*
                 const T wv = weight_value(chunk[r * t.units + t.u]);
                 #pragma unroll
                 for (int i = 0; i < RNN_ROWS_PER_THREAD; ++i) {
-                    const int b = t.group + i * t.groups;
-                    if (b < nb) acc[i] += wv * xs[r * RNN_TILE_STRIDE + b];
+                    const int b = row_in_tile(t, i, nb);
+                    if (b >= 0) acc[i] += wv * xs[r * RNN_TILE_STRIDE + b];
                 }
             }
         }
@@ -423,8 +429,8 @@ __device__ void forward_step(const ForwardStep<T, W>& a, const Tile& t, int B, i
         const int j = t.j0 + t.u;
         #pragma unroll
         for (int i = 0; i < RNN_ROWS_PER_THREAD; ++i) {
-            const int b = t.group + i * t.groups;
-            if (b >= nb) continue;
+            const int b = row_in_tile(t, i, nb);
+            if (b < 0) continue;
             const long long row = b0 + b;
             if constexpr (!WITH_X)
                 #pragma unroll
@@ -450,8 +456,8 @@ __device__ void backward_step(const BackwardStep<T, W>& a, const Tile& t, int B,
         const int j = t.j0 + t.u;
         #pragma unroll
         for (int i = 0; i < RNN_ROWS_PER_THREAD; ++i) {
-            const int b = t.group + i * t.groups;
-            if (b >= nb) continue;
+            const int b = row_in_tile(t, i, nb);
+            if (b < 0) continue;
             const long long row = b0 + b;
             if (a.last)
                 a.carry_h[row * H + j] += through_w_hh[i];

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import TOL, assert_close, check_against_reference, on_device_of, rng_for
+from support import assert_close, check_against_reference, on_device_of, rng_for
 
-from gpuconv import backend, kernels, models, nn
+from gpuconv import backend, kernels, models
 from gpuconv._resources import cuda_source_dir
 from gpuconv.kernels import numba_cuda
 from gpuconv.kernels.cuda_c import rnn_persistent as R
@@ -394,39 +394,33 @@ def persistent_launch(H: int, steps: int, counter_value: int = 0):
     return args + tuple(np.int32(v) for v in (steps, 1, H, 1, 1, R.K_CHUNK))
 
 
-@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
-def test_the_emulator_refuses_a_cooperative_grid_that_is_not_resident(_):
-    # 4000 blocks, each with the shared memory of a 4000-unit slice: one per SM is resident.
-    # (The launch's arrays are those of a small grid: it must be refused before it runs.)
-    smem = R.smem_bytes("persistent", 4, 1, 4000, 8, 8)
-    k = R._with_smem(R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=True), smem)
-    with pytest.raises(RuntimeError, match=r"cooperative grid larger than the 1 x 132 blocks"):
-        k((4000,), (32,), persistent_launch(3, 2), shared_mem=smem)
+# Faults of a launch of lstm_fwd_persistent_f64 (3 blocks of one unit, 2 steps) that a GPU
+# would hang on, shrink, or silently get wrong, and the emulator's message for each.
+EMULATOR_FAULTS = [
+    # 4000 blocks with the shared memory of a 4000-unit slice each: one per SM is resident
+    # (the launch's arrays are those of the small grid: it must be refused before it runs)
+    pytest.param(dict(grid=4000, smem=R.smem_bytes("persistent", 4, 1, 4000, 8, 8)),
+                 r"cooperative grid larger than the 1 x 132 blocks", id="grid-not-resident"),
+    pytest.param(dict(cooperative=False), "not cooperative",
+                 id="grid-barrier-outside-a-cooperative-launch"),
+    pytest.param(dict(counter=3), "arrival counter reads 6 at round 1 of 3",
+                 id="barrier-counter-not-zeroed"),
+    # room for the weights and one staged value: the next staged value lands past the end
+    pytest.param(dict(smem=R.smem_bytes("persistent", 4, 1, 3, 8, 0) + 8),
+                 "wrote past its .* bytes of dynamic shared memory",
+                 id="too-little-dynamic-shared-memory"),
+]
 
 
-@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
-def test_the_emulator_refuses_a_grid_barrier_outside_a_cooperative_launch(_):
-    smem = R.smem_bytes("persistent", 4, 1, 3, 8, 8)
-    k = R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=False)
-    with pytest.raises(RuntimeError, match="not cooperative"):
-        k((3,), (32,), persistent_launch(3, 2), shared_mem=smem)
-
-
-@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
-def test_the_emulator_catches_a_barrier_counter_not_zeroed(_):
-    smem = R.smem_bytes("persistent", 4, 1, 3, 8, 8)
-    k = R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=True)
-    with pytest.raises(RuntimeError, match="arrival counter reads 6 at round 1 of 3"):
-        k((3,), (32,), persistent_launch(3, 2, counter_value=3), shared_mem=smem)
-
-
-@pytest.mark.parametrize("_", [pytest.param(0, marks=EMULATED, id="emulated")])
-def test_the_emulator_checks_dynamic_shared_memory_bounds(_):
-    """Room for the weights and one staged value: the next staged value lands past the end."""
-    too_little = R.smem_bytes("persistent", 4, 1, 3, 8, 0) + 8
-    k = R.kernel(R.FAMILY, "lstm_fwd_persistent_f64", cooperative=True)
-    with pytest.raises(RuntimeError, match="wrote past its .* bytes of dynamic shared memory"):
-        k((3,), (32,), persistent_launch(3, 2), shared_mem=too_little)
+@pytest.mark.parametrize("fault,match", [pytest.param(*p.values, marks=EMULATED, id=p.id)
+                                         for p in EMULATOR_FAULTS])
+def test_the_emulator_catches(fault, match):
+    smem = fault.get("smem", R.smem_bytes("persistent", 4, 1, 3, 8, 8))
+    k = R._with_smem(R.kernel(R.FAMILY, "lstm_fwd_persistent_f64",
+                              cooperative=fault.get("cooperative", True)), smem)
+    with pytest.raises(RuntimeError, match=match):
+        k((fault.get("grid", 3),), (32,), persistent_launch(3, 2, fault.get("counter", 0)),
+          shared_mem=smem)
 
 
 # --------------------------------------------------------------------------- the numba twin

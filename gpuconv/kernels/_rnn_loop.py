@@ -27,8 +27,9 @@ from typing import Callable
 
 from .. import backend
 
-__all__ = ["Cell", "empty_like", "sequence_forward", "sequence_backward", "cell_forward",
-           "cell_backward", "cell_impls", "sequence_impls", "impls"]
+__all__ = ["Cell", "empty_like", "sequence_forward", "sequence_backward",
+           "backward_through_layers", "cell_forward", "cell_backward", "cell_impls",
+           "sequence_impls", "impls"]
 
 
 @dataclass(frozen=True)
@@ -244,16 +245,32 @@ def sequence_backward(cell: Cell, grad_out, grad_finals, x, init, params, num_la
     xp = backend.array_module(x)
     tape = saved[0] if saved else _forward(cell, x, init, params, num_layers, bidirectional,
                                            masks)
-    grad_out = xp.ascontiguousarray(grad_out)
-    grad_finals = _contiguous(xp, grad_finals)
+
+    def layer_backward(layer, grad_out, weights, grad_finals):
+        layer_in, tapes = tape[layer]
+        return _layer_backward(cell, grad_out, layer_in, weights, tapes, grad_finals)
+
+    return backward_through_layers(layer_backward, xp.ascontiguousarray(grad_out),
+                                   _contiguous(xp, grad_finals), x, init, params, num_layers,
+                                   bidirectional, masks)
+
+
+def backward_through_layers(layer_backward: Callable, grad_out, grad_finals, x, init, params,
+                            num_layers: int, bidirectional: bool, masks):
+    """The layer loop of backpropagation through a stack, last layer first.
+    ``layer_backward(layer, grad_out, weights, grad_finals)`` takes the gradient of the layer's
+    output, its weights (per direction) and the gradients of its final states (per direction)
+    and returns (the gradient of its input, per direction the gradients of its initial states,
+    per direction its 4 weight gradients). Returns (grad x, the gradients of ``init``, grad
+    params)."""
+    xp = backend.array_module(x)
     D = 2 if bidirectional else 1
     grad_init = [backend.empty(s.shape, x.dtype, xp) for s in init]
     grad_params = [None] * len(params)
     for layer in reversed(range(num_layers)):
-        layer_in, tapes = tape[layer]
         ks = range(layer * D, (layer + 1) * D)
-        grad_in, grad_states, grad_weights = _layer_backward(
-            cell, grad_out, layer_in, _layer_weights(params, layer, D), tapes,
+        grad_in, grad_states, grad_weights = layer_backward(
+            layer, grad_out, _layer_weights(params, layer, D),
             [[g[k] for g in grad_finals] for k in ks])
         for k, states, gw in zip(ks, grad_states, grad_weights):
             for g0, g in zip(grad_init, states):

@@ -58,7 +58,7 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from .._rnn_loop import _bias_grads, _layer_weights, _stacked_w_ih
+from .._rnn_loop import _bias_grads, _layer_weights, _stacked_w_ih, backward_through_layers
 from . import DTYPES, NULL, gpu_op, kernel
 from .rnn import CELLS
 
@@ -303,8 +303,26 @@ def _run(name: str, plan: Plan, args: tuple, cooperative: bool = False) -> None:
         k((plan.blocks,), (plan.threads,), args, shared_mem=plan.smem)
 
 
-def _sizes(steps: int, B: int, H: int, D: int, plan: Plan) -> tuple:
-    return tuple(np.int32(v) for v in (steps, B, H, D, plan.units))
+def _launch(kind: str, direction: str, persistent: bool, arrays: tuple, shape: tuple,
+            dtype) -> None:
+    """The recurrence of one layer, ``direction`` "fwd" or "bwd": one cooperative launch of
+    the persistent kernel, or the step kernel once per step (and once more at the end of
+    backward). ``shape``: (T, B, H, D)."""
+    T, B, H, D = shape
+    mode = precision_of(dtype)
+    xp = backend.array_module(arrays[1])
+    suffix = _SUFFIX[mode]
+    if persistent:
+        plan = _require_persistent(kind, T, B, H, D, dtype)
+        sizes = tuple(np.int32(v) for v in (T, B, H, D, plan.units, plan.chunk))
+        _run(f"{kind}_{direction}_persistent_{suffix}", plan,
+             arrays + (xp.zeros(1, np.uint32),) + sizes, cooperative=True)
+        return
+    plan = step_plan(f"{direction}_step", GATES[kind], B, H, D, WEIGHT_BYTES[mode],
+                     np.dtype(dtype).itemsize)
+    sizes = tuple(np.int32(v) for v in (T, B, H, D, plan.units))
+    for s in range(T if direction == "fwd" else T + 1):
+        _run(f"{kind}_{direction}_step_{suffix}", plan, arrays + sizes + (np.int32(s),))
 
 
 @dataclass
@@ -316,10 +334,6 @@ class _Layer:
     cs: object         # (D, T+1, B, H) or None (GRU)
     gates: object      # (D, T, B, G*H)
     extra: object      # (D, T, B, H)
-
-
-def _zero_counter(xp):
-    return xp.zeros(1, np.uint32)
 
 
 def _layer_forward(kind: str, persistent: bool, x, weights: list, init: list, keep: bool):
@@ -342,18 +356,8 @@ def _layer_forward(kind: str, persistent: bool, x, weights: list, init: list, ke
     gates = backend.empty((D, T, B, G * H), x.dtype, xp) if keep else None
     extra = backend.empty((D, T, B, H), x.dtype, xp) if keep else None
     out = backend.empty((T, B, D * H), x.dtype, xp)
-    arrays = (gi, w_hh, _ptr(b_ih), _ptr(b_hh), hs, _ptr(cs), _ptr(gates), _ptr(extra), out)
-    suffix = _SUFFIX[mode]
-    if persistent:
-        plan = _require_persistent(kind, T, B, H, D, x.dtype)
-        _run(f"{kind}_fwd_persistent_{suffix}", plan,
-             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan) + (np.int32(plan.chunk),),
-             cooperative=True)
-    else:
-        plan = step_plan("fwd_step", G, B, H, D, WEIGHT_BYTES[mode], x.dtype.itemsize)
-        for s in range(T):
-            _run(f"{kind}_fwd_step_{suffix}", plan,
-                 arrays + _sizes(T, B, H, D, plan) + (np.int32(s),))
+    _launch(kind, "fwd", persistent, (gi, w_hh, _ptr(b_ih), _ptr(b_hh), hs, _ptr(cs),
+                                      _ptr(gates), _ptr(extra), out), (T, B, H, D), x.dtype)
     return out, _Layer(x, hs, cs, gates, extra)
 
 
@@ -374,19 +378,9 @@ def _layer_backward(kind: str, persistent: bool, grad_out, layer: _Layer, weight
     grad_h0 = xp.ascontiguousarray(xp.stack([g[0] for g in grad_finals]))
     grad_c0 = (xp.ascontiguousarray(xp.stack([g[1] for g in grad_finals]))
                if kind == "lstm" else None)
-    arrays = (w_hh, grad_out, layer.hs, _ptr(layer.cs), layer.gates, layer.extra, grad_gi,
-              _ptr(grad_gh), grad_h0, _ptr(grad_c0))
-    suffix = _SUFFIX[mode]
-    if persistent:
-        plan = _require_persistent(kind, T, B, H, D, x.dtype)
-        _run(f"{kind}_bwd_persistent_{suffix}", plan,
-             arrays + (_zero_counter(xp),) + _sizes(T, B, H, D, plan) + (np.int32(plan.chunk),),
-             cooperative=True)
-    else:
-        plan = step_plan("bwd_step", G, B, H, D, WEIGHT_BYTES[mode], x.dtype.itemsize)
-        for s in range(T + 1):
-            _run(f"{kind}_bwd_step_{suffix}", plan,
-                 arrays + _sizes(T, B, H, D, plan) + (np.int32(s),))
+    _launch(kind, "bwd", persistent, (w_hh, grad_out, layer.hs, _ptr(layer.cs), layer.gates,
+                                      layer.extra, grad_gi, _ptr(grad_gh), grad_h0,
+                                      _ptr(grad_c0)), (T, B, H, D), x.dtype)
     gi2 = grad_gi.reshape(T * B, D * GH)
     gh2 = gi2 if grad_gh is None else grad_gh.reshape(T * B, D * GH)
     grad_x = gemm(gi2, _stacked_w_ih(xp, weights), mode).reshape(T, B, I)
@@ -454,31 +448,22 @@ def _sequence_backward(kind: str, persistent: bool, grad_out, grad_finals: tuple
                        init: tuple, params, num_layers: int, bidirectional: bool, masks,
                        saved):
     xp = backend.array_module(x)
-    D = 2 if bidirectional else 1
     if not saved:
         _, _, tape = _sequence_forward(kind, persistent, x, init, params, num_layers,
                                        bidirectional, masks, [])
     else:
         tape = saved[0]
     params = _contiguous(xp, params)
-    grad_finals = _contiguous(xp, grad_finals)
     if x.shape[1] == 0:
         return (xp.zeros_like(x), [xp.zeros_like(s) for s in init],
                 [None if p is None else xp.zeros_like(p) for p in params])
-    grad_out = xp.ascontiguousarray(grad_out)
-    grad_init = [backend.empty(s.shape, x.dtype, xp) for s in init]
-    grad_params = [None] * len(params)
-    for layer in reversed(range(num_layers)):
-        ks = range(layer * D, (layer + 1) * D)
-        grad_in, grad_states, grad_weights = _layer_backward(
-            kind, persistent, grad_out, tape[layer], _layer_weights(params, layer, D),
-            [[g[k] for g in grad_finals] for k in ks])
-        for k, states, gw in zip(ks, grad_states, grad_weights):
-            for g0, g in zip(grad_init, states):
-                g0[k] = g
-            grad_params[4 * k: 4 * k + 4] = gw
-        grad_out = grad_in * masks[layer - 1] if layer > 0 and masks is not None else grad_in
-    return grad_out, grad_init, grad_params
+
+    def layer_backward(layer, grad_out, weights, grad_finals):
+        return _layer_backward(kind, persistent, grad_out, tape[layer], weights, grad_finals)
+
+    return backward_through_layers(layer_backward, xp.ascontiguousarray(grad_out),
+                                   _contiguous(xp, grad_finals), x, init, params, num_layers,
+                                   bidirectional, masks)
 
 
 def _sequence_impls(persistent: bool) -> dict:

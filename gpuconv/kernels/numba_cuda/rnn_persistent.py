@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ... import backend
 from .._rnn_loop import _layer_weights
 from . import simulator_enabled
