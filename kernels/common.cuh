@@ -29,3 +29,15 @@ __device__ __forceinline__ T gpuconv_block_sum(T value) {
     __syncthreads();
     return total;
 }
+
+// Records a failed value check in the four-word row `error` = [seen, value, bound, extra]
+// (the layout gpuconv/device_checks.py reads); a null row records nothing. Threads that fail
+// together race benignly: each word ends up as one of theirs.
+__device__ __forceinline__ void gpuconv_report_error(long long* error, long long value,
+                                                     long long bound, long long extra) {
+    if (error == nullptr) return;
+    error[1] = value;
+    error[2] = bound;
+    error[3] = extra;
+    error[0] = 1;
+}

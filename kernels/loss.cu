@@ -32,6 +32,12 @@
 // A row's incoming gradient g is grad_output[m * g_stride] (g_stride 1 for reduction "none",
 // 0 for a 0-d grad_output), divided by total_weight[0] when that pointer is not null.
 // weight == nullptr means every class weighs 1. Row and element counts are 64-bit.
+//
+// Value checks on the device (gpuconv/device_checks.py): a target outside [0, C) that is not
+// ignore_index is reported in the `error` row (value, C, ignore_index) and its row is
+// treated as ignored, so no kernel reads outside the scores or the weights; a "mean" whose
+// total weight is zero (every target ignored, or weights summing to zero) is reported by the
+// kernel that divides by it. The host reads the rows when it next looks at the device.
 #include "common.cuh"
 
 #define FULL_WARP_MASK 0xffffffffu
@@ -43,13 +49,23 @@ __device__ __forceinline__ T class_weight(const T* __restrict__ weight, long lon
     return weight != nullptr ? weight[c] : T(1);
 }
 
-// w[t] of row m's target, 0 when the row is ignored.
+// Whether row target t counts: not ignore_index and a class in [0, C). A target outside
+// that range is reported (when `report`) and then counts as ignored.
+__device__ __forceinline__ bool counted_target(long long t, int C, long long ignore_index,
+                                               long long* error, bool report) {
+    if (t == ignore_index) return false;
+    if (t >= 0 && t < C) return true;
+    if (report) gpuconv_report_error(error, t, C, ignore_index);
+    return false;
+}
+
+// w[t] of row m's target, 0 when the row does not count.
 template <typename T>
 __device__ __forceinline__ T target_weight(const long long* __restrict__ target,
                                            const T* __restrict__ weight, long long ignore_index,
-                                           long long m) {
+                                           int C, long long m) {
     const long long t = target[m];
-    return t == ignore_index ? T(0) : class_weight(weight, t);
+    return counted_target(t, C, ignore_index, nullptr, false) ? class_weight(weight, t) : T(0);
 }
 
 // d(reduced loss) / d(loss of row m).
@@ -124,12 +140,13 @@ __device__ RowStats<T> row_stats(const T* __restrict__ row, long long S, int C,
 template <typename T, int LANES>
 __device__ void cross_entropy_fwd(const T* __restrict__ x, const long long* __restrict__ target,
                                   const T* __restrict__ weight, long long ignore_index, T eps,
-                                  T* __restrict__ losses, int N, int C, long long S) {
+                                  T* __restrict__ losses, long long* error, int N, int C,
+                                  long long S) {
     static_assert(LANES == 1 || LANES == WARP_LANES, "a row belongs to a thread or a warp");
     const int lane = threadIdx.x % LANES;
     ROW_LOOP(m, (long long)N * S, LANES) {
         const long long t = target[m];
-        if (t == ignore_index) {
+        if (!counted_target(t, C, ignore_index, error, lane == 0)) {
             if (lane == 0) losses[m] = T(0);
             continue;
         }
@@ -148,14 +165,15 @@ __device__ void cross_entropy_bwd(const T* __restrict__ grad_output, long long g
                                   const T* __restrict__ total_weight, const T* __restrict__ x,
                                   const long long* __restrict__ target,
                                   const T* __restrict__ weight, long long ignore_index, T eps,
-                                  T* __restrict__ grad_x, int N, int C, long long S) {
+                                  T* __restrict__ grad_x, long long* error, int N, int C,
+                                  long long S) {
     static_assert(LANES == 1 || LANES == WARP_LANES, "a row belongs to a thread or a warp");
     const int lane = threadIdx.x % LANES;
     ROW_LOOP(m, (long long)N * S, LANES) {
         const long long offset = (m / S) * C * S + m % S;
         T* grad_row = grad_x + offset;
         const long long t = target[m];
-        if (t == ignore_index) {
+        if (!counted_target(t, C, ignore_index, error, lane == 0)) {
             for (int c = lane; c < C; c += LANES) grad_row[c * S] = T(0);
             continue;
         }
@@ -176,12 +194,13 @@ __device__ void cross_entropy_bwd(const T* __restrict__ grad_output, long long g
 template <typename T>
 __device__ void nll_loss_fwd_rows(const T* __restrict__ x, const long long* __restrict__ target,
                                   const T* __restrict__ weight, long long ignore_index,
-                                  T* __restrict__ losses, int N, int C, long long S) {
+                                  T* __restrict__ losses, long long* error, int N, int C,
+                                  long long S) {
     GPUCONV_GRID_STRIDE_LOOP(m, (long long)N * S) {
         const long long t = target[m];
-        losses[m] = t == ignore_index
-                        ? T(0)
-                        : -class_weight(weight, t) * x[(m / S) * C * S + t * S + m % S];
+        losses[m] = counted_target(t, C, ignore_index, error, true)
+                        ? -class_weight(weight, t) * x[(m / S) * C * S + t * S + m % S]
+                        : T(0);
     }
 }
 
@@ -190,40 +209,45 @@ __device__ void nll_loss_bwd_pointwise(const T* __restrict__ grad_output, long l
                                        const T* __restrict__ total_weight,
                                        const long long* __restrict__ target,
                                        const T* __restrict__ weight, long long ignore_index,
-                                       T* __restrict__ grad_x, int N, int C, long long S) {
+                                       T* __restrict__ grad_x, long long* error, int N, int C,
+                                       long long S) {
     GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
         const long long s = i % S;
         const long long c = (i / S) % C;
         const long long m = (i / (S * C)) * S + s;
         const long long t = target[m];
-        grad_x[i] = (t != ignore_index && c == t)
+        grad_x[i] = (counted_target(t, C, ignore_index, error, c == 0) && c == t)
                         ? -row_grad(grad_output, g_stride, total_weight, m) *
                               class_weight(weight, t)
                         : T(0);
     }
 }
 
-// Sum of w[t] over the counted rows, returned to every thread of the block.
+// Sum of w[t] over the counted rows, returned to every thread of the block; a zero sum
+// (the divisor of "mean") is reported in `error`.
 template <typename T>
 __device__ T total_target_weight(const long long* __restrict__ target,
-                                 const T* __restrict__ weight, long long ignore_index,
-                                 long long rows) {
+                                 const T* __restrict__ weight, long long ignore_index, int C,
+                                 long long rows, long long* error) {
     T acc = T(0);
     for (long long m = threadIdx.x; m < rows; m += blockDim.x)
-        acc += target_weight(target, weight, ignore_index, m);
-    return gpuconv_block_sum(acc);
+        acc += target_weight(target, weight, ignore_index, C, m);
+    const T total = gpuconv_block_sum(acc);
+    if (total == T(0) && threadIdx.x == 0) gpuconv_report_error(error, 0, C, ignore_index);
+    return total;
 }
 
 template <typename T>
 __device__ void class_loss_fwd_reduce(const T* __restrict__ losses,
                                       const long long* __restrict__ target,
                                       const T* __restrict__ weight, long long ignore_index,
-                                      long long rows, int divide_by_weight, T* __restrict__ out) {
+                                      long long rows, int divide_by_weight, T* __restrict__ out,
+                                      long long* error, int C) {
     T acc = T(0);
     for (long long m = threadIdx.x; m < rows; m += blockDim.x) acc += losses[m];
     const T total = gpuconv_block_sum(acc);
     if (divide_by_weight) {
-        const T total_weight = total_target_weight(target, weight, ignore_index, rows);
+        const T total_weight = total_target_weight(target, weight, ignore_index, C, rows, error);
         if (threadIdx.x == 0) out[0] = total / total_weight;
     } else if (threadIdx.x == 0) {
         out[0] = total;
@@ -233,13 +257,14 @@ __device__ void class_loss_fwd_reduce(const T* __restrict__ losses,
 template <typename T>
 __device__ void class_loss_bwd_total_weight(const long long* __restrict__ target,
                                             const T* __restrict__ weight, long long ignore_index,
-                                            long long rows, T* __restrict__ out) {
-    const T total_weight = total_target_weight(target, weight, ignore_index, rows);
+                                            long long rows, T* __restrict__ out,
+                                            long long* error, int C) {
+    const T total_weight = total_target_weight(target, weight, ignore_index, C, rows, error);
     if (threadIdx.x == 0) out[0] = total_weight;
 }
 
-#define CLASS_SHAPE_PARAMS int N, int C, long long S
-#define CLASS_SHAPE_ARGS N, C, S
+#define CLASS_SHAPE_PARAMS long long *error, int N, int C, long long S
+#define CLASS_SHAPE_ARGS error, N, C, S
 #define ROW_GRAD_PARAMS(T) const T *grad_output, long long g_stride, const T *total_weight
 #define ROW_GRAD_ARGS grad_output, g_stride, total_weight
 
@@ -273,14 +298,14 @@ __device__ void class_loss_bwd_total_weight(const long long* __restrict__ target
     }                                                                                        \
     extern "C" __global__ void class_loss_fwd_reduce_##SUFFIX(                               \
         const T* losses, const long long* target, const T* weight, long long ignore_index,   \
-        long long rows, int divide_by_weight, T* out) {                                      \
+        long long rows, int divide_by_weight, T* out, long long* error, int C) {             \
         class_loss_fwd_reduce<T>(losses, target, weight, ignore_index, rows,                 \
-                                 divide_by_weight, out);                                     \
+                                 divide_by_weight, out, error, C);                           \
     }                                                                                        \
     extern "C" __global__ void class_loss_bwd_total_weight_##SUFFIX(                         \
         const long long* target, const T* weight, long long ignore_index, long long rows,    \
-        T* out) {                                                                            \
-        class_loss_bwd_total_weight<T>(target, weight, ignore_index, rows, out);             \
+        T* out, long long* error, int C) {                                                   \
+        class_loss_bwd_total_weight<T>(target, weight, ignore_index, rows, out, error, C);   \
     }
 
 LOSS_ENTRY_POINTS(float, f32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _checks as C, backend, kernels
+from .. import _checks as C, backend, device_checks, kernels
 
 __all__ = [
     "cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
@@ -39,8 +39,9 @@ def _check_grad_output(op: str, grad_output, input, reduction: str, per_position
 
 # --------------------------------------------------------------------------- class targets
 
-def _class_targets(op: str, input, target, weight, ignore_index, reduction):
-    """Validate a class-index loss call; return the targets as int64."""
+def _class_targets(op: str, input, target, weight, ignore_index, reduction, impl):
+    """Validate a class-index loss call; return the targets as int64. The targets' values
+    are checked here, or on the device by the kernels (see :mod:`gpuconv.device_checks`)."""
     C.float_array(op, "input", input)
     if input.ndim < 2:
         raise ValueError(f"{op}: input must have shape (N, C) or (N, C, d1, ...), "
@@ -65,7 +66,8 @@ def _class_targets(op: str, input, target, weight, ignore_index, reduction):
         raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
     _check_reduction(op, reduction)
     target = target.astype(np.int64, copy=False)
-    _check_target_values(op, target, weight, n_classes, int(ignore_index), reduction)
+    if device_checks.on_host(op, impl, input):
+        _check_target_values(op, target, weight, n_classes, int(ignore_index), reduction)
     return target
 
 
@@ -109,7 +111,7 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
     "sum" returns sum(l), "none" returns l with shape (N, d1, ...).
     """
     op = "cross_entropy"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
+    target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
     eps = _check_label_smoothing(op, label_smoothing)
     return kernels.dispatch(op, impl, input, target, weight, int(ignore_index), reduction, eps)
 
@@ -127,7 +129,7 @@ def cross_entropy_backward(grad_output, input, target, weight=None, ignore_index
     grad_input has the shape and dtype of input.
     """
     op = "cross_entropy_backward"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
+    target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
     eps = _check_label_smoothing(op, label_smoothing)
     _check_grad_output(op, grad_output, input, reduction, _per_position(input))
     return kernels.dispatch(op, impl, grad_output, input, target, weight, int(ignore_index),
@@ -144,7 +146,7 @@ def nll_loss(input, target, weight=None, ignore_index: int = -100, reduction: st
     "mean" divides sum(l) by sum(w[t]) over the non-ignored positions.
     """
     op = "nll_loss"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
+    target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
     return kernels.dispatch(op, impl, input, target, weight, int(ignore_index), reduction)
 
 
@@ -157,7 +159,7 @@ def nll_loss_backward(grad_output, input, target, weight=None, ignore_index: int
     position, with g = grad_output (divided by sum(w[t]) for "mean").
     """
     op = "nll_loss_backward"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
+    target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
     _check_grad_output(op, grad_output, input, reduction, _per_position(input))
     return kernels.dispatch(op, impl, grad_output, input, target, weight, int(ignore_index),
                             reduction)
