@@ -33,7 +33,9 @@
 //
 // Dropout (the rule of gpuconv.functional.dropout, equal bit for bit to the CPU impls):
 //   dropout_fwd       thread = one Philox4x64-10 block t (philox.cuh): counter (t + 1, 0, 0, 0),
-//                     key (seed, 0); its four 64-bit words decide elements 4t .. 4t+3: element i
+//                     key (seed, offset + offset_delta[0]) (offset_delta may be null: 0; a
+//                     captured graph's replays move it on the device, gpuconv/graphs.py);
+//                     its four 64-bit words decide elements 4t .. 4t+3: element i
 //                     is kept iff word >= threshold, where the host passes
 //                     threshold = ceil(p * 2^53) << 11, the integer form of
 //                     (word >> 11) * 2^-53 >= p. y = kept ? x * scale : 0. The backward pass
@@ -319,10 +321,14 @@ __device__ void softmax_bwd(const T* __restrict__ g, const T* __restrict__ x,
 
 template <typename T>
 __device__ void dropout_fwd(const T* __restrict__ x, T* __restrict__ y, long long n,
-                            unsigned long long seed, unsigned long long threshold, T scale) {
+                            unsigned long long seed, unsigned long long offset,
+                            const unsigned long long* __restrict__ offset_delta,
+                            unsigned long long threshold, T scale) {
+    // The key's second word; a captured graph reads how far its replay has moved it.
+    const unsigned long long key1 = offset + (offset_delta != nullptr ? offset_delta[0] : 0ull);
     GPUCONV_GRID_STRIDE_LOOP(t, (n + PHILOX_WORDS - 1) / PHILOX_WORDS) {
         unsigned long long words[PHILOX_WORDS] = {(unsigned long long)t + 1, 0, 0, 0};
-        philox4x64_10(words, seed, 0);
+        philox4x64_10(words, seed, key1);
 #pragma unroll
         for (int j = 0; j < PHILOX_WORDS; ++j) {
             const long long i = t * PHILOX_WORDS + j;
@@ -376,10 +382,10 @@ __device__ void dropout_fwd(const T* __restrict__ x, T* __restrict__ y, long lon
     SOFTMAX_ENTRY_POINTS(T, SUFFIX, softmax, false, thread, 1)                                \
     SOFTMAX_ENTRY_POINTS(T, SUFFIX, log_softmax, true, warp, WARP_LANES)                      \
     SOFTMAX_ENTRY_POINTS(T, SUFFIX, log_softmax, true, thread, 1)                             \
-    extern "C" __global__ void dropout_fwd_##SUFFIX(const T* x, T* y, long long n,            \
-                                                    unsigned long long seed,                  \
-                                                    unsigned long long threshold, T scale) {  \
-        dropout_fwd<T>(x, y, n, seed, threshold, scale);                                      \
+    extern "C" __global__ void dropout_fwd_##SUFFIX(                                          \
+        const T* x, T* y, long long n, unsigned long long seed, unsigned long long offset,    \
+        const unsigned long long* offset_delta, unsigned long long threshold, T scale) {      \
+        dropout_fwd<T>(x, y, n, seed, offset, offset_delta, threshold, scale);                \
     }
 
 ACTIVATION_ENTRY_POINTS(float, f32)

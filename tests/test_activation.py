@@ -268,6 +268,26 @@ def test_dropout_mask_follows_the_documented_philox_rule(impl, seed):
     np.testing.assert_array_equal(kept, expected)
 
 
+@pytest.mark.parametrize("offset, delta", [(1, None), (2 ** 64 - 1, None), (5, 2 ** 64 - 3)],
+                         ids=["offset", "largest-offset", "offset+delta-wraps"])
+@pytest.mark.parametrize("impl", impl_params("dropout", include_reference=True))
+def test_dropout_offset_is_the_second_word_of_the_philox_key(impl, offset, delta):
+    n, p, seed = 11, 0.5, 7
+    key1 = (offset + (delta or 0)) % 2 ** 64
+    words = [w for block in range(n // 4 + 1) for w in philox4x64((block + 1, 0, 0, 0),
+                                                                    (seed, key1))]
+    expected = np.array([(w >> 11) * 2.0 ** -53 >= p for w in words[:n]])
+    x = on_device_of(impl, "dropout", np.ones(n))
+    offset_delta = None if delta is None else on_device_of(impl, "dropout",
+                                                           np.array([delta], np.uint64))
+    kept = backend.to_numpy(F.dropout(x, p, True, seed, offset=offset,
+                                      offset_delta=offset_delta, impl=impl)) != 0
+    np.testing.assert_array_equal(kept, expected)
+    grad = backend.to_numpy(F.dropout_backward(x, x, p, True, seed, offset=offset,
+                                               offset_delta=offset_delta, impl=impl)) != 0
+    np.testing.assert_array_equal(grad, expected)
+
+
 @pytest.mark.parametrize("impl", impl_params("dropout", include_reference=True))
 def test_dropout_same_seed_gives_the_same_mask(impl):
     x = on_device_of(impl, "dropout", rng_for("dropout", "replay").standard_normal((6, 7)))
@@ -455,6 +475,13 @@ def test_dropout_training_must_be_a_bool():
 def test_dropout_seed_outside_uint64_is_rejected(seed, error, match):
     with pytest.raises(error, match=f"dropout: {match}"):
         F.dropout(X, 0.5, True, seed)
+
+
+def test_dropout_offset_delta_must_be_one_uint64_on_the_input_device():
+    with pytest.raises(TypeError, match=r"offset_delta must be a uint64 array of shape \(1,\)"):
+        F.dropout(X, 0.5, True, 1, offset_delta=np.zeros(1, np.int64))
+    with pytest.raises(ValueError, match=r"dropout: offset must be in \[0, 2\*\*64\)"):
+        F.dropout(X, 0.5, True, 1, offset=-1)
 
 
 # --------------------------------------------------------------------------- bias_act

@@ -423,6 +423,17 @@ inline void __syncthreads() { emu::suspend(emu::State::block_barrier); }
     __builtin_unreachable();
 }
 
+// Atomics and fences: fibers never preempt one another, so a read-modify-write is atomic
+// and memory is always coherent.
+template <typename T>
+inline T atomicAdd(T* address, T value) {
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
+
+inline void __threadfence() {}
+
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "one word per lane");

@@ -110,11 +110,13 @@ def softmax_bwd(g, y, gx, log):
 
 # --------------------------------------------------------------------------- dropout
 
-def philox_round_keys(seed: int) -> np.ndarray:
-    """The (PHILOX_ROUNDS, 2) uint64 round keys of Philox4x64-10 keyed by ``(seed, 0)``:
-    round r uses ``(seed + r * W0, r * W1) mod 2**64``. They do not depend on the counter,
-    so the host computes them once per launch, in exact integer arithmetic."""
-    return np.array([((seed + r * PHILOX_W0) % _UINT64_MOD, (r * PHILOX_W1) % _UINT64_MOD)
+def philox_round_keys(key: int) -> np.ndarray:
+    """The (PHILOX_ROUNDS, 2) uint64 round keys of Philox4x64-10 keyed by the 128-bit
+    ``key = k0 + 2**64 * k1``: round r uses ``(k0 + r * W0, k1 + r * W1) mod 2**64``. They
+    do not depend on the counter, so the host computes them once per launch, in exact
+    integer arithmetic."""
+    k0, k1 = key % _UINT64_MOD, key // _UINT64_MOD
+    return np.array([((k0 + r * PHILOX_W0) % _UINT64_MOD, (k1 + r * PHILOX_W1) % _UINT64_MOD)
                      for r in range(PHILOX_ROUNDS)], dtype=np.uint64)
 
 

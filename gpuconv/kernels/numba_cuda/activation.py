@@ -17,6 +17,7 @@ import math
 from ... import backend
 from .. import register
 from ..numpy_impl.activation import _keep_threshold
+from ..reference.activation import philox_key
 from . import DTYPES, is_available
 
 THREADS = 128
@@ -144,12 +145,13 @@ def log_softmax_backward(g, x, dim, output):
 # Dropout is linear in its input, so the backward pass is the forward pass applied to
 # grad_output with the same mask and scale.
 @_numba("dropout", "dropout_backward")
-def dropout(x, p, seed):
+def dropout(x, p, seed, offset, offset_delta):
     xp = backend.array_module(x)
     if p == 1:
         return xp.zeros(x.shape, x.dtype)
     k = _kernels()
     y = backend.empty(x.shape, x.dtype, xp)
     _launch(k.dropout_fwd, -(-x.size // k.PHILOX_WORDS), _flat(x), y.reshape(-1),
-            xp.asarray(k.philox_round_keys(seed)), _keep_threshold(p), x.dtype.type(1 / (1 - p)))
+            xp.asarray(k.philox_round_keys(philox_key(seed, offset, offset_delta))),
+            _keep_threshold(p), x.dtype.type(1 / (1 - p)))
     return y

@@ -14,6 +14,7 @@ import numpy as np
 
 from ... import backend
 from .. import register
+from ..reference.activation import philox_key
 
 # Dropout draws random words in blocks of this many elements, so its mask stays in cache
 # and never costs 8 bytes per element of the whole input.
@@ -158,14 +159,14 @@ def _keep_threshold(p: float) -> np.uint64:
 # grad_output with the same mask and scale.
 @register("dropout", "numpy")
 @register("dropout_backward", "numpy")
-def dropout(x, p, seed):
+def dropout(x, p, seed, offset, offset_delta):
     if p == 1:
         return np.zeros(x.shape, x.dtype)
     out = _out(x)
     if p == 0:
         np.copyto(out, x)
         return out
-    words = np.random.Philox(key=seed)
+    words = np.random.Philox(key=philox_key(seed, offset, offset_delta))
     threshold = _keep_threshold(p)
     scale = x.dtype.type(1 / (1 - p))
     src, dst = x.reshape(-1), out.reshape(-1)
