@@ -2,6 +2,7 @@
 finite differences. Tests import it as ``from support import ...``."""
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import numpy as np
@@ -118,3 +119,23 @@ def check_grads(loss, analytic: dict, inputs: dict, tol: float = FD_TOL) -> None
 def rng_for(*key) -> np.random.Generator:
     """A generator seeded from the test's parameters, so each case is reproducible."""
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+@contextlib.contextmanager
+def device_counts():
+    """``with device_counts() as c:`` -- what the block made the host and device do. Under
+    the CUDA emulator ``c`` counts it exactly when the block ends (``c["sync"]``, ``"d2h"``,
+    ``"h2d"``, ``"launch"``, ``"graph_launch"``, ``"capture"``; tests/cuda_emu/streams.py);
+    on a GPU a synchronisation in the block raises (``cupyx.allow_synchronize(False)``) and
+    ``c`` is None."""
+    cp = backend.cupy_or_none()
+    if getattr(cp, "__version__", "") == "0.0-emulated":
+        from cuda_emu import streams
+
+        with streams.counting() as counts:
+            yield counts
+    else:
+        import cupyx
+
+        with cupyx.allow_synchronize(False):
+            yield None

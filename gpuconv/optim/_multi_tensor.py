@@ -131,25 +131,28 @@ def _by_dtype(entries: list) -> dict:
 _clip_tables = _Tables()
 
 
-def clip_grad_norm(grads: list, max_norm: float, norm_type: float):
+def clip_grad_norm(grads: list, max_norm: float, norm_type: float, check=None):
     """Scale the CuPy ``grads`` in place so that their joint ``norm_type``-norm is at most
-    ``max_norm``; returns the total norm before clipping as a 0-d float64 device array,
-    without a synchronisation (see :func:`gpuconv.optim.clip_grad_norm_`)."""
+    ``max_norm``; returns the total norm before clipping as a 0-d float64 device array (see
+    :func:`gpuconv.optim.clip_grad_norm_`). ``check(total: float)``, when given, sees the
+    norm before any gradient is scaled (reading it is a synchronisation)."""
     cp = backend.cupy_or_none()
     by_dtype: dict = {}
     for g in grads:
         by_dtype.setdefault(np.dtype(g.dtype), []).append(Entry(0, 0, None, g, ()))
     launches = [(dtype, *_clip_tables.get(group)) for dtype, group in by_dtype.items()]
-    offsets, total_partials = [], 0
+    offsets, partials = [], 0
     for _, _, _, chunks in launches:
-        offsets.append(total_partials)
-        total_partials += kernels.norm_blocks(chunks)
-    partial = cp.empty(total_partials, np.float64)
-    total = cp.empty((), np.float64)
+        offsets.append(partials)
+        partials += kernels.norm_blocks(chunks)
+    partial = cp.empty(partials, np.float64)
     for (dtype, table, count, chunks), offset in zip(launches, offsets):
         kernels.multi_tensor_norm_partial(dtype, table, count, chunks, norm_type, partial,
                                           offset)
+    if check is not None:
+        check(float(partial.max() if norm_type == np.inf else partial.sum() ** (1 / norm_type)))
+    total = cp.empty((), np.float64)
     for dtype, table, count, chunks in launches:
-        kernels.multi_tensor_clip_scale(dtype, table, count, chunks, partial, total_partials,
+        kernels.multi_tensor_clip_scale(dtype, table, count, chunks, partial, partials,
                                         norm_type, max_norm, total)
     return total

@@ -480,6 +480,7 @@ class RawKernel:
         self._execute(grid, block, args, arrays, shared_mem)
 
     def _execute(self, grid: int, block: int, args, arrays: list, shared_mem: int) -> None:
+        streams.counters["launch"] += 1
         with _guarded(arrays, self.name) as device:
             values = [self._value(i, p, a, device) for i, (p, a) in
                       enumerate(zip(self.params, args))]

@@ -8,7 +8,8 @@ forbids while a stream is being captured:
 - ``counters``: ``sync`` (the host waited for the device: ``Device/Stream/Event
   .synchronize``, every device-to-host read, a ``set`` without a stream), ``d2h``
   (device-to-host copies: ``get``, ``float()``/``int()``/``bool()`` of an array, ``item``,
-  ``asnumpy``), ``h2d`` (host-to-device copies), ``graph_launch`` and ``capture``.
+  ``asnumpy``), ``h2d`` (host-to-device copies), ``launch`` (kernels of ``kernels/*.cu``
+  run, by a launch or a graph replay), ``graph_launch`` and ``capture``.
   ``counting()`` gives the counts of a block of code.
 - Capture (``Stream.begin_capture()`` ... ``end_capture()`` -> ``Graph``): every device
   operation issued while a capture is open is *recorded, not run*, as on a GPU: a kernel
@@ -31,7 +32,7 @@ from collections import Counter
 
 import numpy as np
 
-COUNTED = ("sync", "d2h", "h2d", "graph_launch", "capture")
+COUNTED = ("sync", "d2h", "h2d", "launch", "graph_launch", "capture")
 counters: Counter = Counter()
 # cuBLAS products, which a capture records only with a workspace set on the handle.
 CUBLAS_OPS = {"matmul", "dot", "tensordot", "einsum", "inner", "vdot"}
