@@ -12,6 +12,7 @@ crash never leaves half a file; loading uses ``allow_pickle=False``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-from . import backend
+from . import backend, device_checks, graphs
 
 __all__ = ["History", "fit", "evaluate", "save_checkpoint", "load_checkpoint"]
 
@@ -114,67 +115,240 @@ def load_checkpoint(path: str | os.PathLike, model=None, optimizer=None) -> dict
     return meta
 
 
-def _accuracy_count(out, y) -> int:
+# --------------------------------------------------------------------------- epoch statistics
+
+class _Stats:
+    """Loss sum and correct count of the samples seen so far, on the arrays' device: on the
+    GPU a float64 device array that each step adds to (one launch, no synchronisation) and
+    the host reads only when it reports; on the CPU plain floats."""
+
+    def __init__(self, like):
+        self.on_device = backend.device_of(like) == "cuda"
+        self.samples = 0
+        self.loss_sum, self.correct = 0.0, 0
+        if self.on_device:
+            self.device = backend.array_module(like).zeros(2, np.float64)
+
+    def reset(self) -> None:
+        self.samples, self.loss_sum, self.correct = 0, 0.0, 0
+        if self.on_device:
+            self.device.fill(0)
+
+    def add(self, loss, out, y) -> None:
+        """Count a batch (``loss`` its mean loss, ``out`` its scores, ``y`` its targets);
+        ``loss`` None counts only the correct predictions."""
+        if self.on_device:
+            _accumulate_on_device(self.device, loss, out, y)
+            return
+        xp = backend.array_module(out)
+        self.correct += int(xp.sum(xp.argmax(out, axis=1) == y))
+        if loss is not None:
+            self.loss_sum += float(loss) * int(y.shape[0])
+
+    def read(self) -> tuple[float, int]:
+        """``(loss_sum, correct)`` so far: on the GPU one device-to-host copy, which also
+        raises any error the kernels flagged (gpuconv.device_checks)."""
+        if self.on_device:
+            (host,) = device_checks.read(self.device)
+            self.loss_sum, self.correct = float(host[0]), int(host[1])
+        return self.loss_sum, self.correct
+
+
+def _accumulate_on_device(stats, loss, out, y) -> None:
+    """``stats += [loss * N, correct]``: the fused kernel when the targets are class indices
+    of ``out``'s rows, CuPy operations otherwise (e.g. a regression's float targets)."""
     xp = backend.array_module(out)
-    return int(xp.sum(xp.argmax(out, axis=1) == y))
+    n = int(y.shape[0])
+    if loss is None:
+        loss = xp.zeros((), out.dtype)
+    is_class = (np.issubdtype(np.dtype(y.dtype), np.integer) and out.ndim >= 2
+                and tuple(y.shape) == (out.shape[0],) + tuple(out.shape[2:]))
+    if is_class and out.dtype in (np.float32, np.float64):
+        from .kernels.cuda_c.loss import classification_stats
+
+        classification_stats(stats, xp.ascontiguousarray(loss, dtype=out.dtype), out,
+                             y.astype(np.int64, copy=False))
+    else:
+        stats[0] += loss.astype(np.float64) * n
+        stats[1] += xp.sum(xp.argmax(out, axis=1) == y)
 
 
 def evaluate(model, loader: Iterable, loss_fn=None) -> dict:
-    """Mean loss (when ``loss_fn`` is given) and accuracy of ``model`` over ``loader``."""
+    """Mean loss (when ``loss_fn`` is given) and accuracy of ``model`` over ``loader``.
+
+    On the GPU the sums stay on the device until the end: one synchronisation, which also
+    raises any value check the kernels flagged (:mod:`gpuconv.device_checks`)."""
     was_training = model.training
     model.eval()
-    total, correct, loss_sum = 0, 0, 0.0
+    stats, total = None, 0
     try:
         for x, y in loader:
             out = model(x)
-            n = int(y.shape[0])
-            correct += _accuracy_count(out, y)
-            if loss_fn is not None:
-                loss_sum += float(loss_fn(out, y)) * n
-            total += n
+            if stats is None:
+                stats = _Stats(out)
+            stats.add(None if loss_fn is None else loss_fn(out, y), out, y)
+            total += int(y.shape[0])
     finally:
         model.train(was_training)
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
+    loss_sum, correct = stats.read()
     result = {"accuracy": correct / total, "samples": total}
     if loss_fn is not None:
         result["loss"] = loss_sum / total
     return result
 
 
-def _train_epoch(model, loss_fn, optimizer, loader, clip_grad_norm, bar) -> tuple[float, float]:
-    from .optim import clip_grad_norm_
+# --------------------------------------------------------------------------- training steps
 
-    model.train()
-    total, correct, loss_sum = 0, 0, 0.0
-    start = time.perf_counter()
-    for x, y in loader:
-        out = model(x)
-        loss = float(loss_fn(out, y))
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training diverged: the loss became {loss}; "
-                                     "lower the learning rate or clip gradients")
-        model.backward(loss_fn.backward())
-        if clip_grad_norm is not None:
-            clip_grad_norm_(model.parameters(), clip_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        n = int(y.shape[0])
-        total += n
-        correct += _accuracy_count(out, y)
-        loss_sum += loss * n
-        if bar is not None:
-            bar.update(n)
-            bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}",
-                            samples_s=f"{total / (time.perf_counter() - start):.0f}")
-    return loss_sum / total, correct / total
+class _Trainer:
+    """The training step of :func:`fit`, eager or replayed from a CUDA graph.
+
+    A step is forward, loss, backward, optional clipping, the optimizer step and the
+    statistics update, with no host synchronisation on the GPU. In graph mode the first
+    batch of the static shape runs eagerly (it makes the optimizer's state and compiles every
+    kernel), the second is copied into static input buffers and captured (nothing runs), and
+    that and every later batch of the same shape is copied in and replayed: one launch per
+    step. A batch of another shape (the last, partial one) runs eagerly, or is dropped with
+    ``last_batch="drop"``.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, clip_grad_norm, use_graph: bool,
+                 last_batch: str):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.clip, self.use_graph, self.last_batch = clip_grad_norm, use_graph, last_batch
+        self.shape = None      # the (x, y) shapes of the first batch: the static shape
+        self.eager_steps = 0
+        self.graph = self.static = None
+        self.stats: _Stats | None = None
+
+    def run(self, x, y) -> bool:
+        """Train on one batch; False when it was dropped."""
+        shape = (tuple(x.shape), tuple(y.shape))
+        if self.shape is None:
+            self.shape = shape
+        if self.stats is None:
+            self.stats = _Stats(x)
+        if shape != self.shape:
+            if self.last_batch == "drop":
+                return False
+            self._step(x, y)
+        elif not self.use_graph or self.eager_steps < GRAPH_WARMUP_STEPS:
+            self._step(x, y)
+            self.eager_steps += 1
+        else:
+            self._replay(x, y)
+        self.stats.samples += int(y.shape[0])
+        return True
+
+    def _step(self, x, y) -> None:
+        from .optim import clip_grad_norm_
+
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        self.model.backward(self.loss_fn.backward())
+        if self.clip is not None:
+            clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.stats.add(loss, out, y)
+
+    def _replay(self, x, y) -> None:
+        if self.graph is None:
+            # Static inputs, made before the capture from the default memory pool.
+            self.static = (x.copy(), y.copy())
+            self.graph = graphs.StepGraph()
+            self.graph.capture(lambda: self._step(*self.static))
+        else:
+            self.static[0][...] = x
+            self.static[1][...] = y
+        self.optimizer.refresh_device_hyperparameters()  # a scheduler's new learning rate
+        self.graph.replay()
+
+
+# At least one eager step before a capture: it makes the optimizer's state (momentum
+# buffers, moments), so that the captured step is a steady one, and compiles every kernel.
+GRAPH_WARMUP_STEPS = 1
+# Progress-bar reads (one synchronisation each) at most this often when no N is given.
+PROGRESS_SECONDS = 0.25
+
+
+def _graph_blockers(model) -> list[str]:
+    """Why ``model``'s training step cannot be captured as a CUDA graph (empty: it can)."""
+    from .nn.norm import _BatchNorm
+    from .nn.rnn import _RNNBase
+
+    reasons = []
+    if device_checks.eager():
+        reasons.append("eager device checks are on (gpuconv.device_checks.set_eager)")
+    for name, m in model.named_modules():
+        if isinstance(m, _RNNBase) and m.dropout > 0 and m.num_layers > 1:
+            reasons.append(f"{name or type(m).__name__}: recurrent dropout draws its masks' "
+                           "seeds on the host")
+        if isinstance(m, _BatchNorm) and m.momentum is None and m.track_running_stats:
+            reasons.append(f"{name or type(m).__name__}: momentum=None reads "
+                           "num_batches_tracked on the host")
+    return reasons
+
+
+def _use_graph(model, cuda_graph: bool | None, on_gpu: bool) -> bool:
+    if cuda_graph is False:
+        return False
+    if not on_gpu:
+        if cuda_graph:
+            raise ValueError("fit: cuda_graph=True needs the model on the GPU")
+        return False
+    reasons = _graph_blockers(model)
+    if reasons and cuda_graph:
+        raise ValueError("fit: cuda_graph=True, but the step cannot be captured: "
+                         + "; ".join(reasons))
+    return not reasons
+
+
+def _train_epoch(trainer: _Trainer, loader, bar, progress_every: int | None,
+                 epoch: int) -> tuple[float, float]:
+    trainer.model.train()
+    if trainer.stats is not None:
+        trainer.stats.reset()
+    start = last_read = time.perf_counter()
+    for step, (x, y) in enumerate(loader, 1):
+        if not trainer.run(x, y) or bar is None:
+            continue
+        bar.update(int(y.shape[0]))
+        now = time.perf_counter()
+        due = (step % progress_every == 0) if progress_every else \
+            now - last_read >= PROGRESS_SECONDS
+        if due:
+            last_read = now
+            _show_progress(bar, trainer.stats, epoch, now - start)
+    if trainer.stats is None or trainer.stats.samples == 0:
+        raise ValueError("fit: the training loader yielded no batches")
+    loss_sum, correct = _checked(trainer.stats, epoch)
+    return loss_sum / trainer.stats.samples, correct / trainer.stats.samples
+
+
+def _checked(stats: _Stats, epoch: int) -> tuple[float, int]:
+    loss_sum, correct = stats.read()
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"training diverged: the loss became {loss_sum} in epoch "
+                                 f"{epoch + 1}; lower the learning rate or clip gradients")
+    return loss_sum, correct
+
+
+def _show_progress(bar, stats: _Stats, epoch: int, seconds: float) -> None:
+    loss_sum, correct = _checked(stats, epoch)
+    bar.set_postfix(loss=f"{loss_sum / stats.samples:.4f}",
+                    acc=f"{correct / stats.samples:.3f}",
+                    samples_s=f"{stats.samples / seconds:.0f}")
 
 
 def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 10, *,
         scheduler=None, early_stopping: int | None = None, checkpoint: str | os.PathLike | None = None,
         resume: str | os.PathLike | None = None, history_path: str | os.PathLike | None = None,
         plot_path: str | os.PathLike | None = None, clip_grad_norm: float | None = None,
-        checkpoint_meta: dict | None = None, progress: bool = True) -> History:
+        checkpoint_meta: dict | None = None, progress: bool = True,
+        cuda_graph: bool | None = None, last_batch: str = "eager",
+        progress_every: int | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs and return the :class:`History`.
 
     - ``val_loader``: evaluated after every epoch; the best validation accuracy is what
@@ -186,9 +360,45 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
       training resumes from there).
     - ``checkpoint_meta``: JSON-able facts stored in each checkpoint beside the epoch and
       history (the CLI stores the model's name and arguments there).
+    - ``cuda_graph``: on the GPU, capture the training step once as a CUDA graph and replay
+      it for every batch of the first batch's shape (one launch per step). None (the
+      default) does so when the model's step can be captured (no eager device checks, no
+      recurrent dropout, no BatchNorm with momentum=None); True insists, False never.
+    - ``last_batch``: what happens to a batch whose shape differs from the first one's (the
+      last, partial batch): ``"eager"`` trains on it with an eager step, ``"drop"`` skips it
+      (in eager and graph mode alike, so that both see the same batches).
+    - ``progress_every``: with ``progress``, the bar shows the running loss and accuracy
+      every N steps (each read is a synchronisation on the GPU); None: a few times a second.
+
+    On the GPU the loop never waits for the device inside an epoch: the loss sums, correct
+    counts and value-check flags stay on the device and are read once per epoch (and at the
+    progress-bar updates), so a diverged loss or a bad target is reported there, not at the
+    step that caused it. Everything runs on a stream of its own, ordered after the work
+    queued before ``fit`` and before the work queued after it.
     """
     if epochs < 1:
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
+    if last_batch not in ("eager", "drop"):
+        raise ValueError(f"fit: last_batch must be 'eager' or 'drop', got {last_batch!r}")
+    if progress_every is not None and (isinstance(progress_every, bool)
+                                       or not isinstance(progress_every, int)
+                                       or progress_every < 1):
+        raise ValueError(f"fit: progress_every must be a positive int or None, "
+                         f"got {progress_every!r}")
+    params = list(model.parameters())
+    on_gpu = bool(params) and backend.device_of(params[0].data) == "cuda"
+    trainer = _Trainer(model, loss_fn, optimizer, clip_grad_norm,
+                       _use_graph(model, cuda_graph, on_gpu), last_batch)
+    with graphs.side_stream() if on_gpu else contextlib.nullcontext():
+        return _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler,
+                           early_stopping, checkpoint, resume, history_path, plot_path,
+                           checkpoint_meta, progress, progress_every)
+
+
+def _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler, early_stopping,
+                checkpoint, resume, history_path, plot_path, checkpoint_meta, progress,
+                progress_every) -> History:
+    model, optimizer, loss_fn = trainer.model, trainer.optimizer, trainer.loss_fn
     history, start_epoch, best = History(), 0, -math.inf
     if resume is not None:
         meta = load_checkpoint(resume, model, optimizer)
@@ -202,8 +412,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
         bar = bar_cls(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", leave=False) \
             if bar_cls else None
         try:
-            train_loss, train_acc = _train_epoch(model, loss_fn, optimizer, train_loader,
-                                                 clip_grad_norm, bar)
+            train_loss, train_acc = _train_epoch(trainer, train_loader, bar, progress_every,
+                                                 epoch)
         finally:
             if bar is not None:
                 bar.close()

@@ -29,6 +29,13 @@
 //                                weight sum_m w[t_m] of the counted rows for "mean".
 //   class_loss_bwd_total_weight  out[0] = that total weight (the "mean" backward's divisor).
 //
+// Training statistics (one block of GPUCONV_REDUCE_THREADS threads, fixed-order tree):
+//   classification_stats  stats[0] += loss[0] * N and stats[1] += the number of positions
+//                         whose first largest score (a NaN counts as largest, as NumPy's
+//                         argmax has it) is the target: a training loop keeps its epoch
+//                         sums on the device (double, added to in place) and reads them
+//                         once per epoch.
+//
 // A row's incoming gradient g is grad_output[m * g_stride] (g_stride 1 for reduction "none",
 // 0 for a 0-d grad_output), divided by total_weight[0] when that pointer is not null.
 // weight == nullptr means every class weighs 1. Row and element counts are 64-bit.
@@ -263,6 +270,31 @@ __device__ void class_loss_bwd_total_weight(const long long* __restrict__ target
     if (threadIdx.x == 0) out[0] = total_weight;
 }
 
+template <typename T>
+__device__ void classification_stats(const T* __restrict__ loss, const T* __restrict__ scores,
+                                     const long long* __restrict__ target, int N, int C,
+                                     long long S, double* __restrict__ stats) {
+    double correct = 0.0;
+    for (long long m = threadIdx.x; m < (long long)N * S; m += blockDim.x) {
+        const T* row = scores + (m / S) * C * S + m % S;
+        int best = 0;
+        T top = row[0];
+        for (int c = 1; c < C && top == top; ++c) {
+            const T v = row[c * S];
+            if (v > top || v != v) {
+                top = v;
+                best = c;
+            }
+        }
+        correct += target[m] == best ? 1.0 : 0.0;
+    }
+    const double total = gpuconv_block_sum(correct);
+    if (threadIdx.x == 0) {
+        stats[0] += (double)loss[0] * N;
+        stats[1] += total;
+    }
+}
+
 #define CLASS_SHAPE_PARAMS long long *error, int N, int C, long long S
 #define CLASS_SHAPE_ARGS error, N, C, S
 #define ROW_GRAD_PARAMS(T) const T *grad_output, long long g_stride, const T *total_weight
@@ -308,5 +340,14 @@ __device__ void class_loss_bwd_total_weight(const long long* __restrict__ target
         class_loss_bwd_total_weight<T>(target, weight, ignore_index, rows, out, error, C);   \
     }
 
+#define STATS_ENTRY_POINTS(T, SUFFIX)                                                        \
+    extern "C" __global__ void classification_stats_##SUFFIX(                                \
+        const T* loss, const T* scores, const long long* target, int N, int C, long long S,  \
+        double* stats) {                                                                     \
+        classification_stats<T>(loss, scores, target, N, C, S, stats);                       \
+    }
+
+STATS_ENTRY_POINTS(float, f32)
+STATS_ENTRY_POINTS(double, f64)
 LOSS_ENTRY_POINTS(float, f32)
 LOSS_ENTRY_POINTS(double, f64)

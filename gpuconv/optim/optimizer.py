@@ -141,7 +141,7 @@ class Optimizer:
             n = sum(len(g["params"]) for g in self.param_groups)
             self._device = DeviceState(
                 n, [self.state.get(i, {}).get("step", 0) for i in range(n)], self._multi_tensor)
-        self._device.set_hyperparameters([self._hyperparameters(g) for g in self.param_groups])
+        self.refresh_device_hyperparameters()
         group_of = {id(g): i for i, g in enumerate(self.param_groups)}
         entries, write_back = [], []
         for index, group, p, grad, state in items:
@@ -156,6 +156,14 @@ class Optimizer:
         self._device.step(entries)
         for a, d in write_back:
             a[...] = d
+
+    def refresh_device_hyperparameters(self) -> None:
+        """Upload the hyperparameters that changed since the last GPU step (a scheduler's
+        learning rate) to the device, where a replayed CUDA graph of the step reads them;
+        one asynchronous copy when something changed, nothing otherwise."""
+        if self._device is not None:
+            self._device.set_hyperparameters([self._hyperparameters(g)
+                                              for g in self.param_groups])
 
     def _read_device_steps(self) -> None:
         """Copy the step counts that GPU steps advanced on the device into ``state`` (a

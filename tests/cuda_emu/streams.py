@@ -36,6 +36,8 @@ COUNTED = ("sync", "d2h", "h2d", "launch", "graph_launch", "capture")
 counters: Counter = Counter()
 # cuBLAS products, which a capture records only with a workspace set on the handle.
 CUBLAS_OPS = {"matmul", "dot", "tensordot", "einsum", "inner", "vdot"}
+# What only allocates (no kernel, nothing to replay).
+ALLOCATIONS = (np.empty, np.empty_like)
 # Bytes that stand for memory a capture allocated and no replay has written yet.
 GARBAGE_BYTE = 0xA5
 
@@ -403,6 +405,8 @@ def capture_call(capture: _Capture, what: str, fn, args, kwargs, unwrap, wrap):
                            f"({type(trial).__name__}) while a stream is capturing")
     _check_allocation(what)
     buffers = [_garbage(r) for r in outputs]
+    if fn in ALLOCATIONS:  # CuPy's empty allocates and launches nothing: no replay
+        return wrap(buffers[0])
 
     def replay():
         for buf, r in zip(buffers, _host_arrays(fn(*unwrap(args), **unwrap(kwargs)))):

@@ -141,6 +141,19 @@ def nll_loss_backward(grad_output, x, target, weight, ignore_index, reduction):
     return grad
 
 
+# --------------------------------------------------------------------------- training statistics
+
+def classification_stats(stats, loss, scores, target) -> None:
+    """``stats += [loss * N, correct]`` on the device, one launch: ``stats`` (2,) float64,
+    ``loss`` a 0-d array, ``scores`` (N, C, ...) and ``target`` (N, ...) int64 as the
+    class-index losses take them; a position is correct when its first largest score (NaN
+    counts as largest, as NumPy's argmax) is its target."""
+    scores, target, _, sizes = _class_inputs(scores, target, None)
+    N, C, S = sizes
+    _run_one_block("classification_stats", scores.dtype,
+                   (loss, scores, target, np.int32(N), np.int32(C), np.int64(S), stats))
+
+
 # --------------------------------------------------------------------------- pointwise losses
 # Elementwise CuPy expressions; the reductions are plain sums, which CuPy computes with a
 # fixed-order tree (deterministic).
