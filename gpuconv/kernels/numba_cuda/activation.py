@@ -18,7 +18,7 @@ from ... import backend
 from .. import register
 from ..numpy_impl.activation import _keep_threshold
 from ..reference.activation import philox_key
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 THREADS = 128
 # Grid-stride kernels need no more blocks than this to fill any current GPU.
@@ -33,7 +33,7 @@ def _kernels():
 
 def _launch(kernel, threads_needed: int, *args) -> None:
     blocks = min(MAX_BLOCKS, max(1, -(-threads_needed // THREADS)))
-    kernel[blocks, THREADS](*args)
+    launch(kernel, blocks, THREADS, *args)
 
 
 def _numba(*ops: str):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 THREADS = 128
 # The im2col column buffer's size bound (elements): about 64 MiB of float32.
@@ -39,7 +39,7 @@ def _launch(name: str, n_threads: int, *args) -> None:
     from . import _conv_kernels
 
     blocks = max(1, -(-n_threads // THREADS))
-    getattr(_conv_kernels, name)[blocks, THREADS](*args)
+    launch(getattr(_conv_kernels, name), blocks, THREADS, *args)
 
 
 

@@ -13,7 +13,7 @@ import math
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 THREADS = 128
 
@@ -22,7 +22,7 @@ def _launch(name: str, n_threads: int, *args) -> None:
     from . import _loss_kernels
 
     blocks = max(1, -(-n_threads // THREADS))
-    getattr(_loss_kernels, name)[blocks, THREADS](*args)
+    launch(getattr(_loss_kernels, name), blocks, THREADS, *args)
 
 
 def _class_inputs(x, target, weight):

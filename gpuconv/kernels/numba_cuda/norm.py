@@ -12,7 +12,7 @@ import math
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 THREADS = 128
 
@@ -21,7 +21,7 @@ def _launch(name: str, n_threads: int, *args) -> None:
     from . import _norm_kernels
 
     blocks = max(1, -(-n_threads // THREADS))
-    getattr(_norm_kernels, name)[blocks, THREADS](*args)
+    launch(getattr(_norm_kernels, name), blocks, THREADS, *args)
 
 
 def _inputs(x, weight, bias):

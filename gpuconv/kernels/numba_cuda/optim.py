@@ -9,7 +9,7 @@ updated in registers, parameter and state written once. The launchers flatten th
 from __future__ import annotations
 
 from .. import register
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 THREADS = 128
 # Grid-stride kernels need no more blocks than this to fill any current GPU.
@@ -26,7 +26,7 @@ def _launch(name: str, arrays: tuple, *scalars) -> None:
 
     blocks = min(MAX_BLOCKS, max(1, -(-arrays[0].size // THREADS)))
     flat = tuple(None if a is None else a.reshape(-1) for a in arrays)
-    getattr(_optim_kernels, name)[blocks, THREADS](*flat, *scalars)
+    launch(getattr(_optim_kernels, name), blocks, THREADS, *flat, *scalars)
 
 
 def _numba(op: str):

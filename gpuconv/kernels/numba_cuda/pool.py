@@ -13,7 +13,7 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 __all__ = ["NO_DIVISOR_OVERRIDE"]
 
@@ -28,7 +28,7 @@ def _launch(name: str, n_threads: int, *args) -> None:
     from . import _pool_kernels
 
     blocks = max(1, -(-n_threads // THREADS))
-    getattr(_pool_kernels, name)[blocks, THREADS](*args)
+    launch(getattr(_pool_kernels, name), blocks, THREADS, *args)
 
 
 def _register(op: str):

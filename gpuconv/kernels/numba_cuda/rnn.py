@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .. import register
 from .._rnn_loop import Cell, cell_impls, empty_like
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 THREADS = 128
 # Grid-stride kernels need no more blocks than this to fill any current GPU.
@@ -21,7 +21,7 @@ def _launch(name: str, like, *args) -> None:
     from . import _rnn_kernels
 
     blocks = min(MAX_BLOCKS, max(1, -(-like.size // THREADS)))
-    getattr(_rnn_kernels, name)[blocks, THREADS](*args)
+    launch(getattr(_rnn_kernels, name), blocks, THREADS, *args)
 
 
 def _lstm_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
