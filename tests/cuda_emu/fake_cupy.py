@@ -116,7 +116,8 @@ class ndarray:
 
     def set(self, host: np.ndarray, stream=None) -> None:
         # Without a stream CuPy copies synchronously; with one, from pinned memory, async.
-        streams.host_write("ndarray.set()", blocking=stream is None)
+        streams.host_write("ndarray.set()", blocking=stream is None,
+                           pinned=stream is not None and streams.is_pinned(host))
         self._a[...] = host
 
     @property

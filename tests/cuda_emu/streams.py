@@ -8,7 +8,8 @@ forbids while a stream is being captured:
 - ``counters``: ``sync`` (the host waited for the device: ``Device/Stream/Event
   .synchronize``, every device-to-host read, a ``set`` without a stream), ``d2h``
   (device-to-host copies: ``get``, ``float()``/``int()``/``bool()`` of an array, ``item``,
-  ``asnumpy``), ``h2d`` (host-to-device copies), ``launch`` (kernels of ``kernels/*.cu``
+  ``asnumpy``), ``h2d`` (host-to-device copies; ``h2d_pinned`` those from pinned memory on
+  a stream, which run asynchronously), ``launch`` (kernels of ``kernels/*.cu``
   run, by a launch or a graph replay), ``graph_launch`` and ``capture``.
   ``counting()`` gives the counts of a block of code.
 - Capture (``Stream.begin_capture()`` ... ``end_capture()`` -> ``Graph``): every device
@@ -32,7 +33,7 @@ from collections import Counter
 
 import numpy as np
 
-COUNTED = ("sync", "d2h", "h2d", "launch", "graph_launch", "capture")
+COUNTED = ("sync", "d2h", "h2d", "h2d_pinned", "launch", "graph_launch", "capture")
 counters: Counter = Counter()
 # cuBLAS products, which a capture records only with a workspace set on the handle.
 CUBLAS_OPS = {"matmul", "dot", "tensordot", "einsum", "inner", "vdot"}
@@ -79,10 +80,12 @@ def host_read(what: str) -> None:
     counters["sync"] += 1
 
 
-def host_write(what: str, blocking: bool) -> None:
-    """A host-to-device copy; ``blocking`` when the host waits for it to finish."""
+def host_write(what: str, blocking: bool, pinned: bool = False) -> None:
+    """A host-to-device copy; ``blocking`` when the host waits for it to finish, ``pinned``
+    when it is an asynchronous copy from pinned memory."""
     _refuse_in_capture(what)
     counters["h2d"] += 1
+    counters["h2d_pinned"] += pinned
     if blocking:
         counters["sync"] += 1
 
@@ -153,6 +156,9 @@ class PinnedMemory(bytearray):
     @property
     def ptr(self) -> int:
         return np.frombuffer(self, np.uint8).ctypes.data if len(self) else 0
+
+    def size(self) -> int:
+        return len(self)
 
 
 def alloc_pinned_memory(nbytes: int) -> PinnedMemory:
