@@ -122,20 +122,21 @@ def rng_for(*key) -> np.random.Generator:
 
 
 @contextlib.contextmanager
-def device_counts():
+def device_counts(forbid_sync: bool = False):
     """``with device_counts() as c:`` -- what the block made the host and device do. Under
     the CUDA emulator ``c`` counts it exactly when the block ends (``c["sync"]``, ``"d2h"``,
     ``"h2d"``, ``"launch"``, ``"graph_launch"``, ``"capture"``; tests/cuda_emu/streams.py);
-    on a GPU a synchronisation in the block raises (``cupyx.allow_synchronize(False)``) and
-    ``c`` is None."""
+    on a GPU ``c`` is None, and in both a synchronisation that CuPy declares raises where
+    ``forbid_sync`` (``cupyx.allow_synchronize(False)``)."""
+    import cupyx
+
     cp = backend.cupy_or_none()
-    if getattr(cp, "__version__", "") == "0.0-emulated":
-        from cuda_emu import streams
+    with contextlib.ExitStack() as stack:
+        if forbid_sync:
+            stack.enter_context(cupyx.allow_synchronize(False))
+        if getattr(cp, "__version__", "") == "0.0-emulated":
+            from cuda_emu import streams
 
-        with streams.counting() as counts:
-            yield counts
-    else:
-        import cupyx
-
-        with cupyx.allow_synchronize(False):
+            yield stack.enter_context(streams.counting())
+        else:
             yield None

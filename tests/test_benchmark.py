@@ -176,3 +176,26 @@ def test_quick_gpu_run_checks_every_cuda_impl_and_the_cupy_reference():
     assert {r["pass"] for r in rows if r["source"] == "cupy"} == {"forward", "grad_input",
                                                                   "grad_weight"}
     assert "cuda_runtime" in benchmark.markdown(report) and "driver" in benchmark.markdown(report)
+
+
+def test_train_rows_time_an_epoch_of_gpuconv_on_the_cpu():
+    from gpuconv.benchmark.training import train_rows
+
+    rows = train_rows([{"label": "t", "images": 24, "batch": 8}], "cpu", True, lambda s: None)
+    ours = next(r for r in rows if r["impl"] == "gpuconv_eager")
+    assert ours["seconds"] > 0 and ours["images_per_s"] == 24 / ours["seconds"]
+    assert not any(r["impl"].endswith("_graph") for r in rows)  # graphs need a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_train_rows_on_the_gpu_time_eager_and_graph_modes():
+    from gpuconv.benchmark.training import train_rows
+
+    rows = train_rows([{"label": "t", "images": 20, "batch": 8}], "cuda", True, lambda s: None)
+    impls = {r["impl"] for r in rows}
+    assert {"gpuconv_eager", "gpuconv_graph"} <= impls
+    if "torch_eager" in impls:
+        assert "torch_graph" in impls
+        assert all(r["ratio_to_torch_eager"] > 0 and r["ratio_to_torch_graph"] > 0
+                   for r in rows)

@@ -265,11 +265,13 @@ def markdown(report: dict) -> str:
         lines.append("")
     train = [r for r in report["rows"] if "images_per_s" in r]
     if train:
-        lines += ["| training | framework | s/epoch | images/s | vs torch |", "|---|---|---|---|---|"]
+        lines += ["| training | framework | s/epoch | images/s | vs torch eager | "
+                  "vs torch graph |", "|---|---|---|---|---|---|"]
         for r in train:
-            ratio = r.get("ratio_to_best_reference")
-            lines.append(f"| {r['case']} | {r['impl']} | {r['seconds']:.2f} | "
-                         f"{r['images_per_s']:.0f} | {f'{ratio:.2f}x' if ratio else '-'} |")
+            ratios = [r.get(f"ratio_to_torch_{mode}") for mode in ("eager", "graph")]
+            lines.append(f"| {r['case']} | {r['impl']} | {r['seconds']:.3f} | "
+                         f"{r['images_per_s']:.0f} | "
+                         + " | ".join(f"{x:.2f}x" if x else "-" for x in ratios) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 ``python -m pytest -p cuda_emu.plugin -m gpu tests/...`` (with ``tests`` on the path) puts
 the emulated CuPy of ``fake_cupy`` in place of CuPy before gpuconv looks for one, so that
 ``device="cuda"`` resolves to it and every ``cuda`` impl launches its real ``kernels/*.cu``
-entry points, compiled by g++. numba.cuda stays on its simulator, where ``numba_cuda`` impls
+entry points, compiled by g++; ``cupyx`` provides only ``allow_synchronize``. numba.cuda stays on its simulator, where ``numba_cuda`` impls
 are not counted as GPU impls, so the ``gpu`` tests of those skip here.
 
 Grid-stride kernels get at most ``EMULATED_MAX_BLOCKS`` blocks, so that their loops take
@@ -14,9 +14,13 @@ import sys
 
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-from cuda_emu import fake_cupy  # noqa: E402
+import types  # noqa: E402
+
+from cuda_emu import fake_cupy, streams  # noqa: E402
 
 sys.modules["cupy"] = fake_cupy
+sys.modules["cupyx"] = types.SimpleNamespace(allow_synchronize=streams.allow_synchronize,
+                                             DeviceSynchronized=streams.DeviceSynchronized)
 
 from gpuconv.kernels import cuda_c  # noqa: E402
 

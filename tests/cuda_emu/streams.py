@@ -67,17 +67,41 @@ class CaptureError(RuntimeError):
 
 # --------------------------------------------------------------------------- host waits
 
+class DeviceSynchronized(RuntimeError):
+    """``cupyx.DeviceSynchronized``: a synchronisation where ``allow_synchronize(False)``."""
+
+
+_sync_allowed = [True]
+
+
+@contextlib.contextmanager
+def allow_synchronize(allow: bool):
+    """``cupyx.allow_synchronize``: with False, a host synchronisation in the block raises."""
+    _sync_allowed.append(bool(allow))
+    try:
+        yield
+    finally:
+        _sync_allowed.pop()
+
+
 def _refuse_in_capture(what: str) -> None:
     if _capture is not None:
         raise CaptureError(f"emulated cupy: {what} while stream {_capture.stream.ptr} is "
                            "capturing (operation not permitted when stream is capturing)")
 
 
+def _count_sync(what: str) -> None:
+    if not _sync_allowed[-1]:
+        raise DeviceSynchronized(f"emulated cupy: {what} synchronises the device where "
+                                 "cupyx.allow_synchronize(False) forbids it")
+    counters["sync"] += 1
+
+
 def host_read(what: str) -> None:
     """A device-to-host copy that the host waits for."""
     _refuse_in_capture(what)
+    _count_sync(what)
     counters["d2h"] += 1
-    counters["sync"] += 1
 
 
 def host_write(what: str, blocking: bool, pinned: bool = False) -> None:
@@ -87,12 +111,12 @@ def host_write(what: str, blocking: bool, pinned: bool = False) -> None:
     counters["h2d"] += 1
     counters["h2d_pinned"] += pinned
     if blocking:
-        counters["sync"] += 1
+        _count_sync(what)
 
 
 def synchronize(what: str) -> None:
     _refuse_in_capture(what)
-    counters["sync"] += 1
+    _count_sync(what)
 
 
 # --------------------------------------------------------------------------- memory
