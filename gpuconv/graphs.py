@@ -32,8 +32,8 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["capturing", "upload", "keep_alive", "side_stream", "StepGraph", "PhiloxStream",
-           "prepare_cublas", "CUBLAS_WORKSPACE_BYTES"]
+__all__ = ["capturing", "upload", "side_stream", "StepGraph", "PhiloxStream", "prepare_cublas",
+           "CUBLAS_WORKSPACE_BYTES"]
 
 # cuBLAS's recommended workspace on Hopper (smaller GPUs want less; a larger one is harmless).
 CUBLAS_WORKSPACE_BYTES = 32 << 20
@@ -45,7 +45,7 @@ _workspaces: dict = {}
 class _Capture:
     def __init__(self):
         self.uploads: list = []   # (device array, host array) to copy after the capture
-        self.alive: list = []     # what the graph's kernels use and nobody else keeps
+        self.alive: list = []     # uploaded arrays, kept as long as the graph
 
 
 def capturing() -> bool:
@@ -64,12 +64,6 @@ def upload(host: np.ndarray):
     _capture.uploads.append((device, np.array(host)))
     _capture.alive.append(device)
     return device
-
-
-def keep_alive(obj: Any) -> None:
-    """Inside a capture: keep ``obj`` (a device array the graph reads) as long as the graph."""
-    if _capture is not None:
-        _capture.alive.append(obj)
 
 
 @contextlib.contextmanager
@@ -95,10 +89,14 @@ def prepare_cublas() -> None:
     device = cp.cuda.Device().id
     if device in _workspaces:
         return
+    try:
+        from cupy_backends.cuda.libs import cublas
+    except ImportError:  # CuPy's emulation in the tests
+        cublas = cp.cuda.cublas
     with cp.cuda.using_allocator(cp.get_default_memory_pool().malloc):
         workspace = cp.empty(CUBLAS_WORKSPACE_BYTES, np.uint8)
-    cp.cuda.cublas.setWorkspace(cp.cuda.device.get_cublas_handle(), workspace.data.ptr,
-                                CUBLAS_WORKSPACE_BYTES)
+    cublas.setWorkspace(cp.cuda.device.get_cublas_handle(), workspace.data.ptr,
+                        CUBLAS_WORKSPACE_BYTES)
     _workspaces[device] = workspace
 
 
