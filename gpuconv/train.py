@@ -389,6 +389,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     on_gpu = bool(params) and backend.device_of(params[0].data) == "cuda"
     trainer = _Trainer(model, loss_fn, optimizer, clip_grad_norm,
                        _use_graph(model, cuda_graph, on_gpu), last_batch)
+    if on_gpu:  # the same cuBLAS workspace, so the same GEMM algorithms, eager or captured
+        graphs.prepare_cublas()
     with graphs.side_stream() if on_gpu else contextlib.nullcontext():
         return _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler,
                            early_stopping, checkpoint, resume, history_path, plot_path,
