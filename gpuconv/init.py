@@ -22,7 +22,8 @@ import numpy as np
 from . import backend, graphs
 
 __all__ = [
-    "manual_seed", "default_generator", "default_philox", "calculate_gain", "calculate_fan_in_and_fan_out",
+    "manual_seed", "default_generator", "default_philox", "calculate_gain",
+    "calculate_fan_in_and_fan_out",
     "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_",
     "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
 ]

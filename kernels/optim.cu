@@ -91,6 +91,17 @@ __device__ __forceinline__ T regularised_grad(T grad, T w, T weight_decay, T l1)
 
 // ---------------------------------------------------------------------------- updates
 
+// The arrays of one parameter: the parameter, its gradient and up to three state buffers
+// (null when unused), each update struct's operator() naming them as it uses them.
+template <typename T>
+struct Tensors {
+    T* __restrict__ param;
+    const T* __restrict__ grad;
+    T* __restrict__ state0;
+    T* __restrict__ state1;
+    T* __restrict__ state2;
+};
+
 template <typename T>
 struct SgdUpdate {
     T lr, momentum, keep, decay, l1;
@@ -99,11 +110,13 @@ struct SgdUpdate {
                          double l1_, bool nesterov_)
         : lr(T(lr_)), momentum(T(momentum_)), keep(T(1.0 - dampening)), decay(T(weight_decay)),
           l1(T(l1_)), nesterov(nesterov_) {}
-    __device__ void operator()(T* __restrict__ param, const T* __restrict__ grad,
-                               T* __restrict__ momentum_buffer, long long i,
-                               bool first_step) const {
+    // state0: the momentum buffer; flags bit MT_FLAG_FIRST_STEP: it is filled, not read.
+    __device__ void operator()(const Tensors<T>& a, long long i, long long flags) const {
+        T* __restrict__ param = a.param;
+        T* __restrict__ momentum_buffer = a.state0;
+        const bool first_step = (flags & MT_FLAG_FIRST_STEP) != 0;
         const T w = param[i];
-        T g = regularised_grad(grad[i], w, decay, l1);
+        T g = regularised_grad(a.grad[i], w, decay, l1);
         if (momentum_buffer != nullptr) {
             const T b = first_step ? g : momentum_buffer[i] * momentum + keep * g;
             momentum_buffer[i] = b;
@@ -126,9 +139,12 @@ struct AdamUpdate {
           one_minus_beta1(T(1.0 - beta1)), beta2(T(beta2_)), one_minus_beta2(T(1.0 - beta2_)),
           bias_correction2_sqrt(T(sqrt(bias_correction2))),
           step_size(T(lr / bias_correction1)), eps(T(eps_)), l1(T(l1_)) {}
-    __device__ void operator()(T* __restrict__ param, const T* __restrict__ grad,
-                               T* __restrict__ exp_avg, T* __restrict__ exp_avg_sq,
-                               T* __restrict__ max_exp_avg_sq, long long i) const {
+    // state0..2: exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad).
+    __device__ void operator()(const Tensors<T>& a, long long i, long long) const {
+        T* __restrict__ param = a.param;
+        const T* __restrict__ grad = a.grad;
+        T *__restrict__ exp_avg = a.state0, *__restrict__ exp_avg_sq = a.state1;
+        T* __restrict__ max_exp_avg_sq = a.state2;
         const T w = param[i];
         const T g = regularised_grad(grad[i], w, coupled_decay, l1);
         T m = exp_avg[i];
@@ -154,9 +170,12 @@ struct RmspropUpdate {
                              double momentum_, double l1_)
         : lr(T(lr_)), alpha(T(alpha_)), one_minus_alpha(T(1.0 - alpha_)), eps(T(eps_)),
           decay(T(weight_decay)), momentum(T(momentum_)), l1(T(l1_)) {}
-    __device__ void operator()(T* __restrict__ param, const T* __restrict__ grad,
-                               T* __restrict__ square_avg, T* __restrict__ grad_avg,
-                               T* __restrict__ momentum_buffer, long long i) const {
+    // state0..2: square_avg, grad_avg (centred), momentum_buffer.
+    __device__ void operator()(const Tensors<T>& a, long long i, long long) const {
+        T* __restrict__ param = a.param;
+        const T* __restrict__ grad = a.grad;
+        T *__restrict__ square_avg = a.state0, *__restrict__ grad_avg = a.state1;
+        T* __restrict__ momentum_buffer = a.state2;
         const T w = param[i];
         const T g = regularised_grad(grad[i], w, decay, l1);
         const T v = square_avg[i] * alpha + g * g * one_minus_alpha;
@@ -182,8 +201,11 @@ struct AdagradUpdate {
     T clr, eps, decay, l1;
     __device__ AdagradUpdate(double clr_, double eps_, double weight_decay, double l1_)
         : clr(T(clr_)), eps(T(eps_)), decay(T(weight_decay)), l1(T(l1_)) {}
-    __device__ void operator()(T* __restrict__ param, const T* __restrict__ grad,
-                               T* __restrict__ state_sum, long long i) const {
+    // state0: the running sum of squares.
+    __device__ void operator()(const Tensors<T>& a, long long i, long long) const {
+        T* __restrict__ param = a.param;
+        const T* __restrict__ grad = a.grad;
+        T* __restrict__ state_sum = a.state0;
         const T w = param[i];
         const T g = regularised_grad(grad[i], w, decay, l1);
         const T s = state_sum[i] + g * g;
@@ -199,9 +221,11 @@ struct AdadeltaUpdate {
                               double l1_)
         : lr(T(lr_)), rho(T(rho_)), one_minus_rho(T(1.0 - rho_)), eps(T(eps_)),
           decay(T(weight_decay)), l1(T(l1_)) {}
-    __device__ void operator()(T* __restrict__ param, const T* __restrict__ grad,
-                               T* __restrict__ square_avg, T* __restrict__ acc_delta,
-                               long long i) const {
+    // state0, state1: square_avg, acc_delta.
+    __device__ void operator()(const Tensors<T>& a, long long i, long long) const {
+        T* __restrict__ param = a.param;
+        const T* __restrict__ grad = a.grad;
+        T *__restrict__ square_avg = a.state0, *__restrict__ acc_delta = a.state1;
         const T w = param[i];
         const T g = regularised_grad(grad[i], w, decay, l1);
         const T v = square_avg[i] * rho + g * g * one_minus_rho;
@@ -262,7 +286,8 @@ __device__ void advance_steps_after_last_block(const long long* table, int count
     }
     __syncthreads();
     if (!last) return;
-    for (int t = threadIdx.x; t < count; t += blockDim.x) steps[table_at(table, count, MT_INDEX, t)] += 1;
+    for (int t = threadIdx.x; t < count; t += blockDim.x)
+        steps[table_at(table, count, MT_INDEX, t)] += 1;
     if (threadIdx.x == 0) *ticket = 0u;
 }
 
@@ -281,94 +306,75 @@ __device__ __forceinline__ TensorScalars scalars_of(const long long* table, int 
                          table_at(table, count, MT_FLAGS, t)};
 }
 
+template <typename T>
+__device__ __forceinline__ Tensors<T> tensors_of(const long long* table, int count, int t) {
+    return Tensors<T>{table_pointer<T>(table, count, MT_PARAM, t),
+                      table_pointer<T>(table, count, MT_GRAD, t),
+                      table_pointer<T>(table, count, MT_STATE0, t),
+                      table_pointer<T>(table, count, MT_STATE1, t),
+                      table_pointer<T>(table, count, MT_STATE2, t)};
+}
+
 #define MT_STEP_PARAMS                                                                      \
     const long long *table, int count, long long chunks, const double *hyper, long long *steps, \
         unsigned int *ticket
 #define MT_STEP_ARGS table, count, chunks, hyper, steps, ticket
 
-// The body of every <name>_multi_step: `update(chunk, scalars)` for each chunk, then the
-// step counts move on.
-template <typename F>
-__device__ void multi_tensor_step(MT_STEP_PARAMS, F update) {
+#define MT_ELEMENTS(i, c) for (long long i = (c).begin + threadIdx.x; i < (c).end; i += blockDim.x)
+
+// The body of every <name>_multi_step: for each chunk, the update that
+// make(hyperparameters, step) builds, applied to each element; then the step counts move on.
+template <typename T, typename Make>
+__device__ void multi_tensor_step(MT_STEP_PARAMS, Make make) {
     for_each_chunk(table, count, chunks, [&](const Chunk& c) {
-        update(c, scalars_of(table, count, hyper, steps, c.tensor));
+        const TensorScalars s = scalars_of(table, count, hyper, steps, c.tensor);
+        const auto update = make(s.hyper, s.step);
+        const Tensors<T> arrays = tensors_of<T>(table, count, c.tensor);
+        MT_ELEMENTS(i, c) update(arrays, i, s.flags);
     });
     advance_steps_after_last_block(table, count, steps, ticket);
 }
 
-#define MT_ELEMENTS(i, c) for (long long i = (c).begin + threadIdx.x; i < (c).end; i += blockDim.x)
+// Each kernel's hyperparameter row (MT_HYPER doubles per group) is in its comment.
 
-// hyper: lr, momentum, dampening, weight_decay, l1, nesterov; flag bit 0: first step.
+// lr, momentum, dampening, weight_decay, l1, nesterov.
 template <typename T>
 __device__ void sgd_multi_step(MT_STEP_PARAMS) {
-    multi_tensor_step(MT_STEP_ARGS, [&](const Chunk& c, const TensorScalars& s) {
-        const double* h = s.hyper;
-        const SgdUpdate<T> update(h[0], h[1], h[2], h[3], h[4], h[5] != 0.0);
-        T* param = table_pointer<T>(table, count, MT_PARAM, c.tensor);
-        const T* grad = table_pointer<T>(table, count, MT_GRAD, c.tensor);
-        T* buffer = table_pointer<T>(table, count, MT_STATE0, c.tensor);
-        const bool first_step = (s.flags & MT_FLAG_FIRST_STEP) != 0;
-        MT_ELEMENTS(i, c) update(param, grad, buffer, i, first_step);
+    multi_tensor_step<T>(MT_STEP_ARGS, [](const double* h, long long) {
+        return SgdUpdate<T>(h[0], h[1], h[2], h[3], h[4], h[5] != 0.0);
     });
 }
 
-// hyper: lr, beta1, beta2, eps, weight_decay, l1, decoupled_weight_decay.
+// lr, beta1, beta2, eps, weight_decay, l1, decoupled_weight_decay; bias corrections from step.
 template <typename T>
 __device__ void adam_multi_step(MT_STEP_PARAMS) {
-    multi_tensor_step(MT_STEP_ARGS, [&](const Chunk& c, const TensorScalars& s) {
-        const double* h = s.hyper;
-        const double step = (double)s.step;
-        const AdamUpdate<T> update(h[0], h[1], h[2], h[3], h[4], h[5], 1.0 - pow(h[1], step),
-                                   1.0 - pow(h[2], step), h[6] != 0.0);
-        T* param = table_pointer<T>(table, count, MT_PARAM, c.tensor);
-        const T* grad = table_pointer<T>(table, count, MT_GRAD, c.tensor);
-        T* exp_avg = table_pointer<T>(table, count, MT_STATE0, c.tensor);
-        T* exp_avg_sq = table_pointer<T>(table, count, MT_STATE1, c.tensor);
-        T* max_exp_avg_sq = table_pointer<T>(table, count, MT_STATE2, c.tensor);
-        MT_ELEMENTS(i, c) update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, i);
+    multi_tensor_step<T>(MT_STEP_ARGS, [](const double* h, long long step) {
+        return AdamUpdate<T>(h[0], h[1], h[2], h[3], h[4], h[5], 1.0 - pow(h[1], (double)step),
+                             1.0 - pow(h[2], (double)step), h[6] != 0.0);
     });
 }
 
-// hyper: lr, alpha, eps, weight_decay, momentum, l1.
+// lr, alpha, eps, weight_decay, momentum, l1.
 template <typename T>
 __device__ void rmsprop_multi_step(MT_STEP_PARAMS) {
-    multi_tensor_step(MT_STEP_ARGS, [&](const Chunk& c, const TensorScalars& s) {
-        const double* h = s.hyper;
-        const RmspropUpdate<T> update(h[0], h[1], h[2], h[3], h[4], h[5]);
-        T* param = table_pointer<T>(table, count, MT_PARAM, c.tensor);
-        const T* grad = table_pointer<T>(table, count, MT_GRAD, c.tensor);
-        T* square_avg = table_pointer<T>(table, count, MT_STATE0, c.tensor);
-        T* grad_avg = table_pointer<T>(table, count, MT_STATE1, c.tensor);
-        T* momentum_buffer = table_pointer<T>(table, count, MT_STATE2, c.tensor);
-        MT_ELEMENTS(i, c) update(param, grad, square_avg, grad_avg, momentum_buffer, i);
+    multi_tensor_step<T>(MT_STEP_ARGS, [](const double* h, long long) {
+        return RmspropUpdate<T>(h[0], h[1], h[2], h[3], h[4], h[5]);
     });
 }
 
-// hyper: lr, lr_decay, eps, weight_decay, l1; the decayed rate lr / (1 + (step-1) lr_decay).
+// lr, lr_decay, eps, weight_decay, l1; the decayed rate lr / (1 + (step - 1) * lr_decay).
 template <typename T>
 __device__ void adagrad_multi_step(MT_STEP_PARAMS) {
-    multi_tensor_step(MT_STEP_ARGS, [&](const Chunk& c, const TensorScalars& s) {
-        const double* h = s.hyper;
-        const double clr = h[0] / (1.0 + (double)(s.step - 1) * h[1]);
-        const AdagradUpdate<T> update(clr, h[2], h[3], h[4]);
-        T* param = table_pointer<T>(table, count, MT_PARAM, c.tensor);
-        const T* grad = table_pointer<T>(table, count, MT_GRAD, c.tensor);
-        T* state_sum = table_pointer<T>(table, count, MT_STATE0, c.tensor);
-        MT_ELEMENTS(i, c) update(param, grad, state_sum, i);
+    multi_tensor_step<T>(MT_STEP_ARGS, [](const double* h, long long step) {
+        return AdagradUpdate<T>(h[0] / (1.0 + (double)(step - 1) * h[1]), h[2], h[3], h[4]);
     });
 }
 
-// hyper: lr, rho, eps, weight_decay, l1.
+// lr, rho, eps, weight_decay, l1.
 template <typename T>
 __device__ void adadelta_multi_step(MT_STEP_PARAMS) {
-    multi_tensor_step(MT_STEP_ARGS, [&](const Chunk& c, const TensorScalars& s) {
-        const double* h = s.hyper;
-        const AdadeltaUpdate<T> update(h[0], h[1], h[2], h[3], h[4]);
-        T* param = table_pointer<T>(table, count, MT_PARAM, c.tensor);
-        const T* grad = table_pointer<T>(table, count, MT_GRAD, c.tensor);
-        T* square_avg = table_pointer<T>(table, count, MT_STATE0, c.tensor);
-        T* acc_delta = table_pointer<T>(table, count, MT_STATE1, c.tensor);
-        MT_ELEMENTS(i, c) update(param, grad, square_avg, acc_delta, i);
+    multi_tensor_step<T>(MT_STEP_ARGS, [](const double* h, long long) {
+        return AdadeltaUpdate<T>(h[0], h[1], h[2], h[3], h[4]);
     });
 }
 
@@ -379,6 +385,30 @@ __device__ __forceinline__ double norm_term(double a, int kind, double p) {
     return p == 2.0 ? a * a : (p == 1.0 ? a : pow(a, p));
 }
 
+// Two partial norms combined: the larger for the inf-norm (a NaN wins, as it would in a
+// sum; NaN > x is false), else the sum.
+__device__ __forceinline__ double norm_combine(double a, double b, int kind) {
+    return kind == NORM_INF ? ((b > a || b != b) ? b : a) : a + b;
+}
+
+// norm_combine over the block (blockDim.x == GPUCONV_REDUCE_THREADS) in a fixed tree,
+// returned to every thread.
+__device__ double block_norm_combine(double value, int kind) {
+    __shared__ double values[GPUCONV_REDUCE_THREADS];
+    values[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = GPUCONV_REDUCE_THREADS / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            const double a = values[threadIdx.x], b = values[threadIdx.x + half];
+            values[threadIdx.x] = norm_combine(a, b, kind);
+        }
+        __syncthreads();
+    }
+    const double result = values[0];
+    __syncthreads();
+    return result;
+}
+
 // Per block: the sum of |g|^p (or the largest |g|) over the block's chunks.
 template <typename T>
 __device__ void multi_tensor_norm_partial(const long long* table, int count, long long chunks,
@@ -387,23 +417,10 @@ __device__ void multi_tensor_norm_partial(const long long* table, int count, lon
     double acc = 0.0;
     for_each_chunk(table, count, chunks, [&](const Chunk& c) {
         const T* grad = table_pointer<T>(table, count, MT_GRAD, c.tensor);
-        MT_ELEMENTS(i, c) {
-            const double term = norm_term(fabs((double)grad[i]), kind, p);
-            // A NaN must survive the max (NaN > x is false), as it survives the sum.
-            acc = kind == NORM_INF ? ((term > acc || term != term) ? term : acc) : acc + term;
-        }
+        MT_ELEMENTS(i, c) acc = norm_combine(acc, norm_term(fabs((double)grad[i]), kind, p), kind);
     });
-    __shared__ double values[GPUCONV_REDUCE_THREADS];
-    values[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = GPUCONV_REDUCE_THREADS / 2; half > 0; half >>= 1) {
-        if (threadIdx.x < half) {
-            const double a = values[threadIdx.x], b = values[threadIdx.x + half];
-            values[threadIdx.x] = kind == NORM_INF ? ((b > a || b != b) ? b : a) : a + b;
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[offset + blockIdx.x] = values[0];
+    const double block = block_norm_combine(acc, kind);
+    if (threadIdx.x == 0) partial[offset + blockIdx.x] = block;
 }
 
 // The total norm from all partials (fixed order, in every block), then each gradient scaled.
@@ -412,22 +429,11 @@ __device__ void multi_tensor_clip_scale(const long long* table, int count, long 
                                         const double* partial, long long partials, int kind,
                                         double p, double max_norm, double* total) {
     double acc = 0.0;
-    for (long long j = threadIdx.x; j < partials; j += blockDim.x) {
-        const double v = partial[j];
-        acc = kind == NORM_INF ? ((v > acc || v != v) ? v : acc) : acc + v;
-    }
-    __shared__ double values[GPUCONV_REDUCE_THREADS];
-    values[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = GPUCONV_REDUCE_THREADS / 2; half > 0; half >>= 1) {
-        if (threadIdx.x < half) {
-            const double a = values[threadIdx.x], b = values[threadIdx.x + half];
-            values[threadIdx.x] = kind == NORM_INF ? ((b > a || b != b) ? b : a) : a + b;
-        }
-        __syncthreads();
-    }
-    const double norm = kind == NORM_INF ? values[0]
-                        : (p == 2.0 ? sqrt(values[0]) : pow(values[0], 1.0 / p));
+    for (long long j = threadIdx.x; j < partials; j += blockDim.x)
+        acc = norm_combine(acc, partial[j], kind);
+    const double combined = block_norm_combine(acc, kind);
+    const double norm = kind == NORM_INF ? combined
+                        : (p == 2.0 ? sqrt(combined) : pow(combined, 1.0 / p));
     if (blockIdx.x == 0 && threadIdx.x == 0) total[0] = norm;
     const double coef = max_norm / (norm + 1e-6);
     if (coef >= 1.0) return;  // also scales by a NaN coefficient, as torch does
@@ -446,7 +452,8 @@ __device__ void multi_tensor_clip_scale(const long long* table, int count, long 
                                                  double dampening, double weight_decay,       \
                                                  double l1, int nesterov, int first_step) {   \
         const SgdUpdate<T> update(lr, momentum, dampening, weight_decay, l1, nesterov != 0);   \
-        GPUCONV_GRID_STRIDE_LOOP(i, n) update(param, grad, momentum_buffer, i, first_step);    \
+        const Tensors<T> a{param, grad, momentum_buffer, nullptr, nullptr};                    \
+        GPUCONV_GRID_STRIDE_LOOP(i, n) update(a, i, first_step ? MT_FLAG_FIRST_STEP : 0);      \
     }                                                                                          \
     extern "C" __global__ void adam_step_##SUFFIX(                                             \
         T* param, const T* grad, T* exp_avg, T* exp_avg_sq, T* max_exp_avg_sq, long long n,    \
@@ -454,29 +461,31 @@ __device__ void multi_tensor_clip_scale(const long long* table, int count, long 
         double bias_correction1, double bias_correction2, int decoupled_weight_decay) {       \
         const AdamUpdate<T> update(lr, beta1, beta2, eps, weight_decay, l1, bias_correction1,  \
                                    bias_correction2, decoupled_weight_decay != 0);             \
-        GPUCONV_GRID_STRIDE_LOOP(i, n)                                                         \
-        update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, i);                           \
+        const Tensors<T> a{param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq};                  \
+        GPUCONV_GRID_STRIDE_LOOP(i, n) update(a, i, 0);                                        \
     }                                                                                          \
     extern "C" __global__ void rmsprop_step_##SUFFIX(                                          \
         T* param, const T* grad, T* square_avg, T* grad_avg, T* momentum_buffer, long long n,  \
         double lr, double alpha, double eps, double weight_decay, double momentum,             \
         double l1) {                                                                           \
         const RmspropUpdate<T> update(lr, alpha, eps, weight_decay, momentum, l1);             \
-        GPUCONV_GRID_STRIDE_LOOP(i, n)                                                         \
-        update(param, grad, square_avg, grad_avg, momentum_buffer, i);                         \
+        const Tensors<T> a{param, grad, square_avg, grad_avg, momentum_buffer};                \
+        GPUCONV_GRID_STRIDE_LOOP(i, n) update(a, i, 0);                                        \
     }                                                                                          \
     extern "C" __global__ void adagrad_step_##SUFFIX(T* param, const T* grad, T* state_sum,    \
                                                      long long n, double clr, double eps,     \
                                                      double weight_decay, double l1) {        \
         const AdagradUpdate<T> update(clr, eps, weight_decay, l1);                             \
-        GPUCONV_GRID_STRIDE_LOOP(i, n) update(param, grad, state_sum, i);                      \
+        const Tensors<T> a{param, grad, state_sum, nullptr, nullptr};                          \
+        GPUCONV_GRID_STRIDE_LOOP(i, n) update(a, i, 0);                                        \
     }                                                                                          \
     extern "C" __global__ void adadelta_step_##SUFFIX(T* param, const T* grad, T* square_avg,  \
                                                       T* acc_delta, long long n, double lr,   \
                                                       double rho, double eps,                 \
                                                       double weight_decay, double l1) {       \
         const AdadeltaUpdate<T> update(lr, rho, eps, weight_decay, l1);                        \
-        GPUCONV_GRID_STRIDE_LOOP(i, n) update(param, grad, square_avg, acc_delta, i);          \
+        const Tensors<T> a{param, grad, square_avg, acc_delta, nullptr};                       \
+        GPUCONV_GRID_STRIDE_LOOP(i, n) update(a, i, 0);                                        \
     }                                                                                          \
     extern "C" __global__ void sgd_multi_step_##SUFFIX(MT_STEP_PARAMS) {                       \
         sgd_multi_step<T>(MT_STEP_ARGS);                                                       \
