@@ -416,3 +416,26 @@ def test_pointwise_mean_of_empty_input_is_value_error(op):
 def test_pointwise_grad_output_of_wrong_shape_is_value_error(op):
     with pytest.raises(ValueError, match=r"grad_output must have shape \(4, 5\)"):
         getattr(F, op + "_backward")(np.ones(()), X, X, "none")
+
+
+# --------------------------------------------------------------------------- training statistics
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(37, 5), (3, 4, 2, 3)], ids=["rows", "spatial"])
+def test_classification_stats_add_the_loss_and_numpys_argmax_count_in_place(shape, dtype):
+    from gpuconv.kernels.cuda_c.loss import classification_stats
+
+    rng = rng_for("classification_stats", shape, dtype)
+    scores = rng.integers(-2, 3, shape).astype(dtype)  # many ties: the first maximum wins
+    scores.reshape(shape[0], shape[1], -1)[1, 2, 0] = np.nan  # a NaN is the maximum
+    target = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    target.reshape(shape[0], -1)[1, 0] = 2
+    want_correct = int(np.sum(np.argmax(scores, axis=1) == target))
+    stats = backend.to_device(np.array([1.5, 2.0]), "cuda")  # sums so far
+    loss = backend.to_device(np.array(0.25, dtype), "cuda")
+    classification_stats(stats, loss, backend.to_device(scores, "cuda"),
+                         backend.to_device(target, "cuda"))
+    np.testing.assert_array_equal(backend.to_numpy(stats),
+                                  [1.5 + 0.25 * shape[0], 2.0 + want_correct])
