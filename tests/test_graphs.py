@@ -84,3 +84,14 @@ def test_each_replay_draws_the_next_dropout_offsets_as_eager_calls_would():
     for got, want in zip([first] + replays, eager, strict=True):
         np.testing.assert_array_equal(got, want)
     assert nn.init.default_philox().offset == 4
+
+
+def test_a_copy_made_inside_a_capture_is_made_again_by_each_replay():
+    cp = backend.cupy_or_none()
+    x = _cuda(np.arange(6.0).reshape(2, 3))
+    graph = graphs.StepGraph()
+    with graphs.side_stream():
+        y = graph.capture(lambda: cp.ascontiguousarray(x.T))  # a view in, a copy out
+        x[...] = _cuda(np.arange(6.0, 12.0).reshape(2, 3))
+        graph.replay()
+    np.testing.assert_array_equal(backend.to_numpy(y), np.arange(6.0, 12.0).reshape(2, 3).T)

@@ -346,6 +346,24 @@ def test_graph_replays_train_to_the_same_parameters_as_eager_steps_bit_for_bit(
 
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_graph_replays_of_a_recurrent_classifier_match_eager_steps_bit_for_bit(_):
+    rng = np.random.default_rng(8)
+    sequences = data.ArrayDataset(rng.standard_normal((20, 1, 12)).astype(np.float32),
+                                  rng.integers(0, 3, 20))
+    finals = {}
+    for graph in (False, True):
+        nn.manual_seed(8)
+        model = models.lstm_classifier(num_classes=3, input_size=1, hidden_size=8).to("cuda")
+        opt = optim.Adam(model.parameters(), lr=1e-2)
+        loader = data.DataLoader(sequences, batch_size=8, shuffle=True, seed=8, device="cuda")
+        fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=2, progress=False,
+            cuda_graph=graph)
+        finals[graph] = {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
+    for k, want in finals[False].items():
+        np.testing.assert_array_equal(finals[True][k], want, err_msg=k)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
 def test_replayed_dropout_draws_a_new_mask_at_every_step(_, monkeypatch):
     from gpuconv import graphs
 

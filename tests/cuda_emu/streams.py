@@ -415,24 +415,29 @@ def _garbage(like: np.ndarray) -> np.ndarray:
 def capture_call(capture: _Capture, what: str, fn, args, kwargs, unwrap, wrap):
     """Record ``fn(*args, **kwargs)`` (device arrays in them) into ``capture``.
 
-    It is first tried on copies of its device arguments, which tells its kind: it wrote to
-    an argument (recorded, the arguments left as they are), it returned a view of one (the
-    view of the real argument is returned, nothing recorded), or it made new arrays
-    (garbage-filled buffers returned, the replay computes into them)."""
+    It is first tried on copies of its device arguments, which tells whether it writes to
+    an argument (then it is recorded, the arguments left as they are). Otherwise it runs on
+    the real arguments: a result that is a view of one of them is returned as it is
+    (nothing to record), new arrays are replaced by garbage-filled buffers that the replay
+    computes into."""
     inputs = _device_arrays((args, kwargs))
-    copies = {id(a): _ndarray(a._a.copy()) for a in inputs}
+    # The launch takes its arguments as they are now: a list the host changes later (a
+    # list of states it appends to) must not change what the replay computes.
+    same = {id(a): a for a in inputs}
+    args, kwargs = _substitute(args, same), _substitute(kwargs, same)
+    copies = {id(a): _ndarray(np.array(a._a, order="K", copy=True)) for a in inputs}
     trial = fn(*unwrap(_substitute(args, copies)), **unwrap(_substitute(kwargs, copies)))
-    wrote = any(copies[id(a)]._a.tobytes() != a._a.tobytes() for a in inputs)
-    if wrote:
+    if any(copies[id(a)]._a.tobytes() != a._a.tobytes() for a in inputs):
         record(capture, lambda: fn(*unwrap(args), **unwrap(kwargs)))
         by_copy = {id(copies[id(a)]._a): a for a in inputs}
         return _map_results(trial, lambda r: by_copy.get(id(r)) or wrap(r))
-    outputs = _host_arrays(trial)
-    if any(np.shares_memory(r, c._a) for r in outputs for c in copies.values()):
-        return wrap(fn(*unwrap(args), **unwrap(kwargs)))
-    if not isinstance(trial, (np.ndarray, np.generic, tuple, list)):
+    result = fn(*unwrap(args), **unwrap(kwargs))
+    outputs = _host_arrays(result)
+    if any(np.shares_memory(r, a._a) for r in outputs for a in inputs):
+        return wrap(result)
+    if not isinstance(result, (np.ndarray, np.generic, tuple, list)):
         raise CaptureError(f"emulated cupy: {what} returned a host value "
-                           f"({type(trial).__name__}) while a stream is capturing")
+                           f"({type(result).__name__}) while a stream is capturing")
     _check_allocation(what)
     buffers = [_garbage(r) for r in outputs]
     if fn in ALLOCATIONS:  # CuPy's empty allocates and launches nothing: no replay
@@ -444,7 +449,7 @@ def capture_call(capture: _Capture, what: str, fn, args, kwargs, unwrap, wrap):
 
     record(capture, replay)
     found = iter(buffers)
-    return _map_results(trial, lambda r: _ndarray(next(found)))
+    return _map_results(result, lambda r: _ndarray(next(found)))
 
 
 def _map_results(result, convert):
