@@ -16,7 +16,11 @@ import numpy as np
 from .. import _checks as C, backend, kernels
 
 __all__ = ["conv1d", "conv2d", "conv_transpose2d",
-           "conv1d_backward", "conv2d_backward", "conv_transpose2d_backward"]
+           "conv1d_backward", "conv2d_backward", "conv_transpose2d_backward",
+           "conv2d_bias_act", "channels_last", "CONV_ACTIVATIONS"]
+
+# The activations conv2d_bias_act fuses into the convolution's epilogue.
+CONV_ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu")
 
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int], str]
@@ -299,3 +303,45 @@ def conv_transpose2d_backward(grad_output, input, weight, bias=None, stride: Int
                        (input.shape[0], weight.shape[1] * groups) + geo.out_hw)
     return kernels.dispatch(op, impl, grad_output, input, weight, bias is not None, geo.stride,
                             geo.padding, geo.output_padding, geo.dilation, geo.groups)
+
+
+@backend.interop
+def conv2d_bias_act(input, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0,
+                    dilation: IntOrPair = 1, groups: int = 1, *, activation: str = "relu",
+                    param: float = 0.0, residual=None, scale=None, impl: str | None = None):
+    """``act(scale[o] * conv2d(input, weight) + bias[o] + residual)`` in one pass: on a GPU
+    the implicit-GEMM kernel applies all of it to its accumulators before the one store.
+
+    input, weight, stride, padding, dilation, groups: as :func:`conv2d`; bias and scale:
+    (C_out,) or None (scale folds an eval-mode batch norm into the convolution); residual:
+    None or an array shaped like the output (N, C_out, OH, OW), added before the activation
+    (a ResNet block's shortcut). activation: one of :data:`CONV_ACTIVATIONS` (gelu is the
+    exact, erf form); param: leaky_relu's negative_slope or elu's alpha.
+    """
+    op = "conv2d_bias_act"
+    geo = _validated_conv(op, input, weight, bias, stride, padding, dilation, groups, 2)
+    if activation not in CONV_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {', '.join(CONV_ACTIVATIONS)}, "
+                         f"got {activation!r}")
+    param = C.finite_float(op, "param", param)
+    if scale is not None:
+        C.float_array(op, "scale", scale, 1)
+        C.same_kind(op, "input", input, scale=scale)
+        _check_bias(op, scale, weight.shape[0])
+    if residual is not None:
+        C.float_array(op, "residual", residual, 4)
+        C.same_kind(op, "input", input, residual=residual)
+        C.shape_is(op, "residual", residual, (input.shape[0], weight.shape[0]) + geo.out_hw)
+    x = _pad_extra(input, geo.extra)
+    return kernels.dispatch(op, impl, x, weight, bias, geo.stride, geo.padding, geo.dilation,
+                            geo.groups, activation, param, residual, scale)
+
+
+def channels_last(x):
+    """``x`` (N, C, H, W) with its memory in NHWC order (PyTorch's ``channels_last``): the
+    same shape and values; the implicit-GEMM kernels read it without a transpose, and their
+    output for it is channels-last too. A copy unless ``x`` is channels-last already."""
+    xp = backend.array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"channels_last: expected (N, C, H, W), got shape {tuple(x.shape)}")
+    return xp.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)

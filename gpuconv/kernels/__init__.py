@@ -31,8 +31,8 @@ from .. import backend
 __all__ = ["Impl", "register", "implementations", "available", "ops", "select", "dispatch"]
 
 KINDS = ("reference", "numpy_impl", "numba_cuda", "cuda_c")
-FAMILIES = ("conv", "pool", "activation", "linear", "loss", "norm", "rnn", "rnn_persistent",
-            "optim")
+FAMILIES = ("conv", "conv_igemm", "pool", "activation", "linear", "loss", "norm", "rnn",
+            "rnn_persistent", "optim")
 
 Priority = Union[int, Callable[..., int]]
 

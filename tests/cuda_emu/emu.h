@@ -476,3 +476,6 @@ extern "C" const char* emu_last_error() { return emu::error.c_str(); }
         return emu::launch(kernel, argv, grid, block, shared_mem, cooperative != 0);         \
     }                                                                                        \
     extern "C" const char* emu_signature_##kernel() { return emu::signature(kernel); }
+
+// The tensor-core kernels' wrappers (kernels/mma.cuh): mma, ldmatrix, cp.async, conversions.
+#include "mma_emu.h"
