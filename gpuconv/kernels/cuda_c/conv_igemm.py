@@ -235,8 +235,11 @@ def mode_of(dtype) -> str:
 
 
 def _address(a) -> int:
-    data = getattr(a, "data", None)
-    return data.ptr if hasattr(data, "ptr") else a.ctypes.data
+    """The device address of ``a``'s first element (CuPy's ``data.ptr``; the CPU emulator's
+    arrays are NumPy arrays, whose address is ``ctypes.data``)."""
+    if backend.array_module(a).__version__.endswith("emulated"):
+        return a.ctypes.data
+    return a.data.ptr
 
 
 def _vec(itemsize: int, channels: tuple, arrays: tuple) -> int:
