@@ -190,36 +190,68 @@ __device__ __forceinline__ void copy_chunk(T* dst, const T* src, const T* base, 
 // ----------------------------------------------------------------------------- gathers
 // Each loader copies its operand's k-tiles, one per load(stage) call, then next().
 
-// An NHWC activation gathered along (r, s, channel) for a fixed output pixel per row:
-// fprop's A (x at the rows' output pixels) and, with roles named for it, nothing else.
+// Per-row gather state of fprop's and dgrad's A: the offset of the row's image (and group)
+// and where its window starts. Kept in registers when a thread has few rows (the 16-byte
+// copies); recomputed from m per k-tile when it has many (one-element copies), so that the
+// register budget of the tile holds either way.
+constexpr int MAX_CACHED_ROWS = 4;
+
+struct RowOrigin {
+    long long base;
+    int h, w;  // fprop: p*sh - ph, q*sw - pw; dgrad: h + ph, w + pw (out of range: -2^30)
+};
+
+template <int ITERS, class Origin>
+struct Rows {
+    static constexpr bool CACHED = ITERS <= MAX_CACHED_ROWS;
+    RowOrigin cache[CACHED ? ITERS : 1];
+    int m0;
+
+    __device__ void init(const Conv& cv, int m_first, int g, int row_step) {
+        m0 = m_first;
+        if constexpr (CACHED) {
+#pragma unroll
+            for (int i = 0; i < ITERS; ++i) cache[i] = Origin::of(cv, m0 + i * row_step, g);
+        }
+    }
+    __device__ RowOrigin get(const Conv& cv, int i, int g, int row_step) const {
+        if constexpr (CACHED) {
+            return cache[i];
+        } else {
+            return Origin::of(cv, m0 + i * row_step, g);
+        }
+    }
+};
+
+// An NHWC activation gathered along (r, s, channel) for one output pixel per row: fprop's A.
 struct FpropA {
     typedef Tile<true, BM> Layout;
     typedef Chunks<BM, BK, VEC_C> Map;
-    long long base[Map::ITERS];  // offset of x[n, 0, 0, g*Cg]
-    int h0[Map::ITERS], w0[Map::ITERS];
+    struct Origin {
+        __device__ static RowOrigin of(const Conv& cv, int m, int g) {
+            const int q = m % cv.Q, p = (m / cv.Q) % cv.P, n = m / (cv.P * cv.Q);
+            const bool in = m < cv.N * cv.P * cv.Q;
+            return RowOrigin{((long long)n * cv.H * cv.W) * cv.C + (long long)g * cv.Cg,
+                             in ? p * cv.sh - cv.ph : -(1 << 30), q * cv.sw - cv.pw};
+        }
+    };
+    Rows<Map::ITERS, Origin> rows;
     int r, s, c;
 
     __device__ void init(const Conv& cv, int m0, int g, int k0) {
-        const int M = cv.N * cv.P * cv.Q;
-        #pragma unroll
-        for (int i = 0; i < Map::ITERS; ++i) {
-            const int m = m0 + Map::row(i);
-            const int q = m % cv.Q, p = (m / cv.Q) % cv.P, n = m / (cv.P * cv.Q);
-            base[i] = ((long long)n * cv.H * cv.W) * cv.C + (long long)g * cv.Cg;
-            h0[i] = m < M ? p * cv.sh - cv.ph : -(1 << 30);  // out of range: never valid
-            w0[i] = q * cv.sw - cv.pw;
-        }
+        rows.init(cv, m0 + Map::row(0), g, Map::ROW_STEP);
         const int kk = k0 + Map::col();
         c = kk % cv.Cg;
         s = (kk / cv.Cg) % cv.S;
         r = kk / (cv.Cg * cv.S);
     }
-    __device__ void load(T* tile, const T* x, const Conv& cv, int) const {
-        #pragma unroll
+    __device__ void load(T* tile, const T* x, const Conv& cv, int g) const {
+#pragma unroll
         for (int i = 0; i < Map::ITERS; ++i) {
-            const int h = h0[i] + r * cv.dh, w = w0[i] + s * cv.dw;
+            const RowOrigin o = rows.get(cv, i, g, Map::ROW_STEP);
+            const int h = o.h + r * cv.dh, w = o.w + s * cv.dw;
             const bool valid = r < cv.R && h >= 0 && h < cv.H && w >= 0 && w < cv.W;
-            const T* src = x + base[i] + ((long long)h * cv.W + w) * cv.C + c;
+            const T* src = x + o.base + ((long long)h * cv.W + w) * cv.C + c;
             copy_chunk<VEC_C>(tile + Layout::at(Map::row(i), Map::col()), src, x, valid);
         }
     }
@@ -268,33 +300,33 @@ struct FpropB {
 struct DgradA {
     typedef Tile<true, BM> Layout;
     typedef Chunks<BM, BK, VEC_K> Map;
-    long long base[Map::ITERS];  // offset of dy[n, 0, 0, g*Kg]
-    int hp[Map::ITERS], wp[Map::ITERS];  // h + ph, w + pw
+    struct Origin {
+        __device__ static RowOrigin of(const Conv& cv, int m, int g) {
+            const int w = m % cv.W, h = (m / cv.W) % cv.H, n = m / (cv.H * cv.W);
+            const bool in = m < cv.N * cv.H * cv.W;
+            return RowOrigin{((long long)n * cv.P * cv.Q) * cv.K + (long long)g * cv.Kg,
+                             in ? h + cv.ph : -(1 << 30), w + cv.pw};
+        }
+    };
+    Rows<Map::ITERS, Origin> rows;
     int r, s, k;
 
     __device__ void init(const Conv& cv, int m0, int g, int k0) {
-        const int M = cv.N * cv.H * cv.W;
-        #pragma unroll
-        for (int i = 0; i < Map::ITERS; ++i) {
-            const int m = m0 + Map::row(i);
-            const int w = m % cv.W, h = (m / cv.W) % cv.H, n = m / (cv.H * cv.W);
-            base[i] = ((long long)n * cv.P * cv.Q) * cv.K + (long long)g * cv.Kg;
-            hp[i] = m < M ? h + cv.ph : -(1 << 30);
-            wp[i] = w + cv.pw;
-        }
+        rows.init(cv, m0 + Map::row(0), g, Map::ROW_STEP);
         const int kk = k0 + Map::col();
         k = kk % cv.Kg;
         s = (kk / cv.Kg) % cv.S;
         r = kk / (cv.Kg * cv.S);
     }
-    __device__ void load(T* tile, const T* dy, const Conv& cv, int) const {
-        #pragma unroll
+    __device__ void load(T* tile, const T* dy, const Conv& cv, int g) const {
+#pragma unroll
         for (int i = 0; i < Map::ITERS; ++i) {
-            const int ht = hp[i] - r * cv.dh, wt = wp[i] - s * cv.dw;
+            const RowOrigin o = rows.get(cv, i, g, Map::ROW_STEP);
+            const int ht = o.h - r * cv.dh, wt = o.w - s * cv.dw;
             const int p = ht / cv.sh, q = wt / cv.sw;
             const bool valid = r < cv.R && ht >= 0 && wt >= 0 && p * cv.sh == ht &&
                                q * cv.sw == wt && p < cv.P && q < cv.Q;
-            const T* src = dy + base[i] + ((long long)p * cv.Q + q) * cv.K + k;
+            const T* src = dy + o.base + ((long long)p * cv.Q + q) * cv.K + k;
             copy_chunk<VEC_K>(tile + Layout::at(Map::row(i), Map::col()), src, dy, valid);
         }
     }
