@@ -1,4 +1,4 @@
-"""The ``gpuconv`` command: ``train``, ``eval``, ``info`` and ``bench``.
+"""The ``gpuconv`` command: ``train``, ``eval``, ``info``, ``bench`` and ``tune``.
 
 ``gpuconv train`` with no arguments trains LeNet-5 on the bundled ``digits`` data. Bad
 arguments give a one-line error and exit status 2; failures while running give a one-line
@@ -83,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--markdown", help="write the tables as Markdown here (for bench/RESULTS.md)")
     b.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (seconds)")
     _add_threads(b)
+
+    u = sub.add_parser("tune", help="time the implicit-GEMM conv configurations on this GPU "
+                                    "and write the fastest to the tuning table")
+    u.add_argument("--suite", default="gpu", choices=("gpu", "cpu", "quick"),
+                   help="the conv bench suite whose shapes are tuned (default gpu)")
+    u.add_argument("--mode", action="append", choices=("fp32", "tf32", "bfloat16", "float16"),
+                   help="precision mode (repeatable; default fp32)")
+    u.add_argument("--shape", action="append", default=[], metavar="N,C,H,W,K,R,S,STRIDE,PAD",
+                   help="a further convolution shape to tune (repeatable)")
+    u.add_argument("--table", help="the JSON table to update (default: the package's)")
+    u.add_argument("--quick", action="store_true", help="few timed runs per candidate")
     return p
 
 
@@ -231,11 +242,26 @@ def _info(args) -> int:
         from .kernels.cuda_c import compile_states
         print("CUDA C sources (NVRTC): " + ", ".join(f"{name} {state}" for name, state
                                                      in compile_states().items()))
+    from .kernels.cuda_c import conv_igemm
+    devices = conv_igemm.load_table(str(conv_igemm.TABLE))
+    gpu = props["name"].decode() if cp is not None and backend.gpu_available() else None
+    tuned = (f"{len(devices.get(gpu, {}))} entries for {gpu}" if gpu else
+             f"entries for {', '.join(devices) or 'no GPU yet'}")
+    print(f"conv tuning table (cuda_igemm): {conv_igemm.TABLE} ({tuned}; other shapes: "
+          "the heuristic)")
     print("kernel implementations (available here / registered):")
     for op in kernels.ops():
         impls = kernels.implementations(op)
         shown = ", ".join(i.name + ("" if i.is_available() else " (not here)") for i in impls)
         print(f"  {op:32s} {shown}")
+    return 0
+
+
+def _tune(args) -> int:
+    from .benchmark import tune
+
+    shapes = [tune.parse_shape(s) for s in args.shape]
+    tune.run(args.suite, args.mode or ["fp32"], shapes, args.table, args.quick)
     return 0
 
 
@@ -271,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"gpuconv {args.command}: error: {exc}", file=sys.stderr)
             return 2
-    handler = {"train": _train, "eval": _eval, "info": _info, "bench": _bench}[args.command]
+    handler = {"train": _train, "eval": _eval, "info": _info, "bench": _bench,
+               "tune": _tune}[args.command]
     try:
         return handler(args)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError,

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import __version__, backend, kernels
+from .. import __version__, backend, kernels, precision
 from .._resources import bench_suite_dir
 from ..testing import TOL, rel_err
 from .cases import SUITE_PASSES, Pass
@@ -80,6 +80,12 @@ def _torch(device: str = "cpu"):
 
 
 def _array_dtype(dtype: str):
+    """The arrays' dtype for a --dtype value (None: gpuconv has none for it here). tf32 is
+    float32 arrays computed in the tf32 precision mode (gpuconv.precision); bfloat16 is
+    ml_dtypes' dtype, where installed."""
+    if dtype == "bfloat16":
+        from ..kernels.cuda_c.conv_igemm import _bfloat16
+        return _bfloat16()
     return {"float32": np.float32, "tf32": np.float32, "float16": np.float16}.get(dtype)
 
 
@@ -217,8 +223,10 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
     if array_dtype is not None:
         sets = [tuple(xp.asarray(a.astype(array_dtype) if a.dtype.kind == "f" else a) for a in s)
                 for s in sets64]
-        rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
-        if p.array_call is not None:
+        with precision.conv_precision("tf32" if dtype == "tf32" else "fp32"):
+            rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
+        # CuPy's GEMMs take no bfloat16 arrays on every version: no plain-CuPy row for it.
+        if p.array_call is not None and dtype != "bfloat16":
             rows.append(_array_row(case, p, sets, oracle, dtype, device, ceilings, quick))
     torch_row = _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick)
     if torch_row is not None:
