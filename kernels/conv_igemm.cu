@@ -195,6 +195,10 @@ __device__ __forceinline__ void copy_chunk(T* dst, const T* src, const T* base, 
 // copies); recomputed from m per k-tile when it has many (one-element copies), so that the
 // register budget of the tile holds either way.
 constexpr int MAX_CACHED_ROWS = 4;
+// The copy loops unroll this far: fully where a thread copies at most MAX_CACHED_ROWS chunks
+// (16-byte copies), partly for one-element copies (up to 32 per thread), whose full unroll
+// would hold every address in registers at once and spill.
+constexpr int LOAD_UNROLL = 4;
 
 struct RowOrigin {
     long long base;
@@ -246,7 +250,7 @@ struct FpropA {
         r = kk / (cv.Cg * cv.S);
     }
     __device__ void load(T* tile, const T* x, const Conv& cv, int g) const {
-#pragma unroll
+#pragma unroll LOAD_UNROLL
         for (int i = 0; i < Map::ITERS; ++i) {
             const RowOrigin o = rows.get(cv, i, g, Map::ROW_STEP);
             const int h = o.h + r * cv.dh, w = o.w + s * cv.dw;
@@ -272,24 +276,20 @@ struct FpropA {
 struct FpropB {
     typedef Tile<true, BN> Layout;
     typedef Chunks<BN, BK, VEC_C> Map;
-    long long row_base[Map::ITERS];  // offset of w[g*Kg + n, 0, 0, 0]; -1 past the group
-    int kk;
+    int n0, kk;  // this thread's first row; its reduction index
 
-    __device__ void init(const Conv& cv, int n0, int g, int k0) {
-        const long long rsc = (long long)cv.R * cv.S * cv.Cg;
-        #pragma unroll
-        for (int i = 0; i < Map::ITERS; ++i) {
-            const int n = n0 + Map::row(i);
-            row_base[i] = n < cv.Kg ? ((long long)g * cv.Kg + n) * rsc : -1;
-        }
+    __device__ void init(const Conv& cv, int n_first, int g, int k0) {
+        n0 = n_first + Map::row(0);
         kk = k0 + Map::col();
     }
-    __device__ void load(T* tile, const T* wt, const Conv& cv, int) const {
-        const bool in_k = kk < cv.R * cv.S * cv.Cg;
-        #pragma unroll
+    __device__ void load(T* tile, const T* wt, const Conv& cv, int g) const {
+        const int rsc = cv.R * cv.S * cv.Cg;
+#pragma unroll LOAD_UNROLL
         for (int i = 0; i < Map::ITERS; ++i) {
-            copy_chunk<VEC_C>(tile + Layout::at(Map::row(i), Map::col()), wt + row_base[i] + kk,
-                              wt, in_k && row_base[i] >= 0);
+            const int n = n0 + i * Map::ROW_STEP;
+            const T* src = wt + ((long long)g * cv.Kg + n) * rsc + kk;
+            copy_chunk<VEC_C>(tile + Layout::at(Map::row(i), Map::col()), src, wt,
+                              kk < rsc && n < cv.Kg);
         }
     }
     __device__ void next(const Conv&) { kk += BK; }
@@ -319,7 +319,7 @@ struct DgradA {
         r = kk / (cv.Kg * cv.S);
     }
     __device__ void load(T* tile, const T* dy, const Conv& cv, int g) const {
-#pragma unroll
+#pragma unroll LOAD_UNROLL
         for (int i = 0; i < Map::ITERS; ++i) {
             const RowOrigin o = rows.get(cv, i, g, Map::ROW_STEP);
             const int ht = o.h - r * cv.dh, wt = o.w - s * cv.dw;
@@ -355,7 +355,7 @@ struct DgradB {
     }
     __device__ void load(T* tile, const T* wt, const Conv& cv, int g) const {
         const int rows = cv.R * cv.S * cv.Kg;
-        #pragma unroll
+#pragma unroll LOAD_UNROLL
         for (int i = 0; i < Map::ITERS; ++i) {
             const int row = kk + Map::row(i);
             const int k = row % cv.Kg, rs = row / cv.Kg;
@@ -379,7 +379,7 @@ struct WgradA {
     }
     __device__ void load(T* tile, const T* dy, const Conv& cv, int g) const {
         const int rows = cv.N * cv.P * cv.Q;
-        #pragma unroll
+#pragma unroll LOAD_UNROLL
         for (int i = 0; i < Map::ITERS; ++i) {
             const int row = npq + Map::row(i);
             const T* src = dy + (long long)row * cv.K + (long long)g * cv.Kg + k;
@@ -405,7 +405,7 @@ struct WgradB {
     }
     __device__ void load(T* tile, const T* x, const Conv& cv, int g) const {
         const int rows = cv.N * cv.P * cv.Q;
-        #pragma unroll
+#pragma unroll LOAD_UNROLL
         for (int i = 0; i < Map::ITERS; ++i) {
             const int row = npq + Map::row(i);
             const int q = row % cv.Q, p = (row / cv.Q) % cv.P, n = row / (cv.P * cv.Q);
