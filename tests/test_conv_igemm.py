@@ -244,6 +244,38 @@ def test_empty_batch_gives_empty_output_and_zero_gradients():
     assert not np.any(backend.to_numpy(gw)) and not np.any(backend.to_numpy(gb))
 
 
+# --------------------------------------------------------------------------- nn layers
+
+def _conv_act_model(activation):
+    from gpuconv import nn
+    nn.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), activation, nn.Conv2d(8, 4, 3, stride=2))
+
+
+@gpu
+@skip_no_gpu
+@pytest.mark.parametrize("make_activation", ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"])
+def test_sequential_fuses_conv_and_activation_on_the_gpu(make_activation, monkeypatch):
+    """Conv2d + activation runs as one conv2d_bias_act call; forward, input gradient and
+    parameter gradients match the same model unfused on the CPU."""
+    from gpuconv import functional as F, nn
+    calls = []
+    fused_op = F.conv2d_bias_act
+    monkeypatch.setattr(F, "conv2d_bias_act", lambda *a, **k: calls.append(k) or fused_op(*a, **k))
+    cpu, gpu_model = (_conv_act_model(getattr(nn, make_activation)()) for _ in range(2))
+    gpu_model.to("cuda")
+    x = rng_for("nn-fused").standard_normal((2, 3, 9, 8)).astype(np.float32)
+    gy = rng_for("nn-fused-gy").standard_normal((2, 4, 4, 3)).astype(np.float32)
+    want_y, want_gx = cpu(x), cpu.backward(gy)
+    got_y = gpu_model(backend.to_device(x, "cuda"))
+    got_gx = gpu_model.backward(backend.to_device(gy, "cuda"))
+    assert len(calls) == 1
+    assert_close(got_y, want_y.astype(np.float64), "float32", "output")
+    assert_close(got_gx, want_gx.astype(np.float64), "float32", "grad_input")
+    for (name, p), (_, q) in zip(gpu_model.named_parameters(), cpu.named_parameters()):
+        assert_close(p.grad, q.grad.astype(np.float64), "float32", name)
+
+
 # --------------------------------------------------------------------------- no GPU needed
 
 def test_precision_setting_is_checked_and_restored():
