@@ -651,6 +651,20 @@ struct BlockCoords {
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// One block's share of a pass: the k-tiles [k0/BK, k0/BK + k_tiles) of the GEMM that the
+// loaders LA, LB gather from tensors a and b, multiplied into acc.
+template <class LA, class LB>
+__device__ void block_gemm(Accumulators& acc, const T* a, const T* b, const Conv& cv,
+                           const BlockCoords& bc, int k0, int k_tiles) {
+    GPUCONV_DYNAMIC_SMEM(smem_raw);
+    check_smem(Smem<LA, LB>::BYTES);
+    LA la;
+    LB lb;
+    la.init(cv, bc.tm * BM, bc.g, k0);
+    lb.init(cv, bc.tn * BN, bc.g, k0);
+    mainloop(acc, reinterpret_cast<T*>(smem_raw), k_tiles, la, a, lb, b, cv, bc.g);
+}
+
 }  // namespace igemm
 
 #define GPUCONV_IGEMM_CONV_PARAMS                                                        \
@@ -667,19 +681,11 @@ GPUCONV_IGEMM_ENTRY(conv2d_fwd_igemm)(const elem_t* __restrict__ x,
                                       const elem_t* bias, const elem_t* residual, int act,
                                       float act_param) {
     using namespace igemm;
-    typedef Smem<FpropA, FpropB> SM;
-    GPUCONV_DYNAMIC_SMEM(smem_raw);
-    check_smem(SM::BYTES);
-    T* smem = reinterpret_cast<T*>(smem_raw);
     const Conv cv = make_conv(GPUCONV_IGEMM_CONV_ARGS);
-    const int M = N * P * Q, KR = R * S * cv.Cg;
+    const int M = N * P * Q;
     const BlockCoords bc(ceil_div(M, BM), ceil_div(cv.Kg, BN), groups);
-    FpropA la;
-    FpropB lb;
-    la.init(cv, bc.tm * BM, bc.g, 0);
-    lb.init(cv, bc.tn * BN, bc.g, 0);
     Accumulators acc;
-    mainloop(acc, smem, ceil_div(KR, BK), la, x, lb, w, cv, bc.g);
+    block_gemm<FpropA, FpropB>(acc, x, w, cv, bc, 0, ceil_div(R * S * cv.Cg, BK));
     const Epilogue ep{y, scale, bias, residual, act, act_param};
     ep.store(acc, bc.tm * BM, bc.tn * BN, M, cv.Kg, K, bc.g);
 }
@@ -693,19 +699,11 @@ GPUCONV_IGEMM_ENTRY(conv2d_dgrad_igemm)(const elem_t* __restrict__ dy,
                                         const elem_t* bias, const elem_t* residual, int act,
                                         float act_param) {
     using namespace igemm;
-    typedef Smem<DgradA, DgradB> SM;
-    GPUCONV_DYNAMIC_SMEM(smem_raw);
-    check_smem(SM::BYTES);
-    T* smem = reinterpret_cast<T*>(smem_raw);
     const Conv cv = make_conv(GPUCONV_IGEMM_CONV_ARGS);
-    const int M = N * H * W, KR = R * S * cv.Kg;
+    const int M = N * H * W;
     const BlockCoords bc(ceil_div(M, BM), ceil_div(cv.Cg, BN), groups);
-    DgradA la;
-    DgradB lb;
-    la.init(cv, bc.tm * BM, bc.g, 0);
-    lb.init(cv, bc.tn * BN, bc.g, 0);
     Accumulators acc;
-    mainloop(acc, smem, ceil_div(KR, BK), la, dy, lb, w, cv, bc.g);
+    block_gemm<DgradA, DgradB>(acc, dy, w, cv, bc, 0, ceil_div(R * S * cv.Kg, BK));
     const Epilogue ep{dx, scale, bias, residual, act, act_param};
     ep.store(acc, bc.tm * BM, bc.tn * BN, M, cv.Cg, C, bc.g);
 }
@@ -719,21 +717,13 @@ GPUCONV_IGEMM_ENTRY(conv2d_wgrad_igemm)(const elem_t* __restrict__ dy,
                                         float* __restrict__ partial, GPUCONV_IGEMM_CONV_PARAMS,
                                         int tiles_per_split) {
     using namespace igemm;
-    typedef Smem<WgradA, WgradB> SM;
-    GPUCONV_DYNAMIC_SMEM(smem_raw);
-    check_smem(SM::BYTES);
-    T* smem = reinterpret_cast<T*>(smem_raw);
     const Conv cv = make_conv(GPUCONV_IGEMM_CONV_ARGS);
     const int NPQ = N * P * Q, RSC = R * S * cv.Cg;
     const BlockCoords bc(ceil_div(cv.Kg, BM), ceil_div(RSC, BN), groups);
     const int kt0 = bc.split * tiles_per_split;
     const int k_tiles = min(tiles_per_split, ceil_div(NPQ, BK) - kt0);
-    WgradA la;
-    WgradB lb;
-    la.init(cv, bc.tm * BM, bc.g, kt0 * BK);
-    lb.init(cv, bc.tn * BN, bc.g, kt0 * BK);
     Accumulators acc;
-    mainloop(acc, smem, max(k_tiles, 0), la, dy, lb, x, cv, bc.g);
+    block_gemm<WgradA, WgradB>(acc, dy, x, cv, bc, kt0 * BK, max(k_tiles, 0));
     // The split's fp32 partial sums, in the weight's KRSC layout.
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int m0 = bc.tm * BM + (warp / WARPS_N) * WM + lane / 4;

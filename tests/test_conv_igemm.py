@@ -17,13 +17,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from support import TOL, assert_close, rng_for
+from support import assert_close, rng_for
+from test_conv import ConvCase
 
 from gpuconv import backend, precision
 from gpuconv._resources import cuda_source_dir
@@ -60,26 +60,12 @@ def _inputs(key, mode, *shapes):
     return [None if a is None else backend.to_device(a, "cuda") for a in low], ref
 
 
-@dataclass(frozen=True)
-class Case:
-    id: str
-    n: int
-    c: int
-    hw: tuple
-    k: int
-    kernel: tuple
-    stride: object = 1
-    padding: object = 0
-    dilation: object = 1
-    groups: int = 1
+class Case(ConvCase):
+    """test_conv's case (x: (n, c, h, w), weight: (k, c/groups, *kernel)) with its shapes."""
 
     def shapes(self):
         return ((self.n, self.c) + self.hw, (self.k, self.c // self.groups) + self.kernel,
                 (self.k,))
-
-    def args(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups)
 
 
 # None of M (N*OH*OW or N*H*W), N (channels per group) or the reduction is a multiple of a

@@ -66,14 +66,14 @@ def _dtype(mode: str):
         ig._bfloat16() if mode == "bfloat16" else np.float16)
 
 
-def _geometry(case: dict) -> ig._Conv:
+def _geometry(case: dict) -> ig.Geometry:
     g, d = case.get("groups", 1), case.get("dilation", 1)
     return ig._geometry((case["N"], case["C"], case["H"], case["W"]),
                         (case["K"], case["C"] // g, case["R"], case["S"]),
                         (case["stride"],) * 2, (case["pad"],) * 2, (d, d), g)
 
 
-def _runner(pass_: str, geo: ig._Conv, mode: str, rng) -> Callable[[ig.Choice], object]:
+def _runner(pass_: str, geo: ig.Geometry, mode: str, rng) -> Callable[[ig.Choice], object]:
     """The pass on random NHWC operands, as a function of the configuration."""
     cp = backend.cupy_or_none()
     dtype = _dtype(mode)
@@ -91,7 +91,7 @@ def _runner(pass_: str, geo: ig._Conv, mode: str, rng) -> Callable[[ig.Choice], 
     return lambda choice: ig.wgrad(dy, x, geo, mode, choice=choice)
 
 
-def _tune_problem(problem: ig.Problem, geo: ig._Conv, quick: bool, log) -> dict:
+def _tune_problem(problem: ig.Problem, geo: ig.Geometry, quick: bool, log) -> dict:
     cp = backend.cupy_or_none()
     run = _runner(problem.pass_, geo, problem.mode, np.random.default_rng(0))
     _, sm_count = ig._device()

@@ -114,39 +114,28 @@ def smem_bytes(tile: Tile, pass_: str, itemsize: int) -> int:
 
 
 class Problem(NamedTuple):
-    """One convolution pass in the kernels' terms (per-group GEMM: M x N x K)."""
+    """One convolution pass in the kernels' terms: its per-group GEMM is M x N x K."""
 
     pass_: str
     mode: str
-    N: int
-    C: int
-    H: int
-    W: int
-    K: int
-    R: int
-    S: int
-    P: int
-    Q: int
-    stride: tuple
-    padding: tuple
-    dilation: tuple
-    groups: int
+    geo: "Geometry"
 
     @property
     def gemm(self) -> tuple[int, int, int]:
-        cg, kg = self.C // self.groups, self.K // self.groups
+        g = self.geo
+        cg, kg = g.C // g.groups, g.K // g.groups
         if self.pass_ == "fprop":
-            return self.N * self.P * self.Q, kg, self.R * self.S * cg
+            return g.N * g.P * g.Q, kg, g.R * g.S * cg
         if self.pass_ == "dgrad":
-            return self.N * self.H * self.W, cg, self.R * self.S * kg
-        return kg, self.R * self.S * cg, self.N * self.P * self.Q
+            return g.N * g.H * g.W, cg, g.R * g.S * kg
+        return kg, g.R * g.S * cg, g.N * g.P * g.Q
 
     def key(self) -> str:
         """The tuning table's key: pass, mode and every size."""
-        return (f"{self.pass_}/{self.mode}/n{self.N}c{self.C}h{self.H}w{self.W}k{self.K}"
-                f"r{self.R}s{self.S}/st{self.stride[0]}x{self.stride[1]}"
-                f"p{self.padding[0]}x{self.padding[1]}d{self.dilation[0]}x{self.dilation[1]}"
-                f"g{self.groups}")
+        g = self.geo
+        return (f"{self.pass_}/{self.mode}/n{g.N}c{g.C}h{g.H}w{g.W}k{g.K}r{g.R}s{g.S}"
+                f"/st{g.stride[0]}x{g.stride[1]}p{g.padding[0]}x{g.padding[1]}"
+                f"d{g.dilation[0]}x{g.dilation[1]}g{g.groups}")
 
 
 class Choice(NamedTuple):
@@ -174,12 +163,12 @@ def heuristic(problem: Problem, sm_count: int) -> Choice:
     fitting = [t for t in TILES.values() if t.bn <= width] or list(TILES.values())
     by_size = sorted(fitting, key=lambda t: t.bm * t.bn, reverse=True)
     tile = next((t for t in by_size
-                 if _tiles_of(t, M, N) * problem.groups >= BLOCKS_PER_SM_TARGET * sm_count),
+                 if _tiles_of(t, M, N) * problem.geo.groups >= BLOCKS_PER_SM_TARGET * sm_count),
                 by_size[-1])
     splits = 1
     if problem.pass_ == "wgrad":
         k_tiles = math.ceil(K / tile.bk(itemsize))
-        blocks = _tiles_of(tile, M, N) * problem.groups
+        blocks = _tiles_of(tile, M, N) * problem.geo.groups
         want = math.ceil(BLOCKS_PER_SM_TARGET * sm_count / max(1, blocks))
         splits = max(1, min(want, k_tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
     return Choice(tile, splits, "heuristic")
@@ -304,8 +293,8 @@ def _reduce(partial, out, splits: int, mode: str) -> None:
                                                           np.int32(splits)))
 
 
-class _Conv(NamedTuple):
-    """NHWC operands of one convolution and its geometry."""
+class Geometry(NamedTuple):
+    """One convolution's sizes (input N, C, H, W; weight K, R, S; output P, Q)."""
 
     N: int
     C: int
@@ -322,7 +311,7 @@ class _Conv(NamedTuple):
     groups: int
 
     def problem(self, pass_: str, mode: str) -> Problem:
-        return Problem(pass_, mode, *self)
+        return Problem(pass_, mode, self)
 
     def args(self) -> tuple:
         return _i32(self.N, self.H, self.W, self.C, self.K, self.R, self.S, self.P, self.Q,
@@ -333,16 +322,16 @@ def _out_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _geometry(x_shape, w_shape, stride, padding, dilation, groups, out_hw=None) -> _Conv:
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups, out_hw=None) -> Geometry:
     N, C, H, W = x_shape
     K, _, R, S = w_shape
     P, Q = out_hw or (_out_size(H, R, stride[0], padding[0], dilation[0]),
                       _out_size(W, S, stride[1], padding[1], dilation[1]))
-    return _Conv(N, C, H, W, K, R, S, P, Q, tuple(stride), tuple(padding), tuple(dilation),
+    return Geometry(N, C, H, W, K, R, S, P, Q, tuple(stride), tuple(padding), tuple(dilation),
                  groups)
 
 
-def _check_sizes(g: _Conv) -> None:
+def _check_sizes(g: Geometry) -> None:
     for pass_ in PASSES:
         if max(g.problem(pass_, "fp32").gemm) >= 2 ** 31 or g.N * g.P * g.Q >= 2 ** 31:
             raise ValueError(f"cuda_igemm: a GEMM dimension of this convolution (input "
@@ -352,7 +341,7 @@ def _check_sizes(g: _Conv) -> None:
 
 # --------------------------------------------------------------------------- the three passes
 
-def fprop(x_nhwc, w_krsc, geo: _Conv, mode: str, *, scale=None, bias=None, residual=None,
+def fprop(x_nhwc, w_krsc, geo: Geometry, mode: str, *, scale=None, bias=None, residual=None,
           activation: str = "identity", param: float = 0.0, choice: Choice | None = None):
     """y (N, P, Q, K) NHWC = act(scale * conv(x, w) + bias + residual)."""
     cp = backend.cupy_or_none()
@@ -371,7 +360,7 @@ def fprop(x_nhwc, w_krsc, geo: _Conv, mode: str, *, scale=None, bias=None, resid
     return y
 
 
-def dgrad(dy_nhwc, w_krsc, geo: _Conv, mode: str, *, bias=None, choice: Choice | None = None):
+def dgrad(dy_nhwc, w_krsc, geo: Geometry, mode: str, *, bias=None, choice: Choice | None = None):
     """dx (N, H, W, C) NHWC = the gradient of conv(x, w) for grad dy, plus bias."""
     cp = backend.cupy_or_none()
     dx = backend.empty((geo.N, geo.H, geo.W, geo.C), dy_nhwc.dtype, cp)
@@ -390,7 +379,7 @@ def dgrad(dy_nhwc, w_krsc, geo: _Conv, mode: str, *, bias=None, choice: Choice |
     return dx
 
 
-def wgrad(dy_nhwc, x_nhwc, geo: _Conv, mode: str, choice: Choice | None = None):
+def wgrad(dy_nhwc, x_nhwc, geo: Geometry, mode: str, choice: Choice | None = None):
     """dw (K, R, S, C/groups) KRSC = the gradient of conv(x, w) for grad dy: split-K partial
     sums in fp32, then their deterministic reduction."""
     cp = backend.cupy_or_none()
@@ -525,7 +514,7 @@ def _transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilat
     _, cout_g, R, S = w_shape
     out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + o + 1 for size, s, p, d, k, o in
                    zip((H, W), stride, padding, dilation, (R, S), output_padding))
-    return _Conv(N, cout_g * groups, *out_hw, cin, R, S, H, W, tuple(stride), tuple(padding),
+    return Geometry(N, cout_g * groups, *out_hw, cin, R, S, H, W, tuple(stride), tuple(padding),
                  tuple(dilation), groups)
 
 

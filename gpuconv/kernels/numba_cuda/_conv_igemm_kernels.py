@@ -17,19 +17,28 @@ TILE_M, TILE_N, TILE_K = THREADS_M * MICRO, THREADS_N * MICRO, 8
 
 
 @cuda.jit(device=True)
+def gather_x(x, pixel, rsc, geo, g):
+    """x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, g*cg + c] for output pixel (n, p, q) and
+    reduction index rsc = (r, s, c): fprop's A[pixel, rsc] and wgrad's B[pixel, rsc]."""
+    N, H, W, C, K, R, S, P, Q, sh, sw, ph, pw, dh, dw = geo[0:15]
+    cg = geo[16]
+    if pixel >= N * P * Q or rsc >= R * S * cg:
+        return 0.0
+    q, p, n = pixel % Q, (pixel // Q) % P, pixel // (P * Q)
+    c, s, r = rsc % cg, (rsc // cg) % S, rsc // (cg * S)
+    h, w = p * sh - ph + r * dh, q * sw - pw + s * dw
+    if h < 0 or h >= H or w < 0 or w >= W:
+        return 0.0
+    return x[((n * H + h) * W + w) * C + g * cg + c]
+
+
+@cuda.jit(device=True)
 def gather_a(pass_, a, m, kk, geo, g):
     """A[m, kk] of the pass (0 outside the tensor)."""
     N, H, W, C, K, R, S, P, Q, sh, sw, ph, pw, dh, dw = geo[0:15]
     cg, kg = geo[16], geo[17]
-    if pass_ == FPROP:   # x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, g*cg + c], kk = (r, s, c)
-        if m >= N * P * Q or kk >= R * S * cg:
-            return 0.0
-        q, p, n = m % Q, (m // Q) % P, m // (P * Q)
-        c, s, r = kk % cg, (kk // cg) % S, kk // (cg * S)
-        h, w = p * sh - ph + r * dh, q * sw - pw + s * dw
-        if h < 0 or h >= H or w < 0 or w >= W:
-            return 0.0
-        return a[((n * H + h) * W + w) * C + g * cg + c]
+    if pass_ == FPROP:
+        return gather_x(a, m, kk, geo, g)
     if pass_ == DGRAD:   # dy[n, p, q, g*kg + k] where h + ph - r*dh = p*sh, kk = (r, s, k)
         if m >= N * H * W or kk >= R * S * kg:
             return 0.0
@@ -61,14 +70,7 @@ def gather_b(pass_, b, kk, col, geo, g):
             return 0.0
         k, rs = kk % kg, kk // kg
         return b[((g * kg + k) * R * S + rs) * cg + col]
-    if col >= R * S * cg or kk >= N * P * Q:   # WGRAD: x at output pixel kk, col = (r, s, c)
-        return 0.0
-    q, p, n = kk % Q, (kk // Q) % P, kk // (P * Q)
-    c, s, r = col % cg, (col // cg) % S, col // (cg * S)
-    h, w = p * sh - ph + r * dh, q * sw - pw + s * dw
-    if h < 0 or h >= H or w < 0 or w >= W:
-        return 0.0
-    return b[((n * H + h) * W + w) * C + g * cg + c]
+    return gather_x(b, kk, col, geo, g)   # WGRAD: x at output pixel kk, col = (r, s, c)
 
 
 def _kernel(dtype):
