@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -310,6 +311,48 @@ def test_committed_tuning_table_names_only_known_tiles():
         for key, entry in entries.items():
             assert entry["tile"] in ig.TILES, (device, key)
             assert entry["splits"] >= 1
+
+
+# --------------------------------------------------------------------------- gpuconv tune
+
+@gpu
+@skip_no_gpu
+def test_tune_times_every_candidate_and_writes_the_winners(tmp_path):
+    """Every pass of a given shape gets an entry naming a known tile, with the time of each
+    candidate it compared."""
+    from gpuconv.benchmark import tune
+    table = tmp_path / "table.json"
+    shape = tune.parse_shape("2,8,6,6,8,3,3,1,1")
+    entries = tune.run(None, ["fp32"], [shape], table, quick=True, log=lambda line: None)
+    assert len(entries) == 3
+    device = ig._device()[0]
+    written = ig.load_table(str(table))[device]
+    assert written == json.loads(json.dumps(entries))
+    for entry in written.values():
+        assert entry["tile"] in ig.TILES and entry["median_ms"] > 0
+        assert f"{entry['tile']}/split{entry['splits']}" in entry["candidates_ms"]
+
+
+def test_tune_refuses_bad_shapes_and_runs_only_on_a_gpu(capsys):
+    from gpuconv import cli
+    from gpuconv.benchmark import tune
+    with pytest.raises(ValueError, match="--shape must be N,C,H,W,K,R,S,stride,pad"):
+        tune.parse_shape("1,2,3")
+    with pytest.raises(ValueError, match="sizes and stride must be positive"):
+        tune.parse_shape("1,2,3,3,4,0,3,1,0")
+    if not backend.gpu_available():
+        assert cli.main(["tune"]) == 1
+        assert "CuPy sees none" in capsys.readouterr().err
+
+
+def test_tune_candidates_split_only_wgrad():
+    problem = _problem("wgrad", 4, 16, (8, 8), 16, (3, 3))
+    from gpuconv.benchmark.tune import candidates
+    splits = {c.splits for c in candidates(problem)}
+    assert 1 in splits and max(splits) > 1
+    fprop = _problem("fprop", 4, 16, (8, 8), 16, (3, 3))
+    assert {c.splits for c in candidates(fprop)} == {1}
+    assert {c.tile for c in candidates(fprop)} == set(ig.TILES.values())
 
 
 # --------------------------------------------------------------------------- ptxas reports

@@ -130,11 +130,12 @@ def _write_table(path: Path, device: str, entries: dict) -> None:
     ig.load_table.cache_clear()
 
 
-def run(suite: str = "gpu", modes: Sequence[str] = ("fp32",), shapes: Sequence[dict] = (),
-        table: str | Path | None = None, quick: bool = False,
+def run(suite: str | None = "gpu", modes: Sequence[str] = ("fp32",),
+        shapes: Sequence[dict] = (), table: str | Path | None = None, quick: bool = False,
         log: Callable[[str], None] = print) -> dict:
-    """Tune every pass of the conv suite's shapes (and ``shapes``) in each mode; write the
-    winners to ``table`` (default: the package's table) and return them."""
+    """Tune every pass of the conv suite's shapes (none for ``suite=None``) and ``shapes``
+    in each mode; write the winners to ``table`` (default: the package's table) and return
+    them."""
     from . import load_suite
 
     if not backend.gpu_available():
@@ -146,7 +147,7 @@ def run(suite: str = "gpu", modes: Sequence[str] = ("fp32",), shapes: Sequence[d
         raise ValueError("mode bfloat16 needs the ml_dtypes package")
     device, _ = ig._device()
     path = Path(table) if table is not None else ig.TABLE
-    cases = list(load_suite("conv", suite)) + list(shapes)
+    cases = (list(load_suite("conv", suite)) if suite else []) + list(shapes)
     entries = {}
     for mode in modes:
         for case in cases:
