@@ -55,27 +55,33 @@ inline std::string emu::type_name<gpuconv_f16>() { return "float16"; }
 
 namespace emu_mma {
 
-constexpr unsigned MAX_THREADS = 1024;
+// Per-thread state, indexed by the fiber (emu::current): the threads of every block that
+// runs at once (a cooperative launch runs all of them) have their own slots.
+struct Slot {
+    unsigned operands[8];
+    const void* address;
+    unsigned long long arrivals;
+};
+inline std::vector<Slot> slots;
 
-inline unsigned operands[MAX_THREADS][8];
-inline const void* addresses[MAX_THREADS];
-inline unsigned long long arrivals[MAX_THREADS];
-
+inline Slot& slot(unsigned fiber) {
+    if (slots.size() < emu::fibers.size()) slots.resize(emu::fibers.size());
+    return slots[fiber];
+}
 inline unsigned lane() { return threadIdx.x % emu::WARP; }
-inline unsigned warp_base() { return threadIdx.x - lane(); }
+inline unsigned warp_base() { return emu::current - lane(); }
 
 // Publishes this lane's arrival and waits for the rest of the warp; false (the launch
 // failed) when the warp is not whole.
 inline bool rendezvous(const char* what) {
-    const unsigned t = threadIdx.x;
-    const unsigned long long stamp = ++arrivals[t];
+    const unsigned long long stamp = ++slot(emu::current).arrivals;
     emu::suspend(emu::State::warp_barrier);
     if (blockDim.x % emu::WARP != 0) {
         emu::fail(std::string(what) + ": the block is not a whole number of warps");
         return false;
     }
     for (unsigned l = 0; l < emu::WARP; ++l) {
-        if (arrivals[warp_base() + l] != stamp) {
+        if (slot(warp_base() + l).arrivals != stamp) {
             emu::fail(std::string(what) + ": not every lane of the warp executed it "
                       "(a .sync.aligned instruction in divergent code)");
             return false;
@@ -144,22 +150,22 @@ inline double a_elem(unsigned row, unsigned k, Kind kind) {
     const unsigned base = warp_base();
     if (kind == Kind::tf32) {
         const unsigned l = (row % 8) * 4 + k % 4;
-        return tf32_value(operands[base + l][(row / 8) + 2 * (k / 4)]);
+        return tf32_value(slot(base + l).operands[(row / 8) + 2 * (k / 4)]);
     }
     const unsigned l = (row % 8) * 4 + (k % 8) / 2;
-    return element16(operands[base + l][(row / 8) + 2 * (k / 8)], k % 2, kind);
+    return element16(slot(base + l).operands[(row / 8) + 2 * (k / 8)], k % 2, kind);
 }
 
 inline double b_elem(unsigned k, unsigned col, Kind kind) {
     const unsigned base = warp_base();
-    if (kind == Kind::tf32) return tf32_value(operands[base + col * 4 + k % 4][4 + k / 4]);
+    if (kind == Kind::tf32) return tf32_value(slot(base + col * 4 + k % 4).operands[4 + k / 4]);
     const unsigned l = col * 4 + (k % 8) / 2;
-    return element16(operands[base + l][4 + k / 8], k % 2, kind);
+    return element16(slot(base + l).operands[4 + k / 8], k % 2, kind);
 }
 
 inline void mma(float d[4], const unsigned a[4], const unsigned b[2], Kind kind,
                 const char* what) {
-    unsigned* mine = operands[threadIdx.x];
+    unsigned* mine = slot(emu::current).operands;
     for (int i = 0; i < 4; ++i) mine[i] = a[i];
     mine[4] = b[0];
     mine[5] = b[1];
@@ -178,7 +184,7 @@ inline void mma(float d[4], const unsigned a[4], const unsigned b[2], Kind kind,
 }
 
 inline void ldmatrix(unsigned r[4], const void* row, bool trans) {
-    addresses[threadIdx.x] = row;
+    slot(emu::current).address = row;
     if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
         emu::fail("ldmatrix: a row address is not 16-byte aligned");
         return;
@@ -188,7 +194,7 @@ inline void ldmatrix(unsigned r[4], const void* row, bool trans) {
     unsigned out[4];
     for (unsigned i = 0; i < 4; ++i) {
         const auto rows = [&](unsigned j) {
-            return static_cast<const unsigned short*>(addresses[base + 8 * i + j]);
+            return static_cast<const unsigned short*>(slot(base + 8 * i + j).address);
         };
         unsigned short lo, hi;
         if (trans) {
@@ -211,8 +217,17 @@ struct Copy {
     bool valid;
 };
 
-inline std::vector<Copy> open_group[MAX_THREADS];
-inline std::deque<std::vector<Copy>> committed[MAX_THREADS];
+// Each thread's open group and its committed, not yet completed groups (by fiber).
+struct Copies {
+    std::vector<Copy> open;
+    std::deque<std::vector<Copy>> committed;
+};
+inline std::vector<Copies> copies;
+
+inline Copies& copies_of_this_thread() {
+    if (copies.size() < emu::fibers.size()) copies.resize(emu::fibers.size());
+    return copies[emu::current];
+}
 
 inline void perform(const std::vector<Copy>& group) {
     for (const Copy& c : group) {
@@ -264,18 +279,18 @@ inline void cp_async(void* dst, const void* src, bool valid) {
         return;
     }
     std::memset(dst, 0xFF, BYTES);
-    emu_mma::open_group[threadIdx.x].push_back({dst, src, BYTES, valid});
+    emu_mma::copies_of_this_thread().open.push_back({dst, src, BYTES, valid});
 }
 
 inline void cp_async_commit() {
-    auto& open = emu_mma::open_group[threadIdx.x];
-    emu_mma::committed[threadIdx.x].push_back(std::move(open));
-    open.clear();
+    emu_mma::Copies& mine = emu_mma::copies_of_this_thread();
+    mine.committed.push_back(std::move(mine.open));
+    mine.open.clear();
 }
 
 template <int N>
 inline void cp_async_wait() {
-    auto& groups = emu_mma::committed[threadIdx.x];
+    auto& groups = emu_mma::copies_of_this_thread().committed;
     while (groups.size() > (size_t)N) {
         emu_mma::perform(groups.front());
         groups.pop_front();
