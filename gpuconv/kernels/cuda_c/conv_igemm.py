@@ -269,19 +269,24 @@ def _ptr(a):
 def _launch(name: str, problem: Problem, choice: Choice, vec_c: int, vec_k: int,
             itemsize: int, grid: int, args: tuple) -> None:
     tile = choice.tile
-    entry = f"{name}_{MODES[problem.mode][1]}"
-    variant = defines(problem.mode, tile, vec_c, vec_k, itemsize)
-    fn = kernel(FAMILY, entry, variant)
     smem = smem_bytes(tile, problem.pass_, itemsize)
-    # Above 48 KiB a kernel must opt in; the attribute belongs to the compiled function,
-    # which the module cache keeps, so once per entry point and variant.
-    if _smem_opt_in.get((entry, variant), 0) < smem:
-        fn.max_dynamic_shared_size_bytes = smem
-        _smem_opt_in[(entry, variant)] = smem
+    fn = _function(f"{name}_{MODES[problem.mode][1]}",
+                   defines(problem.mode, tile, vec_c, vec_k, itemsize), smem)
     fn((grid,), (tile.threads,), args, shared_mem=smem)
 
 
-_smem_opt_in: dict = {}
+@functools.lru_cache(maxsize=None)
+def _function_of(entry: str, variant: tuple, device_id: int):
+    return kernel(FAMILY, entry, variant)
+
+
+def _function(entry: str, variant: tuple, smem: int):
+    """The kernel object of one variant, kept (one lookup per process and device), opted in
+    to ``smem`` bytes of dynamic shared memory: above 48 KiB a kernel must ask first."""
+    fn = _function_of(entry, variant, backend.cupy_or_none().cuda.Device().id)
+    if fn.max_dynamic_shared_size_bytes < smem:
+        fn.max_dynamic_shared_size_bytes = smem
+    return fn
 
 
 def _elementwise_blocks(count: int) -> int:
