@@ -38,7 +38,8 @@
 //                     its four 64-bit words decide elements 4t .. 4t+3: element i
 //                     is kept iff word >= threshold, where the host passes
 //                     threshold = ceil(p * 2^53) << 11, the integer form of
-//                     (word >> 11) * 2^-53 >= p. y = kept ? x * scale : 0. The backward pass
+//                     (word >> 11) * 2^-53 >= p. y = x * (kept ? scale : 0) (torch's product:
+//                     a dropped inf gives NaN). The backward pass
 //                     is the same kernel applied to grad_output (dropout is linear).
 //
 // All entry points take plain pointers to contiguous arrays; element and row counts are
@@ -62,7 +63,8 @@ enum ActivationCode {
 // ---------------------------------------------------------------------------- activations
 // Each activation: fwd(z, param) = act(z), and bwd(g, v, param) = g * act'(z) where v is
 // y = act(z) when kGradFromOutput, else z. `param` is leaky_relu's slope or elu's alpha.
-// Choices are selects, never g * 0, so an infinite g on the dead side gives 0 as in NumPy.
+// NaN and inf as PyTorch: relu selects (a NaN z passes through forward and lets g through
+// backward; an infinite g on the dead side gives 0), the others multiply where torch does.
 
 struct Identity {
     static constexpr bool kGradFromOutput = false;
@@ -73,10 +75,10 @@ struct Identity {
 struct Relu {
     static constexpr bool kGradFromOutput = false;
     template <typename T> static __device__ __forceinline__ T fwd(T z, T) {
-        return z > T(0) ? z : T(0);
+        return z <= T(0) ? T(0) : z;
     }
     template <typename T> static __device__ __forceinline__ T bwd(T g, T z, T) {
-        return z > T(0) ? g : T(0);
+        return z <= T(0) ? T(0) : g;
     }
 };
 
@@ -238,7 +240,7 @@ struct RowNorm {
 template <typename T>
 __device__ __forceinline__ void row_norm_merge(RowNorm<T>& st, T m, T s) {
     const T top = st.max > m ? st.max : m;
-    st.sum_exp = st.sum_exp * exp(st.max - top) + s * exp(m - top);
+    st.sum_exp = st.sum_exp * gpuconv_exp_below(st.max, top) + s * gpuconv_exp_below(m, top);
     st.max = top;
 }
 
@@ -251,10 +253,10 @@ __device__ RowNorm<T> row_norm(const T* __restrict__ row, long long D, long long
     for (long long d = lane; d < D; d += LANES) {
         const T v = row[d * inner];
         if (v > st.max) {
-            st.sum_exp = st.sum_exp * exp(st.max - v) + T(1);
+            st.sum_exp = st.sum_exp * gpuconv_exp_below(st.max, v) + T(1);
             st.max = v;
         } else {
-            st.sum_exp += exp(v - st.max);
+            st.sum_exp += gpuconv_exp_below(v, st.max);
         }
     }
     for (int offset = LANES / 2; offset > 0; offset >>= 1) {
@@ -332,7 +334,7 @@ __device__ void dropout_fwd(const T* __restrict__ x, T* __restrict__ y, long lon
 #pragma unroll
         for (int j = 0; j < PHILOX_WORDS; ++j) {
             const long long i = t * PHILOX_WORDS + j;
-            if (i < n) y[i] = words[j] >= threshold ? x[i] * scale : T(0);
+            if (i < n) y[i] = x[i] * (words[j] >= threshold ? scale : T(0));
         }
     }
 }

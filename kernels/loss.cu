@@ -96,7 +96,7 @@ __device__ __forceinline__ T lanes_sum(T v) {
 template <typename T>
 __device__ __forceinline__ void lse_merge(T& m, T& s, T m_other, T s_other) {
     const T top = m > m_other ? m : m_other;
-    s = s * exp(m - top) + s_other * exp(m_other - top);
+    s = s * gpuconv_exp_below(m, top) + s_other * gpuconv_exp_below(m_other, top);
     m = top;
 }
 
@@ -118,10 +118,10 @@ __device__ RowStats<T> row_stats(const T* __restrict__ row, long long S, int C,
     for (int c = lane; c < C; c += LANES) {
         const T v = row[c * S];
         if (v > st.max) {
-            st.sum_exp = st.sum_exp * exp(st.max - v) + T(1);
+            st.sum_exp = st.sum_exp * gpuconv_exp_below(st.max, v) + T(1);
             st.max = v;
         } else {
-            st.sum_exp += exp(v - st.max);
+            st.sum_exp += gpuconv_exp_below(v, st.max);
         }
         const T w = class_weight(weight, c);
         st.weighted_rel += w * (v - r);
@@ -163,7 +163,8 @@ __device__ void cross_entropy_fwd(const T* __restrict__ x, const long long* __re
         const T log_sum = log(st.sum_exp);
         const T nll = class_weight(weight, t) * ((st.max - row[t * S]) + log_sum);
         const T smooth = st.weight_sum * ((st.max - row[0]) + log_sum) - st.weighted_rel;
-        losses[m] = (T(1) - eps) * nll + eps / T(C) * smooth;
+        // eps == 0: nll alone, as torch (a -inf logit makes smooth infinite, 0 * inf NaN).
+        losses[m] = eps == T(0) ? nll : (T(1) - eps) * nll + eps / T(C) * smooth;
     }
 }
 

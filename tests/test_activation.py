@@ -348,11 +348,11 @@ def test_dropout_p0_is_the_identity(impl):
 
 
 @pytest.mark.parametrize("impl", impl_params("dropout", include_reference=True))
-def test_dropout_p1_gives_zeros_without_nan(impl):
+def test_dropout_p1_multiplies_by_a_zero_mask_as_torch(impl):
+    # torch computes x * mask: finite inputs give 0, a dropped inf gives NaN.
     x = on_device_of(impl, "dropout", np.array([1.0, -2.0, np.inf, 1e300]))
-    with np.errstate(all="raise"):
-        y = dropped(x, 1.0, 1, impl)
-    np.testing.assert_array_equal(y, np.zeros(4))
+    y = dropped(x, 1.0, 1, impl)
+    np.testing.assert_array_equal(y, np.array([0.0, 0.0, np.nan, 0.0]))
 
 
 def test_dropout_eval_mode_returns_its_input():
@@ -431,9 +431,8 @@ def test_dim_out_of_range_is_a_value_error(op):
         getattr(F, op)(*args, -3)
 
 
-def test_softmax_over_an_empty_dim_is_a_value_error():
-    with pytest.raises(ValueError, match=r"softmax: dim 1 of input shape \(3, 0\) is empty"):
-        F.softmax(np.empty((3, 0)), -1)
+def test_softmax_over_an_empty_dim_is_empty_as_in_torch():
+    assert F.softmax(np.empty((3, 0)), -1).shape == (3, 0)
 
 
 def test_non_integer_dim_is_a_type_error():

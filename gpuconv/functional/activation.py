@@ -56,11 +56,15 @@ def _dim(op: str, dim, input) -> int:
     if not -ndim <= dim < ndim:
         raise ValueError(f"{op}: dim {dim} is out of range for input of shape "
                          f"{tuple(input.shape)} (valid: {-ndim} to {ndim - 1})")
-    dim = int(dim) % ndim
-    if input.shape[dim] == 0:
-        raise ValueError(f"{op}: dim {dim} of input shape {tuple(input.shape)} is empty; "
-                         "there is nothing to normalise over")
-    return dim
+    return int(dim) % ndim
+
+
+def _along_dim(op: str, impl, input, *args):
+    """Dispatch an op that normalises along a dim; an empty input (any zero-size axis, the
+    dim's included, as torch allows) has an empty result and needs no kernel."""
+    if input.size == 0:
+        return backend.array_module(input).zeros_like(input)
+    return kernels.dispatch(op, impl, input, *args)
 
 
 def _dropout_args(op: str, input, p, training, seed, offset, offset_delta
@@ -196,7 +200,7 @@ def softmax(input, dim: int, *, impl: str | None = None):
     """
     C.float_array("softmax", "input", input)
     dim = _dim("softmax", dim, input)
-    return kernels.dispatch("softmax", impl, input, dim)
+    return _along_dim("softmax", impl, input, dim)
 
 
 @backend.interop
@@ -208,7 +212,7 @@ def softmax_backward(grad_output, input, dim: int, *, output=None, impl: str | N
     _grad_pair("softmax_backward", grad_output, input)
     dim = _dim("softmax_backward", dim, input)
     _saved_output("softmax_backward", output, input)
-    return kernels.dispatch("softmax_backward", impl, grad_output, input, dim, output)
+    return _along_dim("softmax_backward", impl, grad_output, input, dim, output)
 
 
 @backend.interop
@@ -219,7 +223,7 @@ def log_softmax(input, dim: int, *, impl: str | None = None):
     """
     C.float_array("log_softmax", "input", input)
     dim = _dim("log_softmax", dim, input)
-    return kernels.dispatch("log_softmax", impl, input, dim)
+    return _along_dim("log_softmax", impl, input, dim)
 
 
 @backend.interop
@@ -233,7 +237,7 @@ def log_softmax_backward(grad_output, input, dim: int, *, output=None,
     _grad_pair("log_softmax_backward", grad_output, input)
     dim = _dim("log_softmax_backward", dim, input)
     _saved_output("log_softmax_backward", output, input)
-    return kernels.dispatch("log_softmax_backward", impl, grad_output, input, dim, output)
+    return _along_dim("log_softmax_backward", impl, grad_output, input, dim, output)
 
 
 # --------------------------------------------------------------------------- dropout

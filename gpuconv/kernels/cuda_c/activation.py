@@ -222,8 +222,8 @@ def log_softmax_backward(g, x, dim, output):
 @_register("dropout", "dropout_backward")
 def dropout(x, p, seed, offset, offset_delta):
     cp = backend.cupy_or_none()
-    if p == 1:
-        return cp.zeros(x.shape, x.dtype)
+    if p == 1:  # torch multiplies by the zero mask: an inf or NaN input gives NaN
+        return x * x.dtype.type(0)
     y = backend.empty(x.shape, x.dtype, cp)
     (xc,) = _contiguous(x)
     _run("dropout_fwd", x.dtype, math.ceil(x.size / PHILOX_WORDS),

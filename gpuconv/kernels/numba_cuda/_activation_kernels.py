@@ -35,7 +35,7 @@ _UINT64_MOD = 2 ** 64
 @cuda.jit(device=True)
 def _activation(z, act, zero, one):
     if act == RELU:
-        return z if z > zero else zero
+        return zero if z <= zero else z  # a NaN stays NaN, as torch's relu
     if act == SIGMOID:
         e = math.exp(-abs(z))  # <= 1 on both branches: nothing overflows
         return one / (one + e) if z >= zero else e / (one + e)
@@ -46,7 +46,7 @@ def _activation(z, act, zero, one):
 def _activation_grad(g, v, act, zero, one):
     """g * act'(z), where v is z for relu and y = act(z) for sigmoid and tanh."""
     if act == RELU:
-        return g if v > zero else zero
+        return zero if v <= zero else g  # a NaN input passes g, as torch's relu backward
     if act == SIGMOID:
         return g * v * (one - v)
     return g * (one - v * v)
@@ -146,7 +146,8 @@ def _philox4x64_10(c0, c1, c2, c3, round_keys):
 @cuda.jit(device=True)
 def _keep_or_drop(x, y, i, word, threshold, scale):
     if i < x.size:
-        y[i] = x[i] * scale if word >= threshold else x.dtype.type(0)
+        # Multiplied by the mask, as torch: a dropped inf or NaN gives NaN.
+        y[i] = x[i] * (scale if word >= threshold else x.dtype.type(0))
 
 
 @cuda.jit

@@ -58,10 +58,13 @@ def cross_entropy_fwd_rows(x, target, weight, ignore_index, smoothing, losses):
         return
     top = _row_max(x, n, s)
     lse = top + math.log(_row_sum_exp(x, n, s, top))
+    nll = weight[t] * (lse - x[n, t, s])
+    if smoothing == 0:  # as torch: a -inf logit's lse - x = inf must not meet 0 * inf
+        losses[n, s] = nll
+        return
     smooth = 0.0
     for c in range(C):
         smooth += weight[c] * (lse - x[n, c, s])
-    nll = weight[t] * (lse - x[n, t, s])
     losses[n, s] = (1 - smoothing) * nll + smoothing / C * smooth
 
 

@@ -147,8 +147,8 @@ def log_softmax_backward(g, x, dim, output):
 @_numba("dropout", "dropout_backward")
 def dropout(x, p, seed, offset, offset_delta):
     xp = backend.array_module(x)
-    if p == 1:
-        return xp.zeros(x.shape, x.dtype)
+    if p == 1:  # torch multiplies by the zero mask: an inf or NaN input gives NaN
+        return x * x.dtype.type(0)
     k = _kernels()
     y = backend.empty(x.shape, x.dtype, xp)
     _launch(k.dropout_fwd, -(-x.size // k.PHILOX_WORDS), _flat(x), y.reshape(-1),

@@ -25,12 +25,12 @@ _LOWEST = -100
 
 @register("relu", "reference", priority=_LOWEST)
 def relu(x):
-    return np.where(x > 0, x, 0)
+    return np.where(x <= 0, 0, x)
 
 
 @register("relu_backward", "reference", priority=_LOWEST)
 def relu_backward(g, x):
-    return np.where(x > 0, g, 0)
+    return np.where(x <= 0, 0, g)
 
 
 @register("leaky_relu", "reference", priority=_LOWEST)
@@ -121,9 +121,9 @@ def dropout_uniforms(key: int, shape) -> np.ndarray:
 @register("dropout", "reference", priority=_LOWEST)
 def dropout(x, p, seed, offset, offset_delta):
     if p == 1:
-        return np.zeros_like(x)
+        return x * x.dtype.type(0)
     keep = dropout_uniforms(philox_key(seed, offset, offset_delta), x.shape) >= p
-    return np.where(keep, x / (1 - p), 0)
+    return x * np.where(keep, x.dtype.type(1 / (1 - p)), x.dtype.type(0))
 
 
 @register("dropout_backward", "reference", priority=_LOWEST)
