@@ -514,7 +514,7 @@ class RawKernel:
 def _strided_rows(a: np.ndarray) -> bool:
     """Contiguous rows, each ``strides[0]`` bytes after the last: a matrix the kernel is
     given with its leading dimension."""
-    return a.ndim >= 2 and a.strides[0] > 0 and a[0].flags.c_contiguous
+    return a.ndim >= 2 and len(a) > 0 and a.strides[0] > 0 and a[0].flags.c_contiguous
 
 
 class _guarded:
