@@ -23,15 +23,18 @@
 //                          training w * inv_std * (g - sum(g)/n - xhat * sum(g * xhat)/n),
 //                          the batch statistics being functions of x.
 //
-// Local response norm (window of `size` channels c - size/2 .. c + (size-1)/2, clipped):
-//   local_response_norm_fwd         thread = one element: D = k + alpha/size * sum of the
-//                                   window's x^2; y = x * D^-beta.
+// Local response norm (window of `size` channels c - size/2 .. c + (size-1)/2, clipped), in
+// the safe form of gpuconv/kernels/reference/norm.py: the base D = k + alpha/size * sum of
+// the window's x^2 is kept as D = m^2 t, m the window's largest |x| when finite and above 1
+// (else 1), t = k/m^2 + alpha/size * sum((x/m)^2), so that nothing overflows where the
+// result is representable.
+//   local_response_norm_fwd         thread = one element: y = (x/m) * m^(1-2 beta) * t^-beta.
 //   local_response_norm_bwd_direct  thread = one element: grad_x = g * D^-beta (the direct
-//                                   term) and through = g * x * D^(-beta-1) into a scratch
-//                                   array.
+//                                   term), and into two scratch arrays through = g * D^-beta
+//                                   * (x/m) / t and the window's m.
 //   local_response_norm_bwd_spread  thread = one input element j: subtracts
-//                                   2*alpha*beta/size * x[j] * sum(through[c]) over the output
-//                                   channels c whose window holds j, i.e.
+//                                   2*alpha*beta/size * sum(through[c] * x[j] / m[c]) over the
+//                                   output channels c whose window holds j, i.e.
 //                                   c = j - (size-1)/2 .. j + size/2. Gathering, no atomics.
 //
 // weight == nullptr means w = 1, bias == nullptr means b = 0. Element counts are 64-bit.
@@ -148,19 +151,33 @@ __device__ void batch_norm_bwd_apply(const T* __restrict__ gy, const T* __restri
     }
 }
 
-// D = k + alpha/size * sum of x^2 over channels lo .. hi of element i's (n, s).
+// The base of element i's window (channels lo .. hi at its (n, s)) as D = m^2 t.
 template <typename T>
-__device__ __forceinline__ T lrn_base(const T* __restrict__ x, long long i, int c, int C,
-                                      long long S, int size, T alpha, T k) {
+struct LrnBase {
+    T m;
+    T t;
+};
+
+template <typename T>
+__device__ __forceinline__ LrnBase<T> lrn_base(const T* __restrict__ x, long long i, int c,
+                                               int C, long long S, int size, T alpha, T k) {
     const int lo = max(c - size / 2, 0);
     const int hi = min(c + (size - 1) / 2, C - 1);
     const T* column = x + (i - (long long)c * S);  // element (n, 0, s)
+    T m = T(1);
+    if (alpha > T(0)) {
+        for (int j = lo; j <= hi; ++j) {
+            const T v = fabs(column[j * S]);
+            if (v > m) m = v;  // NaN never is: it reaches t below
+        }
+        if (m - m != T(0)) m = T(1);  // inf: the plain formula, with its inf and NaN
+    }
     T total = T(0);
     for (int j = lo; j <= hi; ++j) {
-        const T v = column[j * S];
+        const T v = column[j * S] / m;
         total += v * v;
     }
-    return k + alpha / T(size) * total;
+    return {m, k / m / m + alpha / T(size) * total};
 }
 
 template <typename T>
@@ -168,37 +185,41 @@ __device__ void local_response_norm_fwd(const T* __restrict__ x, T* __restrict__
                                         int C, long long S, int size, T alpha, T beta, T k) {
     GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
         const int c = (int)((i / S) % C);
-        y[i] = x[i] * pow(lrn_base(x, i, c, C, S, size, alpha, k), -beta);
+        const LrnBase<T> d = lrn_base(x, i, c, C, S, size, alpha, k);
+        y[i] = x[i] / d.m * pow(d.m, T(1) - T(2) * beta) * pow(d.t, -beta);
     }
 }
 
 template <typename T>
 __device__ void local_response_norm_bwd_direct(const T* __restrict__ gy, const T* __restrict__ x,
                                                T* __restrict__ gx, T* __restrict__ through,
-                                               int N, int C, long long S, int size, T alpha,
-                                               T beta, T k) {
+                                               T* __restrict__ window_max, int N, int C,
+                                               long long S, int size, T alpha, T beta, T k) {
     GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
         const int c = (int)((i / S) % C);
-        const T base = lrn_base(x, i, c, C, S, size, alpha, k);
-        const T scale = pow(base, -beta);
+        const LrnBase<T> d = lrn_base(x, i, c, C, S, size, alpha, k);
+        const T scale = pow(d.m, T(-2) * beta) * pow(d.t, -beta);  // D^-beta
         gx[i] = gy[i] * scale;
-        through[i] = gy[i] * x[i] * scale / base;
+        through[i] = gy[i] * scale * (x[i] / d.m) / d.t;
+        window_max[i] = d.m;
     }
 }
 
 template <typename T>
 __device__ void local_response_norm_bwd_spread(const T* __restrict__ x,
                                                const T* __restrict__ through,
+                                               const T* __restrict__ window_max,
                                                T* __restrict__ gx, int N, int C, long long S,
                                                int size, T alpha, T beta) {
     GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
         const int c = (int)((i / S) % C);
         const int lo = max(c - (size - 1) / 2, 0);
         const int hi = min(c + size / 2, C - 1);
-        const T* column = through + (i - (long long)c * S);
+        const long long first = i - (long long)c * S;  // element (n, 0, s)
         T total = T(0);
-        for (int j = lo; j <= hi; ++j) total += column[j * S];
-        gx[i] -= T(2) * alpha * beta / T(size) * x[i] * total;
+        for (int j = lo; j <= hi; ++j)
+            total += through[first + j * S] * (x[i] / window_max[first + j * S]);
+        gx[i] -= T(2) * alpha * beta / T(size) * total;
     }
 }
 
@@ -235,14 +256,16 @@ __device__ void local_response_norm_bwd_spread(const T* __restrict__ x,
         local_response_norm_fwd<T>(x, y, NORM_SHAPE_ARGS, size, alpha, beta, k);             \
     }                                                                                        \
     extern "C" __global__ void local_response_norm_bwd_direct_##SUFFIX(                      \
-        const T* gy, const T* x, T* gx, T* through, NORM_SHAPE_PARAMS, LRN_PARAMS(T)) {      \
-        local_response_norm_bwd_direct<T>(gy, x, gx, through, NORM_SHAPE_ARGS, size, alpha,  \
-                                          beta, k);                                          \
+        const T* gy, const T* x, T* gx, T* through, T* window_max, NORM_SHAPE_PARAMS,        \
+        LRN_PARAMS(T)) {                                                                     \
+        local_response_norm_bwd_direct<T>(gy, x, gx, through, window_max, NORM_SHAPE_ARGS,   \
+                                          size, alpha, beta, k);                             \
     }                                                                                        \
     extern "C" __global__ void local_response_norm_bwd_spread_##SUFFIX(                      \
-        const T* x, const T* through, T* gx, NORM_SHAPE_PARAMS, int size, T alpha, T beta) { \
-        local_response_norm_bwd_spread<T>(x, through, gx, NORM_SHAPE_ARGS, size, alpha,      \
-                                          beta);                                             \
+        const T* x, const T* through, const T* window_max, T* gx, NORM_SHAPE_PARAMS,         \
+        int size, T alpha, T beta) {                                                         \
+        local_response_norm_bwd_spread<T>(x, through, window_max, gx, NORM_SHAPE_ARGS, size,  \
+                                          alpha, beta);                                      \
     }
 
 NORM_ENTRY_POINTS(float, f32)

@@ -313,3 +313,40 @@ def test_the_reference_gives_torchs_special_values(case):
     assert len(got) == len(want)
     for k, (o, r) in enumerate(zip(got, want)):
         assert_same_values(o, r.detach().numpy(), "float64", f"{case.id}[{k}]")
+
+
+# --------------------------------------------------------------------------- no overflow
+
+def _large(scale: float, shape=(2, 6, 3)) -> np.ndarray:
+    """float32 values of magnitude ``scale`` whose squares overflow (or underflow) float32."""
+    return (rng_for("large", scale).standard_normal(shape) * scale).astype(np.float32)
+
+
+SCALED_CASES = [
+    Case("local_response_norm", "local_response_norm", (), lambda x, impl: F.local_response_norm(
+        x, 3, 1e-4, 0.75, 1.0, impl=impl), None),
+    Case("local_response_norm_backward", "local_response_norm_backward", (),
+         lambda x, impl: F.local_response_norm_backward(_unit_grads(x), x, 3, 1e-4, 0.75, 1.0,
+                                                        impl=impl), None),
+]
+
+
+def _unit_grads(x):
+    """Gradients of magnitude 1 shaped like x, of x's kind and dtype."""
+    from gpuconv import backend
+    g = rng_for("unit-grads", x.shape).uniform(0.5, 1.5, x.shape).astype(x.dtype)
+    return backend.to_device(g, backend.device_of(x)) if backend.device_of(x) == "cuda" else g
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e-20])
+@pytest.mark.parametrize("case, impl", [pytest.param(c, *p.values, marks=p.marks,
+                                                     id=f"{c.id}-{p.id}")
+                                        for c in SCALED_CASES for p in every_impl_params(c.op)])
+def test_no_intermediate_overflow_where_the_float32_result_is_representable(case, impl, scale):
+    x = _large(scale)
+    want = case.call(x.astype(np.float64), impl="reference")
+    got = run_impl(impl, case.op, case.call, x)
+    assert got.dtype == np.float32
+    representable = np.abs(want) > np.finfo(np.float32).tiny
+    assert np.all(np.isfinite(got)), f"{case.id}: inf or NaN at scale {scale}"
+    assert_same_values(got[representable], want[representable], "float32", case.id)

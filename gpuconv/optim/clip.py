@@ -23,6 +23,9 @@ def clip_grad_norm_(parameters: Iterable, max_norm: float, norm_type: float = 2.
     A NaN or infinite ``total`` raises ``ValueError`` when ``error_if_nonfinite`` is true
     (on the GPU this reads the norm: one synchronisation); otherwise the gradients are scaled
     by the resulting NaN or 0 factor, as torch does.
+    On the CPU each norm is taken of the values divided by their largest magnitude, so that a
+    total the gradients' dtype can hold does not overflow (float32 gradients of 1e20) or
+    underflow (1e-30 with norm_type 3) on the way; the GPU's float64 sums cover float32.
     """
     op = "clip_grad_norm_"
     max_norm = C.finite_float(op, "max_norm", max_norm, low=0.0)
@@ -41,11 +44,10 @@ def clip_grad_norm_(parameters: Iterable, max_norm: float, norm_type: float = 2.
         return clip_grad_norm(grads, max_norm, norm_type, check)
     xp = backend.array_module(grads[0])
     # Empty gradients add nothing to the norm (and the inf-norm of nothing is undefined).
-    norms = [xp.linalg.norm(g.reshape(-1), ord=norm_type) for g in grads if g.size]
+    norms = [_scaled_norm(xp, g.reshape(-1), norm_type) for g in grads if g.size]
     if not norms:
         return 0.0
-    norms = xp.stack(norms)
-    total = float(xp.linalg.norm(norms, ord=norm_type))
+    total = float(_scaled_norm(xp, xp.stack(norms), norm_type))
     if error_if_nonfinite:
         _nonfinite_error(op, norm_type)(total)
     coef = max_norm / (total + 1e-6)
@@ -61,6 +63,15 @@ def _nonfinite_error(op: str, norm_type: float):
             raise ValueError(f"{op}: the total norm of order {norm_type} of the gradients is "
                              f"{total}; pass error_if_nonfinite=False to scale by it anyway")
     return check
+
+
+def _scaled_norm(xp, a, order: float):
+    """``||a||_order`` as ``m * ||a / m||_order``, m = max |a|: no power of an entry overflows
+    or underflows unless the norm itself does. An inf or NaN entry gives the plain norm."""
+    m = xp.max(xp.abs(a))
+    if order == math.inf or not bool(xp.isfinite(m)) or m == 0:
+        return xp.linalg.norm(a, ord=order)
+    return m * xp.linalg.norm(a / m, ord=order)
 
 
 def _norm_order(op: str, value) -> float:

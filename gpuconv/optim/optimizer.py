@@ -123,8 +123,10 @@ class Optimizer:
             grad = p.grad
             if grad is None:
                 continue
-            C.same_kind(self._name, "param.data", p.data, grad=grad)
-            C.shape_is(self._name, "grad", grad, p.data.shape)
+            name = f"params[{index}].grad"
+            C.float_array(self._name, f"{name} (parameter of shape {tuple(p.data.shape)})", grad)
+            C.same_kind(self._name, f"params[{index}].data", p.data, **{name: grad})
+            C.shape_is(self._name, name, grad, p.data.shape)
             state = self.state.setdefault(index, {})
             if backend.device_of(p.data) == "cuda":
                 on_device.append((index, group, p, grad, state))

@@ -110,7 +110,10 @@ def local_response_norm_backward(grad_y, x, size, alpha, beta, k):
     grad_y, x = _contiguous(grad_y, x)
     grad_x = backend.empty(x.shape, x.dtype, cp)
     through = backend.empty(x.shape, x.dtype, cp)
+    window_max = backend.empty(x.shape, x.dtype, cp)
     lrn_args = _lrn_args(x, size, alpha, beta, k)
-    _run("local_response_norm_bwd_direct", x.dtype, x.size, (grad_y, x, grad_x, through, *lrn_args))
-    _run("local_response_norm_bwd_spread", x.dtype, x.size, (x, through, grad_x, *lrn_args[:-1]))
+    _run("local_response_norm_bwd_direct", x.dtype, x.size,
+         (grad_y, x, grad_x, through, window_max, *lrn_args))
+    _run("local_response_norm_bwd_spread", x.dtype, x.size,
+         (x, through, window_max, grad_x, *lrn_args[:-1]))
     return grad_x

@@ -28,6 +28,15 @@ Every result has the dtype of ``x``.
 This module works one channel at a time with the textbook formulas; the local response norm
 backward scatters each output channel's gradient onto the input channels of its window. It
 shares no code with the fast impls it checks.
+
+Local response norm in a safe form (every impl): the base D = k + alpha/size * sum(x_j^2)
+of a window overflows long before the result does (float32 x of 1e20 gives D = inf and
+y = 0 where the true y is about 1e-7). Each window is therefore scaled by m, the largest
+|x_j| in it when that is a finite number above 1 (else 1, which is the plain formula, and
+with it PyTorch's NaN and inf results): D = m^2 t with t = k/m^2 + alpha/size *
+sum((x_j/m)^2), and y = (x/m) * m^(1-2 beta) * t^-beta, nothing of which overflows where y
+is representable. The backward's cross term pairs x_j with window c's (x_c/m_c)/t_c, each
+bounded, as ``(x_j/m_c)``.
 """
 from __future__ import annotations
 
@@ -100,19 +109,23 @@ def _window(c: int, size: int, channels: int) -> range:
     return range(max(c - size // 2, 0), min(c + (size - 1) // 2 + 1, channels))
 
 
-def _lrn_base(x, c, size, alpha, k):
-    """k + alpha/size * sum of the squares in channel c's window, for every (n, spatial)."""
+def _lrn_scaled_base(x, c, size, alpha, k):
+    """(m, t) for channel c at every (n, spatial): its window's base is D = m^2 t."""
+    window = _window(c, size, x.shape[1])
+    m = np.max(np.abs(x[:, window.start:window.stop]), axis=1)
+    m = np.where(np.isfinite(m) & (m > 1) & (alpha > 0), m, 1).astype(x.dtype)
     total = np.zeros_like(x[:, c])
-    for j in _window(c, size, x.shape[1]):
-        total += x[:, j] ** 2
-    return k + alpha / size * total
+    for j in window:
+        total += (x[:, j] / m) ** 2
+    return m, k / m / m + alpha / size * total
 
 
 @register("local_response_norm", "reference", priority=-100)
 def local_response_norm(x, size, alpha, beta, k):
     y = backend.empty(x.shape, x.dtype)
     for c in range(x.shape[1]):
-        y[:, c] = x[:, c] / _lrn_base(x, c, size, alpha, k) ** beta
+        m, t = _lrn_scaled_base(x, c, size, alpha, k)
+        y[:, c] = x[:, c] / m * m ** (1 - 2 * beta) * t ** -beta
     return y
 
 
@@ -120,10 +133,13 @@ def local_response_norm(x, size, alpha, beta, k):
 def local_response_norm_backward(grad_y, x, size, alpha, beta, k):
     grad_x = np.zeros_like(x)
     for c in range(x.shape[1]):
-        base = _lrn_base(x, c, size, alpha, k)
-        grad_x[:, c] += grad_y[:, c] * base ** -beta
-        # y[c] depends on x[j] through the base for every j in c's window.
-        through_base = grad_y[:, c] * x[:, c] * (-beta) * base ** (-beta - 1) * alpha / size
+        m, t = _lrn_scaled_base(x, c, size, alpha, k)
+        d_to_minus_beta = m ** (-2 * beta) * t ** -beta
+        grad_x[:, c] += grad_y[:, c] * d_to_minus_beta
+        # y[c] depends on x[j] through the base for every j in c's window:
+        # dy[c]/dx[j] = -2 beta alpha/size * x[c] x[j] D^(-beta-1), with x[c] x[j] / D
+        # = (x[c]/m)(x[j]/m)/t.
+        through = grad_y[:, c] * d_to_minus_beta * (x[:, c] / m) / t * (-2 * beta * alpha / size)
         for j in _window(c, size, x.shape[1]):
-            grad_x[:, j] += through_base * 2 * x[:, j]
+            grad_x[:, j] += through * (x[:, j] / m)
     return grad_x
