@@ -8,7 +8,10 @@ One step is explicit, with no autograd tape::
 
 Checkpoints are ``.npz`` files of named arrays (model state, optimizer state, and a JSON
 string of metadata), written to a temporary file in the same folder and then renamed, so a
-crash never leaves half a file; loading uses ``allow_pickle=False``.
+crash never leaves half a file; loading uses ``allow_pickle=False``. A file that is not a
+readable checkpoint (empty, truncated, not a zip, a ``.npy``, a zip with a bad CRC, a
+checkpoint missing an entry, one that holds pickled objects) raises one
+:class:`CheckpointError` that names the file and what is wrong with it.
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -25,12 +29,19 @@ from typing import Iterable
 import numpy as np
 
 from . import backend, device_checks, graphs
+from .data.download import atomic_write
 
-__all__ = ["History", "fit", "evaluate", "save_checkpoint", "load_checkpoint"]
+__all__ = ["History", "fit", "evaluate", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "CheckpointError"]
 
 _MODEL = "model/"
 _OPTIM = "optim/"
 _META = "meta"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable gpuconv checkpoint; the message names it and says why."""
 
 
 @dataclass
@@ -49,23 +60,33 @@ class History:
     def save_json(self, path: str | os.PathLike) -> None:
         _atomic_write(Path(path), lambda f: f.write(json.dumps(asdict(self), indent=2).encode()))
 
-    def plot(self, path: str | os.PathLike) -> None:
-        """Draw loss and accuracy curves (train and validation) to a PNG."""
+    def plot(self, path: str | os.PathLike, title: str | None = None) -> None:
+        """Draw loss and accuracy curves (train and validation) to a PNG, under ``title``
+        (e.g. the model and the dataset), with whole-numbered epoch ticks and the best
+        epoch marked."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         epochs = range(1, len(self.train_loss) + 1)
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
         for ax, name, train, val in ((ax_loss, "loss", self.train_loss, self.val_loss),
                                      (ax_acc, "accuracy", self.train_accuracy, self.val_accuracy)):
-            ax.plot(epochs, train, label="train")
+            ax.plot(epochs, train, marker=".", label="train")
             if val:
-                ax.plot(epochs, val, label="validation")
+                ax.plot(epochs, val, marker=".", label="validation")
+            if self.best_epoch is not None:
+                ax.axvline(self.best_epoch, color="grey", linestyle=":", linewidth=1,
+                           label=f"best epoch ({self.best_epoch})")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
+            ax.set_title(name)
             ax.legend()
             ax.grid(alpha=0.3)
+        if title:
+            fig.suptitle(title)
         fig.tight_layout()
         _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
         plt.close(fig)
@@ -73,18 +94,8 @@ class History:
 
 def _atomic_write(path: Path, write) -> None:
     """Write through ``write(file)`` to a temporary file beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        write(f)
 
 
 def save_checkpoint(path: str | os.PathLike, model, optimizer=None, meta: dict | None = None) -> None:
@@ -97,21 +108,82 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, meta: dict |
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
 
-def load_checkpoint(path: str | os.PathLike, model=None, optimizer=None) -> dict:
-    """Load a checkpoint into ``model`` (and ``optimizer``); return its metadata."""
+def _check_container(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a complete zip archive whose entries
+    all pass their CRC check (``np.load`` would guess at anything else, down to advising
+    ``allow_pickle=True`` for a file of arbitrary bytes)."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is not a gpuconv checkpoint: the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(len(_NPY_MAGIC))
+    if head == _NPY_MAGIC:
+        raise CheckpointError(f"{path} is not a gpuconv checkpoint: it is a single NumPy array "
+                              "(.npy), not an .npz archive of named arrays")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a gpuconv checkpoint: it is not a complete .npz "
+                              "(zip) archive; it is truncated or another kind of file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError) as exc:
+        raise CheckpointError(f"{path} is a damaged checkpoint: its zip archive cannot be "
+                              f"read ({exc})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is a damaged checkpoint: entry {bad!r} fails its CRC "
+                              "check")
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """The metadata and the arrays (``{name: numpy array}``) of the checkpoint at ``path``.
+
+    Raises ``FileNotFoundError`` when there is no such file and :class:`CheckpointError`
+    when it is not a readable gpuconv checkpoint. Nothing is ever unpickled.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with np.load(path, allow_pickle=False) as data:
-        if _META not in data.files:
-            raise ValueError(f"{path} is not a gpuconv checkpoint (no '{_META}' entry)")
-        meta = json.loads(str(data[_META]))
-        if model is not None:
-            model.load_state_dict({k[len(_MODEL):]: data[k] for k in data.files
-                                   if k.startswith(_MODEL)})
-        if optimizer is not None:
-            optimizer.load_state_arrays({k[len(_OPTIM):]: data[k] for k in data.files
-                                         if k.startswith(_OPTIM)})
+        raise FileNotFoundError(f"checkpoint {path} does not exist" if not path.exists() else
+                                f"checkpoint {path} is not a file")
+    _check_container(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise CheckpointError(f"{path} is not a safe checkpoint: it holds Python objects "
+                                  "(pickled data), which gpuconv never loads") from None
+        raise CheckpointError(f"{path} is a damaged checkpoint: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CheckpointError(f"{path} is a damaged checkpoint: {exc}") from None
+    if _META not in arrays:
+        raise CheckpointError(f"{path} is not a gpuconv checkpoint: it has no '{_META}' entry")
+    try:
+        meta = json.loads(str(arrays.pop(_META)))
+    except ValueError:
+        raise CheckpointError(f"{path} is a damaged checkpoint: its '{_META}' entry is not "
+                              "JSON") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is a damaged checkpoint: its '{_META}' entry is not a "
+                              "JSON object")
+    return meta, arrays
+
+
+def load_checkpoint(path: str | os.PathLike, model=None, optimizer=None) -> dict:
+    """Load a checkpoint into ``model`` (and ``optimizer``); return its metadata.
+
+    A checkpoint whose arrays do not fit the model or the optimizer (another architecture,
+    a missing entry) raises :class:`CheckpointError` naming the file.
+    """
+    meta, arrays = read_checkpoint(path)
+    for target, prefix, load, what in (
+            (model, _MODEL, "load_state_dict", "model"),
+            (optimizer, _OPTIM, "load_state_arrays", "optimizer")):
+        if target is None:
+            continue
+        state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        try:
+            getattr(target, load)(state)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path} does not fit this {what}: {exc}") from None
     return meta
 
 
@@ -348,7 +420,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
         plot_path: str | os.PathLike | None = None, clip_grad_norm: float | None = None,
         checkpoint_meta: dict | None = None, progress: bool = True,
         cuda_graph: bool | None = None, last_batch: str = "eager",
-        progress_every: int | None = None) -> History:
+        progress_every: int | None = None, verbose: bool | None = None,
+        plot_title: str | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs and return the :class:`History`.
 
     - ``val_loader``: evaluated after every epoch; the best validation accuracy is what
@@ -369,6 +442,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
       (in eager and graph mode alike, so that both see the same batches).
     - ``progress_every``: with ``progress``, the bar shows the running loss and accuracy
       every N steps (each read is a synchronisation on the GPU); None: a few times a second.
+    - ``progress``: a progress bar per epoch (tqdm, when installed); ``verbose``: one line
+      per epoch (default: as ``progress``); ``plot_title``: the title of ``plot_path``.
 
     On the GPU the loop never waits for the device inside an epoch: the loss sums, correct
     counts and value-check flags stay on the device and are read once per epoch (and at the
@@ -394,16 +469,21 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     with graphs.side_stream() if on_gpu else contextlib.nullcontext():
         return _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler,
                            early_stopping, checkpoint, resume, history_path, plot_path,
-                           checkpoint_meta, progress, progress_every)
+                           checkpoint_meta, progress, progress_every,
+                           progress if verbose is None else verbose, plot_title)
 
 
 def _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler, early_stopping,
                 checkpoint, resume, history_path, plot_path, checkpoint_meta, progress,
-                progress_every) -> History:
+                progress_every, verbose, plot_title) -> History:
     model, optimizer, loss_fn = trainer.model, trainer.optimizer, trainer.loss_fn
     history, start_epoch, best = History(), 0, -math.inf
     if resume is not None:
         meta = load_checkpoint(resume, model, optimizer)
+        missing = [k for k in ("epoch", "best", "history") if k not in meta]
+        if missing:
+            raise CheckpointError(f"{resume} cannot resume training: its metadata lacks "
+                                  f"{', '.join(missing)} (it was not written by fit)")
         history = History(**meta["history"])
         start_epoch, best = meta["epoch"], meta["best"]
     bar_cls = _progress_bar(progress)
@@ -429,7 +509,7 @@ def _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler, early_stop
             history.val_accuracy.append(val["accuracy"])
             watched_loss, watched_acc = val["loss"], val["accuracy"]
         history.seconds.append(time.perf_counter() - t0)
-        if progress:
+        if verbose:
             _report_epoch(epoch, epochs, history)
         if scheduler is not None:
             _step_scheduler(scheduler, watched_loss)
@@ -448,7 +528,7 @@ def _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler, early_stop
     if history_path is not None:
         history.save_json(history_path)
     if plot_path is not None:
-        history.plot(plot_path)
+        history.plot(plot_path, plot_title)
     return history
 
 

@@ -159,7 +159,7 @@ def _cli(*args, cwd=None, env=None):
     (["train", "--dataset", "imagenet"], "invalid choice"),
     (["train", "--lr", "abc"], "invalid float value"),
     (["train", "lenet5", "--dataset", "mnist1d"], "takes images"),
-    (["train", "nosuchnet"], "unknown model"),
+    (["train", "nosuchnet"], "invalid choice"),
     (["eval", "missing.npz"], "missing.npz"),
     (["train", "--threads", "0"], "must be a positive int"),
 ])
