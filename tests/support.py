@@ -65,9 +65,20 @@ def impl_params(op: str, *, include_reference: bool = False,
         if impl.device == "cuda":
             marks.append(pytest.mark.gpu)
         if not impl.is_available():
-            marks.append(pytest.mark.skip(reason=f"{impl.name} cannot run here"))
+            marks.append(pytest.mark.skip(reason=_unavailable(impl)))
         params.append(pytest.param(impl.name, marks=marks, id=impl.name))
     return params
+
+
+def _unavailable(impl) -> str:
+    """Why ``impl`` skips here, in words shared by all its tests (the summary groups them)."""
+    if impl.device != "cuda":
+        return f"{impl.name} cannot run on this machine"
+    if impl.name.startswith("numba_cuda"):
+        return ("numba_cuda impls need a GPU (without one they run under numba's CUDA "
+                "simulator: the @simulator params, tests/test_numba_cuda*.py)")
+    return ("CUDA C impls need a GPU (without one they run against the emulated CuPy: "
+            "tests/test_cuda_emulated.py)")
 
 
 def with_impls(cases, ids, op, *, include_reference: bool = False,
