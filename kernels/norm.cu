@@ -5,20 +5,26 @@
 // Batch norm, each for float (_f32) and double (_f64):
 //   batch_norm_fwd_stats   block = one channel (GPUCONV_REDUCE_THREADS threads striding over
 //                          its N*S values); the mean by a fixed-order block sum, then the
-//                          biased variance by a second sum of squared deviations (two
-//                          passes: no cancellation). Thread 0 writes them and, when running
-//                          stats are given, updates those in place:
-//                          running = (1 - momentum) * running + momentum * batch, with the
-//                          unbiased variance var * n / (n - 1). The running arrays may be
-//                          strided views (element strides rm_stride, rv_stride).
-//   batch_norm_fwd_apply   thread = one element: y = (x - mean[c]) / sqrt(var[c] + eps) * w[c]
-//                          + b[c]. Training feeds it the batch stats; evaluation the running
-//                          stats directly (one elementwise pass).
+//                          biased variance from a second pass over the deviations d (two
+//                          passes: no cancellation), in the safe form of
+//                          gpuconv/kernels/reference/norm.py: each thread keeps the sum of
+//                          (d/m)^2 for m its largest |d| so far (at least 1, rescaled when it
+//                          grows), the block scales every part to the sum S of the m (exact
+//                          for ordinary data: S = blockDim.x), so var = S^2 v never needs
+//                          d^2, which overflows float32 at |d| = 2e19. Thread 0 writes the
+//                          mean and inv_std = 1/sqrt(var + eps) and, when running stats are
+//                          given, updates those in place: running = (1 - momentum) * running
+//                          + momentum * batch, with the unbiased variance var * n / (n - 1).
+//                          The running arrays may be strided views (element strides
+//                          rm_stride, rv_stride).
+//   batch_norm_fwd_apply   thread = one element: y = (x - mean[c]) * inv_std[c] * w[c] + b[c].
+//                          Training feeds it the batch stats; evaluation the running stats'
+//                          inv_std, computed by the launcher (one elementwise pass).
 //   batch_norm_bwd_reduce  block = one channel: the statistics again (batch ones in training,
-//                          the running ones when running_mean != nullptr), then one pass for
-//                          sum(g) (grad_bias) and sum(g * (x - mean)) * inv_std (grad_weight,
-//                          = sum(g * xhat)), all fixed-order block sums; thread 0 also writes
-//                          mean and inv_std for the next kernel.
+//                          in the safe form, the running ones when running_mean != nullptr),
+//                          then one pass for sum(g) (grad_bias) and sum(g * (x - mean)) *
+//                          inv_std (grad_weight, = sum(g * xhat)), all fixed-order block sums;
+//                          thread 0 also writes mean and inv_std for the next kernel.
 //   batch_norm_bwd_apply   thread = one element: grad_x = w * inv_std * g in evaluation, and in
 //                          training w * inv_std * (g - sum(g)/n - xhat * sum(g * xhat)/n),
 //                          the batch statistics being functions of x.
@@ -62,22 +68,54 @@ __device__ __forceinline__ T channel_mean(const T* __restrict__ x, int N, int c,
     return channel_sum<T>(N, c, C, S, [&](long long i) { return x[i]; }) / T((long long)N * S);
 }
 
+// One thread's part of a channel's sum of squared deviations, kept as m^2 * q with q the sum
+// of (d/m)^2 and m the largest |d| so far, at least 1. A NaN d is never larger: it reaches q.
 template <typename T>
-__device__ void batch_norm_fwd_stats(const T* __restrict__ x, T momentum,
+struct ScaledSquares {
+    T m;
+    T q;
+    __device__ __forceinline__ void add(T d) {
+        const T a = fabs(d);
+        if (a > m) {
+            const T ratio = m / a;
+            q = q * ratio * ratio + T(1);
+            m = a;
+        } else {
+            const T r = d / m;
+            q += r * r;
+        }
+    }
+};
+
+// The channel's biased variance (written to *var, inf where it overflows) and
+// 1/sqrt(var + eps), from every thread's part: the parts are scaled to S, the sum of their m.
+template <typename T>
+__device__ __forceinline__ T block_inv_std(ScaledSquares<T> part, long long count, T eps,
+                                           T* var) {
+    const T S = gpuconv_block_sum(part.m);
+    const T r = part.m / S;
+    const T v = gpuconv_block_sum(part.q * r * r) / T(count);
+    *var = S * S * v;
+    return T(1) / (S * sqrt(v + eps / S / S));
+}
+
+template <typename T>
+__device__ void batch_norm_fwd_stats(const T* __restrict__ x, T momentum, T eps,
                                      T* __restrict__ running_mean, long long rm_stride,
                                      T* __restrict__ running_var, long long rv_stride,
-                                     T* __restrict__ mean_out, T* __restrict__ var_out, int N,
-                                     int C, long long S) {
+                                     T* __restrict__ mean_out, T* __restrict__ inv_std_out,
+                                     int N, int C, long long S) {
     const long long count = (long long)N * S;
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
         const T mean = channel_mean(x, N, c, C, S);
-        const T var = channel_sum<T>(N, c, C, S, [&](long long i) {
-                          const T d = x[i] - mean;
-                          return d * d;
-                      }) / T(count);
+        ScaledSquares<T> part = {T(1), T(0)};
+        for (long long j = threadIdx.x; j < count; j += blockDim.x)
+            part.add(x[channel_element(j, c, C, S)] - mean);
+        T var;
+        const T inv_std = block_inv_std(part, count, eps, &var);
         if (threadIdx.x != 0) continue;
         mean_out[c] = mean;
-        var_out[c] = var;
+        inv_std_out[c] = inv_std;
         if (running_mean == nullptr) continue;
         T& rm = running_mean[c * rm_stride];
         T& rv = running_var[c * rv_stride];
@@ -88,14 +126,14 @@ __device__ void batch_norm_fwd_stats(const T* __restrict__ x, T momentum,
 
 template <typename T>
 __device__ void batch_norm_fwd_apply(const T* __restrict__ x, const T* __restrict__ mean,
-                                     const T* __restrict__ var, const T* __restrict__ weight,
-                                     const T* __restrict__ bias, T eps, T* __restrict__ y,
-                                     int N, int C, long long S) {
+                                     const T* __restrict__ inv_std,
+                                     const T* __restrict__ weight, const T* __restrict__ bias,
+                                     T* __restrict__ y, int N, int C, long long S) {
     GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
         const int c = (int)((i / S) % C);
         const T w = weight != nullptr ? weight[c] : T(1);
         const T b = bias != nullptr ? bias[c] : T(0);
-        y[i] = (x[i] - mean[c]) / sqrt(var[c] + eps) * w + b;
+        y[i] = (x[i] - mean[c]) * inv_std[c] * w + b;
     }
 }
 
@@ -110,20 +148,21 @@ __device__ void batch_norm_bwd_reduce(const T* __restrict__ gy, const T* __restr
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
         const bool batch_stats = running_mean == nullptr;
         const T mean = batch_stats ? channel_mean(x, N, c, C, S) : running_mean[c];
-        T sq = T(0), g_sum = T(0), g_centred = T(0);
+        ScaledSquares<T> part = {T(1), T(0)};
+        T g_sum = T(0), g_centred = T(0);
         for (long long j = threadIdx.x; j < count; j += blockDim.x) {
             const long long i = channel_element(j, c, C, S);
             const T d = x[i] - mean;
-            sq += d * d;
+            part.add(d);
             g_sum += gy[i];
             g_centred += gy[i] * d;
         }
-        sq = gpuconv_block_sum(sq);
+        T var;
+        const T batch_inv_std = block_inv_std(part, count, eps, &var);
         g_sum = gpuconv_block_sum(g_sum);
         g_centred = gpuconv_block_sum(g_centred);
         if (threadIdx.x != 0) continue;
-        const T var = batch_stats ? sq / T(count) : running_var[c];
-        const T inv_std = T(1) / sqrt(var + eps);
+        const T inv_std = batch_stats ? batch_inv_std : T(1) / sqrt(running_var[c] + eps);
         mean_out[c] = mean;
         inv_std_out[c] = inv_std;
         grad_bias[c] = g_sum;
@@ -229,15 +268,15 @@ __device__ void local_response_norm_bwd_spread(const T* __restrict__ x,
 
 #define NORM_ENTRY_POINTS(T, SUFFIX)                                                         \
     extern "C" __global__ void batch_norm_fwd_stats_##SUFFIX(                                \
-        const T* x, T momentum, T* running_mean, long long rm_stride, T* running_var,        \
-        long long rv_stride, T* mean, T* var, NORM_SHAPE_PARAMS) {                           \
-        batch_norm_fwd_stats<T>(x, momentum, running_mean, rm_stride, running_var, rv_stride, \
-                                mean, var, NORM_SHAPE_ARGS);                                 \
+        const T* x, T momentum, T eps, T* running_mean, long long rm_stride, T* running_var, \
+        long long rv_stride, T* mean, T* inv_std, NORM_SHAPE_PARAMS) {                       \
+        batch_norm_fwd_stats<T>(x, momentum, eps, running_mean, rm_stride, running_var,      \
+                                rv_stride, mean, inv_std, NORM_SHAPE_ARGS);                  \
     }                                                                                        \
     extern "C" __global__ void batch_norm_fwd_apply_##SUFFIX(                                \
-        const T* x, const T* mean, const T* var, const T* weight, const T* bias, T eps,      \
-        T* y, NORM_SHAPE_PARAMS) {                                                           \
-        batch_norm_fwd_apply<T>(x, mean, var, weight, bias, eps, y, NORM_SHAPE_ARGS);        \
+        const T* x, const T* mean, const T* inv_std, const T* weight, const T* bias, T* y,   \
+        NORM_SHAPE_PARAMS) {                                                                 \
+        batch_norm_fwd_apply<T>(x, mean, inv_std, weight, bias, y, NORM_SHAPE_ARGS);         \
     }                                                                                        \
     extern "C" __global__ void batch_norm_bwd_reduce_##SUFFIX(                               \
         const T* gy, const T* x, const T* running_mean, const T* running_var, T eps,         \

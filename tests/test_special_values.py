@@ -328,6 +328,10 @@ SCALED_CASES = [
     Case("local_response_norm_backward", "local_response_norm_backward", (),
          lambda x, impl: F.local_response_norm_backward(_unit_grads(x), x, 3, 1e-4, 0.75, 1.0,
                                                         impl=impl), None),
+    Case("batch_norm", "batch_norm", (), lambda x, impl: F.batch_norm(
+        x, None, None, training=True, impl=impl), None),
+    Case("batch_norm_backward", "batch_norm_backward", (), lambda x, impl: F.batch_norm_backward(
+        _unit_grads(x), x, None, None, training=True, impl=impl)[0], None),
 ]
 
 

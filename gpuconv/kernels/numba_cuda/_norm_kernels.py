@@ -10,9 +10,12 @@ from numba import cuda
 
 
 @cuda.jit
-def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var, mean, var):
-    """Thread = one channel: batch mean and biased variance (two passes); in training with
-    running stats, running = (1 - momentum) * running + momentum * batch (unbiased var)."""
+def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var, eps, mean,
+                         inv_std):
+    """Thread = one channel: batch mean, then the biased variance in the safe form of
+    gpuconv/kernels/reference/norm.py (deviations scaled by their largest magnitude above 1)
+    and 1/sqrt(var + eps); in training with running stats, running = (1 - momentum) *
+    running + momentum * batch (unbiased var)."""
     c = cuda.grid(1)
     N, C, S = x.shape
     if c >= C:
@@ -23,22 +26,29 @@ def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var,
         for s in range(S):
             total += x[n, c, s]
     m = total / count
+    scale = 1.0
+    for n in range(N):
+        for s in range(S):
+            scale = max(scale, abs(x[n, c, s] - m))  # NaN is skipped: it reaches v below
+    if math.isinf(scale):
+        scale = 1.0
     squares = 0.0
     for n in range(N):
         for s in range(S):
-            d = x[n, c, s] - m
+            d = (x[n, c, s] - m) / scale
             squares += d * d
     v = squares / count
     mean[c] = m
-    var[c] = v
+    inv_std[c] = 1.0 / (scale * math.sqrt(v + eps / scale / scale))
     if update_running:
+        var = scale * scale * v
         running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
-        running_var[c] = (1 - momentum) * running_var[c] + momentum * v * count / (count - 1)
+        running_var[c] = (1 - momentum) * running_var[c] + momentum * var * count / (count - 1)
 
 
 @cuda.jit
-def batch_norm_fwd_apply(x, mean, var, weight, bias, eps, y):
-    """Thread = one element: y = (x - mean) / sqrt(var + eps) * w + b."""
+def batch_norm_fwd_apply(x, mean, inv_std, weight, bias, y):
+    """Thread = one element: y = (x - mean) * inv_std * w + b."""
     i = cuda.grid(1)
     N, C, S = x.shape
     if i >= N * C * S:
@@ -46,17 +56,17 @@ def batch_norm_fwd_apply(x, mean, var, weight, bias, eps, y):
     s = i % S
     c = (i // S) % C
     n = i // (S * C)
-    y[n, c, s] = (x[n, c, s] - mean[c]) / math.sqrt(var[c] + eps) * weight[c] + bias[c]
+    y[n, c, s] = (x[n, c, s] - mean[c]) * inv_std[c] * weight[c] + bias[c]
 
 
 @cuda.jit
-def batch_norm_bwd_reduce(grad_y, x, mean, var, eps, grad_weight, grad_bias):
+def batch_norm_bwd_reduce(grad_y, x, mean, inv_std_of, grad_weight, grad_bias):
     """Thread = one channel: grad_bias = sum(g), grad_weight = sum(g * xhat)."""
     c = cuda.grid(1)
     N, C, S = x.shape
     if c >= C:
         return
-    inv_std = 1.0 / math.sqrt(var[c] + eps)
+    inv_std = inv_std_of[c]
     g_sum = 0.0
     g_xhat = 0.0
     for n in range(N):
@@ -69,7 +79,7 @@ def batch_norm_bwd_reduce(grad_y, x, mean, var, eps, grad_weight, grad_bias):
 
 
 @cuda.jit
-def batch_norm_bwd_apply(grad_y, x, mean, var, weight, grad_weight, grad_bias, eps, training,
+def batch_norm_bwd_apply(grad_y, x, mean, inv_std_of, weight, grad_weight, grad_bias, training,
                          grad_x):
     """Thread = one element: w * inv_std * g, and in training minus the projections on the
     batch statistics: w * inv_std * (g - sum(g)/n - xhat * sum(g * xhat)/n)."""
@@ -80,7 +90,7 @@ def batch_norm_bwd_apply(grad_y, x, mean, var, weight, grad_weight, grad_bias, e
     s = i % S
     c = (i // S) % C
     n = i // (S * C)
-    inv_std = 1.0 / math.sqrt(var[c] + eps)
+    inv_std = inv_std_of[c]
     g = grad_y[n, c, s]
     if training:
         count = N * S

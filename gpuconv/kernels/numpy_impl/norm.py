@@ -23,15 +23,20 @@ def _per_channel(v, x):
     return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
-def _stats(x, running_mean, running_var, training):
-    """``(mean, x - mean, var)`` per channel: batch mean and biased variance in training,
-    the running stats in evaluation. ``x - mean`` is a fresh array the caller may reuse."""
+def _stats(x, running_mean, running_var, training, eps):
+    """``(mean, x - mean, var, 1/sqrt(var + eps))`` per channel: batch mean and biased
+    variance in training (in the reference's safe form), the running stats in evaluation.
+    ``x - mean`` is a fresh array the caller may reuse."""
     if not training:
-        return running_mean, x - _per_channel(running_mean, x), running_var
+        return (running_mean, x - _per_channel(running_mean, x), running_var,
+                1 / np.sqrt(running_var + eps))
     axes = _reduce_axes(x)
     mean = x.mean(axis=axes)
     centred = x - _per_channel(mean, x)
-    return mean, centred, np.mean(centred * centred, axis=axes)
+    scale = np.max(np.abs(centred), axis=axes)
+    scale[~np.isfinite(scale) | (scale < 1)] = 1
+    v = np.mean(np.square(centred / _per_channel(scale, x)), axis=axes)
+    return mean, centred, scale * scale * v, 1 / (scale * np.sqrt(v + eps / scale / scale))
 
 
 def _scale(weight, inv_std):
@@ -40,8 +45,8 @@ def _scale(weight, inv_std):
 
 @register("batch_norm", "numpy")
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    mean, y, var = _stats(x, running_mean, running_var, training)
-    y *= _per_channel(_scale(weight, 1 / np.sqrt(var + eps)), x)
+    mean, y, var, inv_std = _stats(x, running_mean, running_var, training, eps)
+    y *= _per_channel(_scale(weight, inv_std), x)
     if bias is not None:
         y += _per_channel(bias, x)
     if training and running_mean is not None:
@@ -56,8 +61,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
 @register("batch_norm_backward", "numpy")
 def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, training, eps):
     axes = _reduce_axes(x)
-    _, xhat, var = _stats(x, running_mean, running_var, training)
-    inv_std = 1 / np.sqrt(var + eps)
+    _, xhat, _, inv_std = _stats(x, running_mean, running_var, training, eps)
     xhat *= _per_channel(inv_std, x)
     grad_b = grad_y.sum(axis=axes)
     grad_w = (grad_y * xhat).sum(axis=axes)

@@ -29,6 +29,14 @@ This module works one channel at a time with the textbook formulas; the local re
 backward scatters each output channel's gradient onto the input channels of its window. It
 shares no code with the fast impls it checks.
 
+Batch norm's variance in a safe form (every impl): the squares of the deviations d = x - mean
+overflow float32 from |d| of 2e19 while the normalised output stays near 1, so each channel's
+deviations are scaled by s (their largest magnitude, or any bound of it within a factor the
+sum can hold, when that is a finite number above 1; else 1, the plain formula) and
+var = s^2 v with v = mean((d/s)^2); then
+1/sqrt(var + eps) = 1 / (s * sqrt(v + eps/s^2)). Only the running variance, which stores
+var itself, can overflow, and only when var does.
+
 Local response norm in a safe form (every impl): the base D = k + alpha/size * sum(x_j^2)
 of a window overflows long before the result does (float32 x of 1e20 gives D = inf and
 y = 0 where the true y is about 1e-7). Each window is therefore scaled by m, the largest
@@ -46,13 +54,17 @@ from ... import backend
 from .. import register
 
 
-def _channel_stats(xc, running_mean, running_var, c, training):
-    """Mean and biased variance of one channel's values ``xc`` (training), else the running
-    stats of channel ``c``."""
-    if training:
-        mean = xc.mean()
-        return mean, ((xc - mean) ** 2).mean()
-    return running_mean[c], running_var[c]
+def _channel_stats(xc, running_mean, running_var, c, training, eps):
+    """(mean, biased variance, 1/sqrt(variance + eps)) of one channel's values ``xc``
+    (training), else of the running stats of channel ``c``; the variance in the safe form."""
+    if not training:
+        return running_mean[c], running_var[c], 1 / np.sqrt(running_var[c] + eps)
+    mean = xc.mean()
+    d = xc - mean
+    scale = np.max(np.abs(d))
+    scale = scale if np.isfinite(scale) and scale > 1 else np.ones((), xc.dtype)
+    v = ((d / scale) ** 2).mean()
+    return mean, scale * scale * v, 1 / (scale * np.sqrt(v + eps / scale / scale))
 
 
 def _affine(weight, bias, c, dtype):
@@ -68,9 +80,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     batch_vars = np.zeros(channels, x.dtype)
     for c in range(channels):
         xc = x[:, c]
-        mean, var = _channel_stats(xc, running_mean, running_var, c, training)
+        mean, var, inv_std = _channel_stats(xc, running_mean, running_var, c, training, eps)
         w, b = _affine(weight, bias, c, x.dtype)
-        y[:, c] = (xc - mean) / np.sqrt(var + eps) * w + b
+        y[:, c] = (xc - mean) * inv_std * w + b
         batch_means[c], batch_vars[c] = mean, var
     if training and running_mean is not None:
         n = x.size // channels
@@ -87,9 +99,8 @@ def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, trai
     grad_b = np.zeros(channels, x.dtype)
     for c in range(channels):
         xc, gc = x[:, c], grad_y[:, c]
-        mean, var = _channel_stats(xc, running_mean, running_var, c, training)
+        mean, _, inv_std = _channel_stats(xc, running_mean, running_var, c, training, eps)
         w, _ = _affine(weight, bias, c, x.dtype)
-        inv_std = 1 / np.sqrt(var + eps)
         xhat = (xc - mean) * inv_std
         grad_b[c] = gc.sum()
         grad_w[c] = (gc * xhat).sum()
