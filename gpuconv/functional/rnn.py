@@ -71,6 +71,15 @@ def _check_weights(op: str, kind: str, hidden: int, in_size: int, in_what: str,
             _shape(op, name, b, (rows,), f"{gate_text} x hidden size {hidden}")
 
 
+def _states_of(op: str, kind: str, hx, what_lstm_takes: str) -> tuple:
+    """``hx`` as a tuple of states: the LSTM's pair (h, c), every other kind's one array."""
+    if kind != "lstm":
+        return (hx,)
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"{op}: hx must be {what_lstm_takes}, got {type(hx).__name__}")
+    return tuple(hx)
+
+
 class _Cell(NamedTuple):
     """A validated cell call with a batch axis: ``states`` is (hx,) or (hx, cx)."""
 
@@ -93,13 +102,7 @@ def _check_cell(op: str, kind: str, input, hx, weight_ih, weight_hh, bias_ih,
     C.float_array(op, "input", input, (1, 2))
     batched = input.ndim == 2
     names = ("hx", "cx") if kind == "lstm" else ("hx",)
-    if kind == "lstm":
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"{op}: hx must be a pair (h, c) of arrays, as in torch.lstm_cell, "
-                            f"got {type(hx).__name__}")
-        states = tuple(hx)
-    else:
-        states = (hx,)
+    states = _states_of(op, kind, hx, "a pair (h, c) of arrays, as in torch.lstm_cell")
     for name, state in zip(names, states):
         C.float_array(op, name, state, input.ndim)
     C.same_kind(op, "input", input, **dict(zip(names, states)))
@@ -412,13 +415,7 @@ def _initial_states(op: str, kind: str, hx, shape: tuple, x, batched: bool) -> t
     if hx is None:
         xp = backend.array_module(x)
         return tuple(xp.zeros(shape, x.dtype) for _ in names)
-    if kind == "lstm":
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"{op}: hx must be None or a pair (h0, c0), got "
-                            f"{type(hx).__name__}")
-        states = tuple(hx)
-    else:
-        states = (hx,)
+    states = _states_of(op, kind, hx, "None or a pair (h0, c0)")
     why = (f"num_layers x num_directions = {shape[0]}, "
            + (f"batch {shape[1]}, " if batched else "") + f"hidden size {shape[2]}")
     user_shape = shape if batched else (shape[0], shape[2])
