@@ -189,6 +189,17 @@ def _build_model(name: str, sample_shape: tuple, num_classes: int, seed: int):
     return models.get_model(name, num_classes=num_classes, **kwargs)
 
 
+def _device(name: str) -> str:
+    """``--device`` resolved to "cpu" or "cuda", with a hint that names the flag."""
+    from . import backend
+
+    if name == "cuda" and not backend.gpu_available():
+        why = ("CuPy is not installed (pip install 'gpuconv[cuda13]' or [cuda12])"
+               if backend.cupy_or_none() is None else "CuPy sees no CUDA device")
+        raise RuntimeError(f"--device cuda: {why}; use --device cpu or --device auto")
+    return backend.resolve_device(name)
+
+
 def _make_optimizer(name: str, params, lr: float, weight_decay: float):
     from . import optim
 
@@ -212,7 +223,7 @@ def _train(args) -> int:
         _positive(name, value)
     if args.weight_decay < 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    device = backend.resolve_device(args.device)
+    device = _device(args.device)
     out = Path(args.out or f"runs/{args.model}-{args.dataset}")
 
     train_set, test_set = _load_dataset(args.dataset, args.data_root)
@@ -278,7 +289,7 @@ def _eval(args) -> int:
         raise CheckpointError(f"{args.checkpoint} is not a checkpoint written by 'gpuconv "
                               f"train': its metadata lacks {', '.join(missing)}")
     dataset = args.dataset or meta["dataset"]
-    device = backend.resolve_device(args.device)
+    device = _device(args.device)
     _, test_set = _load_dataset(dataset, args.data_root)
     _check_model_fits_dataset(args.checkpoint, meta, dataset, test_set)
     model = _build_model(meta["model"], tuple(meta["input_shape"]), meta["num_classes"],
@@ -348,6 +359,7 @@ def _tune(args) -> int:
 def _bench(args) -> int:
     from . import benchmark
 
+    _device(args.device)
     report = benchmark.run(args.families, impls=args.impl, dtype=args.dtype, suite=args.suite,
                            quick=args.quick, device=args.device, threads=args.threads)
     if args.json:

@@ -260,3 +260,14 @@ def test_output_files_get_the_permissions_of_the_umask(umask, tmp_path, capsys):
     assert modes == dict.fromkeys(["best.npz", "history.json", "curves.png", "summary.json"],
                                   0o666 & ~umask)
 
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_device_cuda_without_a_gpu_names_the_flag(command, capsys):
+    from gpuconv import backend
+
+    if backend.gpu_available():
+        pytest.skip("a GPU is present")
+    status, _, err = run(capsys, command, "--device", "cuda")
+    assert_one_line_error(status, err, "--device cuda:", "--device cpu")
+    assert "device='cuda'" not in err

@@ -339,7 +339,7 @@ def test_the_reference_takes_unbatched_and_empty_inputs_as_torch_does(case):
     for arrays in (unbatched, _empty_batch(case)):
         want = _torch_results(torch, case, arrays)
         if want is None:
-            pytest.skip(f"{case.id}: compared through the batched call only")
+            pytest.skip("torch has no functional form of this op to compare with")
         got = _as_tuple(case.call(*arrays, impl="reference"))
         for k, (o, r) in enumerate(zip(got, want, strict=True)):
             assert_same_values(o, r.detach().numpy(), "float64", f"{case.id}[{k}]")
