@@ -330,7 +330,6 @@ def conv_transpose2d_backward(grad_output, input, weight, bias=None, stride: Int
     return _unbatched(gx, batched), gw, gb
 
 
-
 @backend.interop
 def conv2d_bias_act(input, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0,
                     dilation: IntOrPair = 1, groups: int = 1, *, activation: str = "relu",
