@@ -18,7 +18,7 @@ import numpy as np
 __all__ = [
     "array_module", "device_of", "cupy_or_none", "gpu_available", "resolve_device",
     "to_device", "to_numpy", "import_array", "export_array", "interop", "empty", "poisoned",
-    "ForeignArrayError",
+    "ForeignArrayError", "channels_last",
 ]
 
 
@@ -253,3 +253,13 @@ def interop(fn: Callable) -> Callable:
             return out
         return _export_tree(out, kinds[0])
     return wrapper
+
+
+def channels_last(x):
+    """``x`` (N, C, H, W) with its memory in NHWC order (PyTorch's ``channels_last``): the
+    same shape and values; the implicit-GEMM kernels read it without a transpose, and their
+    output for it is channels-last too. A copy unless ``x`` is channels-last already."""
+    xp = array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"channels_last: expected (N, C, H, W), got shape {tuple(x.shape)}")
+    return xp.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)

@@ -28,7 +28,8 @@ from test_conv import ConvCase
 
 from gpuconv import backend, precision
 from gpuconv._resources import cuda_source_dir
-from gpuconv.functional import (CONV_ACTIVATIONS, channels_last, conv2d, conv2d_backward,
+from gpuconv.backend import channels_last
+from gpuconv.functional import (CONV_ACTIVATIONS, conv2d, conv2d_backward,
                                 conv2d_bias_act)
 from gpuconv.kernels.cuda_c import conv_igemm as ig
 

@@ -58,7 +58,7 @@ def conv_geometry(c: dict) -> dict:
 
 
 def conv_passes(c: dict) -> list[Pass]:
-    from .. import functional as F
+    from .. import backend, functional as F
     from . import im2col_gemm
 
     geo = conv_geometry(c)
@@ -98,7 +98,7 @@ def conv_passes(c: dict) -> list[Pass]:
     def channels_last(a, impl):
         """The implicit GEMM's operands channels-last (untimed), as a channels-last caller
         passes them: its NCHW transposes are then not in the figure."""
-        return tuple(F.channels_last(t) if impl == "cuda_igemm" and t.ndim == 4 else t
+        return tuple(backend.channels_last(t) if impl == "cuda_igemm" and t.ndim == 4 else t
                      for t in a)
 
     pairs = (*((v, v) for v in args[:3]), args[3])  # im2col_gemm takes (h, w) pairs

@@ -19,7 +19,7 @@ from .. import _checks as C, backend, kernels
 
 __all__ = ["conv1d", "conv2d", "conv_transpose2d",
            "conv1d_backward", "conv2d_backward", "conv_transpose2d_backward",
-           "conv2d_bias_act", "channels_last", "CONV_ACTIVATIONS"]
+           "conv2d_bias_act", "CONV_ACTIVATIONS"]
 
 # The activations conv2d_bias_act fuses into the convolution's epilogue.
 CONV_ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu")
@@ -360,13 +360,3 @@ def conv2d_bias_act(input, weight, bias=None, stride: IntOrPair = 1, padding: Pa
     x = _pad_extra(input, geo.extra)
     return kernels.dispatch(op, impl, x, weight, bias, geo.stride, geo.padding, geo.dilation,
                             geo.groups, activation, param, residual, scale)
-
-
-def channels_last(x):
-    """``x`` (N, C, H, W) with its memory in NHWC order (PyTorch's ``channels_last``): the
-    same shape and values; the implicit-GEMM kernels read it without a transpose, and their
-    output for it is channels-last too. A copy unless ``x`` is channels-last already."""
-    xp = backend.array_module(x)
-    if x.ndim != 4:
-        raise ValueError(f"channels_last: expected (N, C, H, W), got shape {tuple(x.shape)}")
-    return xp.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)

@@ -4,7 +4,7 @@ channels-last, registered as impl ``cuda_igemm`` of ``conv2d``, ``conv2d_backwar
 
 Arrays. The kernels work in NHWC (weights in KRSC). An array that is channels-last in
 memory (``x.transpose(0, 2, 3, 1)`` is C-contiguous, as PyTorch's ``channels_last`` and
-:func:`gpuconv.functional.channels_last` make) is used as it is; an NCHW-contiguous one pays one
+:func:`gpuconv.backend.channels_last` make) is used as it is; an NCHW-contiguous one pays one
 transpose copy. Outputs follow the input: channels-last views for channels-last inputs,
 NCHW-contiguous arrays (one transpose) otherwise.
 
