@@ -32,7 +32,10 @@
 //   tf32_round(x): x rounded to tf32 (10 mantissa bits), to nearest, ties away from zero
 //     (cvt.rna.tf32.f32), as an fp32 bit pattern.
 //   tf32_split(x, big, small): big = tf32_round(x), small = tf32_round(x - big): the 3xTF32
-//     split, x = big + small to about 21 mantissa bits.
+//     split, x = big + small to about 21 mantissa bits. An inf or NaN x is split as big = 0,
+//     small = x: then small*big + big*small + big*big of x and a finite y is x * big(y) (inf,
+//     or NaN for y = 0, as in fp32), where big = x would make the cross term x * small(y) =
+//     inf * 0 = NaN whenever y is exact in tf32. (Two infinite factors give NaN, not inf.)
 //   f32_to_bf16_bits / f32_to_f16_bits: cvt.rn (round to nearest even); f16_bits_to_f32
 //     exact. to_float / from_float<T> convert the storage types below through them.
 //   dynamic shared memory: GPUCONV_DYNAMIC_SMEM(name) declares the block's dynamic shared
@@ -162,9 +165,13 @@ __device__ __forceinline__ void cp_async_wait() {
 // ----------------------------------------------------------------------------- shared helpers
 // Built from the primitives above, so the emulator runs them as they are.
 
+constexpr unsigned F32_EXPONENT_BITS = 0x7f800000u;
+
 __device__ __forceinline__ void tf32_split(float x, unsigned& big, unsigned& small) {
-    big = tf32_round(x);
-    small = tf32_round(x - __uint_as_float(big));
+    const unsigned rounded = tf32_round(x);
+    const bool finite = (rounded & F32_EXPONENT_BITS) != F32_EXPONENT_BITS;
+    big = finite ? rounded : 0u;
+    small = finite ? tf32_round(x - __uint_as_float(rounded)) : __float_as_uint(x);
 }
 
 __device__ __forceinline__ float to_float(float x) { return x; }

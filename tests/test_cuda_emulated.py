@@ -11,6 +11,7 @@ check NVRTC, real parallelism, or speed: those need the GPU machine (bench/gpu_c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,4 +36,4 @@ def test_every_gpu_test_passes_with_the_cuda_c_kernels_emulated_on_the_cpu():
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, (f"{' '.join(cmd)} -> exit {result.returncode}\n"
                                     f"{result.stdout[-20000:]}\n{result.stderr[-5000:]}")
-    assert " passed" in summary and "failed" not in summary, summary
+    assert " passed" in summary and not re.search(r"\d+ failed", summary), summary

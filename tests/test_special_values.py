@@ -284,8 +284,24 @@ CASES = (_activation_cases() + _pool_cases() + _conv_cases() + _loss_and_norm_ca
          + _rnn_cases())
 
 
+# Implicit-GEMM grad-input gathers a zero for each tap that falls into padding or between
+# strides and multiplies it by the weight, where the reference (and PyTorch's col2im) skips
+# the tap: an infinite weight gives 0 * inf = NaN there instead of the finite or infinite
+# sum. Only a tap-exact grad-input (per-residue-class tap lists) would avoid it.
+IGEMM_DGRAD_INF_WEIGHT = pytest.mark.xfail(
+    strict=True, reason="implicit-GEMM grad-input: an infinite weight meets zero-filled taps "
+    "(padding, stride gaps) as 0 * inf = NaN")
+
+
+def _known_divergence(case, impl_id: str) -> list:
+    inf_weight_dgrad = case.op in ("conv2d_backward", "conv_transpose2d") and "w_inf" in case.id
+    igemm = impl_id.split("@")[0] in ("cuda_igemm", "numba_cuda_igemm")
+    return [IGEMM_DGRAD_INF_WEIGHT] if inf_weight_dgrad and igemm else []
+
+
 def _impl_cases():
-    return [pytest.param(case, *p.values, marks=p.marks, id=f"{case.id}-{p.id}")
+    return [pytest.param(case, *p.values, marks=[*p.marks, *_known_divergence(case, p.id)],
+                         id=f"{case.id}-{p.id}")
             for case in CASES for p in every_impl_params(case.op)]
 
 
