@@ -2,11 +2,13 @@
 
 Kept apart from the launchers because the CUDA simulator needs ``cuda`` to be a module
 global of the kernels, and importing numba.cuda must wait until a kernel is launched.
-x is (N, C, S), S the product of the spatial sizes; per-channel arrays are (C,).
+x is (N, C, S), S the product of the spatial sizes; per-channel arrays are (C,). Sums start
+at a zero of x's dtype, counts are cast to it, and the launchers pass momentum and eps in it,
+so that float32 inputs are computed in float32.
 """
 import math
 
-from numba import cuda
+from ._numba import cuda
 
 
 @cuda.jit
@@ -17,13 +19,14 @@ def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var,
     N, C, S = x.shape
     if c >= C:
         return
-    count = N * S
-    total = 0.0
+    T = x.dtype.type
+    count = T(N * S)
+    total = T(0)
     for n in range(N):
         for s in range(S):
             total += x[n, c, s]
     m = total / count
-    squares = 0.0
+    squares = T(0)
     for n in range(N):
         for s in range(S):
             d = x[n, c, s] - m
@@ -32,8 +35,9 @@ def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var,
     mean[c] = m
     var[c] = v
     if update_running:
-        running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
-        running_var[c] = (1 - momentum) * running_var[c] + momentum * v * count / (count - 1)
+        keep = T(1) - momentum
+        running_mean[c] = keep * running_mean[c] + momentum * m
+        running_var[c] = keep * running_var[c] + momentum * v * count / (count - T(1))
 
 
 @cuda.jit
@@ -56,9 +60,9 @@ def batch_norm_bwd_reduce(grad_y, x, mean, var, eps, grad_weight, grad_bias):
     N, C, S = x.shape
     if c >= C:
         return
-    inv_std = 1.0 / math.sqrt(var[c] + eps)
-    g_sum = 0.0
-    g_xhat = 0.0
+    inv_std = x.dtype.type(1) / math.sqrt(var[c] + eps)
+    g_sum = x.dtype.type(0)
+    g_xhat = x.dtype.type(0)
     for n in range(N):
         for s in range(S):
             g = grad_y[n, c, s]
@@ -80,10 +84,10 @@ def batch_norm_bwd_apply(grad_y, x, mean, var, weight, grad_weight, grad_bias, e
     s = i % S
     c = (i // S) % C
     n = i // (S * C)
-    inv_std = 1.0 / math.sqrt(var[c] + eps)
+    inv_std = x.dtype.type(1) / math.sqrt(var[c] + eps)
     g = grad_y[n, c, s]
     if training:
-        count = N * S
+        count = x.dtype.type(N * S)
         xhat = (x[n, c, s] - mean[c]) * inv_std
         g = g - grad_bias[c] / count - xhat * grad_weight[c] / count
     grad_x[n, c, s] = weight[c] * inv_std * g

@@ -8,20 +8,14 @@ forms grad_input. A missing weight or bias is passed as ones or zeros.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available
+from . import DTYPES, is_available, run
 
-THREADS = 128
-
-
-def _launch(name: str, n_threads: int, *args) -> None:
-    from . import _norm_kernels
-
-    blocks = max(1, -(-n_threads // THREADS))
-    getattr(_norm_kernels, name)[blocks, THREADS](*args)
+_launch = functools.partial(run, "norm")
 
 
 def _inputs(x, weight, bias):
@@ -48,7 +42,8 @@ def _stats(xp, x3, running_mean, running_var, training, momentum=None):
     update = momentum is not None and running_mean is not None
     given = (running_mean, running_var) if update else (mean, var)
     running = [xp.ascontiguousarray(a) for a in given]
-    _launch("batch_norm_fwd_stats", channels, x3, momentum or 0.0, update, *running, mean, var)
+    _launch("batch_norm_fwd_stats", channels, x3, x3.dtype.type(momentum or 0), update,
+            *running, mean, var)
     for target, updated in zip(given, running):
         if updated is not target:
             target[...] = updated
@@ -60,7 +55,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     xp, x3, w, b = _inputs(x, weight, bias)
     mean, var = _stats(xp, x3, running_mean, running_var, training, momentum)
     y = backend.empty(x3.shape, x.dtype, xp)
-    _launch("batch_norm_fwd_apply", y.size, x3, mean, var, w, b, eps, y)
+    _launch("batch_norm_fwd_apply", y.size, x3, mean, var, w, b, x.dtype.type(eps), y)
     return y.reshape(x.shape)
 
 
@@ -73,6 +68,7 @@ def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, trai
     channels = x3.shape[1]
     grad_w = backend.empty((channels,), x.dtype, xp)
     grad_b = backend.empty((channels,), x.dtype, xp)
+    eps = x.dtype.type(eps)
     _launch("batch_norm_bwd_reduce", channels, g3, x3, mean, var, eps, grad_w, grad_b)
     grad_x = backend.empty(x3.shape, x.dtype, xp)
     _launch("batch_norm_bwd_apply", grad_x.size, g3, x3, mean, var, w, grad_w, grad_b, eps,
