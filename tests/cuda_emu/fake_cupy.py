@@ -268,6 +268,8 @@ cuda = types.SimpleNamespace(
     Event=_Event,
     get_elapsed_time=_elapsed_ms,
     memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+    # The emulator runs no NVRTC (g++ compiles the kernels): a version of the same form.
+    nvrtc=types.SimpleNamespace(getVersion=lambda: divmod(_CUDA_VERSION // 10, 100)),
     runtime=types.SimpleNamespace(
         getDeviceCount=lambda: 1,
         runtimeGetVersion=lambda: _CUDA_VERSION,

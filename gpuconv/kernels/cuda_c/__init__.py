@@ -26,7 +26,7 @@ from ..._resources import cuda_source_dir
 import numpy as np
 
 __all__ = ["kernel", "launch", "grid_1d", "gpu_op", "entry_point", "run_threads", "run_blocks",
-           "compile_states", "nvrtc_options", "THREADS_1D", "REDUCE_THREADS", "MAX_BLOCKS",
+           "compile_states", "nvrtc_options", "cuda_versions", "THREADS_1D", "REDUCE_THREADS", "MAX_BLOCKS",
            "DTYPES", "NULL", "NVRTC_OPTIONS", "DEFINE_VARIANTS"]
 
 # A multiple of the warp size that keeps occupancy high for simple elementwise kernels.
@@ -86,6 +86,21 @@ def _module(family: str, device_id: int, defines: tuple[str, ...], cooperative: 
     # A cooperative module launches every kernel with cuLaunchCooperativeKernel.
     return cp.RawModule(code=source, options=nvrtc_options(family, defines),
                         enable_cooperative_groups=cooperative)
+
+
+def _version(number: int) -> str:
+    """CUDA's version integer (13020) as "13.2"."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def cuda_versions() -> dict[str, str]:
+    """The versions of the CUDA parts CuPy uses here: {"nvrtc", "runtime", "driver"}, each
+    "major.minor" (the driver's is the newest CUDA it supports)."""
+    cp = backend.cupy_or_none()
+    major, minor = cp.cuda.nvrtc.getVersion()
+    return {"nvrtc": f"{major}.{minor}",
+            "runtime": _version(cp.cuda.runtime.runtimeGetVersion()),
+            "driver": _version(cp.cuda.runtime.driverGetVersion())}
 
 
 def compile_states() -> dict[str, str]:
