@@ -216,42 +216,46 @@ __device__ void bias_act_bwd_reduce(const T* __restrict__ partial, T* __restrict
 // The pointwise entry points' bodies for with_activation: each holds the launch's arguments
 // and runs the kernel body templated on the activation it is called with.
 template <typename T>
-struct ActivationFwd {
-    const T* x;
-    const T* bias;
-    T* y;
+struct PointwiseSizes {
     long long total;
     int C;
     long long S;
     T param;
-    template <typename Act> __device__ __forceinline__ void operator()(Act) const {
-        activation_fwd<T, Act>(x, bias, y, total, C, S, param);
-    }
 };
 
 template <typename T>
-struct ActivationBwd {
+struct ActivationFwd {
+    const T* x;
+    const T* bias;
+    T* y;
+    PointwiseSizes<T> n;
+    template <typename Act> __device__ __forceinline__ void operator()(Act) const {
+        activation_fwd<T, Act>(x, bias, y, n.total, n.C, n.S, n.param);
+    }
+};
+
+// The arrays of a backward pass: grad_output, input, bias, saved output, grad_input.
+template <typename T>
+struct GradArrays {
     const T* g;
     const T* x;
     const T* bias;
     const T* out;
     T* gx;
-    long long total;
-    int C;
-    long long S;
-    T param;
+};
+
+template <typename T>
+struct ActivationBwd {
+    GradArrays<T> a;
+    PointwiseSizes<T> n;
     template <typename Act> __device__ __forceinline__ void operator()(Act) const {
-        activation_bwd<T, Act>(g, x, bias, out, gx, total, C, S, param);
+        activation_bwd<T, Act>(a.g, a.x, a.bias, a.out, a.gx, n.total, n.C, n.S, n.param);
     }
 };
 
 template <typename T>
 struct BiasActBwdPartial {
-    const T* g;
-    const T* x;
-    const T* bias;
-    const T* out;
-    T* gx;
+    GradArrays<T> a;
     T* partial;
     int N;
     int C;
@@ -260,7 +264,8 @@ struct BiasActBwdPartial {
     long long chunks;
     T param;
     template <typename Act> __device__ __forceinline__ void operator()(Act) const {
-        bias_act_bwd_partial<T, Act>(g, x, bias, out, gx, partial, N, C, S, chunk, chunks, param);
+        bias_act_bwd_partial<T, Act>(a.g, a.x, a.bias, a.out, a.gx, partial, N, C, S, chunk,
+                                     chunks, param);
     }
 };
 
@@ -404,17 +409,17 @@ __device__ void dropout_fwd(const T* __restrict__ x, T* __restrict__ y, long lon
 #define ACTIVATION_ENTRY_POINTS(T, SUFFIX)                                                    \
     extern "C" __global__ void activation_fwd_##SUFFIX(const T* x, const T* bias, T* y,       \
                                                        POINTWISE_PARAMS(T)) {                 \
-        with_activation(act, ActivationFwd<T>{x, bias, y, total, C, S, param});               \
+        with_activation(act, ActivationFwd<T>{x, bias, y, {total, C, S, param}});             \
     }                                                                                         \
     extern "C" __global__ void activation_bwd_##SUFFIX(const T* g, const T* x, const T* bias, \
                                                        const T* out, T* gx,                   \
                                                        POINTWISE_PARAMS(T)) {                 \
-        with_activation(act, ActivationBwd<T>{g, x, bias, out, gx, total, C, S, param});      \
+        with_activation(act, ActivationBwd<T>{{g, x, bias, out, gx}, {total, C, S, param}});  \
     }                                                                                         \
     extern "C" __global__ void bias_act_bwd_partial_##SUFFIX(                                 \
         const T* g, const T* x, const T* bias, const T* out, T* gx, T* partial, int N, int C, \
         long long S, long long chunk, long long chunks, int act, T param) {                   \
-        with_activation(act, BiasActBwdPartial<T>{g, x, bias, out, gx, partial, N, C, S,      \
+        with_activation(act, BiasActBwdPartial<T>{{g, x, bias, out, gx}, partial, N, C, S,    \
                                                   chunk, chunks, param});                     \
     }                                                                                         \
     extern "C" __global__ void bias_act_bwd_reduce_##SUFFIX(const T* partial, T* gb, int C,   \
