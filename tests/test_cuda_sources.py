@@ -294,7 +294,7 @@ class _CountingCupy:
         self.modules = self.lookups = 0
         self.cuda = type("cuda", (), {"Device": lambda: type("d", (), {"id": 0})()})
 
-    def RawModule(self, code, options):  # noqa: N802 (CuPy's name)
+    def RawModule(self, code, options, **kwargs):  # noqa: N802 (CuPy's name)
         counter = self
         counter.modules += 1
 

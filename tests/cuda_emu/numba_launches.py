@@ -160,7 +160,8 @@ class Recorder:
         self.launches = 0
         self.test = ""
 
-    def launch(self, kernel, blocks: int, threads: int, args: tuple) -> None:
+    def launch(self, kernel, blocks: int, threads: int, args: tuple,
+               shared_mem: int = 0) -> None:
         self.launches += 1
         name = _kernel_name(kernel)
         signature = []

@@ -26,8 +26,8 @@ from ..._resources import cuda_source_dir
 import numpy as np
 
 __all__ = ["kernel", "launch", "grid_1d", "gpu_op", "entry_point", "run_threads", "run_blocks",
-           "compile_states", "nvrtc_options", "cuda_versions", "THREADS_1D", "REDUCE_THREADS", "MAX_BLOCKS",
-           "DTYPES", "NULL", "NVRTC_OPTIONS", "DEFINE_VARIANTS"]
+           "compile_states", "nvrtc_options", "cuda_versions", "THREADS_1D", "REDUCE_THREADS",
+           "MAX_BLOCKS", "DTYPES", "NULL", "NVRTC_OPTIONS", "DEFINE_VARIANTS"]
 
 # A multiple of the warp size that keeps occupancy high for simple elementwise kernels.
 THREADS_1D = 256

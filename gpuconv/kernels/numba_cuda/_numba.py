@@ -13,8 +13,9 @@ from numba import cuda
 __all__ = ["cuda", "launch"]
 
 
-def launch(kernel, blocks: int, threads: int, args: tuple) -> None:
-    """Run ``kernel`` on ``blocks`` blocks of ``threads`` threads.
+def launch(kernel, blocks: int, threads: int, args: tuple, shared_mem: int = 0) -> None:
+    """Run ``kernel`` on ``blocks`` blocks of ``threads`` threads, with ``shared_mem`` bytes of
+    dynamic shared memory per block.
 
     On a GPU every argument is marshalled by numba-cuda: a device array (a CuPy array, read
     through its ``__cuda_array_interface__``, no copy), or a scalar typed by its Python or
@@ -22,4 +23,4 @@ def launch(kernel, blocks: int, threads: int, args: tuple) -> None:
     an absent array is an empty one beside a flag. tests/cuda_emu/numba_launches.py checks
     every launch the gpu tests make at this point, with the real numba-cuda compiler.
     """
-    kernel[blocks, threads](*args)
+    kernel[blocks, threads, 0, shared_mem](*args)

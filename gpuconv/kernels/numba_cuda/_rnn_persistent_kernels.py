@@ -17,9 +17,10 @@ import functools
 import math
 
 import numpy as np
-from numba import cuda, from_dtype
+from numba import from_dtype
 
 from . import simulator_enabled
+from ._numba import cuda
 
 if simulator_enabled():
     # The simulator has no cache-hint loads; its threads share one memory.
@@ -32,8 +33,9 @@ else:
 
 @cuda.jit(device=True)
 def _sigmoid(x, one):
-    # Split by sign so that exp never overflows (math.exp raises on the simulator).
-    if x >= 0:
+    # Split by sign so that exp never overflows (math.exp raises on the simulator); the zero
+    # is of x's type (an int 0 would make the comparison float64).
+    if x >= one - one:
         return one / (one + math.exp(-x))
     e = math.exp(x)
     return e / (one + e)

@@ -46,7 +46,7 @@ def _units(H: int) -> int:
     """Hidden units per tile: one tile per SM on a GPU; one tile in the simulator."""
     if simulator_enabled():
         return H
-    from numba import cuda
+    from ._numba import cuda
     return math.ceil(H / cuda.get_current_device().MULTIPROCESSOR_COUNT)
 
 
@@ -71,6 +71,7 @@ def _grid(kernel, args, H: int, units: int, itemsize: int) -> tuple[int, int]:
 def lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int | None = None):
     """One layer, one direction, x (T, B, I) in the order it is read: (out (T, B, H), h_n,
     c_n). ``units``: hidden units per tile (tests split a small layer; default: _units)."""
+    from . import _numba
     from ._rnn_persistent_kernels import lstm_fwd_persistent
 
     kernel = lstm_fwd_persistent(x.dtype)
@@ -78,7 +79,7 @@ def lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int | None = None):
     units = units or _units(H)
     args, (out, hs, cs) = kernel_arguments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units)
     blocks, shared = _grid(kernel, args, H, units, x.dtype.itemsize)
-    kernel[blocks, THREADS, 0, shared](*args)
+    _numba.launch(kernel, blocks, THREADS, args, shared_mem=shared)
     return out, hs[-1], cs[-1]
 
 
