@@ -481,12 +481,15 @@ import numba, numpy as np
 from numba import cuda
 from numba.cuda import dispatcher
 def link(ptx):
+    from numba.cuda.cuda_paths import get_cuda_paths
+    devrt = f"{get_cuda_paths()['static_cudalib_dir'].info}/libcudadevrt.a"
     try:
         from cuda.bindings import nvjitlink
         handle = nvjitlink.create(1, ["-arch=sm_90"])
     except Exception:
         return False
     nvjitlink.add_data(handle, nvjitlink.InputType.PTX, ptx.encode(), len(ptx), "k.ptx")
+    nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, devrt)  # the grid sync
     nvjitlink.complete(handle)
     nvjitlink.destroy(handle)
     return True
