@@ -11,7 +11,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("backend", "functional", "kernels", "nn", "optim", "init", "data", "models",
-               "train", "cli", "threads", "benchmark", "testing")
+               "train", "cli", "threads", "benchmark", "testing", "device_checks", "graphs",
+               "precision")
 
 
 def set_num_threads(n: int) -> None:

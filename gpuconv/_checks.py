@@ -22,7 +22,9 @@ def _array_of_kind(op: str, name: str, x: Any, kind, what: str,
                    ndim: int | Sequence[int] | None):
     if not is_array(x):
         raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
-    if not np.issubdtype(np.dtype(x.dtype), kind):
+    dtype = np.dtype(x.dtype)
+    # ml_dtypes' bfloat16 is a floating-point type that NumPy does not class as np.floating.
+    if not (np.issubdtype(dtype, kind) or (kind is np.floating and dtype.name == "bfloat16")):
         raise TypeError(f"{op}: {name} must have {what} dtype, got {x.dtype}")
     if ndim is not None:
         ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import sys
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ import numpy as np
 __all__ = [
     "array_module", "device_of", "cupy_or_none", "gpu_available", "resolve_device",
     "to_device", "to_numpy", "import_array", "export_array", "interop", "empty", "poisoned",
+    "ForeignArrayError", "channels_last",
 ]
 
 
@@ -132,24 +134,51 @@ def _library_of(x: Any) -> str:
     return type(x).__module__.split(".")[0]
 
 
+class ForeignArrayError(TypeError):
+    """A foreign array (torch, JAX, ...) that cannot be viewed as a NumPy or CuPy array."""
+
+
+def _check_importable(x: Any, lib: str) -> None:
+    """Raise :class:`ForeignArrayError` saying why ``x`` cannot be viewed without a copy."""
+    if getattr(x, "requires_grad", False):
+        raise ForeignArrayError(
+            f"is a {lib} tensor that requires grad; gpuconv.functional takes plain arrays and "
+            "has no autograd (its backward functions are explicit). For autograd, use the "
+            "PyTorch integration, gpuconv.torch (the ops as PyTorch custom ops), or pass "
+            "tensor.detach()")
+    dtype = str(getattr(x, "dtype", ""))
+    if "bfloat16" in dtype:
+        raise ForeignArrayError(
+            f"is a {dtype} array; NumPy and CuPy have no bfloat16, so no gpuconv op takes one "
+            "through this interface yet: convert it with .float() (or .half())")
+
+
 def import_array(x: Any):
     """View ``x`` as a NumPy or CuPy array without copying.
 
     Returns ``(array, kind)`` where ``kind`` names the library the caller used
     (``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``, ...). Python scalars and lists
-    become NumPy arrays.
+    become NumPy arrays. A foreign array that cannot be viewed (a torch tensor that requires
+    grad, a bfloat16 array, a GPU array without CuPy) raises :class:`ForeignArrayError`.
     """
     lib = _library_of(x)
     if isinstance(x, np.ndarray):
         return x, "numpy"
     if lib == "cupy":
         return x, "cupy"
-    if hasattr(x, "__cuda_array_interface__"):
-        return _cupy().asarray(x), lib
-    if hasattr(x, "__dlpack__"):
-        dev_type, _ = x.__dlpack_device__()
-        if int(dev_type) == 1:  # kDLCPU
-            return np.from_dlpack(x), lib
+    # __dlpack__ first: torch raises (not AttributeError) when asked for the CUDA array
+    # interface of a tensor that requires grad.
+    foreign = hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__")
+    if foreign:
+        _check_importable(x, lib)
+    if hasattr(x, "__dlpack__") and int(x.__dlpack_device__()[0]) == 1:  # kDLCPU
+        return np.from_dlpack(x), lib
+    if foreign:
+        if _cupy() is None:
+            raise ForeignArrayError(f"is a {lib} array on a GPU, which needs CuPy: install "
+                                    "gpuconv[cuda13] (or [cuda12])")
+        if hasattr(x, "__cuda_array_interface__"):
+            return _cupy().asarray(x), lib
         return _cupy().from_dlpack(x), lib
     if isinstance(x, np.generic):
         return np.asarray(x), "numpy"
@@ -190,13 +219,16 @@ def _export_tree(out: Any, kind: str):
     return export_array(out, kind)
 
 
-def _import_tree(x: Any, kinds: list):
+def _import_tree(x: Any, kinds: list, op: str, name: str):
     if _is_foreign_array(x):
-        arr, kind = import_array(x)
+        try:
+            arr, kind = import_array(x)
+        except ForeignArrayError as exc:
+            raise ForeignArrayError(f"{op}: {name} {exc}") from None
         kinds.append(kind)
         return arr
     if isinstance(x, (tuple, list)) and any(_is_foreign_array(e) for e in x):
-        return type(x)(_import_tree(e, kinds) for e in x)
+        return type(x)(_import_tree(e, kinds, op, f"{name}[{i}]") for i, e in enumerate(x))
     return x
 
 
@@ -207,13 +239,27 @@ def interop(fn: Callable) -> Callable:
     viewed as NumPy/CuPy arrays; array results are exported back to the kind of the
     first foreign argument. NumPy and CuPy callers pay only an isinstance check.
     """
+    names = list(inspect.signature(fn).parameters)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         kinds: list = []
-        args = tuple(_import_tree(a, kinds) for a in args)
-        kwargs = {k: _import_tree(v, kinds) for k, v in kwargs.items()}
+        args = tuple(_import_tree(a, kinds, fn.__name__,
+                                  names[i] if i < len(names) else "an argument")
+                     for i, a in enumerate(args))
+        kwargs = {k: _import_tree(v, kinds, fn.__name__, k) for k, v in kwargs.items()}
         out = fn(*args, **kwargs)
         if not kinds:
             return out
         return _export_tree(out, kinds[0])
     return wrapper
+
+
+def channels_last(x):
+    """``x`` (N, C, H, W) with its memory in NHWC order (PyTorch's ``channels_last``): the
+    same shape and values; the implicit-GEMM kernels read it without a transpose, and their
+    output for it is channels-last too. A copy unless ``x`` is channels-last already."""
+    xp = array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"channels_last: expected (N, C, H, W), got shape {tuple(x.shape)}")
+    return xp.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)

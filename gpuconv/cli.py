@@ -1,15 +1,20 @@
-"""The ``gpuconv`` command: ``train``, ``eval``, ``info`` and ``bench``.
+"""The ``gpuconv`` command: ``train``, ``eval``, ``info``, ``bench`` and ``tune``.
 
-``gpuconv train`` with no arguments trains LeNet-5 on the bundled ``digits`` data. Bad
-arguments give a one-line error and exit status 2; failures while running give a one-line
-error and exit status 1; neither prints a traceback.
+``gpuconv train`` with no arguments trains LeNet-5 on the bundled ``digits`` data; ``gpuconv``
+alone prints the usage. Bad arguments give a one-line error and exit status 2; failures
+while running (a damaged checkpoint, missing data, a missing optional package) give a
+one-line error and exit status 1; neither prints a traceback. A closed output pipe
+(``gpuconv info | head -3``) ends the command quietly.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from . import __version__
 
 __all__ = ["main"]
 
@@ -37,34 +42,62 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for numba and BLAS (default $GPUCONV_NUM_THREADS or 1)")
 
 
+def _per_dataset(key: str) -> str:
+    """The default of a training setting that depends on the dataset, in words."""
+    return ", ".join([f"{d}: {v[key]}" for d, v in DEFAULTS.items()]
+                     + [f"others: {FALLBACK[key]}"])
+
+
+DATA_ROOT_HELP = ("read the dataset's files from this folder; nothing is downloaded and no "
+                  "file or folder is created (without it, mnist, fashion_mnist and cifar10 "
+                  "are downloaded once to $GPUCONV_DATA or ~/.cache/gpuconv)")
+DEVICE_HELP = "auto: the GPU when CuPy sees one, else the CPU (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gpuconv", description="Train and inspect small CNNs and RNNs with gpuconv.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"gpuconv {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model on a dataset")
-    t.add_argument("model", nargs="?", default="lenet5", help="model name (default lenet5)")
-    t.add_argument("--dataset", default="digits", choices=DATASETS)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--optimizer", choices=OPTIMIZERS)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--data-root", help="local folder holding the dataset files (no download)")
-    t.add_argument("--out", help="output folder (default runs/MODEL-DATASET)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    models = IMAGE_MODELS + SIGNAL_MODELS
+    t = sub.add_parser("train", help="train a model on a dataset",
+                       description="Train a model and write best.npz, history.json, curves.png "
+                                   "and summary.json to --out.")
+    t.add_argument("model", nargs="?", default="lenet5", choices=models, metavar="MODEL",
+                   help=f"one of {', '.join(models)} (default: %(default)s); image models take "
+                        f"digits, mnist, fashion_mnist, cifar10, the others take mnist1d")
+    t.add_argument("--dataset", default="digits", choices=DATASETS,
+                   help=f"one of {', '.join(DATASETS)} (default: %(default)s)")
+    t.add_argument("--epochs", type=int, help=f"default per dataset: {_per_dataset('epochs')}")
+    t.add_argument("--batch-size", type=int,
+                   help=f"default per dataset: {_per_dataset('batch_size')}")
+    t.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help=f"one of {', '.join(OPTIMIZERS)}; default per dataset: "
+                        f"{_per_dataset('optimizer')} (sgd with momentum 0.9)")
+    t.add_argument("--lr", type=float, help=f"learning rate; default per dataset: "
+                                            f"{_per_dataset('lr')}")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="(default: %(default)s)")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seeds the weights, the split and the shuffling (default: %(default)s)")
+    t.add_argument("--data-root", metavar="DIR", help=DATA_ROOT_HELP)
+    t.add_argument("--out", metavar="DIR", help="output folder (default: runs/MODEL-DATASET)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; one line per epoch is still printed")
     t.add_argument("--no-augment", action="store_true",
-                   help="no training-set augmentation (mnist1d shifts signals by default)")
+                   help="no training-set augmentation (by default mnist1d's signals are shifted "
+                        f"by up to {AUGMENT_SHIFT['mnist1d']} samples)")
 
     _add_threads(t)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
-    e.add_argument("checkpoint")
-    e.add_argument("--dataset", choices=DATASETS, help="default: the one it was trained on")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    e.add_argument("--data-root")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split",
+                       description="Test accuracy of a checkpoint written by 'gpuconv train'.")
+    e.add_argument("checkpoint", help="a best.npz written by 'gpuconv train'")
+    e.add_argument("--dataset", choices=DATASETS,
+                   help=f"one of {', '.join(DATASETS)} (default: the one it was trained on)")
+    e.add_argument("--batch-size", type=int, default=256, help="(default: %(default)s)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+    e.add_argument("--data-root", metavar="DIR", help=DATA_ROOT_HELP)
 
     _add_threads(e)
 
@@ -83,6 +116,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--markdown", help="write the tables as Markdown here (for bench/RESULTS.md)")
     b.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (seconds)")
     _add_threads(b)
+
+    u = sub.add_parser("tune", help="time the implicit-GEMM conv configurations on this GPU "
+                                    "and write the fastest to the tuning table")
+    u.add_argument("--suite", default="gpu", choices=("gpu", "cpu", "quick"),
+                   help="the conv bench suite whose shapes are tuned (default gpu)")
+    u.add_argument("--mode", action="append", choices=("fp32", "tf32", "bfloat16", "float16"),
+                   help="precision mode (repeatable; default fp32)")
+    u.add_argument("--shape", action="append", default=[], metavar="N,C,H,W,K,R,S,STRIDE,PAD",
+                   help="a further convolution shape to tune (repeatable)")
+    u.add_argument("--table", help="the JSON table to update (default: the package's)")
+    u.add_argument("--quick", action="store_true", help="few timed runs per candidate")
     return p
 
 
@@ -92,10 +136,29 @@ def _positive(name: str, value) -> None:
 
 
 def _load_dataset(name: str, root: str | None):
+    """``(train, test)`` of dataset ``name``: from the cache (downloading once) without a
+    root, else read from ``root`` only, which must exist and hold the files."""
     from . import data
+    from .data.datasets import MissingDataError
 
     loader = getattr(data, name)
-    return loader() if root is None or name in ("digits", "mnist1d") else loader(root=root)
+    if root is None:
+        try:
+            return loader()
+        except data.DownloadError as exc:
+            raise OSError(f"{str(exc).splitlines()[0]}; if this machine is offline, copy the "
+                          "files into a folder and pass it as --data-root") from None
+    if name == "digits":
+        raise ValueError("--data-root does not apply to digits, which is bundled with "
+                         "scikit-learn")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"--data-root {root} is not a folder")
+    try:
+        return loader(root=root, download=False)
+    except MissingDataError as exc:
+        raise FileNotFoundError(
+            f"{name}: {', '.join(exc.files)} not found in --data-root {root}; put the files "
+            "there, or leave out --data-root to download them to the cache") from None
 
 
 # How each model takes its input: images (C, H, W) or sequences/signals (C, L).
@@ -126,6 +189,17 @@ def _build_model(name: str, sample_shape: tuple, num_classes: int, seed: int):
     return models.get_model(name, num_classes=num_classes, **kwargs)
 
 
+def _device(name: str) -> str:
+    """``--device`` resolved to "cpu" or "cuda", with a hint that names the flag."""
+    from . import backend
+
+    if name == "cuda" and not backend.gpu_available():
+        why = ("CuPy is not installed (pip install 'gpuconv[cuda13]' or [cuda12])"
+               if backend.cupy_or_none() is None else "CuPy sees no CUDA device")
+        raise RuntimeError(f"--device cuda: {why}; use --device cpu or --device auto")
+    return backend.resolve_device(name)
+
+
 def _make_optimizer(name: str, params, lr: float, weight_decay: float):
     from . import optim
 
@@ -149,7 +223,7 @@ def _train(args) -> int:
         _positive(name, value)
     if args.weight_decay < 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    device = backend.resolve_device(args.device)
+    device = _device(args.device)
     out = Path(args.out or f"runs/{args.model}-{args.dataset}")
 
     train_set, test_set = _load_dataset(args.dataset, args.data_root)
@@ -171,44 +245,72 @@ def _train(args) -> int:
           flush=True)
     meta = {"model": args.model, "input_shape": list(x0.shape), "num_classes": num_classes,
             "dataset": args.dataset, "seed": args.seed}
+    plot = _can_plot()
+    if not plot:
+        print("matplotlib is not installed, so there will be no curves.png "
+              "(pip install 'gpuconv[train]')", flush=True)
     history = fit(model, nn.CrossEntropyLoss(), optimizer, loader, val_loader, epochs,
                   checkpoint=out / "best.npz", history_path=out / "history.json",
-                  plot_path=out / "curves.png", checkpoint_meta=meta,
-                  progress=not args.no_progress)
+                  plot_path=out / "curves.png" if plot else None, checkpoint_meta=meta,
+                  progress=not args.no_progress, verbose=True,
+                  plot_title=f"{args.model} on {args.dataset}")
     load_checkpoint(out / "best.npz", model)
     test = evaluate(model, test_loader)
     summary = {**meta, "device": device, "epochs_run": len(history.train_loss),
                "best_epoch": history.best_epoch, "test_accuracy": test["accuracy"],
                "train_seconds": sum(history.seconds)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    written = ", ".join(["best.npz", "history.json"] + (["curves.png"] if plot else [])
+                        + ["summary.json"])
     print(f"test accuracy {test['accuracy']:.4f} (best epoch {history.best_epoch}, "
-          f"{sum(history.seconds):.1f} s of training); wrote {out}/best.npz, history.json, "
-          "curves.png, summary.json")
+          f"{sum(history.seconds):.1f} s of training); wrote {written} to {out}")
     return 0
+
+
+def _can_plot() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_TRAIN_META = ("model", "input_shape", "num_classes", "dataset", "seed")
 
 
 def _eval(args) -> int:
     from . import backend, data
-    from .train import evaluate, load_checkpoint
+    from .train import CheckpointError, evaluate, load_checkpoint, read_checkpoint
 
     _positive("batch-size", args.batch_size)
-    import numpy as np
-
-    with np.load(args.checkpoint, allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"])) if "meta" in f.files else None
-    if meta is None or "model" not in meta:
-        raise ValueError(f"{args.checkpoint} is not a checkpoint written by 'gpuconv train'")
+    meta, _ = read_checkpoint(args.checkpoint)
+    missing = [k for k in _TRAIN_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{args.checkpoint} is not a checkpoint written by 'gpuconv "
+                              f"train': its metadata lacks {', '.join(missing)}")
     dataset = args.dataset or meta["dataset"]
-    device = backend.resolve_device(args.device)
+    device = _device(args.device)
+    _, test_set = _load_dataset(dataset, args.data_root)
+    _check_model_fits_dataset(args.checkpoint, meta, dataset, test_set)
     model = _build_model(meta["model"], tuple(meta["input_shape"]), meta["num_classes"],
                          meta["seed"])
     load_checkpoint(args.checkpoint, model)
     model.to(device)
-    _, test_set = _load_dataset(dataset, args.data_root)
     test = evaluate(model, data.DataLoader(test_set, batch_size=args.batch_size, device=device))
     print(f"{meta['model']} on {dataset} test: accuracy {test['accuracy']:.4f} "
           f"({test['samples']} samples)")
     return 0
+
+
+def _check_model_fits_dataset(path, meta: dict, dataset: str, test_set) -> None:
+    """The checkpoint's model must take the dataset's samples and cover its classes."""
+    x0, _ = test_set[0]
+    shape, classes = tuple(meta["input_shape"]), int(test_set.y.max()) + 1
+    if tuple(x0.shape) != shape or classes > meta["num_classes"]:
+        raise ValueError(
+            f"the model and the dataset do not match: {path} holds {meta['model']} trained on "
+            f"{meta['dataset']} (samples of shape {shape}, {meta['num_classes']} classes), "
+            f"but {dataset}'s samples have shape {tuple(x0.shape)} and {classes} classes")
 
 
 def _info(args) -> int:
@@ -234,6 +336,13 @@ def _info(args) -> int:
               f"{versions['runtime']}, driver {versions['driver']}")
         print("CUDA C sources (NVRTC): " + ", ".join(f"{name} {state}" for name, state
                                                      in compile_states().items()))
+    from .kernels.cuda_c import conv_igemm
+    devices = conv_igemm.load_table(str(conv_igemm.TABLE))
+    gpu = props["name"].decode() if cp is not None and backend.gpu_available() else None
+    tuned = (f"{len(devices.get(gpu, {}))} entries for {gpu}" if gpu else
+             f"entries for {', '.join(devices) or 'no GPU yet'}")
+    print(f"conv tuning table (cuda_igemm): {conv_igemm.TABLE} ({tuned}; other shapes: "
+          "the heuristic)")
     print("kernel implementations (available here / registered):")
     for op in kernels.ops():
         impls = kernels.implementations(op)
@@ -242,9 +351,18 @@ def _info(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from .benchmark import tune
+
+    shapes = [tune.parse_shape(s) for s in args.shape]
+    tune.run(args.suite, args.mode or ["fp32"], shapes, args.table, args.quick)
+    return 0
+
+
 def _bench(args) -> int:
     from . import benchmark
 
+    _device(args.device)
     report = benchmark.run(args.families, impls=args.impl, dtype=args.dtype, suite=args.suite,
                            quick=args.quick, device=args.device, threads=args.threads)
     if args.json:
@@ -263,9 +381,58 @@ def _bench(args) -> int:
     return 1 if wrong else 0
 
 
+def _available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _warn_about_threads(args) -> None:
+    cores = _available_cores()
+    if args.threads is not None and args.threads > cores:
+        print(f"gpuconv {args.command}: warning: --threads {args.threads} is more than the "
+              f"{cores} CPU core{'s' if cores > 1 else ''} this process may use; the threads "
+              "will take turns on them, which is slower than one per core", file=sys.stderr)
+
+
+# What each optional package is for, for the one-line error when it is missing.
+EXTRAS = {"sklearn": "data", "mnist1d": "data", "tqdm": "train", "matplotlib": "train",
+          "cupy": "cuda13"}
+
+
+def _missing_package(exc: ImportError) -> str:
+    """A one-line message for a missing optional package, naming the extra to install."""
+    if "pip install" in str(exc):
+        return str(exc)
+    package = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(package)
+    return (f"{exc}; pip install 'gpuconv[{extra}]'" if extra else
+            f"{exc}; reinstall gpuconv (pip install -e .)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (gpuconv info | head -3): stop quietly, and keep Python from
+        # complaining when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by the signal
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
     if args.command in ("train", "eval", "bench"):
+        _warn_about_threads(args)
         from .threads import default_threads, set_num_threads
 
         try:
@@ -274,11 +441,17 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"gpuconv {args.command}: error: {exc}", file=sys.stderr)
             return 2
-    handler = {"train": _train, "eval": _eval, "info": _info, "bench": _bench}[args.command]
+    handler = {"train": _train, "eval": _eval, "info": _info, "bench": _bench,
+               "tune": _tune}[args.command]
     try:
         return handler(args)
+    except ImportError as exc:
+        print(f"gpuconv {args.command}: error: {_missing_package(exc)}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError,
-            FloatingPointError) as exc:
+            FloatingPointError, MemoryError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
         print(f"gpuconv {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

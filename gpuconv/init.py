@@ -6,9 +6,11 @@ cast to the array's dtype and copied to its device, so one seed gives the same w
 every device.
 
 ``generator`` may be a ``numpy.random.Generator``, an int seed, or None for the package-wide
-generator that :func:`manual_seed` reseeds (the layers' default initialisation and the
-per-step seeds of ``Dropout`` draw from it too). Like torch's, the package-wide generator
-starts from a fixed seed, so a program that never calls ``manual_seed`` is reproducible too.
+generator that :func:`manual_seed` reseeds (the layers' default initialisation draws from
+it). ``Dropout``'s masks come from the package-wide Philox stream (:func:`default_philox`):
+key ``(seed, offset)``, the offset counting the masks drawn, which :func:`manual_seed` also
+resets. Like torch's, both start from a fixed seed, so a program that never calls
+``manual_seed`` is reproducible too.
 """
 from __future__ import annotations
 
@@ -17,30 +19,40 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, graphs
 
 __all__ = [
-    "manual_seed", "default_generator", "calculate_gain", "calculate_fan_in_and_fan_out",
+    "manual_seed", "default_generator", "default_philox", "calculate_gain",
+    "calculate_fan_in_and_fan_out",
     "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_",
     "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
 ]
 
 _DEFAULT_SEED = 0
 _generator = np.random.default_rng(_DEFAULT_SEED)
+_philox = graphs.PhiloxStream(_DEFAULT_SEED)
 
 
 def manual_seed(seed: int) -> np.random.Generator:
-    """Reseed the package-wide generator (initialisation and dropout seeds) and return it."""
+    """Reseed the package-wide generator (initialisation) and Philox stream (dropout masks:
+    key ``(seed, 0)``, ``(seed, 1)``, ...) and return the generator."""
     global _generator
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"manual_seed: seed must be a non-negative int, got {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0 \
+            or seed >= 2 ** 64:
+        raise ValueError(f"manual_seed: seed must be an int in [0, 2**64), got {seed!r}")
     _generator = np.random.default_rng(int(seed))
+    _philox.reset(int(seed))
     return _generator
 
 
 def default_generator() -> np.random.Generator:
     """The package-wide generator that :func:`manual_seed` reseeds."""
     return _generator
+
+
+def default_philox() -> graphs.PhiloxStream:
+    """The package-wide Philox stream of dropout masks that :func:`manual_seed` resets."""
+    return _philox
 
 
 def _rng(generator) -> np.random.Generator:

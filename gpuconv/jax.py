@@ -461,11 +461,16 @@ _gru_cell = _cell_op(F.gru_cell, F.gru_cell_backward, 1)
 
 
 def _lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    # The one place that knows gpuconv.functional's argument order for the LSTM cell.
-    return F.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    return F.lstm_cell(input, (hx, cx), w_ih, w_hh, b_ih, b_hh)
 
 
-_lstm_cell = _cell_op(_lstm_cell_forward, F.lstm_cell_backward, 2)
+def _lstm_cell_backward(grad_h, grad_c, input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    gx, (ghx, gcx), *gparams = F.lstm_cell_backward(grad_h, grad_c, input, (hx, cx), w_ih, w_hh,
+                                                    b_ih, b_hh)
+    return (gx, ghx, gcx, *gparams)
+
+
+_lstm_cell = _cell_op(_lstm_cell_forward, _lstm_cell_backward, 2)
 
 
 def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):

@@ -33,10 +33,13 @@
 //
 // Dropout (the rule of gpuconv.functional.dropout, equal bit for bit to the CPU impls):
 //   dropout_fwd       thread = one Philox4x64-10 block t (philox.cuh): counter (t + 1, 0, 0, 0),
-//                     key (seed, 0); its four 64-bit words decide elements 4t .. 4t+3: element i
+//                     key (seed, offset + offset_delta[0]) (offset_delta may be null: 0; a
+//                     captured graph's replays move it on the device, gpuconv/graphs.py);
+//                     its four 64-bit words decide elements 4t .. 4t+3: element i
 //                     is kept iff word >= threshold, where the host passes
 //                     threshold = ceil(p * 2^53) << 11, the integer form of
-//                     (word >> 11) * 2^-53 >= p. y = kept ? x * scale : 0. The backward pass
+//                     (word >> 11) * 2^-53 >= p. y = x * (kept ? scale : 0) (torch's product:
+//                     a dropped inf gives NaN). The backward pass
 //                     is the same kernel applied to grad_output (dropout is linear).
 //
 // All entry points take plain pointers to contiguous arrays; element and row counts are
@@ -60,7 +63,8 @@ enum ActivationCode {
 // ---------------------------------------------------------------------------- activations
 // Each activation: fwd(z, param) = act(z), and bwd(g, v, param) = g * act'(z) where v is
 // y = act(z) when kGradFromOutput, else z. `param` is leaky_relu's slope or elu's alpha.
-// Choices are selects, never g * 0, so an infinite g on the dead side gives 0 as in NumPy.
+// NaN and inf as PyTorch: relu selects (a NaN z passes through forward and lets g through
+// backward; an infinite g on the dead side gives 0), the others multiply where torch does.
 
 struct Identity {
     static constexpr bool kGradFromOutput = false;
@@ -71,10 +75,10 @@ struct Identity {
 struct Relu {
     static constexpr bool kGradFromOutput = false;
     template <typename T> static __device__ __forceinline__ T fwd(T z, T) {
-        return z > T(0) ? z : T(0);
+        return z <= T(0) ? T(0) : z;
     }
     template <typename T> static __device__ __forceinline__ T bwd(T g, T z, T) {
-        return z > T(0) ? g : T(0);
+        return z <= T(0) ? T(0) : g;
     }
 };
 
@@ -296,7 +300,7 @@ struct RowNorm {
 template <typename T>
 __device__ __forceinline__ void row_norm_merge(RowNorm<T>& st, T m, T s) {
     const T top = st.max > m ? st.max : m;
-    st.sum_exp = st.sum_exp * exp(st.max - top) + s * exp(m - top);
+    st.sum_exp = st.sum_exp * gpuconv_exp_below(st.max, top) + s * gpuconv_exp_below(m, top);
     st.max = top;
 }
 
@@ -309,10 +313,10 @@ __device__ RowNorm<T> row_norm(const T* __restrict__ row, long long D, long long
     for (long long d = lane; d < D; d += LANES) {
         const T v = row[d * inner];
         if (v > st.max) {
-            st.sum_exp = st.sum_exp * exp(st.max - v) + T(1);
+            st.sum_exp = st.sum_exp * gpuconv_exp_below(st.max, v) + T(1);
             st.max = v;
         } else {
-            st.sum_exp += exp(v - st.max);
+            st.sum_exp += gpuconv_exp_below(v, st.max);
         }
     }
     for (int offset = LANES / 2; offset > 0; offset >>= 1) {
@@ -379,14 +383,18 @@ __device__ void softmax_bwd(const T* __restrict__ g, const T* __restrict__ x,
 
 template <typename T>
 __device__ void dropout_fwd(const T* __restrict__ x, T* __restrict__ y, long long n,
-                            unsigned long long seed, unsigned long long threshold, T scale) {
+                            unsigned long long seed, unsigned long long offset,
+                            const unsigned long long* __restrict__ offset_delta,
+                            unsigned long long threshold, T scale) {
+    // The key's second word; a captured graph reads how far its replay has moved it.
+    const unsigned long long key1 = offset + (offset_delta != nullptr ? offset_delta[0] : 0ull);
     GPUCONV_GRID_STRIDE_LOOP(t, (n + PHILOX_WORDS - 1) / PHILOX_WORDS) {
         unsigned long long words[PHILOX_WORDS] = {(unsigned long long)t + 1, 0, 0, 0};
-        philox4x64_10(words, seed, 0);
+        philox4x64_10(words, seed, key1);
 #pragma unroll
         for (int j = 0; j < PHILOX_WORDS; ++j) {
             const long long i = t * PHILOX_WORDS + j;
-            if (i < n) y[i] = words[j] >= threshold ? x[i] * scale : T(0);
+            if (i < n) y[i] = x[i] * (words[j] >= threshold ? scale : T(0));
         }
     }
 }
@@ -430,10 +438,10 @@ __device__ void dropout_fwd(const T* __restrict__ x, T* __restrict__ y, long lon
     SOFTMAX_ENTRY_POINTS(T, SUFFIX, softmax, false, thread, 1)                                \
     SOFTMAX_ENTRY_POINTS(T, SUFFIX, log_softmax, true, warp, WARP_LANES)                      \
     SOFTMAX_ENTRY_POINTS(T, SUFFIX, log_softmax, true, thread, 1)                             \
-    extern "C" __global__ void dropout_fwd_##SUFFIX(const T* x, T* y, long long n,            \
-                                                    unsigned long long seed,                  \
-                                                    unsigned long long threshold, T scale) {  \
-        dropout_fwd<T>(x, y, n, seed, threshold, scale);                                      \
+    extern "C" __global__ void dropout_fwd_##SUFFIX(                                          \
+        const T* x, T* y, long long n, unsigned long long seed, unsigned long long offset,    \
+        const unsigned long long* offset_delta, unsigned long long threshold, T scale) {      \
+        dropout_fwd<T>(x, y, n, seed, offset, offset_delta, threshold, scale);                \
     }
 
 ACTIVATION_ENTRY_POINTS(float, f32)

@@ -29,3 +29,24 @@ __device__ __forceinline__ T gpuconv_block_sum(T value) {
     __syncthreads();
     return total;
 }
+
+// Records a failed value check in the four-word row `error` = [seen, value, bound, extra]
+// (the layout gpuconv/device_checks.py reads); a null row records nothing. Threads that fail
+// together race benignly: each word ends up as one of theirs.
+__device__ __forceinline__ void gpuconv_report_error(long long* error, long long value,
+                                                     long long bound, long long extra) {
+    if (error == nullptr) return;
+    error[1] = value;
+    error[2] = bound;
+    error[3] = extra;
+    error[0] = 1;
+}
+
+// exp(v - m) for an online log-sum-exp whose running maximum m >= v, except that v == m <= 0
+// gives 1: a -inf met while the maximum is still -inf then adds 1 (rescaled to 0 once a
+// finite maximum comes) instead of exp(-inf - -inf) = NaN. A +inf maximum still gives
+// exp(inf - inf) = NaN, as the reference's x - max does.
+template <typename T>
+__device__ __forceinline__ T gpuconv_exp_below(T v, T m) {
+    return (v == m && m <= T(0)) ? T(1) : exp(v - m);
+}

@@ -29,9 +29,22 @@
 //                                weight sum_m w[t_m] of the counted rows for "mean".
 //   class_loss_bwd_total_weight  out[0] = that total weight (the "mean" backward's divisor).
 //
+// Training statistics (one block of GPUCONV_REDUCE_THREADS threads, fixed-order tree):
+//   classification_stats  stats[0] += loss[0] * N and stats[1] += the number of positions
+//                         whose first largest score (a NaN counts as largest, as NumPy's
+//                         argmax has it) is the target: a training loop keeps its epoch
+//                         sums on the device (double, added to in place) and reads them
+//                         once per epoch.
+//
 // A row's incoming gradient g is grad_output[m * g_stride] (g_stride 1 for reduction "none",
 // 0 for a 0-d grad_output), divided by total_weight[0] when that pointer is not null.
 // weight == nullptr means every class weighs 1. Row and element counts are 64-bit.
+//
+// Value checks on the device (gpuconv/device_checks.py): a target outside [0, C) that is not
+// ignore_index is reported in the `error` row (value, C, ignore_index) and its row is
+// treated as ignored, so no kernel reads outside the scores or the weights; a "mean" whose
+// total weight is zero (every target ignored, or weights summing to zero) is reported by the
+// kernel that divides by it. The host reads the rows when it next looks at the device.
 #include "common.cuh"
 
 #define FULL_WARP_MASK 0xffffffffu
@@ -43,13 +56,23 @@ __device__ __forceinline__ T class_weight(const T* __restrict__ weight, long lon
     return weight != nullptr ? weight[c] : T(1);
 }
 
-// w[t] of row m's target, 0 when the row is ignored.
+// Whether row target t counts: not ignore_index and a class in [0, C). A target outside
+// that range is reported (when `report`) and then counts as ignored.
+__device__ __forceinline__ bool counted_target(long long t, int C, long long ignore_index,
+                                               long long* error, bool report) {
+    if (t == ignore_index) return false;
+    if (t >= 0 && t < C) return true;
+    if (report) gpuconv_report_error(error, t, C, ignore_index);
+    return false;
+}
+
+// w[t] of row m's target, 0 when the row does not count.
 template <typename T>
 __device__ __forceinline__ T target_weight(const long long* __restrict__ target,
                                            const T* __restrict__ weight, long long ignore_index,
-                                           long long m) {
+                                           int C, long long m) {
     const long long t = target[m];
-    return t == ignore_index ? T(0) : class_weight(weight, t);
+    return counted_target(t, C, ignore_index, nullptr, false) ? class_weight(weight, t) : T(0);
 }
 
 // d(reduced loss) / d(loss of row m).
@@ -73,7 +96,7 @@ __device__ __forceinline__ T lanes_sum(T v) {
 template <typename T>
 __device__ __forceinline__ void lse_merge(T& m, T& s, T m_other, T s_other) {
     const T top = m > m_other ? m : m_other;
-    s = s * exp(m - top) + s_other * exp(m_other - top);
+    s = s * gpuconv_exp_below(m, top) + s_other * gpuconv_exp_below(m_other, top);
     m = top;
 }
 
@@ -95,10 +118,10 @@ __device__ RowStats<T> row_stats(const T* __restrict__ row, long long S, int C,
     for (int c = lane; c < C; c += LANES) {
         const T v = row[c * S];
         if (v > st.max) {
-            st.sum_exp = st.sum_exp * exp(st.max - v) + T(1);
+            st.sum_exp = st.sum_exp * gpuconv_exp_below(st.max, v) + T(1);
             st.max = v;
         } else {
-            st.sum_exp += exp(v - st.max);
+            st.sum_exp += gpuconv_exp_below(v, st.max);
         }
         const T w = class_weight(weight, c);
         st.weighted_rel += w * (v - r);
@@ -124,12 +147,13 @@ __device__ RowStats<T> row_stats(const T* __restrict__ row, long long S, int C,
 template <typename T, int LANES>
 __device__ void cross_entropy_fwd(const T* __restrict__ x, const long long* __restrict__ target,
                                   const T* __restrict__ weight, long long ignore_index, T eps,
-                                  T* __restrict__ losses, int N, int C, long long S) {
+                                  T* __restrict__ losses, long long* error, int N, int C,
+                                  long long S) {
     static_assert(LANES == 1 || LANES == WARP_LANES, "a row belongs to a thread or a warp");
     const int lane = threadIdx.x % LANES;
     ROW_LOOP(m, (long long)N * S, LANES) {
         const long long t = target[m];
-        if (t == ignore_index) {
+        if (!counted_target(t, C, ignore_index, error, lane == 0)) {
             if (lane == 0) losses[m] = T(0);
             continue;
         }
@@ -139,7 +163,8 @@ __device__ void cross_entropy_fwd(const T* __restrict__ x, const long long* __re
         const T log_sum = log(st.sum_exp);
         const T nll = class_weight(weight, t) * ((st.max - row[t * S]) + log_sum);
         const T smooth = st.weight_sum * ((st.max - row[0]) + log_sum) - st.weighted_rel;
-        losses[m] = (T(1) - eps) * nll + eps / T(C) * smooth;
+        // eps == 0: nll alone, as torch (a -inf logit makes smooth infinite, 0 * inf NaN).
+        losses[m] = eps == T(0) ? nll : (T(1) - eps) * nll + eps / T(C) * smooth;
     }
 }
 
@@ -148,14 +173,15 @@ __device__ void cross_entropy_bwd(const T* __restrict__ grad_output, long long g
                                   const T* __restrict__ total_weight, const T* __restrict__ x,
                                   const long long* __restrict__ target,
                                   const T* __restrict__ weight, long long ignore_index, T eps,
-                                  T* __restrict__ grad_x, int N, int C, long long S) {
+                                  T* __restrict__ grad_x, long long* error, int N, int C,
+                                  long long S) {
     static_assert(LANES == 1 || LANES == WARP_LANES, "a row belongs to a thread or a warp");
     const int lane = threadIdx.x % LANES;
     ROW_LOOP(m, (long long)N * S, LANES) {
         const long long offset = (m / S) * C * S + m % S;
         T* grad_row = grad_x + offset;
         const long long t = target[m];
-        if (t == ignore_index) {
+        if (!counted_target(t, C, ignore_index, error, lane == 0)) {
             for (int c = lane; c < C; c += LANES) grad_row[c * S] = T(0);
             continue;
         }
@@ -176,12 +202,13 @@ __device__ void cross_entropy_bwd(const T* __restrict__ grad_output, long long g
 template <typename T>
 __device__ void nll_loss_fwd_rows(const T* __restrict__ x, const long long* __restrict__ target,
                                   const T* __restrict__ weight, long long ignore_index,
-                                  T* __restrict__ losses, int N, int C, long long S) {
+                                  T* __restrict__ losses, long long* error, int N, int C,
+                                  long long S) {
     GPUCONV_GRID_STRIDE_LOOP(m, (long long)N * S) {
         const long long t = target[m];
-        losses[m] = t == ignore_index
-                        ? T(0)
-                        : -class_weight(weight, t) * x[(m / S) * C * S + t * S + m % S];
+        losses[m] = counted_target(t, C, ignore_index, error, true)
+                        ? -class_weight(weight, t) * x[(m / S) * C * S + t * S + m % S]
+                        : T(0);
     }
 }
 
@@ -190,40 +217,45 @@ __device__ void nll_loss_bwd_pointwise(const T* __restrict__ grad_output, long l
                                        const T* __restrict__ total_weight,
                                        const long long* __restrict__ target,
                                        const T* __restrict__ weight, long long ignore_index,
-                                       T* __restrict__ grad_x, int N, int C, long long S) {
+                                       T* __restrict__ grad_x, long long* error, int N, int C,
+                                       long long S) {
     GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
         const long long s = i % S;
         const long long c = (i / S) % C;
         const long long m = (i / (S * C)) * S + s;
         const long long t = target[m];
-        grad_x[i] = (t != ignore_index && c == t)
+        grad_x[i] = (counted_target(t, C, ignore_index, error, c == 0) && c == t)
                         ? -row_grad(grad_output, g_stride, total_weight, m) *
                               class_weight(weight, t)
                         : T(0);
     }
 }
 
-// Sum of w[t] over the counted rows, returned to every thread of the block.
+// Sum of w[t] over the counted rows, returned to every thread of the block; a zero sum
+// (the divisor of "mean") is reported in `error`.
 template <typename T>
 __device__ T total_target_weight(const long long* __restrict__ target,
-                                 const T* __restrict__ weight, long long ignore_index,
-                                 long long rows) {
+                                 const T* __restrict__ weight, long long ignore_index, int C,
+                                 long long rows, long long* error) {
     T acc = T(0);
     for (long long m = threadIdx.x; m < rows; m += blockDim.x)
-        acc += target_weight(target, weight, ignore_index, m);
-    return gpuconv_block_sum(acc);
+        acc += target_weight(target, weight, ignore_index, C, m);
+    const T total = gpuconv_block_sum(acc);
+    if (total == T(0) && threadIdx.x == 0) gpuconv_report_error(error, 0, C, ignore_index);
+    return total;
 }
 
 template <typename T>
 __device__ void class_loss_fwd_reduce(const T* __restrict__ losses,
                                       const long long* __restrict__ target,
                                       const T* __restrict__ weight, long long ignore_index,
-                                      long long rows, int divide_by_weight, T* __restrict__ out) {
+                                      long long rows, int divide_by_weight, T* __restrict__ out,
+                                      long long* error, int C) {
     T acc = T(0);
     for (long long m = threadIdx.x; m < rows; m += blockDim.x) acc += losses[m];
     const T total = gpuconv_block_sum(acc);
     if (divide_by_weight) {
-        const T total_weight = total_target_weight(target, weight, ignore_index, rows);
+        const T total_weight = total_target_weight(target, weight, ignore_index, C, rows, error);
         if (threadIdx.x == 0) out[0] = total / total_weight;
     } else if (threadIdx.x == 0) {
         out[0] = total;
@@ -233,13 +265,39 @@ __device__ void class_loss_fwd_reduce(const T* __restrict__ losses,
 template <typename T>
 __device__ void class_loss_bwd_total_weight(const long long* __restrict__ target,
                                             const T* __restrict__ weight, long long ignore_index,
-                                            long long rows, T* __restrict__ out) {
-    const T total_weight = total_target_weight(target, weight, ignore_index, rows);
+                                            long long rows, T* __restrict__ out,
+                                            long long* error, int C) {
+    const T total_weight = total_target_weight(target, weight, ignore_index, C, rows, error);
     if (threadIdx.x == 0) out[0] = total_weight;
 }
 
-#define CLASS_SHAPE_PARAMS int N, int C, long long S
-#define CLASS_SHAPE_ARGS N, C, S
+template <typename T>
+__device__ void classification_stats(const T* __restrict__ loss, const T* __restrict__ scores,
+                                     const long long* __restrict__ target, int N, int C,
+                                     long long S, double* __restrict__ stats) {
+    double correct = 0.0;
+    for (long long m = threadIdx.x; m < (long long)N * S; m += blockDim.x) {
+        const T* row = scores + (m / S) * C * S + m % S;
+        int best = 0;
+        T top = row[0];
+        for (int c = 1; c < C && top == top; ++c) {
+            const T v = row[c * S];
+            if (v > top || v != v) {
+                top = v;
+                best = c;
+            }
+        }
+        correct += target[m] == best ? 1.0 : 0.0;
+    }
+    const double total = gpuconv_block_sum(correct);
+    if (threadIdx.x == 0) {
+        stats[0] += (double)loss[0] * N;
+        stats[1] += total;
+    }
+}
+
+#define CLASS_SHAPE_PARAMS long long *error, int N, int C, long long S
+#define CLASS_SHAPE_ARGS error, N, C, S
 #define ROW_GRAD_PARAMS(T) const T *grad_output, long long g_stride, const T *total_weight
 #define ROW_GRAD_ARGS grad_output, g_stride, total_weight
 
@@ -273,15 +331,24 @@ __device__ void class_loss_bwd_total_weight(const long long* __restrict__ target
     }                                                                                        \
     extern "C" __global__ void class_loss_fwd_reduce_##SUFFIX(                               \
         const T* losses, const long long* target, const T* weight, long long ignore_index,   \
-        long long rows, int divide_by_weight, T* out) {                                      \
+        long long rows, int divide_by_weight, T* out, long long* error, int C) {             \
         class_loss_fwd_reduce<T>(losses, target, weight, ignore_index, rows,                 \
-                                 divide_by_weight, out);                                     \
+                                 divide_by_weight, out, error, C);                           \
     }                                                                                        \
     extern "C" __global__ void class_loss_bwd_total_weight_##SUFFIX(                         \
         const long long* target, const T* weight, long long ignore_index, long long rows,    \
-        T* out) {                                                                            \
-        class_loss_bwd_total_weight<T>(target, weight, ignore_index, rows, out);             \
+        T* out, long long* error, int C) {                                                   \
+        class_loss_bwd_total_weight<T>(target, weight, ignore_index, rows, out, error, C);   \
     }
 
+#define STATS_ENTRY_POINTS(T, SUFFIX)                                                        \
+    extern "C" __global__ void classification_stats_##SUFFIX(                                \
+        const T* loss, const T* scores, const long long* target, int N, int C, long long S,  \
+        double* stats) {                                                                     \
+        classification_stats<T>(loss, scores, target, N, C, S, stats);                       \
+    }
+
+STATS_ENTRY_POINTS(float, f32)
+STATS_ENTRY_POINTS(double, f64)
 LOSS_ENTRY_POINTS(float, f32)
 LOSS_ENTRY_POINTS(double, f64)

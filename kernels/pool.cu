@@ -24,6 +24,9 @@
 // added in a fixed order, so the result is the same bits on every run):
 //   max_pool2d_bwd           windows o with o*s - p <= i <= o*s - p + (k-1)*d along each axis;
 //                            a window adds its gradient when its saved index is this element.
+//                            The same grid also checks every saved index on the device: one
+//                            outside [0, H*W) would add nowhere, so it is reported in the
+//                            `error` row (gpuconv/device_checks.py) for the host to raise.
 //                            Any window arguments whose windows enclose the saved indices give
 //                            the same result (padding may be negative here): the launcher can
 //                            pass the forward's or ones derived from the indices.
@@ -140,8 +143,13 @@ __device__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ out,
 template <typename T>
 __device__ void max_pool2d_bwd(const T* __restrict__ grad_out,
                                const long long* __restrict__ indices, T* __restrict__ grad_in,
-                               long long planes, int H, int W, int OH, int OW, int kh, int kw,
-                               int sh, int sw, int ph, int pw, int dh, int dw) {
+                               long long* error, long long planes, int H, int W, int OH, int OW,
+                               int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw) {
+    const long long plane_size = (long long)H * W;
+    GPUCONV_GRID_STRIDE_LOOP(o, planes * OH * OW) {
+        const long long at = indices[o];
+        if (at < 0 || at >= plane_size) gpuconv_report_error(error, at, plane_size, 0);
+    }
     GPUCONV_GRID_STRIDE_LOOP(i, planes * H * W) {
         const PlanePosition e = unravel(i, H, W);
         const long long first_window = e.plane * OH * OW;
@@ -256,11 +264,11 @@ __device__ void adaptive_avg_pool2d_bwd(const T* __restrict__ grad_out, T* __res
                                                        int dh, int dw) {                       \
         max_pool2d_fwd<T>(x, out, indices, POOL_SHAPE_ARGS, WINDOW_ARGS, dh, dw);              \
     }                                                                                          \
-    extern "C" __global__ void max_pool2d_bwd_##SUFFIX(const T* grad_out,                      \
-                                                       const long long* indices, T* grad_in,   \
-                                                       POOL_SHAPE_PARAMS, WINDOW_PARAMS,       \
-                                                       int dh, int dw) {                       \
-        max_pool2d_bwd<T>(grad_out, indices, grad_in, POOL_SHAPE_ARGS, WINDOW_ARGS, dh, dw);   \
+    extern "C" __global__ void max_pool2d_bwd_##SUFFIX(                                      \
+        const T* grad_out, const long long* indices, T* grad_in, long long* error,             \
+        POOL_SHAPE_PARAMS, WINDOW_PARAMS, int dh, int dw) {                                    \
+        max_pool2d_bwd<T>(grad_out, indices, grad_in, error, POOL_SHAPE_ARGS, WINDOW_ARGS, dh, \
+                          dw);                                                                 \
     }                                                                                          \
     extern "C" __global__ void avg_pool2d_fwd_##SUFFIX(const T* x, T* out, POOL_SHAPE_PARAMS,  \
                                                        WINDOW_PARAMS, int count_include_pad,   \

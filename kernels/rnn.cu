@@ -155,7 +155,7 @@ __device__ void rnn_cell_fwd_pointwise(const T* __restrict__ gi, long long ld_gi
     GPUCONV_GRID_STRIDE_LOOP(e, (long long)B * H) {
         const Unit u = unit_of(e, H);
         const T pre = gi[u.b * ld_gi + u.j] + gh[e] + bias_at(b_ih, u.j) + bias_at(b_hh, u.j);
-        h[e] = nonlinearity == RNN_TANH ? tanh(pre) : (pre > T(0) ? pre : T(0));
+        h[e] = nonlinearity == RNN_TANH ? tanh(pre) : (pre <= T(0) ? T(0) : pre);  // NaN stays
     }
 }
 
@@ -168,8 +168,9 @@ __device__ void rnn_cell_bwd_pointwise(const T* __restrict__ grad_h,
         const Unit u = unit_of(e, H);
         const T dh = grad_h[e] + grad_out[u.b * ld_out + u.j];
         const T y = h[e];
-        const T slope = nonlinearity == RNN_TANH ? T(1) - y * y : (y > T(0) ? T(1) : T(0));
-        grad_pre[u.b * ld_grad + u.j] = dh * slope;
+        // relu: torch's select on the result (an infinite dh where y <= 0 gives 0).
+        grad_pre[u.b * ld_grad + u.j] =
+            nonlinearity == RNN_TANH ? dh * (T(1) - y * y) : (y <= T(0) ? T(0) : dh);
     }
 }
 

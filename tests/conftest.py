@@ -31,3 +31,23 @@ def _poison_outputs():
     """Every output an impl allocates through backend.empty starts as NaN in tests."""
     with backend.poisoned():
         yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Skips counted by reason, one line each (pytest's -rs lists every test location).
+
+    The GPU impls' tests, for instance, skip on a machine without a GPU by the hundred with
+    the same reason; they run against the emulated CuPy in tests/test_cuda_emulated.py."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):   # (path, line, "Skipped: reason")
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+        else:
+            reason = str(report.longrepr)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return
+    terminalreporter.section("skipped, by reason")
+    width = len(str(max(reasons.values())))
+    for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0])):
+        terminalreporter.write_line(f"{count:>{width}} {reason}")

@@ -129,6 +129,54 @@ def test_plot_writes_a_png(tmp_path):
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _report(rows, torch=True) -> dict:
+    env = {"device": "cpu", "cpu_threads": 1, **({"torch": "2"} if torch else {})}
+    return {"environment": env, "dtype": "float32", "rows": rows}
+
+
+def _bench_row(case, impl, source, ratio, correct=True) -> dict:
+    return {"case": case, "pass": "forward", "impl": impl, "source": source, "median_ms": 1.0,
+            "ratio_to_best_reference": ratio, "correct": correct}
+
+
+def test_chart_rows_say_what_they_compare_with_or_why_they_have_no_ratio():
+    rows = [_bench_row("a", "numpy", "gpuconv", 2.0), _bench_row("a", "torch_cpu", "torch", 1.0),
+            _bench_row("b", "numpy", "gpuconv", None), _bench_row("c", "numpy", "gpuconv", None,
+                                                                  correct=False),
+            _bench_row("c", "im2col_gemm", "numpy", 1.0)]
+    notes = {label: note for label, _, note in benchmark._plot_rows(_report(rows, torch=False))}
+    assert notes == {"a forward": "vs torch_cpu",
+                     "b forward": "no reference ran: torch is not installed",
+                     "c forward": "vs im2col_gemm"}
+
+
+def test_chart_bars_are_centred_on_their_row(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [_bench_row("a", "numpy", "gpuconv", 2.0), _bench_row("a", "reference", "gpuconv", 0.1),
+            _bench_row("b", "numpy", "gpuconv", 0.5)]
+    saved = {}
+    monkeypatch.setattr(plt, "close", lambda fig: saved.setdefault("fig", fig))
+    benchmark.plot(_report(rows), tmp_path / "chart.png")
+    bars = [b for b in saved["fig"].axes[0].patches]
+    centres = sorted(b.get_y() + b.get_height() / 2 for b in bars)
+    assert centres[0] + centres[1] == pytest.approx(0.0)   # row 0: two bars around 0
+    assert centres[2] == pytest.approx(1.0)                # row 1: one bar on its tick
+    labels = [t.get_text() for t in saved["fig"].legends[0].get_texts()]
+    assert "reference impl (NumPy oracle)" in labels and "reference" not in labels
+
+
+def test_the_text_table_has_a_header_that_explains_its_columns():
+    lines = []
+    benchmark.run(["pool"], impls=["numpy"], quick=True, log=lines.append)
+    header = next(line for line in lines if "median time" in line)
+    assert "compute rate" in header and "time at floor" in header and "verdict" in header
+    first_row = next(line for line in lines if "% of floor" in line)
+    assert lines.index(header) < lines.index(first_row)
+
+
 def test_cli_quick_bench_finishes_in_seconds(tmp_path):
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "gpuconv", "bench", "conv", "--quick",
@@ -176,3 +224,26 @@ def test_quick_gpu_run_checks_every_cuda_impl_and_the_cupy_reference():
     assert {r["pass"] for r in rows if r["source"] == "cupy"} == {"forward", "grad_input",
                                                                   "grad_weight"}
     assert "cuda_runtime" in benchmark.markdown(report) and "driver" in benchmark.markdown(report)
+
+
+def test_train_rows_time_an_epoch_of_gpuconv_on_the_cpu():
+    from gpuconv.benchmark.training import train_rows
+
+    rows = train_rows([{"label": "t", "images": 24, "batch": 8}], "cpu", True, lambda s: None)
+    ours = next(r for r in rows if r["impl"] == "gpuconv_eager")
+    assert ours["seconds"] > 0 and ours["images_per_s"] == 24 / ours["seconds"]
+    assert not any(r["impl"].endswith("_graph") for r in rows)  # graphs need a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_train_rows_on_the_gpu_time_eager_and_graph_modes():
+    from gpuconv.benchmark.training import train_rows
+
+    rows = train_rows([{"label": "t", "images": 20, "batch": 8}], "cuda", True, lambda s: None)
+    impls = {r["impl"] for r in rows}
+    assert {"gpuconv_eager", "gpuconv_graph"} <= impls
+    if "torch_eager" in impls:
+        assert "torch_graph" in impls
+        assert all(r["ratio_to_torch_eager"] > 0 and r["ratio_to_torch_graph"] > 0
+                   for r in rows)

@@ -499,7 +499,7 @@ W = np.zeros((6, 2, 3, 3))
 WT = np.zeros((4, 3, 3, 3))
 
 INVALID = [
-    ("input-rank", lambda: conv2d(X[0], W), ValueError, "input must have 4 dimensions"),
+    ("input-rank", lambda: conv2d(X[0, 0], W), ValueError, "input must have 3 or 4 dimensions"),
     ("weight-rank", lambda: conv2d(X, W[0]), ValueError, "weight must have 4 dimensions"),
     ("bias-rank", lambda: conv2d(X, W, np.zeros((6, 1)), groups=2), ValueError,
      "bias must have 1 dimensions"),
@@ -509,7 +509,7 @@ INVALID = [
      "has an empty spatial dimension"),
     ("no-output-channels", lambda: conv2d(X, W[:0], groups=2), ValueError,
      "has no output channels"),
-    ("conv1d-input-rank", lambda: conv1d(X, W), ValueError, "input must have 3 dimensions"),
+    ("conv1d-input-rank", lambda: conv1d(X, W), ValueError, "input must have 2 or 3 dimensions"),
     ("channels-mismatch", lambda: conv2d(X, W), ValueError, "input has 4 channels"),
     ("out-channels-not-divisible", lambda: conv2d(X, np.zeros((6, 1, 3, 3)), groups=4), ValueError,
      r"output channels \(weight.shape\[0\]\) \(6\) must be divisible by groups"),

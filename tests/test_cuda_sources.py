@@ -10,16 +10,22 @@ a cache (``$GPUCONV_NVRTC_CACHE``, default ``$TMPDIR/gpuconv-nvrtc``). Where pip
 install one, its tests skip and say so. Each NVRTC runs in its own process (two releases of
 one major share a soname), all sources in one go.
 
-Two option sets per source, each the one CuPy would use (``cupy_nvrtc_options``):
+What each compiler sees, with the options CuPy would use (``cupy_nvrtc_options``):
 
-- exactly CuPy's: cubin for sm_80 and sm_90, with the ``--device-as-default-execution-space``
-  that CuPy adds;
-- the same without that flag, as PTX for compute_80 (CuPy's PTX mode): the sources must not
-  depend on a flag another loader would not pass (the generic lambdas in activation.cu did).
+- every source as it is, at every NVRTC release: exactly CuPy's options, a cubin for sm_90
+  (sm_80 too at the newest of each major), with the ``--device-as-default-execution-space``
+  that CuPy adds; and the same without that flag, as PTX for compute_80 (CuPy's PTX mode):
+  the sources must not depend on a flag another loader would not pass (the generic lambdas in
+  activation.cu did);
+- every ``-D`` variant the launchers declare (``cuda_c.declared_variants()``; conv_igemm's
+  tiles, precisions and copy widths): nvcc's front end for sm_90 (where the tiles'
+  static_asserts fire), and the newest NVRTC 13 to a cubin for sm_90 on a pairwise cover of the
+  variants' values (every two -D values that occur together in some variant are compiled
+  together at least once), which runs ptxas on each tile and precision without compiling all
+  of them at every release (a conv_igemm cubin takes about 5 s).
 
-Both for every ``-D`` variant the launchers declare (``cuda_c.DEFINE_VARIANTS``). The kernels'
-results are tested on a GPU by the family test files (marker ``gpu``) and, without one, under
-the CUDA emulator (tests/test_cuda_emulated.py).
+The kernels' results are tested on a GPU by the family test files (marker ``gpu``) and,
+without one, under the CUDA emulator (tests/test_cuda_emulated.py).
 """
 from __future__ import annotations
 
@@ -44,10 +50,33 @@ SOURCES = sorted(cuda_source_dir().glob("*.cu"))
 ARCHS = ("80", "90")
 NVCC = shutil.which("nvcc")
 # (family, defines): every source as it is, and every declared -D variant.
-UNITS = [(s.stem, ()) for s in SOURCES] + [
-    (family, defines) for family, variants in sorted(cuda_c.DEFINE_VARIANTS.items())
-    for defines in variants]
-UNIT_IDS = ["-".join([family, *defines]) for family, defines in UNITS]
+PLAIN = [(s.stem, ()) for s in SOURCES]
+VARIANTS = [(family, defines) for family, variants in sorted(cuda_c.declared_variants().items())
+            for defines in variants]
+
+
+def pairwise_cover(variants: list[tuple[str, tuple[str, ...]]]) -> list[tuple[str, tuple[str, ...]]]:
+    """A few of ``variants`` (greedily chosen, in order) holding every pair of -D values that
+    occurs together in one of them."""
+    def pairs(unit):
+        family, defines = unit
+        return {(family, a, b) for i, a in enumerate(defines) for b in defines[i:]}
+
+    missing = set().union(*map(pairs, variants)) if variants else set()
+    chosen = []
+    while missing:
+        best = max(variants, key=lambda unit: len(pairs(unit) & missing))
+        chosen.append(best)
+        missing -= pairs(best)
+    return sorted(chosen, key=variants.index)
+
+
+COVER = pairwise_cover(VARIANTS)
+
+
+def unit_id(unit) -> str:
+    family, defines = unit
+    return "-".join([family, *(d.removeprefix("GPUCONV_") for d in defines)])
 
 # The NVRTC wheel of each GPU extra and the oldest release the extra allows.
 NVRTC_WHEELS = {"cuda12": ("nvidia-cuda-nvrtc-cu12", "12.0.76"),
@@ -65,15 +94,30 @@ def test_cuda_sources_are_found_by_the_package():
 
 # --------------------------------------------------------------------------- nvcc
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("unit", UNITS, ids=UNIT_IDS)
-def test_cuda_source_compiles_with_nvcc_without_warnings(unit, arch, tmp_path):
+NVCC_JOBS = [(unit, arch) for unit in PLAIN for arch in ARCHS] + [(unit, "90") for unit in VARIANTS]
+
+
+def _nvcc(unit, arch: str, out: Path) -> tuple[list[str], subprocess.CompletedProcess]:
     family, defines = unit
     cmd = [NVCC, *cuda_c.nvrtc_options(family, defines), f"-arch=sm_{arch}", "-Werror",
-           "all-warnings", "--ptx", "-o", str(tmp_path / "out.ptx"),
-           str(cuda_source_dir() / f"{family}.cu")]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+           "all-warnings", "--ptx", "-o", str(out), str(cuda_source_dir() / f"{family}.cu")]
+    return cmd, subprocess.run(cmd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def nvcc_results(tmp_path_factory):
+    """{(unit, arch): (command, result)}: every nvcc job, run on all cores, once."""
+    out = tmp_path_factory.mktemp("nvcc")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = pool.map(lambda i_job: _nvcc(*i_job[1], out / f"{i_job[0]}.ptx"),
+                           enumerate(NVCC_JOBS))
+        return dict(zip(NVCC_JOBS, results))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("job", NVCC_JOBS, ids=[f"{unit_id(u)}-sm_{a}" for u, a in NVCC_JOBS])
+def test_cuda_source_compiles_with_nvcc_without_warnings(nvcc_results, job):
+    cmd, result = nvcc_results[job]
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
 
 
@@ -194,24 +238,33 @@ def _release_library(extra: str, age: str) -> tuple[str, Path]:
     return importlib.metadata.version(dist), _nvrtc_library(where)
 
 
-def _jobs() -> list[dict]:
-    """Every compile this file checks, for one NVRTC release."""
-    jobs = []
-    for family, defines in UNITS:
-        source = str(cuda_source_dir() / f"{family}.cu")
-        options = cuda_c.nvrtc_options(family, defines)
-        for arch in ARCHS:
-            jobs.append({"key": f"{family}{defines}-sm_{arch}", "source": source,
-                         "options": cupy_nvrtc_options(options, arch)})
-        jobs.append({"key": f"{family}{defines}-no-default-device", "source": source,
-                     "options": cupy_nvrtc_options(options, ARCHS[0], cubin=False,
-                                                   device_default=False)})
+# The compiles of one NVRTC release: (unit, option set), the option sets being "sm_80",
+# "sm_90" (cubins with exactly CuPy's options) and "no-default-device" (PTX without
+# --device-as-default-execution-space).
+def release_jobs(release) -> list[tuple[tuple, str]]:
+    extra, age = release
+    cubins = ("sm_80", "sm_90") if age == "newest" else ("sm_90",)
+    jobs = [(unit, kind) for unit in PLAIN for kind in (*cubins, "no-default-device")]
+    if release == ("cuda13", "newest"):
+        jobs += [(unit, "sm_90") for unit in COVER]
     return jobs
 
 
-def _compile_all(library: Path) -> dict:
+def _job(unit, kind: str) -> dict:
+    family, defines = unit
+    options = cuda_c.nvrtc_options(family, defines)
+    if kind == "no-default-device":
+        options = cupy_nvrtc_options(options, ARCHS[0], cubin=False, device_default=False)
+    else:
+        options = cupy_nvrtc_options(options, kind.removeprefix("sm_"))
+    return {"key": f"{unit_id(unit)}-{kind}", "options": options,
+            "source": str(cuda_source_dir() / f"{family}.cu")}
+
+
+def _compile_all(library: Path, release) -> dict:
     cmd = [sys.executable, __file__, str(library)]
-    result = subprocess.run(cmd, input=json.dumps(_jobs()), capture_output=True, text=True)
+    jobs = [_job(*job) for job in release_jobs(release)]
+    result = subprocess.run(cmd, input=json.dumps(jobs), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} -> exit {result.returncode}\n{result.stderr}")
     return json.loads(result.stdout)
@@ -226,7 +279,7 @@ def nvrtc_results():
             version, library = _release_library(*release)
         except pytest.skip.Exception as skip:
             return str(skip)
-        return version, _compile_all(library)
+        return version, _compile_all(library, release)
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(RELEASES), os.cpu_count() or 1))) as pool:
         return dict(enumerate(pool.map(run, RELEASES)))
@@ -240,28 +293,22 @@ def _result(nvrtc_results, release, key) -> tuple[str, dict]:
     return version, results[key]
 
 
-@pytest.mark.parametrize("release", RELEASES, ids=RELEASE_IDS)
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("unit", UNITS, ids=UNIT_IDS)
-def test_cuda_source_compiles_with_nvrtc_as_cupy_compiles_it(nvrtc_results, release, arch, unit):
-    family, defines = unit
-    version, result = _result(nvrtc_results, release, f"{family}{defines}-sm_{arch}")
+NVRTC_JOBS = [(release, unit, kind) for release in RELEASES
+              for unit, kind in release_jobs(release)]
+
+
+@pytest.mark.parametrize("job", NVRTC_JOBS, ids=[f"{'-'.join(r)}-{unit_id(u)}-{k}"
+                                                 for r, u, k in NVRTC_JOBS])
+def test_cuda_source_compiles_with_nvrtc_as_cupy_compiles_it(nvrtc_results, job):
+    release, unit, kind = job
+    version, result = _result(nvrtc_results, release, f"{unit_id(unit)}-{kind}")
     assert result["code"] == 0 and not result["log"], (
-        f"NVRTC {version} on {family}.cu for sm_{arch} with {' '.join(result['options'])}: "
+        f"NVRTC {version} on {unit[0]}.cu ({kind}) with {' '.join(result['options'])}: "
         f"code {result['code']}\n{result['log']}")
-
-
-@pytest.mark.parametrize("release", RELEASES, ids=RELEASE_IDS)
-@pytest.mark.parametrize("unit", UNITS, ids=UNIT_IDS)
-def test_cuda_source_needs_no_device_as_default_execution_space(nvrtc_results, release, unit):
-    family, defines = unit
-    version, result = _result(nvrtc_results, release, f"{family}{defines}-no-default-device")
-    assert result["code"] == 0 and not result["log"], (
-        f"NVRTC {version} on {family}.cu without {DEVICE_DEFAULT}: code {result['code']}\n"
-        f"{result['log']}")
-    entries = [line.split()[-1] for line in result["ptx"].splitlines()
-               if line.startswith(".visible .entry")]
-    assert entries and all("_f32" in e or "_f64" in e for e in entries), entries
+    if kind == "no-default-device":
+        entries = [line.split()[-1] for line in result["ptx"].splitlines()
+                   if line.startswith(".visible .entry")]
+        assert entries and all("_f32" in e or "_f64" in e for e in entries), entries
 
 
 # --------------------------------------------------------------------------- the loader

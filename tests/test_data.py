@@ -445,6 +445,25 @@ def test_loader_on_cuda_yields_cupy_batches():
     assert backend.to_numpy(y).tolist() == [0, 1]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs an NVIDIA GPU with CuPy")
+def test_loader_on_cuda_copies_from_pinned_memory_without_waiting_and_keeps_each_batch():
+    from support import device_counts
+
+    loader = data.DataLoader(numbered(7), batch_size=2, shuffle=True, seed=3, device="cuda")
+    on_cpu = data.DataLoader(numbered(7), batch_size=2, shuffle=True, seed=3)
+    for _ in range(2):  # the second epoch reuses the pinned buffers
+        want = list(on_cpu)
+        with device_counts(forbid_sync=True) as counts:
+            batches = list(loader)  # every batch kept: none may be overwritten by a later one
+        if counts is not None:
+            assert counts["sync"] == 0 and counts["d2h"] == 0, counts
+            assert counts["h2d"] == counts["h2d_pinned"] == 2 * len(want), counts
+        for (x, y), (want_x, want_y) in zip(batches, want, strict=True):
+            np.testing.assert_array_equal(backend.to_numpy(x), want_x)
+            np.testing.assert_array_equal(backend.to_numpy(y), want_y)
+
+
 # --------------------------------------------------------------------------- datasets
 
 def test_array_dataset_rejects_arrays_of_different_lengths():

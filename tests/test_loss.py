@@ -371,8 +371,8 @@ def test_mean_with_zero_total_weight_is_value_error(op):
 
 @pytest.mark.parametrize("op", CLASS_OPS)
 def test_input_without_class_axis_is_value_error(op):
-    with pytest.raises(ValueError, match=r"input must have shape \(N, C\)"):
-        getattr(F, op)(np.zeros(5), np.array(1))
+    with pytest.raises(ValueError, match=r"input must have shape \(C,\), \(N, C\)"):
+        getattr(F, op)(np.zeros(()), np.array(1))
 
 
 @pytest.mark.parametrize("op", CLASS_OPS + POINTWISE_OPS)
@@ -407,12 +407,35 @@ def test_pointwise_target_of_other_dtype_is_type_error(op):
 
 
 @pytest.mark.parametrize("op", POINTWISE_OPS)
-def test_pointwise_mean_of_empty_input_is_value_error(op):
-    with pytest.raises(ValueError, match="mean.* of an empty input"):
-        getattr(F, op)(np.zeros((0, 3)), np.zeros((0, 3)))
+def test_pointwise_mean_of_empty_input_is_nan_as_in_torch(op):
+    # The mean of no values; "sum" is 0 (tests/test_empty_and_unbatched.py).
+    assert np.isnan(getattr(F, op)(np.zeros((0, 3)), np.zeros((0, 3))))
 
 
 @pytest.mark.parametrize("op", POINTWISE_OPS)
 def test_pointwise_grad_output_of_wrong_shape_is_value_error(op):
     with pytest.raises(ValueError, match=r"grad_output must have shape \(4, 5\)"):
         getattr(F, op + "_backward")(np.ones(()), X, X, "none")
+
+
+# --------------------------------------------------------------------------- training statistics
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(37, 5), (3, 4, 2, 3)], ids=["rows", "spatial"])
+def test_classification_stats_add_the_loss_and_numpys_argmax_count_in_place(shape, dtype):
+    from gpuconv.kernels.cuda_c.loss import classification_stats
+
+    rng = rng_for("classification_stats", shape, dtype)
+    scores = rng.integers(-2, 3, shape).astype(dtype)  # many ties: the first maximum wins
+    scores.reshape(shape[0], shape[1], -1)[1, 2, 0] = np.nan  # a NaN is the maximum
+    target = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    target.reshape(shape[0], -1)[1, 0] = 2
+    want_correct = int(np.sum(np.argmax(scores, axis=1) == target))
+    stats = backend.to_device(np.array([1.5, 2.0]), "cuda")  # sums so far
+    loss = backend.to_device(np.array(0.25, dtype), "cuda")
+    classification_stats(stats, loss, backend.to_device(scores, "cuda"),
+                         backend.to_device(target, "cuda"))
+    np.testing.assert_array_equal(backend.to_numpy(stats),
+                                  [1.5 + 0.25 * shape[0], 2.0 + want_correct])

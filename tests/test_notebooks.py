@@ -1,18 +1,28 @@
-"""The notebooks run top to bottom on the CPU (each cell's own asserts check its results)."""
+"""The notebooks: stored without outputs, and run top to bottom on the CPU with no stray
+output (each cell's own asserts check its results)."""
 import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+# An object's default repr: what a cell shows when its last line returns something by accident.
+STRAY_REPR = re.compile(r"<[^>]* at 0x[0-9a-fA-F]+>| at 0x[0-9a-fA-F]+\b")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_stored_without_outputs(path):
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom_without_stray_output(path, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(path, as_version=4)
     missing = [m for m in notebook.metadata.get("gpuconv", {}).get("requires", [])
@@ -22,3 +32,9 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
+    for i, cell in enumerate(c for c in notebook.cells if c.cell_type == "code"):
+        for out in cell.get("outputs", []):
+            assert not (out["output_type"] == "stream" and out["name"] == "stderr"), (
+                f"code cell {i} wrote to stderr: {out['text'][:300]}")
+            text = out.get("text") or out.get("data", {}).get("text/plain", "")
+            assert not STRAY_REPR.search(text), f"code cell {i} shows a stray value: {text[:200]}"

@@ -83,3 +83,43 @@ def test_numba_cuda_conv2d_backward_computes_only_the_masked_gradients(impl, mas
             assert_close(o, r, "float64", name)
         else:
             assert o is None, name
+
+
+# --------------------------------------------------------------------------- launching on a GPU
+
+def test_a_gpu_launch_queues_on_cupys_stream_and_imports_arrays_without_a_sync(monkeypatch):
+    """The launch path that a GPU takes, with numba's and CuPy's stream objects recorded
+    instead of created (no GPU here): the kernel gets CuPy's current stream, and every
+    CuPy array goes through ``as_cuda_array(..., sync=False)``; other arguments as they are.
+    Never run on a GPU (see the README's status of the GPU paths)."""
+    from gpuconv import backend
+    from gpuconv.kernels.numba_cuda import _numba
+
+    class DeviceArray:  # a stand-in CuPy array: only its device matters here
+        pass
+
+    calls, imported = [], []
+
+    class Kernel:
+        def __getitem__(self, config):
+            return lambda *args: calls.append((config, args))
+
+    stream_of_cupy = type("Stream", (), {"ptr": 7})()
+    fake_cupy = type("cupy", (), {"cuda": type("cuda", (), {
+        "get_current_stream": staticmethod(lambda: stream_of_cupy)})})
+    monkeypatch.setattr(_numba, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(backend, "cupy_or_none", lambda: fake_cupy)
+    monkeypatch.setattr(backend, "device_of",
+                        lambda a: "cuda" if isinstance(a, DeviceArray) else "cpu")
+    monkeypatch.setattr(_numba.cuda, "external_stream", lambda ptr: ("external", ptr),
+                        raising=False)
+    monkeypatch.setattr(_numba.cuda, "as_cuda_array",
+                        lambda a, sync=True: imported.append(sync) or ("imported", a),
+                        raising=False)
+    _numba._numba_stream.cache_clear()
+    a, b = DeviceArray(), DeviceArray()
+    _numba.launch(Kernel(), 3, 128, (a, 2.5, b, True), shared_mem=64)
+    _numba._numba_stream.cache_clear()
+    assert calls == [((3, 128, ("external", 7), 64),
+                      (("imported", a), 2.5, ("imported", b), True))]
+    assert imported == [False, False]

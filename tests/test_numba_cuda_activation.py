@@ -109,12 +109,14 @@ DROPOUT_SIZES = [1, 3, 4, 5, 11, 33]
 SEEDS = [0, 7, 12345, 2 ** 64 - 1]
 
 
+@pytest.mark.parametrize("offset", [0, 3, 2 ** 64 - 1])
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("size", DROPOUT_SIZES)
-def test_dropout_mask_equals_the_cpu_rule_bit_for_bit(size, seed, p):
-    kept = _impl("dropout", NAME)(np.ones(size), p, seed) != 0
-    expected = np.random.Generator(np.random.Philox(key=seed)).random(size) >= p
+def test_dropout_mask_equals_the_cpu_rule_bit_for_bit(size, seed, p, offset):
+    kept = _impl("dropout", NAME)(np.ones(size), p, seed, offset, None) != 0
+    key = seed + 2 ** 64 * offset
+    expected = np.random.Generator(np.random.Philox(key=key)).random(size) >= p
     np.testing.assert_array_equal(kept, expected)
 
 
@@ -123,12 +125,14 @@ def test_dropout_mask_equals_the_cpu_rule_bit_for_bit(size, seed, p):
 def test_dropout_equals_the_numpy_impl(shape, p, dtype):
     x, g, _, _ = _inputs(dtype, shape, "dropout")
     for op, a in (("dropout", x), ("dropout_backward", g)):
-        np.testing.assert_array_equal(_impl(op, NAME)(a, p, 21), _impl(op, "numpy")(a, p, 21))
+        np.testing.assert_array_equal(_impl(op, NAME)(a, p, 21, 2, None),
+                                      _impl(op, "numpy")(a, p, 21, 2, None))
 
 
-def test_dropout_p1_gives_zeros_without_nan():
-    np.testing.assert_array_equal(_impl("dropout", NAME)(np.array([np.inf, 1e300]), 1.0, 3),
-                                  np.zeros(2))
+def test_dropout_p1_multiplies_by_a_zero_mask_as_torch():
+    with np.errstate(invalid="ignore"):
+        out = _impl("dropout", NAME)(np.array([np.inf, 1e300]), 1.0, 3, 0, None)
+    np.testing.assert_array_equal(out, np.array([np.nan, 0.0]))
 
 
 def test_mul_hi_lo_gives_the_128_bit_product():
@@ -145,7 +149,7 @@ def test_mul_hi_lo_gives_the_128_bit_product():
 # --------------------------------------------------------------------------- layout
 
 @pytest.mark.parametrize("op, args", [("sigmoid", ()), ("log_softmax", (1,)),
-                                      ("dropout", (0.5, 4))], ids=str)
+                                      ("dropout", (0.5, 4, 1, None))], ids=str)
 def test_negative_strided_input_gives_the_same_result(op, args):
     view = rng_for(op, "strided").standard_normal((4, 6))[::-1, ::-2]
     np.testing.assert_array_equal(_impl(op, NAME)(view, *args),

@@ -481,6 +481,18 @@ def test_clip_grad_norm_leaves_small_gradients_alone():
     np.testing.assert_array_equal(all_grads(params), before)
 
 
+@pytest.mark.parametrize("scale, norm_type", [(1e20, 2.0), (1e30, 1.0), (1e-30, 3.0),
+                                              (1e25, 2.5)])
+def test_clip_grad_norm_of_float32_gradients_neither_overflows_nor_underflows(scale, norm_type):
+    grads = [np.array([1.0, -2.0, 0.5]), np.array([[3.0, 0.0], [-1.0, 2.0]])]
+    params = [Param(np.zeros(g.shape, np.float32), (g * scale).astype(np.float32))
+              for g in grads]
+    want = np.linalg.norm(np.concatenate([g.ravel() for g in grads]), norm_type) * scale
+    total = optim.clip_grad_norm_(params, 1.0, norm_type=norm_type)
+    assert total == pytest.approx(want, rel=1e-6)
+    assert all(np.all(np.isfinite(p.grad)) for p in params)
+
+
 def test_clip_grad_norm_without_gradients_is_zero():
     assert optim.clip_grad_norm_([Param(np.zeros(3))], 1.0) == 0.0
 
@@ -567,3 +579,13 @@ INVALID = [
 def test_invalid_arguments_are_rejected(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+@pytest.mark.parametrize("grad", [[1.0, 2.0, 3.0], 0.5, "g", np.array([1, 2, 3])],
+                         ids=["list", "float", "str", "int_array"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad", "Adadelta"])
+def test_a_gradient_that_is_not_a_float_array_is_a_type_error_naming_the_parameter(name, grad):
+    params = [Param(np.zeros(2), np.zeros(2)), Param(np.zeros(3), grad)]
+    opt = getattr(optim, name)(params, lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[1\]\.grad \(parameter of shape \(3,\)\)"):
+        opt.step()

@@ -25,7 +25,7 @@ import pytest
 from gpuconv import backend, kernels, optim
 from gpuconv.kernels import numba_cuda
 from gpuconv.kernels.numba_cuda import simulator_enabled
-from support import TOL, assert_close, impl_params, on_device_of, rng_for
+from support import TOL, assert_close, device_counts, impl_params, on_device_of, rng_for
 
 DTYPES = ["float64", "float32"]
 SHAPE = (3, 5)
@@ -300,3 +300,110 @@ def test_cupy_optimizer_tracks_the_numpy_path_for_three_steps(name, kw, dtype):
         for key in w:
             assert g[key].dtype == np.dtype(dtype)
             assert_close(g[key], w[key], dtype, f"step {t + 1}, {key}")
+
+
+# --------------------------------------------------------------------------- one launch per dtype
+
+# A zero-size parameter, one of several chunks (kernels/optim.cu cuts 8192-element chunks),
+# and small ones; the first group float32, the second float64 with its own learning rate.
+MULTI_SHAPES = [[(3, 5), (0,), (2, 8200)], [(4,), (17000,)]]
+MULTI_DTYPES = ["float32", "float64"]
+
+
+def _multi_start(name: str):
+    rng = rng_for("optim_multi_tensor", name)
+    groups = [[rng.standard_normal(s) for s in shapes] for shapes in MULTI_SHAPES]
+    grads = [[[rng.standard_normal(s) for s in shapes] for shapes in MULTI_SHAPES]
+             for _ in range(STEPS)]
+    return groups, grads
+
+
+def _multi_run(name: str, kw: dict, device: str, counts_per_step: list | None = None):
+    """The parameters after each of STEPS steps over two groups of two dtypes; the second
+    group's lr is halved after the first step, as a scheduler would."""
+    w0, grads = _multi_start(name)
+    params = [[Param(backend.to_device(w.astype(dt), device)) for w in ws]
+              for ws, dt in zip(w0, MULTI_DTYPES)]
+    lr = kw.get("lr", 0.01)
+    opt = getattr(optim, name)([{"params": params[0]}, {"params": params[1], "lr": lr / 3}],
+                               **kw)
+    for ps in params:  # one gradient buffer per parameter, refilled at each step
+        for p in ps:
+            p.grad = backend.to_device(np.zeros_like(backend.to_numpy(p.data)), device)
+    out = []
+    for t in range(STEPS):
+        for group, gs in zip(params, grads[t]):
+            for p, g in zip(group, gs):
+                p.grad[...] = backend.to_device(g.astype(p.data.dtype), device)
+        if t == 1:
+            opt.param_groups[1]["lr"] = lr / 2
+        if counts_per_step is None:
+            opt.step()
+        else:
+            with device_counts(forbid_sync=True) as counts:
+                opt.step()
+            counts_per_step.append(counts)
+        out.append([backend.to_numpy(p.data).copy() for ps in params for p in ps])
+    return opt, out
+
+
+@pytest.mark.parametrize("name, kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_one_launch_per_dtype_updates_every_parameter_like_the_numpy_path(name, kw):
+    counts = []
+    gpu_opt, got = _multi_run(name, kw, "cuda", counts)
+    cpu_opt, want = _multi_run(name, kw, "cpu")
+    dtypes = [dt for shapes, dt in zip(MULTI_SHAPES, MULTI_DTYPES) for _ in shapes]
+    for t, (g, w) in enumerate(zip(got, want)):
+        for i, (a, b, dt) in enumerate(zip(g, w, dtypes)):
+            if b.size:
+                assert_close(a, b, dt, f"step {t + 1}, parameter {i}")
+    if counts[0] is not None:
+        assert all(c["sync"] == 0 and c["d2h"] == 0 for c in counts), counts
+        assert [c["launch"] for c in counts] == [len(MULTI_DTYPES)] * STEPS, counts
+        # Step 2 uploads the new lr (and SGD's tables lose their first-step flag); step 3
+        # finds everything on the device.
+        assert counts[2]["h2d"] == 0, "a steady step uploaded its tables again"
+    sd_gpu, sd_cpu = gpu_opt.state_dict(), cpu_opt.state_dict()
+    for i, s in sd_cpu["state"].items():
+        assert sd_gpu["state"][i].get("step") == s.get("step"), i
+
+
+CLIP_SHAPES = [((3, 5), "float32"), ((9000,), "float32"), ((0,), "float32"), ((7,), "float64")]
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6], ids=["clips", "leaves-alone"])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_clip_grad_norm_on_the_gpu_matches_float64_and_keeps_the_norm_on_the_device(
+        norm_type, max_norm):
+    rng = rng_for("clip_multi_tensor", norm_type)
+    host = [rng.standard_normal(shape).astype(dt) for shape, dt in CLIP_SHAPES]
+    every = np.concatenate([g.reshape(-1).astype(np.float64) for g in host])
+    want = np.linalg.norm(every, ord=norm_type)  # the oracle, in float64 over all values
+    coef = min(1.0, max_norm / (want + 1e-6))
+    gpu = [Param(backend.to_device(g, "cuda")) for g in host]
+    for p in gpu:
+        p.grad = p.data
+    with device_counts(forbid_sync=True) as counts:
+        total = optim.clip_grad_norm_(gpu, max_norm, norm_type)
+    assert backend.device_of(total) == "cuda" and total.dtype == np.float64
+    if counts is not None:
+        assert counts["sync"] == 0 and counts["launch"] == 4, counts  # 2 per dtype
+    assert_close(backend.to_numpy(total).reshape(1), np.array([want]), "float64", "norm")
+    for p, g, (_, dt) in zip(gpu, host, CLIP_SHAPES):
+        if g.size:
+            assert_close(p.grad, g.astype(np.float64) * coef, dt, "clipped gradient")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_clip_grad_norm_on_the_gpu_checks_the_norm_before_scaling_when_asked():
+    g = backend.to_device(np.array([1.0, np.inf, 2.0]), "cuda")
+    p = Param(g)
+    p.grad = g
+    with pytest.raises(ValueError, match="total norm of order 2.0 of the gradients is inf"):
+        optim.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
+    np.testing.assert_array_equal(backend.to_numpy(g), [1.0, np.inf, 2.0])

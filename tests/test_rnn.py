@@ -66,12 +66,22 @@ def cell_args(kind: str, B: int, I: int, H: int, biases: str, rng) -> list:
     return [rng.standard_normal((B, I)), *states, *weights, *bias]
 
 
+def packed(kind, args) -> list:
+    """Flat cell arguments in PyTorch's call form: the LSTM takes its state as a pair."""
+    return [args[0], (args[1], args[2]), *args[3:]] if kind == "lstm" else list(args)
+
+
+def flattened(out) -> tuple:
+    """A result with the LSTM's state pairs spread out, in the order of the flat arguments."""
+    return tuple(a for o in as_tuple(out) for a in (o if isinstance(o, tuple) else (o,)))
+
+
 def cell_forward(kind, args, impl):
-    return as_tuple(CELL[kind](*args, impl=impl))
+    return as_tuple(CELL[kind](*packed(kind, args), impl=impl))
 
 
 def cell_backward(kind, grads, args, impl):
-    return CELL_BACKWARD[kind](*grads, *args, impl=impl)
+    return flattened(CELL_BACKWARD[kind](*grads, *packed(kind, args), impl=impl))
 
 
 def cell_output_grads(kind, B, H, rng) -> list:
@@ -139,8 +149,8 @@ def test_lstm_cell_backward_without_grad_c_equals_zero_grad_c():
     rng = rng_for("grad_c_none")
     args = cell_args("lstm", 2, 3, 4, "both", rng)
     grad_h = rng.standard_normal((2, 4))
-    without = lstm_cell_backward(grad_h, None, *args)
-    with_zero = lstm_cell_backward(grad_h, np.zeros((2, 4)), *args)
+    without = flattened(lstm_cell_backward(grad_h, None, *packed("lstm", args)))
+    with_zero = flattened(lstm_cell_backward(grad_h, np.zeros((2, 4)), *packed("lstm", args)))
     for a, b in zip(without, with_zero):
         np.testing.assert_array_equal(a, b)
 
@@ -591,7 +601,9 @@ def shrink_last(a):
 
 CELL_ERRORS = [
     ("input_rank", "lstm", lambda a: a.update(input=a["input"][None]), ValueError,
-     "input must have 2 dimensions"),
+     "input must have 1 or 2 dimensions"),
+    ("hx_rank", "gru", lambda a: a.update(hx=a["hx"][0]), ValueError,
+     "hx must have 2 dimensions"),
     ("input_size", "lstm", lambda a: a.update(weight_ih=shrink_last(a["weight_ih"])),
      ValueError, "weight_ih has 2 columns but the input size"),
     ("hx_hidden_size", "lstm", lambda a: a.update(hx=a["hx"][:, :3], cx=a["cx"][:, :3]),
@@ -600,6 +612,8 @@ CELL_ERRORS = [
     ("cx_shape", "lstm", lambda a: a.update(cx=shrink_last(a["cx"])), ValueError,
      "cx must have shape"),
     ("cx_missing", "lstm", lambda a: a.update(cx=None), TypeError, "cx must be an array"),
+    ("hx_not_a_pair", "lstm", lambda a: a.update(cx="no pair"), TypeError,
+     r"hx must be a pair \(h, c\)"),
     ("weight_hh_shape", "lstm", lambda a: a.update(weight_hh=shrink_last(a["weight_hh"])),
      ValueError, "weight_hh must have shape"),
     ("bias_shape", "lstm", lambda a: a.update(bias_hh=a["bias_hh"][:-1]), ValueError,
@@ -620,6 +634,9 @@ CELL_ERRORS = [
 def test_cell_rejects(kind, change, error, match):
     args = valid_cell(kind)
     change(args)
+    if kind == "lstm":
+        cx = args.pop("cx")
+        args["hx"] = args["hx"] if isinstance(cx, str) else (args["hx"], cx)
     with pytest.raises(error, match=match):
         CELL[kind](**args)
 
@@ -643,9 +660,12 @@ def replace_param(i, fn):
 
 
 SEQ_ERRORS = [
-    ("input_rank", "lstm", lambda a: a.update(input=a["input"][0]), ValueError,
-     "input must have 3 dimensions"),
-    ("input_empty", "lstm", lambda a: a.update(input=a["input"][:0]), ValueError, "zero-size"),
+    ("input_rank", "lstm", lambda a: a.update(input=a["input"][0, 0]), ValueError,
+     "input must have 2 or 3 dimensions"),
+    ("input_empty", "lstm", lambda a: a.update(input=a["input"][:0]), ValueError,
+     "at least one time step"),
+    ("unbatched_hx_rank", "gru", lambda a: a.update(input=a["input"][:, 0]), ValueError,
+     "hx must have 2 dimensions"),
     ("input_size", "lstm", replace_param(0, shrink_last), ValueError,
      r"params\[0\] \(weight_ih_l0\) has 2 columns but the input size is 3"),
     ("layer_input_size", "gru", replace_param(12, shrink_last), ValueError,

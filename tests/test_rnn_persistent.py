@@ -234,6 +234,11 @@ def cell_args(kind, B, I, H, biases, rng) -> list:
             rng.uniform(-0.8, 0.8, (G * H, H)), *bias]
 
 
+def packed(kind, args) -> list:
+    """Flat cell arguments in PyTorch's call form: the LSTM takes its state as a pair."""
+    return [args[0], (args[1], args[2]), *args[3:]] if kind == "lstm" else list(args)
+
+
 @pytest.mark.parametrize("B,I,H,biases", CELL_CASES)
 @pytest.mark.parametrize("kind,dtype", [gpu_param(k, d, id=f"{k}-{d}") for k in KINDS
                                         for d in ("float64", "float32")])
@@ -242,9 +247,9 @@ def test_cell_in_one_launch_matches_reference(kind, dtype, B, I, H, biases, bloc
     op = f"{kind}_cell"
     args = cell_args(kind, B, I, H, biases, rng_for("cell", kind, B, I, H))
     cell = F.lstm_cell if kind == "lstm" else F.gru_cell
-    ref = flat(cell(*args, impl="reference"))
-    out = flat(cell(*(None if a is None else to_gpu("cuda_fused", op, a, dtype) for a in args),
-                    impl="cuda_fused"))
+    ref = flat(cell(*packed(kind, args), impl="reference"))
+    on_gpu = [None if a is None else to_gpu("cuda_fused", op, a, dtype) for a in args]
+    out = flat(cell(*packed(kind, on_gpu), impl="cuda_fused"))
     for j, (o, r) in enumerate(zip(out, ref, strict=True)):
         check_against_reference(o, r, dtype, f"{op}[{j}]")
 
@@ -256,7 +261,8 @@ def test_a_cell_is_one_launch(kind, monkeypatch):
     monkeypatch.setattr(R, "_run", lambda *a, **k: launches.append(a[0]) or run(*a, **k))
     args = cell_args(kind, 2, 3, 4, "both", rng_for("one launch", kind))
     cell = F.lstm_cell if kind == "lstm" else F.gru_cell
-    cell(*(on_device_of("cuda_fused", f"{kind}_cell", a) for a in args), impl="cuda_fused")
+    cell(*packed(kind, [on_device_of("cuda_fused", f"{kind}_cell", a) for a in args]),
+         impl="cuda_fused")
     assert launches == [f"{kind}_cell_fwd_f64"]
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv import backend, data, models, nn, optim
+from gpuconv import backend, data, device_checks, models, nn, optim
 from gpuconv.train import History, evaluate, fit, load_checkpoint, save_checkpoint
-from support import assert_close
+from support import assert_close, device_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,6 +126,30 @@ def test_history_is_saved_as_json_and_png(tmp_path):
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_last_batch_drop_skips_the_partial_batch():
+    model, opt, loader, _ = _setup(n=70)  # batches of 32, 32 and 6
+    seen = []
+    loss_fn = nn.CrossEntropyLoss()
+    original = loss_fn.forward
+
+    def counting(out, y):
+        seen.append(int(y.shape[0]))
+        return original(out, y)
+    loss_fn.forward = counting
+    fit(model, loss_fn, opt, loader, epochs=1, progress=False, last_batch="drop")
+    assert seen == [32, 32]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(last_batch="pad"), "last_batch must be 'eager' or 'drop'"),
+    (dict(progress_every=0), "progress_every must be a positive int"),
+    (dict(cuda_graph=True), "cuda_graph=True needs the model on the GPU")])
+def test_bad_fit_options_are_value_errors(kwargs, match):
+    model, opt, loader, _ = _setup(n=32)
+    with pytest.raises(ValueError, match=match):
+        fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False, **kwargs)
+
+
 def _cli(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "gpuconv", *args], capture_output=True,
                           text=True, cwd=cwd, env=env)
@@ -136,7 +160,7 @@ def _cli(*args, cwd=None, env=None):
     (["train", "--dataset", "imagenet"], "invalid choice"),
     (["train", "--lr", "abc"], "invalid float value"),
     (["train", "lenet5", "--dataset", "mnist1d"], "takes images"),
-    (["train", "nosuchnet"], "unknown model"),
+    (["train", "nosuchnet"], "invalid choice"),
     (["eval", "missing.npz"], "missing.npz"),
     (["train", "--threads", "0"], "must be a positive int"),
 ])
@@ -238,3 +262,161 @@ def test_cli_trains_lenet5_on_digits_on_cuda(_, tmp_path):
                      "1", "--no-progress", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["device"] == "cuda" and 0 < summary["test_accuracy"] <= 1
+
+
+# --------------------------------------------------------------------------- GPU: no waiting
+
+def _mlp_with_dropout(seed: int):
+    nn.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Linear(32, 10)).to("cuda")
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_a_training_step_on_the_gpu_makes_no_host_synchronisation(_):
+    model, opt, loader, _ = _setup(n=64, device="cuda", optimizer=lambda p: optim.SGD(
+        p, lr=0.05, momentum=0.9))
+    loss_fn = nn.CrossEntropyLoss()
+    for step, (x, y) in enumerate(loader):
+        with device_counts(forbid_sync=True) as counts:
+            out = model(x)
+            loss_fn(out, y)
+            model.backward(loss_fn.backward())
+            optim.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+        if counts is not None:
+            assert counts["sync"] == 0 and counts["d2h"] == 0, (step, counts)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_an_epoch_on_the_gpu_reads_the_device_once(_):
+    model, opt, loader, val = _setup(n=96, device="cuda")
+    with device_counts() as counts:
+        fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=2, progress=False)
+    if counts is not None:
+        assert counts["sync"] == 2 and counts["d2h"] == 2, counts  # once per epoch
+    with device_counts() as counts:
+        fit(model, nn.CrossEntropyLoss(), opt, loader, val, epochs=1, progress=False)
+    if counts is not None:
+        assert counts["sync"] == 2, counts  # the epoch's sums, then evaluate's
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_the_progress_bar_reads_the_device_every_n_steps(_, capsys):
+    model, opt, loader, _ = _setup(n=128, device="cuda")  # 4 steps
+    with device_counts() as counts:
+        fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=True,
+            progress_every=2)
+    if counts is not None:
+        assert counts["sync"] == 3, counts  # steps 2 and 4, then the epoch's end
+
+
+GRAPH_RUNS = [
+    ("sgd-momentum", lambda p: optim.SGD(p, lr=0.05, momentum=0.9), "lenet", None),
+    ("adam-clip-scheduler", lambda p: optim.Adam(p, lr=3e-3), "lenet", 1.0),
+    ("adamw-dropout", lambda p: optim.AdamW(p, lr=3e-3), "dropout", None),
+]
+
+
+@pytest.mark.parametrize("name, make_opt, net, clip", [
+    pytest.param(*run, marks=ON_GPU, id=run[0]) for run in GRAPH_RUNS])
+def test_graph_replays_train_to_the_same_parameters_as_eager_steps_bit_for_bit(
+        name, make_opt, net, clip):
+    """Two epochs of 3 batches (32, 32 and a last partial one of 6): per epoch one eager
+    or captured step, replays, and the partial batch eagerly. A learning rate that the
+    scheduler lowers between epochs and dropout masks that must differ per replay are
+    read from the device, so any difference shows up in the parameters."""
+    finals, counted = {}, {}
+    for graph in (False, True):
+        model, opt, loader, _ = _setup(seed=4, n=70, device="cuda", optimizer=make_opt)
+        if net == "dropout":
+            model = _mlp_with_dropout(4)
+            opt = make_opt(model.parameters())
+        scheduler = optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        with device_counts() as counts:
+            fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=2, progress=False,
+                scheduler=scheduler, clip_grad_norm=clip, cuda_graph=graph)
+        finals[graph] = {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
+        counted[graph] = counts
+    for k, want in finals[False].items():
+        np.testing.assert_array_equal(finals[True][k], want, err_msg=k)
+    if counted[True] is not None:
+        assert counted[True]["capture"] == 1 and counted[True]["graph_launch"] == 3
+        assert counted[False]["graph_launch"] == 0
+        assert counted[True]["launch"] == counted[False]["launch"]
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_graph_replays_of_a_recurrent_classifier_match_eager_steps_bit_for_bit(_):
+    rng = np.random.default_rng(8)
+    sequences = data.ArrayDataset(rng.standard_normal((20, 1, 12)).astype(np.float32),
+                                  rng.integers(0, 3, 20))
+    finals = {}
+    for graph in (False, True):
+        nn.manual_seed(8)
+        model = models.lstm_classifier(num_classes=3, input_size=1, hidden_size=8).to("cuda")
+        opt = optim.Adam(model.parameters(), lr=1e-2)
+        loader = data.DataLoader(sequences, batch_size=8, shuffle=True, seed=8, device="cuda")
+        fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=2, progress=False,
+            cuda_graph=graph)
+        finals[graph] = {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
+    for k, want in finals[False].items():
+        np.testing.assert_array_equal(finals[True][k], want, err_msg=k)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_replayed_dropout_draws_a_new_mask_at_every_step(_, monkeypatch):
+    from gpuconv import graphs
+
+    model = _mlp_with_dropout(2)
+    opt = optim.SGD(model.parameters(), lr=0.0)  # nothing moves but the masks
+    x = backend.to_device(np.ones((32, 1, 8, 8), np.float32), "cuda")
+    y = backend.to_device(np.zeros(32, np.int64), "cuda")
+    outputs, after_replay = [], []
+    replay = graphs.StepGraph.replay
+
+    class Recorder(nn.Identity):
+        def forward(self, inp):
+            outputs.append(inp)
+            return inp
+
+    def recording_replay(self):
+        replay(self)
+        after_replay.append(backend.to_numpy(outputs[-1]))  # the captured output buffer
+    model.append(Recorder())
+    monkeypatch.setattr(graphs.StepGraph, "replay", recording_replay)
+    fit(model, nn.CrossEntropyLoss(), opt, [(x, y)] * 4, epochs=1, progress=False,
+        cuda_graph=True)
+    masks = [backend.to_numpy(outputs[0])] + after_replay  # eager step, then 3 replays
+    assert len(masks) == 4
+    for i in range(4):
+        for j in range(i):
+            assert not np.array_equal(masks[i], masks[j]), (i, j)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_a_bad_target_inside_an_epoch_is_reported_at_its_end(_):
+    model, opt, loader, _ = _setup(n=64, device="cuda")
+    bad = [(x, y.copy()) for x, y in loader]
+    bad[1][1][0] = 12  # a class that LeNet-5's 10 outputs do not have
+    with pytest.raises(device_checks.DeviceCheckError,
+                       match=r"cross_entropy: target values must lie in \[0, 10\).*found 12"):
+        fit(model, nn.CrossEntropyLoss(), opt, bad, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_a_diverged_loss_on_the_gpu_is_reported_at_the_end_of_its_epoch(_):
+    model, opt, loader, _ = _setup(n=64, device="cuda")
+    model.fc3.bias.data[...] = np.nan  # every logit NaN: a NaN loss from the first step
+    with pytest.raises(FloatingPointError, match="training diverged.*nan in epoch 1"):
+        fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=ON_GPU, id="cuda")])
+def test_cuda_graph_true_refuses_a_step_that_cannot_be_captured(_):
+    model, opt, loader, _ = _setup(n=32, device="cuda")
+    with device_checks.eager_checks():
+        with pytest.raises(ValueError, match="cuda_graph=True.*eager device checks"):
+            fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False,
+                cuda_graph=True)

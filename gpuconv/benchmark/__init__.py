@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import __version__, backend, kernels
+from .. import __version__, backend, kernels, precision
 from .._resources import bench_suite_dir
 from ..testing import TOL, rel_err
 from .cases import SUITE_PASSES, Pass
@@ -80,6 +80,12 @@ def _torch(device: str = "cpu"):
 
 
 def _array_dtype(dtype: str):
+    """The arrays' dtype for a --dtype value (None: gpuconv has none for it here). tf32 is
+    float32 arrays computed in the tf32 precision mode (gpuconv.precision); bfloat16 is
+    ml_dtypes' dtype, where installed."""
+    if dtype == "bfloat16":
+        from ..kernels.cuda_c.conv_igemm import _bfloat16
+        return _bfloat16()
     return {"float32": np.float32, "tf32": np.float32, "float16": np.float16}.get(dtype)
 
 
@@ -196,6 +202,8 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
     log(f"ceilings on {device}: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
         f"float32 GEMM {ceilings['gemm_flops_per_s'] / 1e12:.2f} TFLOP/s")
     rows = []
+    if any(f != "train" for f in families):
+        log(HEADER)
     for family in families:
         if family == "train":
             from .training import train_rows
@@ -217,8 +225,10 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
     if array_dtype is not None:
         sets = [tuple(xp.asarray(a.astype(array_dtype) if a.dtype.kind == "f" else a) for a in s)
                 for s in sets64]
-        rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
-        if p.array_call is not None:
+        with precision.conv_precision("tf32" if dtype == "tf32" else "fp32"):
+            rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
+        # CuPy's GEMMs take no bfloat16 arrays on every version: no plain-CuPy row for it.
+        if p.array_call is not None and dtype != "bfloat16":
             rows.append(_array_row(case, p, sets, oracle, dtype, device, ceilings, quick))
     torch_row = _torch_row(case, p, sets64, oracle, dtype, device, ceilings, quick)
     if torch_row is not None:
@@ -229,13 +239,23 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
     return rows
 
 
+# The header of format_row's columns, printed once above the kernel rows.
+HEADER = (f"{'case':>22s} {'pass':>11s} {'impl':>18s} {'median time':>13s} "
+          f"{'[fastest-slowest] ms':<21s} {'compute rate':>16s} {'memory rate':>13s} "
+          f"{'time at floor':>16s} {'rel. error':>11s} verdict\n"
+          "  time at floor: the floor (FLOPs at the measured GEMM rate or bytes at the measured "
+          "copy rate, the larger) as a share of the median; verdict: speed over the fastest "
+          "correct reference of the same case and pass (>1x is faster), or WRONG")
+
+
 def format_row(r: dict) -> str:
+    """One kernel row of the table under :data:`HEADER`."""
     ratio = r.get("ratio_to_best_reference")
     verdict = "WRONG" if not r["correct"] else (f"{ratio:.2f}x ref" if ratio else "")
+    spread = f"[{r['min_ms']:.3f}-{r['max_ms']:.3f}]"
     return (f"{r['case']:>22s} {r['pass']:>11s} {r['impl']:>18s} {r['median_ms']:10.3f} ms "
-            f"[{r['min_ms']:.3f}-{r['max_ms']:.3f}] {r['tflops']:8.3f} TFLOP/s "
-            f"{r['tbps'] * 1e3:8.1f} GB/s {100 * r['fraction_of_floor']:6.1f}% of floor "
-            f"err {r['rel_err']:.1e} {verdict}")
+            f"{spread:<21s} {r['tflops']:8.3f} TFLOP/s {r['tbps'] * 1e3:8.1f} GB/s "
+            f"{100 * r['fraction_of_floor']:6.1f}% of floor err {r['rel_err']:.1e} {verdict}")
 
 
 def markdown(report: dict) -> str:
@@ -265,11 +285,13 @@ def markdown(report: dict) -> str:
         lines.append("")
     train = [r for r in report["rows"] if "images_per_s" in r]
     if train:
-        lines += ["| training | framework | s/epoch | images/s | vs torch |", "|---|---|---|---|---|"]
+        lines += ["| training | framework | s/epoch | images/s | vs torch eager | "
+                  "vs torch graph |", "|---|---|---|---|---|---|"]
         for r in train:
-            ratio = r.get("ratio_to_best_reference")
-            lines.append(f"| {r['case']} | {r['impl']} | {r['seconds']:.2f} | "
-                         f"{r['images_per_s']:.0f} | {f'{ratio:.2f}x' if ratio else '-'} |")
+            ratios = [r.get(f"ratio_to_torch_{mode}") for mode in ("eager", "graph")]
+            lines.append(f"| {r['case']} | {r['impl']} | {r['seconds']:.3f} | "
+                         f"{r['images_per_s']:.0f} | "
+                         + " | ".join(f"{x:.2f}x" if x else "-" for x in ratios) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -279,30 +301,84 @@ def save_json(report: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2, default=float))
 
 
+# What the chart calls gpuconv's readable NumPy oracle, so that it is not read as the
+# reference the ratios are taken against.
+_PLOT_NAMES = {"reference": "reference impl (NumPy oracle)", "gpuconv": "gpuconv training loop"}
+
+
+def _plot_rows(report: dict) -> list[tuple[str, list[dict], str]]:
+    """For each (case, pass) of the report in order: its label, its gpuconv rows, and what
+    it is compared against ("vs torch_cpu") or why there is no ratio."""
+    groups: dict[str, list[dict]] = {}
+    for r in report["rows"]:
+        groups.setdefault(f"{r['case']} {r['pass']}", []).append(r)
+    torch_ran = "torch" in report["environment"]
+    out = []
+    for label, rows in groups.items():
+        refs = [r for r in rows if r["source"] != "gpuconv" and r["correct"]]
+        if refs:
+            best = min(refs, key=lambda r: r.get("median_ms") or r.get("seconds"))
+            note = f"vs {best['impl']}"
+        else:
+            note = ("no reference ran: torch is not installed" if not torch_ran
+                    else "no correct reference ran")
+        out.append((label, [r for r in rows if r["source"] == "gpuconv"], note))
+    return out
+
+
 def plot(report: dict, path: str | Path) -> None:
-    """A bar chart of each gpuconv impl's speed ratio to the best reference, per case."""
+    """A horizontal bar chart of each gpuconv impl's speed over the fastest correct reference
+    of the same case and pass (log scale, 1 = as fast): one row per case and pass, its bars
+    centred on the row, the reference it is compared with written at the right, and rows
+    without a ratio explained (no reference ran, or a wrong result)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    rows = [r for r in report["rows"] if r["source"] == "gpuconv"]
-    labels = sorted({f"{r['case']} {r['pass']}" for r in rows})
-    impls = sorted({r["impl"] for r in rows})
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) * max(1, len(impls))), 4.5))
-    width = 0.8 / max(1, len(impls))
-    for k, impl in enumerate(impls):
-        values = []
-        for label in labels:
-            ratios = [r["ratio_to_best_reference"] for r in rows
-                      if f"{r['case']} {r['pass']}" == label and r["impl"] == impl]
-            values.append(ratios[0] if ratios and ratios[0] is not None else 0.0)
-        ax.bar(np.arange(len(labels)) + k * width, values, width, label=impl)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=45, ha="right")
-    ax.set_ylabel("speed vs best reference (x)")
-    ax.set_title(f"gpuconv bench on {report['environment']['device']} ({report['dtype']})")
-    ax.legend()
-    fig.tight_layout()
+    groups = _plot_rows(report)
+    impls = sorted({r["impl"] for _, rows, _ in groups for r in rows})
+    n_rows = len(groups)
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.3 * sum(max(2, len(rows)) for _, rows, _ in groups)))
+    ratios = [r["ratio_to_best_reference"] for _, rows, _ in groups for r in rows
+              if r.get("ratio_to_best_reference")]
+    low, high = min(ratios + [0.5]) / 1.5, max(ratios + [2.0]) * 1.5
+    colors = dict(zip(impls, plt.get_cmap("tab10").colors))
+    labelled = set()
+    for row, (_, rows, _) in enumerate(groups):
+        # The bars of a row share its height, centred on its tick whatever their number.
+        bar = 0.8 / max(1, len(rows))
+        for k, r in enumerate(sorted(rows, key=lambda r: r["impl"])):
+            if not r.get("ratio_to_best_reference"):
+                continue
+            impl = r["impl"]
+            ax.barh(row + (k - (len(rows) - 1) / 2) * bar, r["ratio_to_best_reference"],
+                    height=bar, color=colors[impl],
+                    label=None if impl in labelled else _PLOT_NAMES.get(impl, impl))
+            labelled.add(impl)
+    for row, (_, rows, note) in enumerate(groups):
+        wrong = [r["impl"] for r in rows if not r["correct"]]
+        text = note + (f"; wrong result: {', '.join(wrong)}" if wrong else "")
+        ax.text(high, row, " " + text, va="center", ha="left", fontsize=8,
+                color="black" if note.startswith("vs") and not wrong else "firebrick")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlim(low, high)
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+             if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks(range(n_rows), [label for label, _, _ in groups])
+    ax.invert_yaxis()
+    ax.set_xlabel("speed relative to the fastest correct reference of the same run "
+                  "(x, log scale; > 1 is faster)")
+    env = report["environment"]
+    ax.set_title(f"gpuconv bench on {env['device']} ({report['dtype']}, CPU threads: "
+                 f"{env.get('cpu_threads') or 'default'})")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.legend(loc="lower center", ncol=min(4, max(1, len(labelled))), fontsize=9,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -58,7 +58,7 @@ def conv_geometry(c: dict) -> dict:
 
 
 def conv_passes(c: dict) -> list[Pass]:
-    from .. import functional as F
+    from .. import backend, functional as F
     from . import im2col_gemm
 
     geo = conv_geometry(c)
@@ -74,13 +74,19 @@ def conv_passes(c: dict) -> list[Pass]:
     def make_bwd(rng):
         return (rng.standard_normal(y_shape),) + make_fwd(rng)
 
+    def nhwc_16bit(torch, tensors):
+        """16-bit tensors channels-last (cuDNN's tensor-core layout, as cuda_igemm's)."""
+        return [t.contiguous(memory_format=torch.channels_last)
+                if t.dim() == 4 and t.dtype in (torch.bfloat16, torch.float16) else t
+                for t in tensors]
+
     def torch_fwd(torch, inputs):
-        x, w, b = inputs
+        x, w, b = nhwc_16bit(torch, inputs)
         return lambda: torch.nn.functional.conv2d(x, w, b, *args)
 
     def torch_grad(wrt: slice):
         def closure(torch, inputs):
-            gy, x, w, b = inputs
+            gy, x, w, b = nhwc_16bit(torch, inputs)
             leaves = [t.detach().requires_grad_() for t in (x, w, b)]
             y = torch.nn.functional.conv2d(*leaves, *args)
             return lambda: torch.autograd.grad(y, leaves[wrt], gy, retain_graph=True)
@@ -89,18 +95,24 @@ def conv_passes(c: dict) -> list[Pass]:
     def grad(mask):
         return lambda a, impl: F.conv2d_backward(*a, *args, output_mask=mask, impl=impl)
 
+    def channels_last(a, impl):
+        """The implicit GEMM's operands channels-last (untimed), as a channels-last caller
+        passes them: its NCHW transposes are then not in the figure."""
+        return tuple(backend.channels_last(t) if impl == "cuda_igemm" and t.ndim == 4 else t
+                     for t in a)
+
     pairs = (*((v, v) for v in args[:3]), args[3])  # im2col_gemm takes (h, w) pairs
     return [
         Pass("conv2d", "forward", 2 * geo["macs"], geo["x"] + geo["w"] + geo["b"] + geo["y"], 0,
              make_fwd, lambda a, impl: F.conv2d(*a, *args, impl=impl), torch_fwd,
-             lambda a: im2col_gemm.conv2d(*a, *pairs)),
+             lambda a: im2col_gemm.conv2d(*a, *pairs), channels_last),
         Pass("conv2d_backward", "grad_input", 2 * geo["macs"], geo["y"] + geo["w"] + geo["x"], 0,
              make_bwd, grad((True, False, False)), torch_grad(slice(0, 1)),
-             lambda a: im2col_gemm.conv2d_grad_input(*a[:3], *pairs)),
+             lambda a: im2col_gemm.conv2d_grad_input(*a[:3], *pairs), channels_last),
         Pass("conv2d_backward", "grad_weight", 2 * geo["macs"],
              geo["y"] + geo["x"] + geo["w"] + geo["b"], 0,
              make_bwd, grad((False, True, True)), torch_grad(slice(1, 3)),
-             lambda a: im2col_gemm.conv2d_grad_weight(*a[:3], *pairs)),
+             lambda a: im2col_gemm.conv2d_grad_weight(*a[:3], *pairs), channels_last),
     ]
 
 

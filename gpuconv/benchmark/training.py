@@ -1,11 +1,24 @@
 """End-to-end training benchmark: one epoch of LeNet-5 on random 28x28 images with SGD
-(momentum 0.9), gpuconv beside PyTorch eager on the same device, in images per second.
+(momentum 0.9), gpuconv beside PyTorch on the same device, in images per second.
 
 Both run the same network (conv5x5(6, pad 2)-ReLU-maxpool-conv5x5(16)-ReLU-maxpool-
-fc120-ReLU-fc84-ReLU-fc10, cross-entropy) on the same data; one warm-up step comes first.
+fc120-ReLU-fc84-ReLU-fc10, cross-entropy) on the same synthetic data (no download), the
+batches already on the device. Each framework runs in two modes on a GPU:
+
+- eager: one launch per kernel, as a Python loop issues them (gpuconv: ``fit``'s step with
+  ``cuda_graph=False``; torch: its usual loop);
+- graph: the step captured once as a CUDA graph and replayed per batch (gpuconv: ``fit``'s
+  step with ``cuda_graph=True``; torch: ``torch.cuda.graph`` with static input tensors, as
+  its documentation shows), the last partial batch eager in both.
+
+Warm-up steps (and the capture) come before the clock starts. gpuconv's timed epoch also
+reads its loss sum and correct count once at its end, as ``fit`` does; on a GPU its steps
+run under ``cupyx.allow_synchronize(False)``, so a host synchronisation inside the epoch
+would stop the benchmark.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -15,72 +28,115 @@ from . import _torch
 
 LR = 0.01
 MOMENTUM = 0.9
+# Eager steps before torch's capture, on a side stream (torch's documented recipe).
+TORCH_WARMUP_STEPS = 3
 
 
-def _data(images: int, device: str, seed: int = 0):
+def _data(images: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((images, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, images)
     return x, y
 
 
-def _gpuconv_epoch(x, y, batch: int, device: str) -> float:
-    from .. import models, nn, optim
+def _batches(x, y, batch: int, to_device) -> list:
+    return [(to_device(x[i:i + batch]), to_device(y[i:i + batch]))
+            for i in range(0, len(x), batch)]
+
+
+def _gpuconv_epoch(x, y, batch: int, device: str, graph: bool) -> float:
+    from .. import graphs, models, nn, optim
+    from ..train import _Trainer
 
     nn.manual_seed(0)
     model = models.lenet5(num_classes=10, input_size=28).to(device)
-    loss_fn = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    xs = [backend.to_device(x[i:i + batch], device) for i in range(0, len(x), batch)]
-    ys = [backend.to_device(y[i:i + batch], device) for i in range(0, len(y), batch)]
-
-    def step(xb, yb):
-        loss_fn(model(xb), yb)
-        model.backward(loss_fn.backward())
-        opt.step()
-        opt.zero_grad()
-
-    step(xs[0], ys[0])
-    _sync(device)
-    t0 = time.perf_counter()
-    for xb, yb in zip(xs, ys):
-        step(xb, yb)
-    _sync(device)
-    return time.perf_counter() - t0
+    batches = _batches(x, y, batch, lambda a: backend.to_device(a, device))
+    trainer = _Trainer(model, nn.CrossEntropyLoss(), opt, None, graph, "eager")
+    on_gpu = device == "cuda"
+    with graphs.side_stream() if on_gpu else contextlib.nullcontext():
+        for _ in range(2):  # the eager warm-up step; in graph mode the capture and a replay
+            trainer.run(*batches[0])
+        trainer.stats.read()
+        t0 = time.perf_counter()
+        trainer.stats.reset()
+        with _no_sync(on_gpu):
+            for xb, yb in batches:
+                trainer.run(xb, yb)
+        trainer.stats.read()  # fit's one read per epoch; waits for the last step
+        return time.perf_counter() - t0
 
 
-def _torch_epoch(torch, x, y, batch: int, device: str) -> float:
+def _no_sync(on_gpu: bool):
+    """Refuse CuPy's host synchronisations in the block on a GPU."""
+    if not on_gpu:
+        return contextlib.nullcontext()
+    import cupyx
+
+    return cupyx.allow_synchronize(False)
+
+
+def _torch_model(torch, device: str):
     tnn = torch.nn
     torch.manual_seed(0)
-    model = tnn.Sequential(
+    return tnn.Sequential(
         tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
         tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
         tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10),
     ).to(device)
-    loss_fn = tnn.CrossEntropyLoss()
+
+
+def _torch_epoch(torch, x, y, batch: int, device: str, graph: bool) -> float:
+    model = _torch_model(torch, device)
+    loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    xs = [torch.from_numpy(x[i:i + batch]).to(device) for i in range(0, len(x), batch)]
-    ys = [torch.from_numpy(y[i:i + batch]).to(device) for i in range(0, len(y), batch)]
+    batches = _batches(x, y, batch, lambda a: torch.from_numpy(a).to(device))
 
     def step(xb, yb):
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         loss_fn(model(xb), yb).backward()
         opt.step()
 
-    step(xs[0], ys[0])
-    if device == "cuda":
-        torch.cuda.synchronize()
+    run = step
+    if graph:
+        run = _torch_graph_step(torch, step, batches[0])
+    else:
+        step(*batches[0])
+    _torch_sync(torch, device)
     t0 = time.perf_counter()
-    for xb, yb in zip(xs, ys):
-        step(xb, yb)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    for xb, yb in batches:
+        run(xb, yb)
+    _torch_sync(torch, device)
     return time.perf_counter() - t0
 
 
-def _sync(device: str) -> None:
+def _torch_graph_step(torch, step, first):
+    """torch's whole-network capture: warm-up steps on a side stream, then the step captured
+    on static inputs; batches of their shape are copied in and replayed, others eager."""
+    static_x, static_y = first[0].clone(), first[1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(TORCH_WARMUP_STEPS):
+            step(static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(static_x, static_y)
+
+    def run(xb, yb):
+        if xb.shape != static_x.shape:
+            step(xb, yb)
+            return
+        static_x.copy_(xb)
+        static_y.copy_(yb)
+        graph.replay()
+    return run
+
+
+def _torch_sync(torch, device: str) -> None:
     if device == "cuda":
-        backend.cupy_or_none().cuda.Device().synchronize()
+        torch.cuda.synchronize()
 
 
 def _row(case: dict, impl: str, source: str, seconds: float, device: str) -> dict:
@@ -90,22 +146,28 @@ def _row(case: dict, impl: str, source: str, seconds: float, device: str) -> dic
 
 
 def train_rows(cases: list, device: str, quick: bool, log) -> list:
-    """One row per framework per case; ``ratio_to_best_reference`` compares images/s."""
+    """One row per framework and mode per case; ``ratio_to_best_reference`` compares
+    images/s with the fastest torch row, ``ratio_to_torch_<mode>`` with each torch row."""
     rows = []
+    modes = (("eager", False), ("graph", True)) if device == "cuda" else (("eager", False),)
+    torch = _torch(device)
     for case in cases:
-        x, y = _data(case["images"], device)
-        ours = _row(case, "gpuconv", "gpuconv", _gpuconv_epoch(x, y, case["batch"], device), device)
-        case_rows = [ours]
-        torch = _torch(device)
+        x, y = _data(case["images"])
+        case_rows = [_row(case, f"gpuconv_{mode}", "gpuconv",
+                          _gpuconv_epoch(x, y, case["batch"], device, graph), device)
+                     for mode, graph in modes]
         if torch is not None:
-            case_rows.append(_row(case, "torch_eager", "torch",
-                                  _torch_epoch(torch, x, y, case["batch"], device), device))
-        best_ref = max((r["images_per_s"] for r in case_rows if r["source"] == "torch"),
-                       default=None)
+            case_rows += [_row(case, f"torch_{mode}", "torch",
+                               _torch_epoch(torch, x, y, case["batch"], device, graph), device)
+                          for mode, graph in modes]
+        refs = {r["impl"]: r["images_per_s"] for r in case_rows if r["source"] == "torch"}
+        best_ref = max(refs.values(), default=None)
         for r in case_rows:
             r["ratio_to_best_reference"] = r["images_per_s"] / best_ref if best_ref else None
-            log(f"{r['case']:>22s} {r['impl']:>12s} {r['seconds']:8.2f} s/epoch "
+            for impl, ips in refs.items():
+                r[f"ratio_to_{impl}"] = r["images_per_s"] / ips
+            log(f"{r['case']:>22s} {r['impl']:>14s} {r['seconds']:8.3f} s/epoch "
                 f"{r['images_per_s']:10.0f} images/s"
-                + (f"  {r['ratio_to_best_reference']:.2f}x torch" if best_ref else ""))
+                + "".join(f"  {r[f'ratio_to_{impl}']:.2f}x {impl}" for impl in refs))
         rows += case_rows
     return rows

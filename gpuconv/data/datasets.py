@@ -13,7 +13,9 @@ inputs in NCHW (NCL for signals) and int64 class labels; ``ds.classes`` names th
 
 Files live in ``root`` when it is given, else in ``cache_dir()/<dataset>`` (see
 :func:`~gpuconv.data.download.cache_dir`). Files that are missing are downloaded there when
-``download=True`` and checked against their published SHA-256 digests. Nothing is ever
+``download=True`` and checked against their published SHA-256 digests; with
+``download=False`` a loader only reads (it creates no file or folder) and raises
+:class:`MissingDataError` when files are missing. Nothing is ever
 unpickled: MNIST-1D is generated instead of downloaded, CIFAR-10 is read from its binary
 version, and caches are ``.npz`` files loaded with ``allow_pickle=False``.
 """
@@ -37,7 +39,7 @@ from .download import SHA256, atomic_write, cache_dir, download_file
 from .split import random_split
 
 __all__ = ["read_idx", "read_cifar_binary", "digits", "mnist1d", "mnist", "fashion_mnist",
-           "cifar10"]
+           "cifar10", "MissingDataError"]
 
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -128,9 +130,19 @@ def _root(root, name: str) -> Path:
     return Path(root).expanduser() if root is not None else cache_dir() / name
 
 
-def _missing(name: str, files: Sequence[str], root: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"{name}: {', '.join(files)} not found in {root}; call with "
-                             f"download=True, or root= a local directory that holds them")
+class MissingDataError(FileNotFoundError):
+    """A dataset's files are not in the folder a loader reads (``download=False``); the
+    attributes name the dataset, the files and the folder, for callers that word the remedy
+    their own way (the command line names its flags)."""
+
+    def __init__(self, dataset: str, files: Sequence[str], root: Path):
+        self.dataset, self.files, self.root = dataset, list(files), Path(root)
+        super().__init__(f"{dataset}: {', '.join(files)} not found in {root}; call with "
+                         f"download=True, or root= a local directory that holds them")
+
+
+def _missing(name: str, files: Sequence[str], root: Path) -> MissingDataError:
+    return MissingDataError(name, files, root)
 
 
 def _idx_dataset(name: str, root, download: bool, mirrors: Sequence[str],
@@ -181,17 +193,20 @@ CIFAR_FOLDER = "cifar-10-batches-bin"  # the folder inside the official archive
 CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
 
 
-def read_cifar_binary(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_binary(paths: Sequence[str | os.PathLike],
+                      contents: Sequence[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read CIFAR-10 binary batch files into ``(x, y)``.
 
     Each file is a sequence of 3073-byte records (label byte, then the 32x32 red, green
     and blue planes). Returns x ``(N, 3, 32, 32)`` uint8 and y ``(N,)`` int64, the files
-    concatenated in order. A file whose size is not a whole number of records, or a label
+    concatenated in order. ``contents``, when given, holds the files' bytes (``paths`` then
+    only names them). A file whose size is not a whole number of records, or a label
     above 9, is a ``ValueError`` that names the file.
     """
     xs, ys = [], []
-    for path in paths:
-        data = np.fromfile(path, dtype=np.uint8)
+    for k, path in enumerate(paths):
+        data = (np.fromfile(path, dtype=np.uint8) if contents is None
+                else np.frombuffer(contents[k], dtype=np.uint8))
         if data.size == 0 or data.size % CIFAR_RECORD:
             raise ValueError(f"{path}: {data.size} bytes is not a whole number of "
                              f"{CIFAR_RECORD}-byte CIFAR-10 records")
@@ -202,22 +217,26 @@ def read_cifar_binary(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, n
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _extract_cifar(archive: Path, folder: Path) -> None:
+def _cifar_archive_batches(archive: Path) -> dict[str, bytes]:
+    """The batch files of the official archive, by base name, read into memory."""
     wanted = set(CIFAR_TRAIN_FILES + CIFAR_TEST_FILES)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            # Members are picked by base name and written by us, so no path from the
-            # archive is ever used on disk.
+            # Members are picked by base name, so no path from the archive is ever used.
             members = {Path(m.name).name: m for m in tar.getmembers()
                        if m.isfile() and Path(m.name).name in wanted}
             missing = sorted(wanted - members.keys())
             if missing:
                 raise ValueError(f"{archive}: archive lacks {', '.join(missing)}")
-            for name, member in members.items():
-                with atomic_write(folder / name) as out:
-                    out.write(tar.extractfile(member).read())
+            return {name: tar.extractfile(member).read() for name, member in members.items()}
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{archive}: cannot read the CIFAR-10 archive ({e})") from e
+
+
+def _extract_cifar(archive: Path, folder: Path) -> None:
+    for name, content in _cifar_archive_batches(archive).items():
+        with atomic_write(folder / name) as out:
+            out.write(content)
 
 
 def _cifar_folder(root: Path) -> Path | None:
@@ -235,10 +254,12 @@ def cifar10(root: str | os.PathLike | None = None,
     ``test_batch.bin`` (directly or in ``cifar-10-batches-bin/``), or the archive
     ``cifar-10-binary.tar.gz``; default ``cache_dir()/cifar10``. When the batches are
     missing the archive is downloaded (if ``download``), verified, the batch files are
-    extracted to ``root/cifar-10-batches-bin`` and the archive is deleted.
+    extracted to ``root/cifar-10-batches-bin`` and the archive is deleted. With
+    ``download=False`` nothing is written: an archive in ``root`` is read in memory.
     """
     root = _root(root, "cifar10")
     folder = _cifar_folder(root)
+    contents = None
     if folder is None:
         archive = root / CIFAR_ARCHIVE
         downloaded = not archive.is_file()
@@ -247,12 +268,16 @@ def cifar10(root: str | os.PathLike | None = None,
                 raise _missing("cifar10", [CIFAR_ARCHIVE + " or the .bin batch files"], root)
             download_file([CIFAR10_URL], archive, SHA256[f"cifar10/{CIFAR_ARCHIVE}"])
         folder = root / CIFAR_FOLDER
-        _extract_cifar(archive, folder)
-        if downloaded:
-            archive.unlink()
+        if download:
+            _extract_cifar(archive, folder)
+            if downloaded:
+                archive.unlink()
+        else:
+            contents = _cifar_archive_batches(archive)
     splits = []
     for files in (CIFAR_TRAIN_FILES, CIFAR_TEST_FILES):
-        x, y = read_cifar_binary([folder / f for f in files])
+        x, y = read_cifar_binary([folder / f for f in files],
+                                 None if contents is None else [contents[f] for f in files])
         splits.append(ArrayDataset(_scaled(x), y, CIFAR10_CLASSES))
     return splits[0], splits[1]
 
@@ -269,7 +294,8 @@ def digits(test_size: int = 360, seed: int = 0) -> tuple[ArrayDataset, ArrayData
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise ImportError("digits() needs scikit-learn: pip install 'gpuconv[data]'") from e
+        raise ImportError("the digits dataset needs scikit-learn: "
+                          "pip install 'gpuconv[data]'") from e
     bunch = load_digits()
     x = (bunch.images[:, None] / 16).astype(np.float32)
     y = bunch.target.astype(np.int64)
@@ -289,7 +315,7 @@ def _generate_mnist1d() -> dict[str, np.ndarray]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:
-        raise ImportError("mnist1d() needs the mnist1d package: "
+        raise ImportError("the mnist1d dataset needs the mnist1d package: "
                           "pip install 'gpuconv[data]'") from e
     # make_dataset seeds the global random generators; keep the caller's streams intact.
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -303,26 +329,23 @@ def _generate_mnist1d() -> dict[str, np.ndarray]:
             "y_test": d["y_test"].astype(np.int64)}
 
 
-def _load_mnist1d(path: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None (with a warning) when the cache is unreadable."""
+def _read_mnist1d(path: Path) -> dict[str, np.ndarray]:
+    """The cached arrays; a ``ValueError`` saying why when the cache is unreadable."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in _MNIST1D_KEYS}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        warnings.warn(f"mnist1d: the cache {path} is unreadable ({e}); regenerating it",
-                      stacklevel=3)
-        return None
+        raise ValueError(f"mnist1d: the cache {path} is unreadable ({e})") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or x.shape[1] != 1 or y.shape != x.shape[:1]:
-            warnings.warn(f"mnist1d: the cache {path} holds {split} arrays of shapes {x.shape} "
-                          f"and {y.shape}; regenerating it", stacklevel=3)
-            return None
+            raise ValueError(f"mnist1d: the cache {path} holds {split} arrays of shapes "
+                             f"{x.shape} and {y.shape}")
     return arrays
 
 
-def mnist1d(root: str | os.PathLike | None = None,
-            regenerate: bool = False) -> tuple[ArrayDataset, ArrayDataset]:
+def mnist1d(root: str | os.PathLike | None = None, regenerate: bool = False,
+            download: bool = True) -> tuple[ArrayDataset, ArrayDataset]:
     """MNIST-1D: 1-D signals of the ten digits, ``(train, test)`` of 4000 and 1000 samples.
 
     x ``(N, 1, 40)`` float32, standardized over the whole dataset by the package (mean 0,
@@ -330,9 +353,20 @@ def mnist1d(root: str | os.PathLike | None = None,
     its default arguments (seed 42, the standard split), then cached as
     ``root/mnist1d_default.npz`` (default root ``cache_dir()/mnist1d``). The package's own
     download is a pickle, so it is never used. ``regenerate=True`` rebuilds the cache.
+    ``download=False`` only reads ``root/mnist1d_default.npz``: nothing is generated or
+    written, and a missing or unreadable file is an error.
     """
     path = _root(root, "mnist1d") / MNIST1D_FILE
-    arrays = _load_mnist1d(path) if path.is_file() and not regenerate else None
+    if not download and not path.is_file():
+        raise _missing("mnist1d", [MNIST1D_FILE], path.parent)
+    arrays = None
+    if path.is_file() and not (regenerate and download):
+        try:
+            arrays = _read_mnist1d(path)
+        except ValueError as e:
+            if not download:
+                raise
+            warnings.warn(f"{e}; regenerating it", stacklevel=2)
     if arrays is None:
         arrays = _generate_mnist1d()
         with atomic_write(path) as f:

@@ -65,11 +65,21 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(dest: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Write ``dest`` through a temporary file beside it, renamed into place on success.
+    """Write ``dest`` through a temporary file beside it, flushed to disk and renamed into
+    place on success, so a crash never leaves half a file.
 
-    If the block raises, the temporary file is deleted and ``dest`` is left as it was.
+    If the block raises, the temporary file is deleted and ``dest`` is left as it was. The
+    file gets the permissions a plain ``open`` would give it (0666 less the umask), not the
+    0600 of a temporary file.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +87,9 @@ def atomic_write(dest: str | os.PathLike) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

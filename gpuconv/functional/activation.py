@@ -56,22 +56,36 @@ def _dim(op: str, dim, input) -> int:
     if not -ndim <= dim < ndim:
         raise ValueError(f"{op}: dim {dim} is out of range for input of shape "
                          f"{tuple(input.shape)} (valid: {-ndim} to {ndim - 1})")
-    dim = int(dim) % ndim
-    if input.shape[dim] == 0:
-        raise ValueError(f"{op}: dim {dim} of input shape {tuple(input.shape)} is empty; "
-                         "there is nothing to normalise over")
-    return dim
+    return int(dim) % ndim
 
 
-def _dropout_args(op: str, p, training, seed) -> tuple[float, bool, int]:
+def _along_dim(op: str, impl, input, *args):
+    """Dispatch an op that normalises along a dim; an empty input (any zero-size axis, the
+    dim's included, as torch allows) has an empty result and needs no kernel."""
+    if input.size == 0:
+        return backend.array_module(input).zeros_like(input)
+    return kernels.dispatch(op, impl, input, *args)
+
+
+def _dropout_args(op: str, input, p, training, seed, offset, offset_delta
+                  ) -> tuple[float, bool, int, int]:
     p = C.finite_float(op, "p", p, low=0.0, high=1.0)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"{op}: training must be a bool, got {training!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"{op}: seed must be an int, got {seed!r}")
-    if not 0 <= seed < _SEED_LIMIT:
-        raise ValueError(f"{op}: seed must be in [0, 2**64), got {seed}")
-    return p, bool(training), int(seed)
+    for name, value in (("seed", seed), ("offset", offset)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+        if not 0 <= value < _SEED_LIMIT:
+            raise ValueError(f"{op}: {name} must be in [0, 2**64), got {value}")
+    if offset_delta is not None:
+        if not C.is_array(offset_delta) or backend.device_of(offset_delta) != \
+                backend.device_of(input):
+            raise TypeError(f"{op}: offset_delta must be an array on input's device "
+                            f"({backend.device_of(input)}), got {type(offset_delta).__name__}")
+        if offset_delta.dtype != np.uint64 or tuple(offset_delta.shape) != (1,):
+            raise TypeError(f"{op}: offset_delta must be a uint64 array of shape (1,), got "
+                            f"{offset_delta.dtype} of shape {tuple(offset_delta.shape)}")
+    return p, bool(training), int(seed), int(offset)
 
 
 # --------------------------------------------------------------------------- pointwise
@@ -186,7 +200,7 @@ def softmax(input, dim: int, *, impl: str | None = None):
     """
     C.float_array("softmax", "input", input)
     dim = _dim("softmax", dim, input)
-    return kernels.dispatch("softmax", impl, input, dim)
+    return _along_dim("softmax", impl, input, dim)
 
 
 @backend.interop
@@ -198,7 +212,7 @@ def softmax_backward(grad_output, input, dim: int, *, output=None, impl: str | N
     _grad_pair("softmax_backward", grad_output, input)
     dim = _dim("softmax_backward", dim, input)
     _saved_output("softmax_backward", output, input)
-    return kernels.dispatch("softmax_backward", impl, grad_output, input, dim, output)
+    return _along_dim("softmax_backward", impl, grad_output, input, dim, output)
 
 
 @backend.interop
@@ -209,7 +223,7 @@ def log_softmax(input, dim: int, *, impl: str | None = None):
     """
     C.float_array("log_softmax", "input", input)
     dim = _dim("log_softmax", dim, input)
-    return kernels.dispatch("log_softmax", impl, input, dim)
+    return _along_dim("log_softmax", impl, input, dim)
 
 
 @backend.interop
@@ -223,46 +237,54 @@ def log_softmax_backward(grad_output, input, dim: int, *, output=None,
     _grad_pair("log_softmax_backward", grad_output, input)
     dim = _dim("log_softmax_backward", dim, input)
     _saved_output("log_softmax_backward", output, input)
-    return kernels.dispatch("log_softmax_backward", impl, grad_output, input, dim, output)
+    return _along_dim("log_softmax_backward", impl, grad_output, input, dim, output)
 
 
 # --------------------------------------------------------------------------- dropout
 
 @backend.interop
-def dropout(input, p: float = 0.5, training: bool = True, seed: int = 0, *,
-            impl: str | None = None):
+def dropout(input, p: float = 0.5, training: bool = True, seed: int = 0, *, offset: int = 0,
+            offset_delta=None, impl: str | None = None):
     """Inverted dropout: ``y = x * keep / (1 - p)``, each element kept with probability ``1 - p``.
 
     input: any shape, floating dtype; p: drop probability in [0, 1] (p=1 gives zeros);
-    training=False returns ``input`` itself. seed: an int in [0, 2**64).
+    training=False returns ``input`` itself. seed, offset: ints in [0, 2**64), the Philox
+    key; offset_delta: None or a uint64 array of shape (1,) on input's device whose value
+    is added to ``offset`` (mod 2**64) where the mask is drawn -- on the GPU, by the kernel,
+    so that a CUDA graph replay reads the offset of its step (see :mod:`gpuconv.graphs`).
 
-    The mask is a pure function of ``(seed, input.size)``, so the backward pass recomputes
-    it and a run replays exactly; callers vary the seed from call to call (e.g. with the step
-    number). The rule, shared by every impl on every device: number the elements
-    ``i = 0, 1, ...`` in C order of ``input.shape``; ``w_i`` is 64-bit word ``i % 4`` of
-    Philox4x64-10 with key ``(seed, 0)`` applied to the counter ``(i // 4 + 1, 0, 0, 0)``;
-    element ``i`` is kept iff ``u_i = (w_i >> 11) * 2**-53 >= p``. This is exactly
-    ``numpy.random.Generator(numpy.random.Philox(key=seed)).random(input.size) >= p``.
+    The mask is a pure function of ``(seed, offset, input.size)``, so the backward pass
+    recomputes it and a run replays exactly; callers move the offset on from call to call
+    (``nn.Dropout`` does). The rule, shared by every impl on every device: number the
+    elements ``i = 0, 1, ...`` in C order of ``input.shape``; ``w_i`` is 64-bit word
+    ``i % 4`` of Philox4x64-10 with key ``(seed, offset)`` applied to the counter
+    ``(i // 4 + 1, 0, 0, 0)``; element ``i`` is kept iff ``u_i = (w_i >> 11) * 2**-53 >= p``.
+    This is exactly ``numpy.random.Generator(numpy.random.Philox(key=seed + 2**64 * offset))
+    .random(input.size) >= p``.
     """
     C.float_array("dropout", "input", input)
-    p, training, seed = _dropout_args("dropout", p, training, seed)
+    p, training, seed, offset = _dropout_args("dropout", input, p, training, seed, offset,
+                                              offset_delta)
     if not training:
         return input
-    return kernels.dispatch("dropout", impl, input, p, seed)
+    return kernels.dispatch("dropout", impl, input, p, seed, offset, offset_delta)
 
 
 @backend.interop
 def dropout_backward(grad_output, input, p: float = 0.5, training: bool = True, seed: int = 0,
-                     *, impl: str | None = None):
-    """``grad_input = grad_output * keep / (1 - p)`` with the forward's mask (same seed).
+                     *, offset: int = 0, offset_delta=None, impl: str | None = None):
+    """``grad_input = grad_output * keep / (1 - p)`` with the forward's mask (same seed,
+    offset and offset_delta).
 
     grad_output, input: the same shape and dtype. training=False returns ``grad_output`` itself.
     """
     _grad_pair("dropout_backward", grad_output, input)
-    p, training, seed = _dropout_args("dropout_backward", p, training, seed)
+    p, training, seed, offset = _dropout_args("dropout_backward", input, p, training, seed,
+                                              offset, offset_delta)
     if not training:
         return grad_output
-    return kernels.dispatch("dropout_backward", impl, grad_output, p, seed)
+    return kernels.dispatch("dropout_backward", impl, grad_output, p, seed, offset,
+                            offset_delta)
 
 
 # --------------------------------------------------------------------------- fused bias

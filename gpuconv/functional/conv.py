@@ -1,8 +1,10 @@
 """Convolutions: ``conv1d``, ``conv2d``, ``conv_transpose2d`` and their explicit backward.
 
-Layout NCHW (NCL for 1D), PyTorch's argument names, order and weight layouts. Each public
-function validates its arguments, normalises them to the plain form the registry contract
-asks for (see :mod:`gpuconv.kernels.reference.conv`), and dispatches. ``conv1d`` is
+Layout NCHW (NCL for 1D), PyTorch's argument names, order and weight layouts; an unbatched
+input (C, H, W) (or (C, L)) is accepted as in PyTorch, and its results have no batch axis
+either (grad_output too). Each public function validates its arguments, normalises them
+to the plain form the registry contract asks for (see :mod:`gpuconv.kernels.reference.conv`),
+and dispatches. ``conv1d`` is
 ``conv2d`` with ``H = 1``; ``padding="same"`` with an even effective kernel pads the input
 here, the extra row/column at the bottom/right as PyTorch does, so impls only ever see
 symmetric padding.
@@ -16,7 +18,11 @@ import numpy as np
 from .. import _checks as C, backend, kernels
 
 __all__ = ["conv1d", "conv2d", "conv_transpose2d",
-           "conv1d_backward", "conv2d_backward", "conv_transpose2d_backward"]
+           "conv1d_backward", "conv2d_backward", "conv_transpose2d_backward",
+           "conv2d_bias_act", "CONV_ACTIVATIONS"]
+
+# The activations conv2d_bias_act fuses into the convolution's epilogue.
+CONV_ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu")
 
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int], str]
@@ -48,9 +54,20 @@ class _ConvTranspose(NamedTuple):
     out_hw: tuple
 
 
+def _batched(op: str, input, ndim: int):
+    """``input`` with a batch axis (a view), and whether it had one: PyTorch accepts an
+    unbatched (C, *spatial) input, rank ``ndim - 1``."""
+    C.float_array(op, "input", input, (ndim - 1, ndim))
+    return (input, True) if input.ndim == ndim else (input[None], False)
+
+
+def _unbatched(result, batched: bool):
+    return result if batched or result is None else result[0]
+
+
 def _check_arrays(op: str, input, weight, bias, ndim: int, out_axis: int) -> None:
-    """Dtypes, ranks and non-empty sizes; ``out_axis`` is the weight's output-channel axis."""
-    C.float_array(op, "input", input, ndim)
+    """Dtypes, ranks and non-empty sizes; ``out_axis`` is the weight's output-channel axis.
+    ``input`` has its batch axis here."""
     C.float_array(op, "weight", weight, ndim)
     if bias is not None:
         C.float_array(op, "bias", bias, 1)
@@ -127,10 +144,15 @@ def _validated_conv(op: str, input, weight, bias, stride, padding, dilation, gro
     return geo
 
 
-def _check_grad_output(op: str, grad_output, input, shape: tuple) -> None:
+def _check_grad_output(op: str, grad_output, input, shape: tuple, batched: bool):
+    """Check grad_output against the forward's output ``shape`` (with its batch axis) in the
+    caller's layout; return it with a batch axis."""
+    if not batched:
+        shape = shape[1:]
     C.float_array(op, "grad_output", grad_output, len(shape))
     C.same_kind(op, "input", input, grad_output=grad_output)
     C.shape_is(op, "grad_output", grad_output, shape)
+    return grad_output if batched else grad_output[None]
 
 
 def _as_2d(x, n: int):
@@ -150,11 +172,12 @@ def _pad_extra(x, extra: tuple):
 
 
 def _conv_nd(op: str, n: int, input, weight, bias, stride, padding, dilation, groups, impl):
+    input, batched = _batched(op, input, n + 2)
     geo = _validated_conv(op, input, weight, bias, stride, padding, dilation, groups, n)
     x = _pad_extra(_as_2d(input, n), geo.extra)
     y = kernels.dispatch("conv2d", impl, x, _as_2d(weight, n), bias,
                          geo.stride, geo.padding, geo.dilation, geo.groups)
-    return _from_2d(y, n)
+    return _unbatched(_from_2d(y, n), batched)
 
 
 def _check_output_mask(op: str, output_mask) -> tuple[bool, bool, bool]:
@@ -167,9 +190,10 @@ def _check_output_mask(op: str, output_mask) -> tuple[bool, bool, bool]:
 
 def _conv_nd_backward(op: str, n: int, grad_output, input, weight, bias, stride, padding,
                       dilation, groups, impl, output_mask):
+    input, batched = _batched(op, input, n + 2)
     geo = _validated_conv(op, input, weight, bias, stride, padding, dilation, groups, n)
     out_shape = (input.shape[0], weight.shape[0]) + geo.out_hw[2 - n:]
-    _check_grad_output(op, grad_output, input, out_shape)
+    grad_output = _check_grad_output(op, grad_output, input, out_shape, batched)
     need_x, need_w, need_b = _check_output_mask(op, output_mask)
     x = _pad_extra(_as_2d(input, n), geo.extra)
     gx, gw, gb = kernels.dispatch("conv2d_backward", impl, _as_2d(grad_output, n), x,
@@ -177,8 +201,8 @@ def _conv_nd_backward(op: str, n: int, grad_output, input, weight, bias, stride,
                                   geo.stride, geo.padding, geo.dilation, geo.groups)
     if gx is not None and any(geo.extra):
         gx = gx[:, :, :gx.shape[2] - geo.extra[0], :gx.shape[3] - geo.extra[1]]
-    return (None if gx is None else _from_2d(gx, n), None if gw is None else _from_2d(gw, n),
-            gb)
+    return (None if gx is None else _unbatched(_from_2d(gx, n), batched),
+            None if gw is None else _from_2d(gw, n), gb)
 
 
 @backend.interop
@@ -186,9 +210,9 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0
            dilation: IntOrPair = 1, groups: int = 1, *, impl: str | None = None):
     """2-d cross-correlation, as ``torch.nn.functional.conv2d``.
 
-    input: (N, C_in, H, W); weight: (C_out, C_in/groups, kH, kW); bias: (C_out,) or None.
-    padding: an int, a pair, ``"valid"`` (0) or ``"same"`` (output size = input size; stride 1).
-    Returns y: (N, C_out, OH, OW), OH = (H + 2*ph - dh*(kH-1) - 1) // sh + 1, with
+    input: (N, C_in, H, W) or unbatched (C_in, H, W); weight: (C_out, C_in/groups, kH, kW);
+    bias: (C_out,) or None. padding: an int, a pair, ``"valid"`` (0) or ``"same"`` (output
+    size = input size; stride 1). Returns y: (N, C_out, OH, OW) (or (C_out, OH, OW)), OH = (H + 2*ph - dh*(kH-1) - 1) // sh + 1, with
     y[n, o, i, j] = bias[o] + sum_{c, a, b} x_pad[n, g*C_in/groups + c, i*sh + a*dh, j*sw + b*dw]
     * weight[o, c, a, b], g = o // (C_out/groups).
     """
@@ -214,10 +238,10 @@ def conv2d_backward(grad_output, input, weight, bias=None, stride: IntOrPair = 1
 @backend.interop
 def conv1d(input, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0,
            dilation: IntOrPair = 1, groups: int = 1, *, impl: str | None = None):
-    """1-d cross-correlation, as ``torch.nn.functional.conv1d`` (batched input only).
+    """1-d cross-correlation, as ``torch.nn.functional.conv1d``.
 
-    input: (N, C_in, L); weight: (C_out, C_in/groups, K); bias: (C_out,) or None.
-    Returns y: (N, C_out, OL), OL = (L + 2*p - d*(K-1) - 1) // s + 1; computed as
+    input: (N, C_in, L) or unbatched (C_in, L); weight: (C_out, C_in/groups, K); bias: (C_out,) or None.
+    Returns y: (N, C_out, OL) (or (C_out, OL)), OL = (L + 2*p - d*(K-1) - 1) // s + 1; computed as
     :func:`conv2d` over a height of 1.
     """
     return _conv_nd("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, impl)
@@ -270,16 +294,17 @@ def conv_transpose2d(input, weight, bias=None, stride: IntOrPair = 1, padding: I
                      *, impl: str | None = None):
     """2-d transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
 
-    input: (N, C_in, H, W); weight: (C_in, C_out/groups, kH, kW); bias: (C_out,) or None.
-    Returns y: (N, C_out, OH, OW), OH = (H-1)*sh - 2*ph + dh*(kH-1) + oph + 1: the adjoint of
+    input: (N, C_in, H, W) or unbatched (C_in, H, W); weight: (C_in, C_out/groups, kH, kW);
+    bias: (C_out,) or None. Returns y: (N, C_out, OH, OW) (or (C_out, OH, OW)), OH = (H-1)*sh - 2*ph + dh*(kH-1) + oph + 1: the adjoint of
     :func:`conv2d` with the same weight (it maps conv2d's output space to its input space),
     plus bias. output_padding (< stride or < dilation) adds rows/columns at the bottom/right.
     """
     op = "conv_transpose2d"
+    input, batched = _batched(op, input, 4)
     geo = _validated_conv_transpose(op, input, weight, bias, stride, padding, output_padding,
                                     groups, dilation)
-    return kernels.dispatch(op, impl, input, weight, bias, geo.stride, geo.padding,
-                            geo.output_padding, geo.dilation, geo.groups)
+    return _unbatched(kernels.dispatch(op, impl, input, weight, bias, geo.stride, geo.padding,
+                                       geo.output_padding, geo.dilation, geo.groups), batched)
 
 
 @backend.interop
@@ -293,9 +318,45 @@ def conv_transpose2d_backward(grad_output, input, weight, bias=None, stride: Int
     grad_bias (C_out,) or None when bias is None).
     """
     op = "conv_transpose2d_backward"
+    input, batched = _batched(op, input, 4)
     geo = _validated_conv_transpose(op, input, weight, bias, stride, padding, output_padding,
                                     groups, dilation)
-    _check_grad_output(op, grad_output, input,
-                       (input.shape[0], weight.shape[1] * groups) + geo.out_hw)
-    return kernels.dispatch(op, impl, grad_output, input, weight, bias is not None, geo.stride,
-                            geo.padding, geo.output_padding, geo.dilation, geo.groups)
+    grad_output = _check_grad_output(op, grad_output, input,
+                                     (input.shape[0], weight.shape[1] * groups) + geo.out_hw,
+                                     batched)
+    gx, gw, gb = kernels.dispatch(op, impl, grad_output, input, weight, bias is not None,
+                                  geo.stride, geo.padding, geo.output_padding, geo.dilation,
+                                  geo.groups)
+    return _unbatched(gx, batched), gw, gb
+
+
+@backend.interop
+def conv2d_bias_act(input, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0,
+                    dilation: IntOrPair = 1, groups: int = 1, *, activation: str = "relu",
+                    param: float = 0.0, residual=None, scale=None, impl: str | None = None):
+    """``act(scale[o] * conv2d(input, weight) + bias[o] + residual)`` in one pass: on a GPU
+    the implicit-GEMM kernel applies all of it to its accumulators before the one store.
+
+    input, weight, stride, padding, dilation, groups: as :func:`conv2d`; bias and scale:
+    (C_out,) or None (scale folds an eval-mode batch norm into the convolution); residual:
+    None or an array shaped like the output (N, C_out, OH, OW), added before the activation
+    (a ResNet block's shortcut). activation: one of :data:`CONV_ACTIVATIONS` (gelu is the
+    exact, erf form); param: leaky_relu's negative_slope or elu's alpha.
+    """
+    op = "conv2d_bias_act"
+    geo = _validated_conv(op, input, weight, bias, stride, padding, dilation, groups, 2)
+    if activation not in CONV_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {', '.join(CONV_ACTIVATIONS)}, "
+                         f"got {activation!r}")
+    param = C.finite_float(op, "param", param)
+    if scale is not None:
+        C.float_array(op, "scale", scale, 1)
+        C.same_kind(op, "input", input, scale=scale)
+        _check_bias(op, scale, weight.shape[0])
+    if residual is not None:
+        C.float_array(op, "residual", residual, 4)
+        C.same_kind(op, "input", input, residual=residual)
+        C.shape_is(op, "residual", residual, (input.shape[0], weight.shape[0]) + geo.out_hw)
+    x = _pad_extra(input, geo.extra)
+    return kernels.dispatch(op, impl, x, weight, bias, geo.stride, geo.padding, geo.dilation,
+                            geo.groups, activation, param, residual, scale)

@@ -1,13 +1,16 @@
 """Loss functions: cross-entropy, negative log-likelihood, mean squared error, L1.
 
 Class-index losses take scores of shape ``(N, C)`` or ``(N, C, d1, d2, ...)`` (class axis 1,
-like torch) and integer targets of shape ``(N,)`` or ``(N, d1, d2, ...)``. ``reduction`` is
-``"mean"`` (weighted mean over the non-ignored targets), ``"sum"`` or ``"none"`` (one loss
-per target position). A reduced loss is a 0-d array of the input's dtype.
+like torch), or an unbatched ``(C,)`` with a 0-d target, and integer targets of shape
+``(N,)`` or ``(N, d1, d2, ...)``. ``reduction`` is ``"mean"`` (weighted mean over the
+non-ignored targets), ``"sum"`` or ``"none"`` (one loss per target position). A reduced loss
+is a 0-d array of the input's dtype.
 
-One deliberate difference from torch: with ``reduction="mean"``, when no target counts
-(every target equals ``ignore_index``, or there are none, or their class weights sum to
-zero) torch returns NaN; gpuconv raises a ``ValueError`` instead.
+An empty batch (no target positions at all, e.g. N = 0) works as in torch: "sum" is 0,
+"none" is empty, and "mean" is NaN, the mean of no values. One deliberate difference from
+torch: with ``reduction="mean"``, when there are targets but none counts (every target
+equals ``ignore_index``, or their class weights sum to zero) torch returns NaN; gpuconv
+raises a ``ValueError`` instead, since that is almost always a labelling mistake.
 
 Each ``*_backward`` takes ``grad_output`` (a 0-d array for ``"mean"``/``"sum"``, an array
 shaped like the per-position loss for ``"none"``) followed by the forward's arguments.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _checks as C, backend, kernels
+from .. import _checks as C, backend, device_checks, kernels
 
 __all__ = [
     "cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
@@ -37,24 +40,43 @@ def _check_grad_output(op: str, grad_output, input, reduction: str, per_position
     C.shape_is(op, "grad_output", grad_output, per_position if reduction == "none" else ())
 
 
+def _empty_loss(input, reduction: str, per_position: tuple):
+    """The loss of an empty batch, as torch defines it: NaN for "mean" (the mean of no
+    values), 0 for "sum", an empty array of shape ``per_position`` for "none"."""
+    xp = backend.array_module(input)
+    if reduction == "none":
+        return xp.zeros(per_position, dtype=input.dtype)
+    return xp.full((), np.nan if reduction == "mean" else 0, dtype=input.dtype)
+
+
+def _zero_grad(input):
+    """The (empty) gradient with respect to an empty batch."""
+    return backend.array_module(input).zeros_like(input)
+
+
 # --------------------------------------------------------------------------- class targets
 
-def _class_targets(op: str, input, target, weight, ignore_index, reduction):
-    """Validate a class-index loss call; return the targets as int64."""
+def _class_targets(op: str, input, target, weight, ignore_index, reduction, impl):
+    """Validate a class-index loss call; return the input and the int64 targets with a batch
+    axis (an unbatched (C,) input and 0-d target become (1, C) and (1,)). The targets' values
+    are checked here, or on the device by the kernels (see :mod:`gpuconv.device_checks`)."""
     C.float_array(op, "input", input)
-    if input.ndim < 2:
-        raise ValueError(f"{op}: input must have shape (N, C) or (N, C, d1, ...), "
+    if input.ndim < 1:
+        raise ValueError(f"{op}: input must have shape (C,), (N, C) or (N, C, d1, ...), "
                          f"got shape {tuple(input.shape)}")
     if C.is_array(target) and np.issubdtype(np.dtype(target.dtype), np.floating):
         raise TypeError(f"{op}: target must hold integer class indices, got dtype {target.dtype}; "
                         "class-probability (soft) targets are not supported")
     C.int_array(op, "target", target)
-    n_classes = input.shape[1]
-    expected = (input.shape[0],) + tuple(input.shape[2:])
+    class_axis = 0 if input.ndim == 1 else 1
+    n_classes = input.shape[class_axis]
+    expected = tuple(input.shape[:class_axis]) + tuple(input.shape[class_axis + 1:])
     if tuple(target.shape) != expected:
         raise ValueError(f"{op}: target must have shape {expected} for input of shape "
-                         f"{tuple(input.shape)} (the class axis 1 removed), "
+                         f"{tuple(input.shape)} (the class axis {class_axis} removed), "
                          f"got {tuple(target.shape)}")
+    if input.ndim == 1:
+        input, target = input[None], target[None]
     if weight is not None:
         C.float_array(op, "weight", weight)
         C.same_kind(op, "input", input, weight=weight)
@@ -65,8 +87,9 @@ def _class_targets(op: str, input, target, weight, ignore_index, reduction):
         raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
     _check_reduction(op, reduction)
     target = target.astype(np.int64, copy=False)
-    _check_target_values(op, target, weight, n_classes, int(ignore_index), reduction)
-    return target
+    if device_checks.on_host(op, impl, input):
+        _check_target_values(op, target, weight, n_classes, int(ignore_index), reduction)
+    return input, target
 
 
 def _check_target_values(op, target, weight, n_classes, ignore_index, reduction) -> None:
@@ -75,19 +98,38 @@ def _check_target_values(op, target, weight, n_classes, ignore_index, reduction)
     if bool(bad.any()):
         raise ValueError(f"{op}: target values must lie in [0, {n_classes}) or equal "
                          f"ignore_index={ignore_index}; found {int(target[bad][0])}")
-    if reduction != "mean":
+    if reduction != "mean" or target.size == 0:
         return
     if not bool(counted.any()):
         raise ValueError(f"{op}: all targets are ignored (every target equals "
-                         f"ignore_index={ignore_index}, or there are none), so reduction='mean' "
-                         "divides by zero; torch returns NaN here, gpuconv raises")
+                         f"ignore_index={ignore_index}), so reduction='mean' divides by zero; "
+                         "torch returns NaN here, gpuconv raises")
     if weight is not None and float(weight[target[counted]].sum()) == 0.0:
         raise ValueError(f"{op}: the class weights of the non-ignored targets sum to zero, "
                          "so reduction='mean' divides by zero")
 
 
 def _per_position(input) -> tuple:
-    return (input.shape[0],) + tuple(input.shape[2:])
+    """The shape of the per-position loss ("none") of ``input`` in the caller's layout."""
+    return () if input.ndim == 1 else (input.shape[0],) + tuple(input.shape[2:])
+
+
+def _class_loss(op: str, impl, input, input2, target, reduction: str, args: tuple):
+    """Run a class-index loss on the batched ``input2``; results in ``input``'s layout."""
+    if target.size == 0:
+        return _empty_loss(input, reduction, _per_position(input))
+    out = kernels.dispatch(op, impl, input2, target, *args)
+    return out.reshape(_per_position(input)) if reduction == "none" else out
+
+
+def _class_loss_backward(op: str, impl, grad_output, input, input2, target, reduction: str,
+                         args: tuple):
+    _check_grad_output(op, grad_output, input, reduction, _per_position(input))
+    if target.size == 0:
+        return _zero_grad(input)
+    if reduction == "none":
+        grad_output = grad_output.reshape(target.shape)
+    return kernels.dispatch(op, impl, grad_output, input2, target, *args).reshape(input.shape)
 
 
 def _check_label_smoothing(op: str, label_smoothing) -> float:
@@ -99,8 +141,9 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
                   label_smoothing: float = 0.0, *, impl: str | None = None):
     """Cross-entropy of logits against class indices (softmax and NLL fused, log-sum-exp stable).
 
-    input: (N, C) or (N, C, d1, ...) logits, floating dtype. target: (N,) or (N, d1, ...)
-    integer class indices in [0, C) or equal to ``ignore_index``. weight: (C,) or None.
+    input: (N, C) or (N, C, d1, ...) logits, floating dtype, or unbatched (C,). target: (N,)
+    or (N, d1, ...) (0-d for an unbatched input) integer class indices in [0, C) or equal to
+    ``ignore_index``. weight: (C,) or None.
 
     With p = log_softmax(input) over axis 1, eps = label_smoothing and w = weight (ones if
     None), the loss at a position whose target is t is
@@ -109,9 +152,10 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
     "sum" returns sum(l), "none" returns l with shape (N, d1, ...).
     """
     op = "cross_entropy"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
+    input2, target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
     eps = _check_label_smoothing(op, label_smoothing)
-    return kernels.dispatch(op, impl, input, target, weight, int(ignore_index), reduction, eps)
+    return _class_loss(op, impl, input, input2, target, reduction,
+                       (weight, int(ignore_index), reduction, eps))
 
 
 @backend.interop
@@ -127,11 +171,10 @@ def cross_entropy_backward(grad_output, input, target, weight=None, ignore_index
     grad_input has the shape and dtype of input.
     """
     op = "cross_entropy_backward"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
+    input2, target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
     eps = _check_label_smoothing(op, label_smoothing)
-    _check_grad_output(op, grad_output, input, reduction, _per_position(input))
-    return kernels.dispatch(op, impl, grad_output, input, target, weight, int(ignore_index),
-                            reduction, eps)
+    return _class_loss_backward(op, impl, grad_output, input, input2, target, reduction,
+                                (weight, int(ignore_index), reduction, eps))
 
 
 @backend.interop
@@ -144,8 +187,9 @@ def nll_loss(input, target, weight=None, ignore_index: int = -100, reduction: st
     "mean" divides sum(l) by sum(w[t]) over the non-ignored positions.
     """
     op = "nll_loss"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
-    return kernels.dispatch(op, impl, input, target, weight, int(ignore_index), reduction)
+    input2, target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
+    return _class_loss(op, impl, input, input2, target, reduction,
+                       (weight, int(ignore_index), reduction))
 
 
 @backend.interop
@@ -157,10 +201,9 @@ def nll_loss_backward(grad_output, input, target, weight=None, ignore_index: int
     position, with g = grad_output (divided by sum(w[t]) for "mean").
     """
     op = "nll_loss_backward"
-    target = _class_targets(op, input, target, weight, ignore_index, reduction)
-    _check_grad_output(op, grad_output, input, reduction, _per_position(input))
-    return kernels.dispatch(op, impl, grad_output, input, target, weight, int(ignore_index),
-                            reduction)
+    input2, target = _class_targets(op, input, target, weight, ignore_index, reduction, impl)
+    return _class_loss_backward(op, impl, grad_output, input, input2, target, reduction,
+                                (weight, int(ignore_index), reduction))
 
 
 # --------------------------------------------------------------------------- pointwise
@@ -173,9 +216,6 @@ def _check_pointwise(op: str, input, target, reduction) -> None:
         raise ValueError(f"{op}: target must have the shape of input {tuple(input.shape)}, "
                          f"got {tuple(target.shape)} (no broadcasting)")
     _check_reduction(op, reduction)
-    if reduction == "mean" and input.size == 0:
-        raise ValueError(f"{op}: reduction='mean' of an empty input {tuple(input.shape)} "
-                         "divides by zero")
 
 
 def _at_least_1d(a):
@@ -184,12 +224,16 @@ def _at_least_1d(a):
 
 def _dispatch_pointwise(op: str, impl, input, target, reduction: str):
     """Run a pointwise loss; 0-d arrays travel as shape (1,) so impls always get arrays."""
+    if input.size == 0:
+        return _empty_loss(input, reduction, tuple(input.shape))
     out = kernels.dispatch(op, impl, _at_least_1d(input), _at_least_1d(target), reduction)
     return out.reshape(input.shape) if reduction == "none" else out
 
 
 def _dispatch_pointwise_backward(op: str, impl, grad_output, input, target, reduction: str):
     """As :func:`_dispatch_pointwise`, for ``(grad_input, grad_target)``."""
+    if input.size == 0:
+        return _zero_grad(input), _zero_grad(input)
     if reduction == "none":
         grad_output = _at_least_1d(grad_output)
     grads = kernels.dispatch(op, impl, grad_output, _at_least_1d(input), _at_least_1d(target),

@@ -75,7 +75,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     training=True: mean and biased variance over N and the spatial axes; running_mean and
     running_var (if given) are updated IN PLACE to ``(1 - momentum) * running + momentum *
     batch`` with the unbiased batch variance, as torch does. Needs more than one value per
-    channel. training=False: normalises with running_mean and running_var (required).
+    channel, except that an empty batch (N = 0) gives an empty result and leaves the running
+    statistics unchanged, as in torch. training=False: normalises with running_mean and
+    running_var (required).
     momentum in [0, 1] (None, a cumulative average, is not supported); eps > 0.
     Returns y with the shape and dtype of input.
     """
@@ -83,6 +85,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     eps = _check_batch_norm(op, input, running_mean, running_var, weight, bias, training, eps)
     momentum = _check_momentum(op, momentum)
     _check_writeable(op, training, running_mean=running_mean, running_var=running_var)
+    if input.size == 0:  # an empty batch: nothing to normalise, no statistics to update
+        return backend.array_module(input).zeros_like(input)
     return kernels.dispatch(op, impl, input, running_mean, running_var, weight, bias,
                             bool(training), momentum, eps)
 
@@ -105,6 +109,10 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
     C.float_array(op, "grad_output", grad_output)
     C.same_kind(op, "input", input, grad_output=grad_output)
     C.shape_is(op, "grad_output", grad_output, input.shape)
+    if input.size == 0:
+        xp = backend.array_module(input)
+        return (xp.zeros_like(input), None if weight is None else xp.zeros_like(weight),
+                None if bias is None else xp.zeros_like(bias))
     return kernels.dispatch(op, impl, grad_output, input, running_mean, running_var, weight,
                             bias, bool(training), eps)
 

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import _checks as C, backend, kernels
+from .. import _checks as C, backend, device_checks, kernels
 
 __all__ = [
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
@@ -151,8 +151,9 @@ def _adaptive_size(op: str, output_size, shape: tuple, dims: int) -> tuple:
     return (1,) * (2 - dims) + tuple(out)
 
 
-def _indices4d(op: str, indices, grad4, out: tuple, x4, dims: int, batched: bool):
-    """Check saved max-pool indices (shape, device, range); view them as (N, C, OH, OW) int64."""
+def _indices4d(op: str, indices, grad4, out: tuple, x4, dims: int, batched: bool, impl):
+    """Check saved max-pool indices (shape, device; their range here or on the device, see
+    :mod:`gpuconv.device_checks`); view them as (N, C, OH, OW) int64."""
     C.int_array(op, "indices", indices)
     if backend.device_of(indices) != backend.device_of(grad4):
         raise ValueError(f"{op}: indices are on {backend.device_of(indices)} but grad_output is "
@@ -161,7 +162,8 @@ def _indices4d(op: str, indices, grad4, out: tuple, x4, dims: int, batched: bool
     idx4 = _to4d(indices, dims, batched).astype(np.int64, copy=False)
     plane = x4.shape[2] * x4.shape[3]
     # Viewed as unsigned, a negative index is huge: one pass checks both ends.
-    if idx4.size and int(idx4.view(np.uint64).max()) >= plane:
+    if idx4.size and device_checks.on_host("max_pool2d_backward", impl, grad4) \
+            and int(idx4.view(np.uint64).max()) >= plane:
         raise ValueError(f"{op}: indices must lie in [0, {plane}) (a flat position in an input "
                          f"plane of shape {tuple(x4.shape[2:])}), got values in "
                          f"[{int(idx4.min())}, {int(idx4.max())}]")
@@ -187,7 +189,7 @@ def _max_pool_backward(op, dims, grad_output, input, kernel_size, stride, paddin
     if indices is None:
         _, idx4 = kernels.dispatch("max_pool2d", impl, x4, *w)
     else:
-        idx4 = _indices4d(op, indices, g4, w.out, x4, dims, batched)
+        idx4 = _indices4d(op, indices, g4, w.out, x4, dims, batched, impl)
     grad = kernels.dispatch("max_pool2d_backward", impl, g4, idx4, tuple(x4.shape), w.kernel,
                             w.stride, w.padding, w.dilation)
     return _from4d(grad, dims, batched)

@@ -39,12 +39,6 @@ _GATES = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
 # --------------------------------------------------------------------------- checks
 
-def _nonempty(op: str, name: str, x) -> None:
-    if 0 in tuple(x.shape):
-        raise ValueError(f"{op}: {name} must not have a zero-size dimension, got shape "
-                         f"{tuple(x.shape)}")
-
-
 def _shape(op: str, name: str, x, expected: tuple, why: str) -> None:
     if tuple(x.shape) != tuple(expected):
         raise ValueError(f"{op}: {name} must have shape {tuple(expected)} ({why}), "
@@ -77,23 +71,73 @@ def _check_weights(op: str, kind: str, hidden: int, in_size: int, in_what: str,
             _shape(op, name, b, (rows,), f"{gate_text} x hidden size {hidden}")
 
 
-def _check_cell(op: str, kind: str, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
-                cx=None) -> None:
-    C.float_array(op, "input", input, 2)
-    C.float_array(op, "hx", hx, 2)
-    if kind == "lstm":
-        C.float_array(op, "cx", cx, 2)
-    C.same_kind(op, "input", input, hx=hx, cx=cx)
-    _nonempty(op, "input", input)
-    _nonempty(op, "hx", hx)
+def _states_of(op: str, kind: str, hx, what_lstm_takes: str) -> tuple:
+    """``hx`` as a tuple of states: the LSTM's pair (h, c), every other kind's one array."""
+    if kind != "lstm":
+        return (hx,)
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"{op}: hx must be {what_lstm_takes}, got {type(hx).__name__}")
+    return tuple(hx)
+
+
+class _Cell(NamedTuple):
+    """A validated cell call with a batch axis: ``states`` is (hx,) or (hx, cx)."""
+
+    input: Any
+    states: tuple
+    batched: bool
+
+
+def _nonzero_sizes(op: str, name: str, x) -> None:
+    """Every axis but the batch (the first of two) must be non-empty."""
+    if 0 in tuple(x.shape[-1:]):
+        raise ValueError(f"{op}: {name} must not have a zero-size feature axis, got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _check_cell(op: str, kind: str, input, hx, weight_ih, weight_hh, bias_ih,
+                bias_hh) -> _Cell:
+    """Validate a cell call, PyTorch's way: input (B, I) or unbatched (I,), hx (B, H) or (H,)
+    alike (for the LSTM a pair (h, c)); B may be 0."""
+    C.float_array(op, "input", input, (1, 2))
+    batched = input.ndim == 2
+    names = ("hx", "cx") if kind == "lstm" else ("hx",)
+    states = _states_of(op, kind, hx, "a pair (h, c) of arrays, as in torch.lstm_cell")
+    for name, state in zip(names, states):
+        C.float_array(op, name, state, input.ndim)
+    C.same_kind(op, "input", input, **dict(zip(names, states)))
+    _nonzero_sizes(op, "input", input)
+    _nonzero_sizes(op, "hx", states[0])
+    if not batched:
+        input, states = input[None], tuple(state[None] for state in states)
     B, I = input.shape
-    H = hx.shape[1]
-    _shape(op, "hx", hx, (B, H), f"batch {B} of input {tuple(input.shape)}, hidden size {H}")
-    if cx is not None:
-        _shape(op, "cx", cx, (B, H), f"the shape of hx, batch {B}, hidden size {H}")
-    _check_weights(op, kind, H, I, f"the input size of input {tuple(input.shape)}",
+    H = states[0].shape[1]
+    for name, state in zip(names, states):
+        _shape(op, name, state, (B, H), f"batch {B} of input, hidden size {H}")
+    _check_weights(op, kind, H, I, f"the input size {I}",
                    ("weight_ih", "weight_hh", "bias_ih", "bias_hh"), input,
                    weight_ih, weight_hh, bias_ih, bias_hh)
+    return _Cell(input, states, batched)
+
+
+def _unbatch(cell: _Cell, arrays: tuple) -> tuple:
+    """Results shaped (B, ...) back in the caller's layout (None passes through)."""
+    if cell.batched:
+        return arrays
+    return tuple(None if a is None else a[0] for a in arrays)
+
+
+def _check_cell_grads(op: str, cell: _Cell, **grads) -> tuple:
+    """Check each grad against the shape of the cell's states in the caller's layout; return
+    them with a batch axis (None stays None)."""
+    shape = tuple(cell.states[0].shape[1 - cell.batched:])
+    out = []
+    for name, grad in grads.items():
+        if grad is not None:
+            _check_grad(op, name, grad, cell.input, shape)
+            grad = grad if cell.batched else grad[None]
+        out.append(grad)
+    return tuple(out)
 
 
 def _check_grad(op: str, name: str, grad, main, shape: tuple) -> None:
@@ -125,16 +169,19 @@ def _nonlinearity(op: str, value) -> str:
 # --------------------------------------------------------------------------- cells
 
 def _cell(op: str, kind: str, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, impl):
-    _check_cell(op, kind, input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    return kernels.dispatch(op, impl, input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    cell = _check_cell(op, kind, input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    out = kernels.dispatch(op, impl, cell.input, *cell.states, weight_ih, weight_hh, bias_ih,
+                           bias_hh)
+    return _unbatch(cell, out if kind == "lstm" else (out,))
 
 
 def _cell_backward(op: str, kind: str, grad_h, input, hx, weight_ih, weight_hh, bias_ih,
                    bias_hh, impl):
-    _check_cell(op, kind, input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    _check_grad(op, "grad_h", grad_h, input, hx.shape)
-    return tuple(kernels.dispatch(op, impl, grad_h, input, hx, weight_ih, weight_hh, bias_ih,
-                                  bias_hh))
+    cell = _check_cell(op, kind, input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    grad_h, = _check_cell_grads(op, cell, grad_h=grad_h)
+    gx, ghx, *gparams = kernels.dispatch(op, impl, grad_h, cell.input, *cell.states, weight_ih,
+                                         weight_hh, bias_ih, bias_hh)
+    return (*_unbatch(cell, (gx, ghx)), *gparams)
 
 
 @backend.interop
@@ -142,11 +189,11 @@ def rnn_tanh_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *
                   impl: str | None = None):
     """One Elman RNN step, h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh).
 
-    input: (B, I); hx: (B, H); weight_ih: (H, I); weight_hh: (H, H); biases: (H,) or None.
-    Returns h': (B, H).
+    input: (B, I) or unbatched (I,); hx: (B, H) or (H,) alike; weight_ih: (H, I); weight_hh:
+    (H, H); biases: (H,) or None. B may be 0. Returns h': the shape of hx.
     """
     return _cell("rnn_tanh_cell", "rnn", input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
-                 impl)
+                 impl)[0]
 
 
 @backend.interop
@@ -157,44 +204,42 @@ def rnn_relu_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *
     Shapes as :func:`rnn_tanh_cell`.
     """
     return _cell("rnn_relu_cell", "rnn", input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
-                 impl)
+                 impl)[0]
 
 
 @backend.interop
 def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
              impl: str | None = None):
-    """One GRU step (PyTorch's formulation).
+    """One GRU step (PyTorch's formulation and argument order, as ``torch.gru_cell``).
 
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
 
-    input: (B, I); hx: (B, H); weight_ih: (3H, I); weight_hh: (3H, H); biases: (3H,) or None.
-    Returns h': (B, H).
+    input: (B, I) or unbatched (I,); hx: (B, H) or (H,) alike; weight_ih: (3H, I);
+    weight_hh: (3H, H); biases: (3H,) or None. B may be 0. Returns h': the shape of hx.
     """
-    return _cell("gru_cell", "gru", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, impl)
+    return _cell("gru_cell", "gru", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, impl)[0]
 
 
 @backend.interop
-def lstm_cell(input, hx, cx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
+def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
               impl: str | None = None):
-    """One LSTM step.
+    """One LSTM step (PyTorch's argument order, as ``torch.lstm_cell``).
 
     [i, f, g, o] = x W_ih^T + b_ih + h W_hh^T + b_hh, then i, f, o = sigmoid, g = tanh,
     c' = f * c + i * g, h' = o * tanh(c').
 
-    input: (B, I); hx, cx: (B, H); weight_ih: (4H, I); weight_hh: (4H, H); biases: (4H,) or
-    None. Returns (h', c'), each (B, H).
+    input: (B, I) or unbatched (I,); hx: the pair (h, c), each (B, H) or (H,) alike;
+    weight_ih: (4H, I); weight_hh: (4H, H); biases: (4H,) or None. B may be 0.
+    Returns (h', c'), each the shape of h.
     """
-    op = "lstm_cell"
-    _check_cell(op, "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, cx=cx)
-    return tuple(kernels.dispatch(op, impl, input, hx, cx, weight_ih, weight_hh, bias_ih,
-                                  bias_hh))
+    return _cell("lstm_cell", "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, impl)
 
 
 @backend.interop
 def rnn_tanh_cell_backward(grad_h, input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
                            *, impl: str | None = None):
-    """Gradients of :func:`rnn_tanh_cell` given grad_h = dL/dh' (B, H).
+    """Gradients of :func:`rnn_tanh_cell` given grad_h = dL/dh' (the shape of hx).
 
     Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih,
     grad_bias_hh), a bias gradient None where the bias is None.
@@ -214,7 +259,7 @@ def rnn_relu_cell_backward(grad_h, input, hx, weight_ih, weight_hh, bias_ih=None
 @backend.interop
 def gru_cell_backward(grad_h, input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
                       impl: str | None = None):
-    """Gradients of :func:`gru_cell` given grad_h = dL/dh' (B, H).
+    """Gradients of :func:`gru_cell` given grad_h = dL/dh' (the shape of hx).
 
     Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih,
     grad_bias_hh), a bias gradient None where the bias is None.
@@ -224,23 +269,25 @@ def gru_cell_backward(grad_h, input, hx, weight_ih, weight_hh, bias_ih=None, bia
 
 
 @backend.interop
-def lstm_cell_backward(grad_h, grad_c, input, hx, cx, weight_ih, weight_hh, bias_ih=None,
+def lstm_cell_backward(grad_h, grad_c, input, hx, weight_ih, weight_hh, bias_ih=None,
                        bias_hh=None, *, impl: str | None = None):
-    """Gradients of :func:`lstm_cell` given grad_h = dL/dh' and grad_c = dL/dc' (B, H each;
-    grad_c None means zero).
+    """Gradients of :func:`lstm_cell` given grad_h = dL/dh' and grad_c = dL/dc' (each the
+    shape of h; grad_c None means zero). The other arguments are the forward's, hx the pair
+    (h, c).
 
-    Returns (grad_input, grad_hx, grad_cx, grad_weight_ih, grad_weight_hh, grad_bias_ih,
-    grad_bias_hh), a bias gradient None where the bias is None.
+    Returns (grad_input, (grad_h, grad_c), grad_weight_ih, grad_weight_hh, grad_bias_ih,
+    grad_bias_hh), mirroring the forward's arguments; a bias gradient is None where the
+    bias is None.
     """
     op = "lstm_cell_backward"
-    _check_cell(op, "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, cx=cx)
-    _check_grad(op, "grad_h", grad_h, input, hx.shape)
+    cell = _check_cell(op, "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    grad_h, grad_c = _check_cell_grads(op, cell, grad_h=grad_h, grad_c=grad_c)
     if grad_c is None:
-        grad_c = backend.array_module(cx).zeros_like(cx)
-    else:
-        _check_grad(op, "grad_c", grad_c, input, cx.shape)
-    return tuple(kernels.dispatch(op, impl, grad_h, grad_c, input, hx, cx, weight_ih, weight_hh,
-                                  bias_ih, bias_hh))
+        grad_c = backend.array_module(grad_h).zeros_like(grad_h)
+    gx, ghx, gcx, *gparams = kernels.dispatch(op, impl, grad_h, grad_c, cell.input, *cell.states,
+                                              weight_ih, weight_hh, bias_ih, bias_hh)
+    gx, ghx, gcx = _unbatch(cell, (gx, ghx, gcx))
+    return (gx, (ghx, gcx), *gparams)
 
 
 # --------------------------------------------------------------------------- sequences
@@ -256,6 +303,7 @@ class _Seq(NamedTuple):
     batch_first: bool
     num_layers: int
     bidirectional: bool
+    batched: bool          # False for an unbatched (T, I) input: results drop the batch axis
 
 
 class Reserve:
@@ -360,25 +408,22 @@ def _check_params(op: str, kind: str, params, num_layers: int, D: int, x) -> lis
     return out
 
 
-def _initial_states(op: str, kind: str, hx, shape: tuple, x) -> tuple:
+def _initial_states(op: str, kind: str, hx, shape: tuple, x, batched: bool) -> tuple:
+    """The initial states with a batch axis, zeros when hx is None; unbatched calls give
+    them as (L*D, H)."""
     names = ("h0", "c0") if kind == "lstm" else ("hx",)
     if hx is None:
         xp = backend.array_module(x)
         return tuple(xp.zeros(shape, x.dtype) for _ in names)
-    if kind == "lstm":
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"{op}: hx must be None or a pair (h0, c0), got "
-                            f"{type(hx).__name__}")
-        states = tuple(hx)
-    else:
-        states = (hx,)
-    why = (f"num_layers x num_directions = {shape[0]}, batch {shape[1]}, "
-           f"hidden size {shape[2]}")
+    states = _states_of(op, kind, hx, "None or a pair (h0, c0)")
+    why = (f"num_layers x num_directions = {shape[0]}, "
+           + (f"batch {shape[1]}, " if batched else "") + f"hidden size {shape[2]}")
+    user_shape = shape if batched else (shape[0], shape[2])
     for name, s in zip(names, states):
-        C.float_array(op, name, s, 3)
+        C.float_array(op, name, s, len(user_shape))
         C.same_kind(op, "input", x, **{name: s})
-        _shape(op, name, s, shape, why)
-    return states
+        _shape(op, name, s, user_shape, why)
+    return states if batched else tuple(s[:, None] for s in states)
 
 
 def _dropout_masks(x, shape: tuple, num_layers: int, dropout: float, training: bool,
@@ -394,23 +439,27 @@ def _dropout_masks(x, shape: tuple, num_layers: int, dropout: float, training: b
 
 def _prepare(op: str, kind: str, input, hx, params, num_layers, bidirectional, batch_first,
              dropout, training, seed) -> _Seq:
-    C.float_array(op, "input", input, 3)
-    _nonempty(op, "input", input)
+    C.float_array(op, "input", input, (2, 3))
+    if input.shape[0 if input.ndim == 2 or not batch_first else 1] == 0 or input.shape[-1] == 0:
+        raise ValueError(f"{op}: input must have at least one time step and one feature, "
+                         f"got shape {tuple(input.shape)}")
     num_layers = C.positive_int(op, "num_layers", num_layers)
     bidirectional = _flag(op, "bidirectional", bidirectional)
     batch_first = _flag(op, "batch_first", batch_first)
     training = _flag(op, "training", training)
     dropout = C.finite_float(op, "dropout", dropout, low=0.0, high=1.0)
     seed = _seed(op, seed)
-    x = input.swapaxes(0, 1) if batch_first else input
+    batched = input.ndim == 3
+    # An unbatched (T, I) input is a batch of one, time-major whatever batch_first says.
+    x = input[:, None] if not batched else input.swapaxes(0, 1) if batch_first else input
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     params4 = _check_params(op, kind, params, num_layers, D, x)
     H = params4[1].shape[1]
-    states = _initial_states(op, kind, hx, (num_layers * D, B, H), x)
+    states = _initial_states(op, kind, hx, (num_layers * D, B, H), x, batched)
     masks = _dropout_masks(x, (T, B, D * H), num_layers, dropout, training, seed)
-    return _Seq(x, states, params4, masks, len(params) == 4 * num_layers * D, batch_first,
-                num_layers, bidirectional)
+    return _Seq(x, states, params4, masks, len(params) == 4 * num_layers * D,
+                batch_first and batched, num_layers, bidirectional, batched)
 
 
 def _output_grads(op: str, seq: _Seq, grad_output, final_grads: dict) -> tuple:
@@ -421,6 +470,9 @@ def _output_grads(op: str, seq: _Seq, grad_output, final_grads: dict) -> tuple:
     out_shape = (T, B, h0.shape[0] // seq.num_layers * h0.shape[2])
     if grad_output is None:
         grad_output = xp.zeros(out_shape, seq.x.dtype)
+    elif not seq.batched:
+        _check_grad(op, "grad_output", grad_output, seq.x, (T, out_shape[2]))
+        grad_output = grad_output[:, None]
     else:
         user_shape = (B, T, out_shape[2]) if seq.batch_first else out_shape
         _check_grad(op, "grad_output", grad_output, seq.x, user_shape)
@@ -430,15 +482,30 @@ def _output_grads(op: str, seq: _Seq, grad_output, final_grads: dict) -> tuple:
         if g is None:
             g = xp.zeros(h0.shape, seq.x.dtype)
         else:
-            _check_grad(op, name, g, seq.x, h0.shape)
+            _check_grad(op, name, g, seq.x, _user_state_shape(seq))
+            g = g if seq.batched else g[:, None]
         finals.append(g)
     return (grad_output, *finals)
 
 
+def _user_state_shape(seq: _Seq) -> tuple:
+    shape = tuple(seq.states[0].shape)
+    return shape if seq.batched else (shape[0], shape[2])
+
+
 def _user_layout(seq: _Seq, array):
+    """A time-major (T, B, F) result in the caller's layout: (B, T, F) when batch_first,
+    (T, F) for an unbatched input."""
+    if not seq.batched:
+        return array[:, 0]
     if not seq.batch_first:
         return array
     return backend.array_module(array).ascontiguousarray(array.swapaxes(0, 1))
+
+
+def _user_state(seq: _Seq, state):
+    """A final state or its gradient (L*D, B, H) in the caller's layout."""
+    return state if seq.batched or state is None else state[:, 0]
 
 
 def _user_params(seq: _Seq, grads: list) -> list:
@@ -446,11 +513,13 @@ def _user_params(seq: _Seq, grads: list) -> list:
 
 
 _SEQ_DOC = """
-    input: (T, B, I), or (B, T, I) when batch_first. params: the flat list of weights
-    (module docstring). num_layers stacked layers, each bidirectional or not; D = 2 if
-    bidirectional else 1, H the hidden size. Initial states are (num_layers * D, B, H), index
-    layer * D + direction, zeros when hx is None. output: (T, B, D*H) (or (B, T, D*H)), the
-    last layer's h at every step, forward direction in the first H columns. dropout applies to
+    input: (T, B, I), or (B, T, I) when batch_first, or unbatched (T, I) (batch_first is then
+    ignored, as in PyTorch); T >= 1, B may be 0. params: the flat list of weights (module
+    docstring). num_layers stacked layers, each bidirectional or not; D = 2 if bidirectional
+    else 1, H the hidden size. Initial states are (num_layers * D, B, H) ((num_layers * D, H)
+    unbatched), index layer * D + direction, zeros when hx is None. output: (T, B, D*H) (or
+    (B, T, D*H), or (T, D*H)), the last layer's h at every step, forward direction in the
+    first H columns; final states are shaped as the initial ones. dropout applies to
     the output of every layer but the last when training is True, with the seeded mask of the
     module docstring.
 """
@@ -470,7 +539,7 @@ def rnn(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool = 
     seq = _prepare(op, "rnn", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
     out, h_n = _forward(op, impl, seq, (nonlinearity,), reserve)
-    return _user_layout(seq, out), h_n
+    return _user_layout(seq, out), _user_state(seq, h_n)
 
 
 @backend.interop
@@ -485,7 +554,7 @@ def gru(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool = 
     seq = _prepare(op, "gru", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
     out, h_n = _forward(op, impl, seq, (), reserve)
-    return _user_layout(seq, out), h_n
+    return _user_layout(seq, out), _user_state(seq, h_n)
 
 
 @backend.interop
@@ -501,7 +570,7 @@ def lstm(input, hx, params: Sequence, num_layers: int = 1, bidirectional: bool =
     seq = _prepare(op, "lstm", input, hx, params, num_layers, bidirectional, batch_first,
                    dropout, training, seed)
     out, h_n, c_n = _forward(op, impl, seq, (), reserve)
-    return _user_layout(seq, out), (h_n, c_n)
+    return _user_layout(seq, out), (_user_state(seq, h_n), _user_state(seq, c_n))
 
 
 _BACKWARD_DOC = """
@@ -527,7 +596,8 @@ def rnn_backward(grad_output, grad_h_n, input, hx, params: Sequence, num_layers:
                    dropout, training, seed)
     grads = _output_grads(op, seq, grad_output, {"grad_h_n": grad_h_n})
     gx, gh0, gparams = _backward(op, impl, grads, seq, (nonlinearity,), reserve)
-    return _user_layout(seq, gx), None if hx is None else gh0, _user_params(seq, gparams)
+    return (_user_layout(seq, gx), None if hx is None else _user_state(seq, gh0),
+            _user_params(seq, gparams))
 
 
 @backend.interop
@@ -543,7 +613,8 @@ def gru_backward(grad_output, grad_h_n, input, hx, params: Sequence, num_layers:
                    dropout, training, seed)
     grads = _output_grads(op, seq, grad_output, {"grad_h_n": grad_h_n})
     gx, gh0, gparams = _backward(op, impl, grads, seq, (), reserve)
-    return _user_layout(seq, gx), None if hx is None else gh0, _user_params(seq, gparams)
+    return (_user_layout(seq, gx), None if hx is None else _user_state(seq, gh0),
+            _user_params(seq, gparams))
 
 
 @backend.interop
@@ -559,7 +630,8 @@ def lstm_backward(grad_output, grad_h_n, grad_c_n, input, hx, params: Sequence,
                    dropout, training, seed)
     grads = _output_grads(op, seq, grad_output, {"grad_h_n": grad_h_n, "grad_c_n": grad_c_n})
     gx, gh0, gc0, gparams = _backward(op, impl, grads, seq, (), reserve)
-    return (_user_layout(seq, gx), None if hx is None else (gh0, gc0),
+    return (_user_layout(seq, gx),
+            None if hx is None else (_user_state(seq, gh0), _user_state(seq, gc0)),
             _user_params(seq, gparams))
 
 

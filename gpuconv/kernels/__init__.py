@@ -16,28 +16,38 @@ modules the first time an op is looked up, so ``import gpuconv`` stays cheap. Ki
 Choosing: ``impl=`` forces one; otherwise the available impl for the arrays' device with the
 highest priority wins (a priority may be a function of the call's arguments, so that e.g.
 a direct kernel wins for depthwise convolution and im2col + GEMM otherwise).
+
+The 1-D public ops (``conv1d``, ``max_pool1d``, ...) run as their 2-D ops on a view with
+H = 1, so they have no implementations of their own: the registry answers for them with
+those of the op they run as (:data:`RUNS_AS`).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from dataclasses import dataclass, field
+import importlib as _importlib
+import importlib.util as _importlib_util
+from dataclasses import dataclass as _dataclass, field as _field
 from typing import Any, Callable, Iterable, Union
 
-import numpy as np
+import numpy as _np
 
-from .. import backend
+from .. import backend as _backend
 
-__all__ = ["Impl", "register", "implementations", "available", "ops", "select", "dispatch"]
+__all__ = ["Impl", "register", "implementations", "available", "ops", "select", "dispatch",
+           "RUNS_AS", "KINDS", "FAMILIES"]
+
+# Public ops that the functional layer runs as another registered op (on an H = 1 view).
+RUNS_AS = {f"{stem}1d{suffix}": f"{stem}2d{suffix}"
+           for stem in ("conv", "max_pool", "avg_pool", "adaptive_avg_pool")
+           for suffix in ("", "_backward")}
 
 KINDS = ("reference", "numpy_impl", "numba_cuda", "cuda_c")
-FAMILIES = ("conv", "pool", "activation", "linear", "loss", "norm", "rnn", "rnn_persistent",
-            "optim")
+FAMILIES = ("conv", "conv_igemm", "pool", "activation", "linear", "loss", "norm", "rnn",
+            "rnn_persistent", "optim")
 
 Priority = Union[int, Callable[..., int]]
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Impl:
     """One registered implementation of one op."""
 
@@ -46,11 +56,11 @@ class Impl:
     fn: Callable
     device: str                      # "cpu" or "cuda"
     dtypes: frozenset | None         # NumPy dtypes accepted; None = any floating dtype
-    is_available: Callable[[], bool] = field(compare=False)
+    is_available: Callable[[], bool] = _field(compare=False)
     priority: Priority = 0
 
     def supports(self, dtype) -> bool:
-        return self.dtypes is None or np.dtype(dtype) in self.dtypes
+        return self.dtypes is None or _np.dtype(dtype) in self.dtypes
 
     def score(self, args, kwargs) -> int:
         return self.priority(*args, **kwargs) if callable(self.priority) else self.priority
@@ -75,13 +85,13 @@ def register(op: str, name: str, *, device: str = "cpu", dtypes: Iterable[str] |
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if available is None:
-        available = backend.gpu_available if device == "cuda" else _always
+        available = _backend.gpu_available if device == "cuda" else _always
 
     def deco(fn: Callable) -> Callable:
         impls = _REGISTRY.setdefault(op, {})
         if name in impls:
             raise ValueError(f"{op!r} already has an implementation named {name!r}")
-        accepted = None if dtypes is None else frozenset(np.dtype(d) for d in dtypes)
+        accepted = None if dtypes is None else frozenset(_np.dtype(d) for d in dtypes)
         impls[name] = Impl(op, name, fn, device, accepted, available, priority)
         return fn
     return deco
@@ -93,26 +103,28 @@ def _load() -> None:
         return
     _loaded = True
     for kind in KINDS:
-        if importlib.util.find_spec(f"{__name__}.{kind}") is None:
+        if _importlib_util.find_spec(f"{__name__}.{kind}") is None:
             continue
         for family in FAMILIES:
             mod = f"{__name__}.{kind}.{family}"
-            if importlib.util.find_spec(mod) is not None:
-                importlib.import_module(mod)
+            if _importlib_util.find_spec(mod) is not None:
+                _importlib.import_module(mod)
 
 
 def ops() -> list[str]:
-    """Every op that has at least one implementation."""
+    """Every op that has at least one implementation (the 1-D ops of :data:`RUNS_AS` too)."""
     _load()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | {op for op, runs_as in RUNS_AS.items() if runs_as in _REGISTRY})
 
 
 def implementations(op: str) -> list[Impl]:
-    """Every registered implementation of ``op``, runnable here or not."""
+    """Every registered implementation of ``op``, runnable here or not (for a 1-D op, those
+    of the 2-D op it runs as)."""
     _load()
-    if op not in _REGISTRY:
-        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(sorted(_REGISTRY))}")
-    return list(_REGISTRY[op].values())
+    registered = RUNS_AS.get(op, op)
+    if registered not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(ops())}")
+    return list(_REGISTRY[registered].values())
 
 
 def available(op: str, array: Any = None) -> list[str]:
@@ -122,7 +134,7 @@ def available(op: str, array: Any = None) -> list[str]:
     """
     out = []
     for impl in implementations(op):
-        if array is not None and (impl.device != backend.device_of(array)
+        if array is not None and (impl.device != _backend.device_of(array)
                                   or not impl.supports(array.dtype)):
             continue
         if impl.is_available():
@@ -137,7 +149,7 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
     if op not in _REGISTRY:
         implementations(op)  # raises the unknown-op error
     impls = _REGISTRY[op]
-    device = backend.device_of(array)
+    device = _backend.device_of(array)
     dtype = array.dtype
     if impl is not None:
         if impl not in impls:
@@ -166,3 +178,9 @@ def dispatch(op: str, impl: str | None, *args, **kwargs):
     """Select an implementation for ``args[0]`` and call it with ``args`` and ``kwargs``."""
     chosen = select(op, impl, args[0], args, kwargs)
     return chosen.fn(*args, **kwargs)
+
+
+def __dir__() -> list[str]:
+    # The implementation packages (reference, numpy_impl, ...) become attributes once the
+    # registry loads them; they are not part of this module's API.
+    return sorted(__all__)

@@ -5,9 +5,8 @@ backward pass needs the forward's input, so the layers never overwrite it.
 """
 from __future__ import annotations
 
-import numpy as np
 
-from .. import _checks as C, functional as F, init
+from .. import _checks as C, functional as F, graphs, init
 from .module import Module
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Dropout"]
@@ -121,31 +120,33 @@ class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the
     rest by 1 / (1 - p); in eval mode, the identity.
 
-    Each training forward draws a fresh mask seed, so masks differ from step to step, from a
-    generator: by default the package-wide one that :func:`gpuconv.nn.manual_seed` reseeds
-    (so a whole run replays from one seed), or, with ``seed=``, this layer's own generator
-    seeded with it. Backward reuses the forward's seed, so it applies the same mask.
+    Each training forward draws the next mask from a Philox stream (key ``(seed, offset)``,
+    the offset moving on by one per mask), so masks differ from step to step: by default the
+    package-wide stream that :func:`gpuconv.nn.manual_seed` resets (so a whole run replays
+    from one seed), or, with ``seed=``, this layer's own stream. Backward reuses the
+    forward's key, so it applies the same mask. Inside a CUDA graph capture the layer also
+    passes the stream's device counter, so that each replay draws a new mask
+    (:mod:`gpuconv.graphs`).
     """
 
     def __init__(self, p: float = 0.5, inplace: bool = False, seed: int | None = None):
         super().__init__()
         self.p = C.finite_float("Dropout", "p", p, low=0.0, high=1.0)
         self.inplace = inplace
-        self._generator = None if seed is None else np.random.default_rng(seed)
-
-    def _next_seed(self) -> int:
-        gen = self._generator if self._generator is not None else init.default_generator()
-        return int(gen.integers(0, 2 ** 64, dtype=np.uint64))
+        self._philox = None if seed is None else graphs.PhiloxStream(seed)
 
     def forward(self, input):
         training = self.training and self.p > 0
-        seed = self._next_seed() if training else 0
-        self._save(input, training, seed)
-        return F.dropout(input, self.p, training, seed)
+        philox = self._philox if self._philox is not None else init.default_philox()
+        key = philox.draw() if training else (0, 0, None)
+        self._save(input, training, key)
+        seed, offset, delta = key
+        return F.dropout(input, self.p, training, seed, offset=offset, offset_delta=delta)
 
     def backward(self, grad_output):
-        input, training, seed = self._saved()
-        return F.dropout_backward(grad_output, input, self.p, training, seed)
+        input, training, (seed, offset, delta) = self._saved()
+        return F.dropout_backward(grad_output, input, self.p, training, seed, offset=offset,
+                                  offset_delta=delta)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

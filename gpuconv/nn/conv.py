@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _checks as C, functional as F
+from .. import _checks as C, backend, functional as F
 from ._defaults import float_dtype, new_parameter, reset_weight_and_bias
 from .module import Module, accumulate_grad
 
@@ -101,11 +101,40 @@ class Conv1d(_Conv):
 
 class Conv2d(_Conv):
     """2-d convolution over (N, C_in, H, W) -> (N, C_out, OH, OW); weight
-    (C_out, C_in/groups, kH, kW), bias (C_out,). See :func:`gpuconv.functional.conv2d`."""
+    (C_out, C_in/groups, kH, kW), bias (C_out,). See :func:`gpuconv.functional.conv2d`.
+
+    On a GPU, a :class:`~gpuconv.nn.Sequential` runs a Conv2d followed by an activation
+    whose derivative follows from its output (ReLU, LeakyReLU with a slope >= 0, Sigmoid,
+    Tanh) as one :func:`~gpuconv.functional.conv2d_bias_act` call: one kernel launch, no
+    intermediate array (:meth:`fused_activation`, :meth:`forward_fused`)."""
 
     _n = 2
     _forward_op = staticmethod(F.conv2d)
     _backward_op = staticmethod(F.conv2d_backward)
+
+    def fused_activation(self, activation: Module, input) -> tuple[str, float] | None:
+        """``(name, param)`` of ``activation`` for the fused epilogue when this layer and it
+        can run as one call on ``input``, else None (CPU arrays, other activations)."""
+        from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+
+        if backend.device_of(input) != "cuda":
+            return None
+        kind = type(activation)
+        if kind is LeakyReLU and activation.negative_slope >= 0:
+            return "leaky_relu", activation.negative_slope
+        names = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
+        return (names[kind], 0.0) if kind in names else None
+
+    def forward_fused(self, input, activation: Module, fused: tuple[str, float]):
+        """``activation(self(input))`` in one call. Each module keeps what its backward
+        needs: this layer its input, the activation its output (as its input too: for these
+        activations the output's sign, or the output itself, gives the derivative)."""
+        self._save(input)
+        name, param = fused
+        out = F.conv2d_bias_act(input, self.weight.data, self._bias_data(), *self._op_args(),
+                                activation=name, param=param)
+        activation._save(out, out)
+        return out
 
 
 class ConvTranspose2d(_ConvNd):

@@ -367,8 +367,19 @@ class Sequential(Module):
         return self
 
     def forward(self, input):
-        for m in self:
-            input = m(input)
+        modules = list(self)
+        i = 0
+        while i < len(modules):
+            m, after = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            # A convolution and the activation after it, fused where the layer says it can.
+            fused = m.fused_activation(after, input) if (
+                after is not None and hasattr(m, "fused_activation")) else None
+            if fused is not None:
+                input = m.forward_fused(input, after, fused)
+                i += 2
+            else:
+                input = m(input)
+                i += 1
         return input
 
     def backward(self, grad_output):

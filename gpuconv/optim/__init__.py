@@ -3,7 +3,9 @@
 Parameters are objects with ``.data`` (a NumPy or CuPy float array, updated in place) and
 ``.grad`` (same shape, or None to skip the parameter). Every optimizer also takes a
 keyword-only ``l1`` that adds ``l1 * sign(w)`` to the gradient (an L1 penalty on the weights).
-On CuPy arrays each parameter's update is one fused kernel launch (``kernels/optim.cu``).
+On CuPy arrays one step is one fused kernel launch per dtype for all the parameters
+(``kernels/optim.cu``), and ``clip_grad_norm_`` keeps the norm on the device: neither makes
+the host wait.
 
     opt = gpuconv.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = gpuconv.optim.lr_scheduler.StepLR(opt, step_size=10)

@@ -33,12 +33,24 @@ class Adadelta(Optimizer):
         real(self._name, group, "eps", low=0.0, low_open=True)
         return group
 
-    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+    _multi_tensor = "adadelta"
+
+    def _init_state(self, p, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             xp = backend.array_module(p.data)
             state["step"] = 0
             state["square_avg"] = xp.zeros_like(p.data)
             state["acc_delta"] = xp.zeros_like(p.data)
+
+    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+        self._init_state(p, state, group)
         state["step"] += 1
         apply_update("adadelta_step", p.data, grad, [state["square_avg"], state["acc_delta"]],
                      group["lr"], group["rho"], group["eps"], group["weight_decay"], group["l1"])
+
+    def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
+        self._init_state(p, state, group)
+        return (state["square_avg"], state["acc_delta"]), 0
+
+    def _hyperparameters(self, group: dict[str, Any]) -> tuple:
+        return group["lr"], group["rho"], group["eps"], group["weight_decay"], group["l1"]

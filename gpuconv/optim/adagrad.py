@@ -36,12 +36,25 @@ class Adagrad(Optimizer):
         real(self._name, group, "eps", low=0.0, low_open=True)
         return group
 
-    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+    _multi_tensor = "adagrad"
+
+    def _init_state(self, p, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             state["step"] = 0
             state["sum"] = backend.array_module(p.data).full_like(
                 p.data, group["initial_accumulator_value"])
+
+    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+        self._init_state(p, state, group)
         state["step"] += 1
         clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
         apply_update("adagrad_step", p.data, grad, [state["sum"]], clr, group["eps"],
                      group["weight_decay"], group["l1"])
+
+    def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
+        self._init_state(p, state, group)
+        return (state["sum"],), 0
+
+    def _hyperparameters(self, group: dict[str, Any]) -> tuple:
+        return (group["lr"], group["lr_decay"], group["eps"], group["weight_decay"],
+                group["l1"])

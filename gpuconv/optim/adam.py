@@ -25,6 +25,7 @@ class Adam(Optimizer):
 
     # AdamW decays the weights directly instead of adding weight_decay * w to the gradient.
     _decoupled_weight_decay = False
+    _multi_tensor = "adam"
 
     def __init__(self, params: Iterable, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -43,7 +44,7 @@ class Adam(Optimizer):
         group["amsgrad"] = bool(group["amsgrad"])
         return group
 
-    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _init_state(self, p, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             xp = backend.array_module(p.data)
             state["step"] = 0
@@ -51,6 +52,9 @@ class Adam(Optimizer):
             state["exp_avg_sq"] = xp.zeros_like(p.data)
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+
+    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+        self._init_state(p, state, group)
         state["step"] += 1
         step, (beta1, beta2) = state["step"], group["betas"]
         buffers = [state["exp_avg"], state["exp_avg_sq"],
@@ -58,6 +62,16 @@ class Adam(Optimizer):
         apply_update("adam_step", p.data, grad, buffers, group["lr"], beta1, beta2, group["eps"],
                      group["weight_decay"], group["l1"], 1 - beta1 ** step, 1 - beta2 ** step,
                      self._decoupled_weight_decay)
+
+    def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
+        self._init_state(p, state, group)
+        return (state["exp_avg"], state["exp_avg_sq"],
+                state["max_exp_avg_sq"] if group["amsgrad"] else None), 0
+
+    def _hyperparameters(self, group: dict[str, Any]) -> tuple:
+        beta1, beta2 = group["betas"]
+        return (group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"],
+                self._decoupled_weight_decay)
 
 
 class AdamW(Adam):

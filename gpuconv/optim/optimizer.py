@@ -5,11 +5,18 @@ optimizer updates in place) and ``p.grad`` (an array of the same shape, dtype an
 or None when the parameter received no gradient; it is then skipped). Optimizers never
 write to ``p.grad``.
 
-Each optimizer implements one method, ``_update(p, grad, state, group)``: the update of a
-single parameter from its gradient, its state dict and its group's hyperparameters, done
-in place. It keeps the state dict and the step count and hands the arithmetic to
-:func:`apply_update`, which runs the registered op ``<optimizer>_step``: a fused kernel on a
-GPU (one launch per parameter and step), the NumPy reference on the CPU.
+Each optimizer implements ``_update(p, grad, state, group)``: the update of a single
+parameter from its gradient, its state dict and its group's hyperparameters, done in place.
+It keeps the state dict and the step count and hands the arithmetic to :func:`apply_update`,
+which runs the registered op ``<optimizer>_step`` (the NumPy reference on the CPU).
+
+On CuPy parameters the step is one launch per dtype for all the parameters
+(``gpuconv/optim/_multi_tensor.py``): each optimizer names its multi-tensor kernel
+(``_multi_tensor``) and implements ``_device_entry(p, state, group) -> (buffers, flags)``
+(its state arrays, made on first use) and ``_hyperparameters(group) -> tuple`` (the row of
+doubles its kernel reads, the learning rate first). Hyperparameters and step counts then
+live on the device, so a CUDA graph replay of the step sees a scheduler's learning rate and
+counts its steps; :meth:`state_dict` reads the counts back.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from .. import _checks as C, backend, kernels
+from ._multi_tensor import DeviceState, Entry
 
 __all__ = ["Optimizer"]
 
@@ -33,8 +41,12 @@ class Optimizer:
     and ints (step counts).
     """
 
+    # The kernel family of the one-launch GPU step (kernels/optim.cu <name>_multi_step).
+    _multi_tensor: str = ""
+
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         self._name = type(self).__name__
+        self._device: DeviceState | None = None
         self.defaults = self._check_hyperparameters(dict(defaults))
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
@@ -85,6 +97,9 @@ class Optimizer:
         group = self._check_hyperparameters(group)
         group["params"] = params
         self.param_groups.append(group)
+        if getattr(self, "_device", None) is not None:  # one more row of step counts
+            self._read_device_steps()
+            self._device = None
 
     # ------------------------------------------------------------------ stepping
 
@@ -98,16 +113,78 @@ class Optimizer:
                     p.grad[...] = 0
 
     def step(self, closure: Callable[[], Any] | None = None):
-        """Update every parameter that has a gradient; returns ``closure()`` when given."""
+        """Update every parameter that has a gradient; returns ``closure()`` when given.
+
+        CuPy parameters are updated together, one launch per dtype, without a host
+        synchronisation; NumPy parameters one by one."""
         loss = None if closure is None else closure()
+        on_device = []
         for index, group, p in self._indexed_params():
             grad = p.grad
             if grad is None:
                 continue
-            C.same_kind(self._name, "param.data", p.data, grad=grad)
-            C.shape_is(self._name, "grad", grad, p.data.shape)
-            self._update(p, grad, self.state.setdefault(index, {}), group)
+            name = f"params[{index}].grad"
+            C.float_array(self._name, f"{name} (parameter of shape {tuple(p.data.shape)})", grad)
+            C.same_kind(self._name, f"params[{index}].data", p.data, **{name: grad})
+            C.shape_is(self._name, name, grad, p.data.shape)
+            state = self.state.setdefault(index, {})
+            if backend.device_of(p.data) == "cuda":
+                on_device.append((index, group, p, grad, state))
+            else:
+                self._update(p, grad, state, group)
+        if on_device:
+            self._device_step(on_device)
         return loss
+
+    def _device_step(self, items: list) -> None:
+        """One launch per dtype over ``items`` (index, group, param, grad, state); arrays of
+        another layout go through contiguous copies that are written back."""
+        if self._device is None:
+            n = sum(len(g["params"]) for g in self.param_groups)
+            self._device = DeviceState(
+                n, [self.state.get(i, {}).get("step", 0) for i in range(n)], self._multi_tensor)
+        self.refresh_device_hyperparameters()
+        group_of = {id(g): i for i, g in enumerate(self.param_groups)}
+        entries, write_back = [], []
+        for index, group, p, grad, state in items:
+            xp = backend.array_module(p.data)
+            buffers, flags = self._device_entry(p, state, group)
+            arrays = [p.data, *buffers]
+            dense = [a if a is None or a.flags.c_contiguous else xp.ascontiguousarray(a)
+                     for a in arrays]
+            write_back += [(a, d) for a, d in zip(arrays, dense) if d is not a]
+            entries.append(Entry(index, group_of[id(group)], dense[0],
+                                 xp.ascontiguousarray(grad), tuple(dense[1:]), flags))
+        self._device.step(entries)
+        for a, d in write_back:
+            a[...] = d
+
+    def refresh_device_hyperparameters(self) -> None:
+        """Upload the hyperparameters that changed since the last GPU step (a scheduler's
+        learning rate) to the device, where a replayed CUDA graph of the step reads them;
+        one asynchronous copy when something changed, nothing otherwise."""
+        if self._device is not None:
+            self._device.set_hyperparameters([self._hyperparameters(g)
+                                              for g in self.param_groups])
+
+    def _read_device_steps(self) -> None:
+        """Copy the step counts that GPU steps advanced on the device into ``state`` (a
+        synchronisation; for checkpoints and new parameter groups)."""
+        if self._device is None:
+            return
+        steps = self._device.host_steps()
+        for i, s in self.state.items():
+            if "step" in s:
+                s["step"] = int(steps[i])
+
+    def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
+        """``(buffers, flags)`` of ``p`` for the multi-tensor kernel: its state arrays in the
+        kernel's order (None where unused), made on first use, and the table's flags."""
+        raise NotImplementedError
+
+    def _hyperparameters(self, group: dict[str, Any]) -> tuple:
+        """The row of doubles the multi-tensor kernel reads for ``group``, lr first."""
+        raise NotImplementedError
 
     def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Update ``p.data`` in place from ``grad`` (never written to). ``state`` is this
@@ -135,6 +212,7 @@ class Optimizer:
             saved["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(saved)
+        self._read_device_steps()
         state = {i: {k: (v.copy() if C.is_array(v) else v) for k, v in s.items()}
                  for i, s in self.state.items()}
         return {"state": state, "param_groups": groups}
@@ -162,6 +240,7 @@ class Optimizer:
             state[index] = {name: self._loaded_value(flat[index], index, name, value)
                             for name, value in saved.items()}
         self.param_groups, self.state = groups, state
+        self._device = None  # rebuilt from the loaded step counts at the next GPU step
 
     def _loaded_group(self, group: dict[str, Any], saved: Mapping[str, Any], i: int) -> dict:
         if len(saved["params"]) != len(group["params"]):

@@ -40,7 +40,9 @@ class RMSprop(Optimizer):
         group["centered"] = bool(group["centered"])
         return group
 
-    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+    _multi_tensor = "rmsprop"
+
+    def _init_state(self, p, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             xp = backend.array_module(p.data)
             state["step"] = 0
@@ -49,9 +51,22 @@ class RMSprop(Optimizer):
                 state["grad_avg"] = xp.zeros_like(p.data)
             if group["momentum"] > 0:
                 state["momentum_buffer"] = xp.zeros_like(p.data)
+
+    def _buffers(self, state: dict[str, Any], group: dict[str, Any]) -> list:
+        return [state["square_avg"], state["grad_avg"] if group["centered"] else None,
+                state["momentum_buffer"] if group["momentum"] > 0 else None]
+
+    def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
+        self._init_state(p, state, group)
         state["step"] += 1
-        buffers = [state["square_avg"],
-                   state["grad_avg"] if group["centered"] else None,
-                   state["momentum_buffer"] if group["momentum"] > 0 else None]
-        apply_update("rmsprop_step", p.data, grad, buffers, group["lr"], group["alpha"],
-                     group["eps"], group["weight_decay"], group["momentum"], group["l1"])
+        apply_update("rmsprop_step", p.data, grad, self._buffers(state, group), group["lr"],
+                     group["alpha"], group["eps"], group["weight_decay"], group["momentum"],
+                     group["l1"])
+
+    def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
+        self._init_state(p, state, group)
+        return tuple(self._buffers(state, group)), 0
+
+    def _hyperparameters(self, group: dict[str, Any]) -> tuple:
+        return (group["lr"], group["alpha"], group["eps"], group["weight_decay"],
+                group["momentum"], group["l1"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .. import backend
+from ._multi_tensor import FLAG_FIRST_STEP
 from .optimizer import Optimizer, apply_update, real
 
 __all__ = ["SGD"]
@@ -42,6 +43,8 @@ class SGD(Optimizer):
                              f"dampening={group['dampening']}")
         return group
 
+    _multi_tensor = "sgd"
+
     def _update(self, p, grad, state: dict[str, Any], group: dict[str, Any]) -> None:
         momentum = group["momentum"]
         buf = state.get("momentum_buffer") if momentum else None
@@ -53,3 +56,15 @@ class SGD(Optimizer):
                      group["weight_decay"], group["l1"], group["nesterov"], first_step)
         if first_step:
             state["momentum_buffer"] = buf
+
+    def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
+        if not group["momentum"]:
+            return (None,), 0
+        first_step = "momentum_buffer" not in state
+        if first_step:
+            state["momentum_buffer"] = backend.array_module(p.data).empty_like(p.data)
+        return (state["momentum_buffer"],), FLAG_FIRST_STEP if first_step else 0
+
+    def _hyperparameters(self, group: dict[str, Any]) -> tuple:
+        return (group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                group["l1"], group["nesterov"])

@@ -83,12 +83,13 @@ def _define_cell(kind: str, forward, backward, n_states: int):
 
 
 def _lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    # The one place that knows gpuconv.functional's argument order for the LSTM cell.
-    return F.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    return F.lstm_cell(input, (hx, cx), w_ih, w_hh, b_ih, b_hh)
 
 
 def _lstm_cell_backward(grad_h, grad_c, input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    return F.lstm_cell_backward(grad_h, grad_c, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    gx, (ghx, gcx), *gparams = F.lstm_cell_backward(grad_h, grad_c, input, (hx, cx), w_ih, w_hh,
+                                                    b_ih, b_hh)
+    return (gx, ghx, gcx, *gparams)
 
 
 _rnn_tanh_cell = _define_cell("rnn_tanh", F.rnn_tanh_cell, F.rnn_tanh_cell_backward, 1)

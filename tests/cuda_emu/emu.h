@@ -476,6 +476,17 @@ inline void __syncthreads() { emu::suspend(emu::State::block_barrier); }
     __builtin_unreachable();
 }
 
+// Atomics and fences: fibers never preempt one another, so a read-modify-write is atomic
+// and memory is always coherent.
+template <typename T>
+inline T atomicAdd(T* address, T value) {
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
+
+inline void __threadfence() {}
+
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "one word per lane");
@@ -521,3 +532,6 @@ extern "C" int emu_fault_kind() { return emu::fault_kind; }
         return emu::launch(kernel, argv, grid, block, shared_mem, cooperative != 0);         \
     }                                                                                        \
     extern "C" const char* emu_signature_##kernel() { return emu::signature(kernel); }
+
+// The tensor-core kernels' wrappers (kernels/mma.cuh): mma, ldmatrix, cp.async, conversions.
+#include "mma_emu.h"

@@ -15,6 +15,9 @@ Installed as ``sys.modules["cupy"]`` by ``tests/cuda_emu/plugin.py``. Two halves
   and checks them against the parameter types the entry point declares, and runs the
   kernel on copies of its arrays placed between inaccessible pages, so that a read or a
   write outside an array fails the launch. README.md in this folder says how, exactly.
+- ``streams`` (its own module): streams, events, pinned memory, memory pools, CUDA graph
+  capture and replay, and the counters of host synchronisations and device-to-host copies
+  that the tests of the training step read. The hooks into it are marked ``streams.``.
 """
 from __future__ import annotations
 
@@ -26,13 +29,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
 import numpy as np
 
-from cuda_emu import occupancy
+from cuda_emu import occupancy, streams
 
 __version__ = "0.0-emulated"
 _HERE = Path(__file__).resolve().parent
@@ -85,7 +87,19 @@ def _wrap(x):
 
 def _device_call(what: str, fn, args, kwargs):
     _reject_host(what, args, kwargs)
+    capture = streams.issue(what)
+    if capture is not None:
+        return streams.capture_call(capture, what, fn, args, kwargs, _unwrap, _wrap)
     return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+
+
+def _device_write(what: str, write) -> None:
+    """Run the in-place update ``write()`` now, or record it into an open capture."""
+    capture = streams.issue(what)
+    if capture is not None:
+        streams.record(capture, write)
+    else:
+        write()
 
 
 class ndarray:
@@ -97,11 +111,20 @@ class ndarray:
     def __init__(self, a: np.ndarray):
         self._a = a
 
-    def get(self) -> np.ndarray:
+    def get(self, stream=None) -> np.ndarray:
+        streams.host_read("ndarray.get()")
         return np.array(self._a)
 
-    def set(self, host: np.ndarray) -> None:
+    def set(self, host: np.ndarray, stream=None) -> None:
+        # Without a stream CuPy copies synchronously; with one, from pinned memory, async.
+        streams.host_write("ndarray.set()", blocking=stream is None,
+                           pinned=stream is not None and streams.is_pinned(host))
         self._a[...] = host
+
+    @property
+    def data(self):
+        """CuPy's MemoryPointer, as far as ``.ptr`` (the address the kernels see)."""
+        return types.SimpleNamespace(ptr=self._a.__array_interface__["data"][0])
 
     def __array__(self, *args, **kwargs):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
@@ -121,17 +144,26 @@ class ndarray:
         if name.startswith("__"):
             raise AttributeError(name)
         attr = getattr(self._a, name)
+        if callable(attr) and name in ("item", "tolist"):
+            streams.host_read(f"ndarray.{name}()")
+            return attr
         if callable(attr):
-            return lambda *args, **kwargs: _device_call(f"method {name}", attr, args, kwargs)
+            # The array goes in as an argument, so that a capture sees what the method writes.
+            return lambda *args, **kwargs: _device_call(
+                f"method {name}", lambda a, *rest, **kw: getattr(a, name)(*rest, **kw),
+                (self, *args), kwargs)
         return _wrap(attr)
 
     def __getitem__(self, key):
         _reject_host("indexing", key, {})
-        return _wrap(self._a[_unwrap(key)])
+        return _device_call("indexing", lambda a, k: a[k], (self, key), {})
 
     def __setitem__(self, key, value):
         _reject_host("indexing", key, {})
-        self._a[_unwrap(key)] = _unwrap(value)
+
+        def write():
+            self._a[_unwrap(key)] = _unwrap(value)
+        _device_write("indexing assignment", write)
 
     def __len__(self) -> int:
         return len(self._a)
@@ -140,15 +172,19 @@ class ndarray:
         return (_wrap(self._a[i]) for i in range(len(self._a)))
 
     def __float__(self) -> float:
+        streams.host_read("float(ndarray)")
         return float(self._a)
 
     def __int__(self) -> int:
+        streams.host_read("int(ndarray)")
         return int(self._a)
 
     def __bool__(self) -> bool:
+        streams.host_read("bool(ndarray)")
         return bool(self._a)
 
     def __repr__(self) -> str:
+        streams.host_read("repr(ndarray)")
         return f"emulated cupy {self._a!r}"
 
     def __dlpack__(self, *args, **kwargs):
@@ -164,7 +200,8 @@ def _binary(ufunc, reflected: bool = False):
 def _in_place(name: str):
     def op(self, other):
         _reject_host(f"in-place {name}", other, {})
-        getattr(self._a, f"__i{name}__")(_unwrap(other))
+        _device_write(f"in-place {name}",
+                      lambda: getattr(self._a, f"__i{name}__")(_unwrap(other)))
         return self
     return op
 
@@ -183,6 +220,7 @@ ndarray.__neg__ = lambda self: np.negative(self)
 ndarray.__pos__ = lambda self: np.positive(self)
 ndarray.__abs__ = lambda self: np.absolute(self)
 ndarray.__invert__ = lambda self: np.invert(self)
+streams.bind(ndarray)
 
 
 def asarray(a, dtype=None, order=None) -> ndarray:
@@ -190,17 +228,26 @@ def asarray(a, dtype=None, order=None) -> ndarray:
     ``dtype``)."""
     if isinstance(a, ndarray):
         return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
-    return ndarray(np.array(a, dtype=dtype, order="K" if order is None else order))
+    host = np.array(a, dtype=dtype, order="K" if order is None else order)
+    if host.ndim == 0:  # CuPy fills a 0-d array with a kernel: no copy
+        return _device_call("cupy.full", np.full, ((), host[()], host.dtype), {})
+    # CuPy stages the copy through pinned memory: asynchronous.
+    streams.host_write("cupy.asarray(numpy.ndarray)", blocking=False)
+    return ndarray(host)
 
 
 def array(a, dtype=None, copy=True, order="K") -> ndarray:
     if isinstance(a, ndarray):
-        return ndarray(np.array(a._a, dtype=dtype, copy=copy, order=order))
+        return _device_call("cupy.array", lambda x: np.array(x, dtype=dtype, copy=copy,
+                                                             order=order), (a,), {})
     return asarray(a, dtype, order)
 
 
-def asnumpy(a) -> np.ndarray:
+def asnumpy(a, stream=None) -> np.ndarray:
     return a.get() if isinstance(a, ndarray) else np.asarray(a)
+
+
+get_default_memory_pool = streams.get_default_memory_pool
 
 
 def get_array_module(*args):
@@ -244,30 +291,27 @@ class _Device:
         self.id = device_id
 
     def synchronize(self) -> None:
-        pass
-
-
-class _Event:
-    def __init__(self, *args, **kwargs):
-        self.time = None
-
-    def record(self, stream=None) -> None:
-        self.time = time.perf_counter()
-
-    def synchronize(self) -> None:
-        pass
-
-
-def _elapsed_ms(start: _Event, end: _Event) -> float:
-    return (end.time - start.time) * 1e3
+        streams.synchronize("Device.synchronize()")
 
 
 _CUDA_VERSION = 13000
 cuda = types.SimpleNamespace(
     Device=_Device,
-    Event=_Event,
-    get_elapsed_time=_elapsed_ms,
-    memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+    Event=streams.Event,
+    get_elapsed_time=streams.elapsed_ms,
+    Stream=streams.Stream,
+    ExternalStream=streams.ExternalStream,
+    get_current_stream=streams.get_current_stream,
+    Graph=streams.Graph,
+    MemoryPool=streams.MemoryPool,
+    using_allocator=streams.using_allocator,
+    set_allocator=streams.set_allocator,
+    get_allocator=streams.get_allocator,
+    alloc_pinned_memory=streams.alloc_pinned_memory,
+    cublas=streams.cublas,
+    device=types.SimpleNamespace(get_cublas_handle=streams.get_cublas_handle),
+    memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError,
+                                 MemoryPool=streams.MemoryPool),
     # The emulator runs no NVRTC (g++ compiles the kernels): a version of the same form.
     nvrtc=types.SimpleNamespace(getVersion=lambda: divmod(_CUDA_VERSION // 10, 100)),
     runtime=types.SimpleNamespace(
@@ -398,7 +442,7 @@ def _pointer_bytes(param: str, given: str, value: bytes, where: str) -> bool:
 def _strided_rows(a: np.ndarray) -> bool:
     """Contiguous rows, each ``strides[0]`` bytes after the last: a matrix the kernel is
     given with its leading dimension."""
-    return a.ndim >= 2 and a.strides[0] > 0 and a[0].flags.c_contiguous
+    return a.ndim >= 2 and len(a) > 0 and a.strides[0] > 0 and a[0].flags.c_contiguous
 
 
 def _span(a: np.ndarray) -> tuple[int, int]:
@@ -486,6 +530,17 @@ class RawKernel:
         values, arrays = [], []
         for i, (param, arg) in enumerate(zip(self.params, args)):
             values.append(self._marshal(i, param, arg, arrays))
+        capture = streams.issue(self.name)
+        if capture is not None:  # checked now, run at each replay on the same arrays
+            streams.record(capture, lambda: self._execute(grid, block, values, arrays,
+                                                          shared_mem))
+            return
+        self._execute(grid, block, values, arrays, shared_mem)
+
+    def _execute(self, grid: int, block: int, values: list, arrays: list,
+                 shared_mem: int) -> None:
+        streams.counters["launch"] += 1
+        values = list(values)
         with _Guarded(arrays, self.name) as device:
             for i, a in arrays:
                 values[i] = ctypes.c_void_p(device[i])

@@ -8,13 +8,16 @@ binary on disk), with ``-D`` options selecting variants, never with generated so
 CuPy keys its on-disk cache by the source text and the options, not by the headers the
 source includes, so the options carry a hash of every header a source includes
 (``-DGPUCONV_HEADERS_SHA256=...``): a changed header is a new key, never a stale binary.
-Every ``-D`` variant a launcher uses is declared in ``DEFINE_VARIANTS``, so that CI compiles
-exactly those (tests/test_cuda_sources.py); a launch with an undeclared one raises.
+Every ``-D`` variant a launcher uses is declared in ``DEFINE_VARIANTS`` by the family's
+launcher module (``<family>.py``), so that CI compiles exactly those
+(tests/test_cuda_sources.py); a launch with an undeclared one raises.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
+import importlib.util
 import math
 import re
 from pathlib import Path
@@ -27,7 +30,8 @@ import numpy as np
 
 __all__ = ["kernel", "launch", "grid_1d", "gpu_op", "entry_point", "run_threads", "run_blocks",
            "compile_states", "nvrtc_options", "cuda_versions", "THREADS_1D", "REDUCE_THREADS",
-           "MAX_BLOCKS", "DTYPES", "NULL", "NVRTC_OPTIONS", "DEFINE_VARIANTS"]
+           "MAX_BLOCKS", "DTYPES", "NULL", "NVRTC_OPTIONS", "DEFINE_VARIANTS",
+           "declared_variants"]
 
 # A multiple of the warp size that keeps occupancy high for simple elementwise kernels.
 THREADS_1D = 256
@@ -44,7 +48,7 @@ NULL = np.uint64(0)
 # compiles with both, as CuPy 14 would).
 NVRTC_OPTIONS = ("-std=c++17",)
 # The -D variants each family's launchers compile besides the plain source: {family: (defines,
-# ...)}, each defines a tuple of "NAME=VALUE" strings.
+# ...)}, each defines a tuple of "NAME=VALUE" strings; filled in by the launcher modules.
 DEFINE_VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {}
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
 
@@ -74,6 +78,14 @@ def nvrtc_options(family: str, defines: Sequence[str] = ()) -> tuple[str, ...]:
         digest.update(header.name.encode() + b"\0" + header.read_bytes() + b"\0")
     return (*NVRTC_OPTIONS, f"-I{src_dir}", f"-DGPUCONV_HEADERS_SHA256={digest.hexdigest()[:16]}",
             *(f"-D{d}" for d in defines))
+
+
+def declared_variants() -> dict[str, tuple[tuple[str, ...], ...]]:
+    """``DEFINE_VARIANTS`` once every family's launcher module has declared its own."""
+    for source in cuda_source_dir().glob("*.cu"):
+        if importlib.util.find_spec(f"{__name__}.{source.stem}") is not None:
+            importlib.import_module(f"{__name__}.{source.stem}")
+    return DEFINE_VARIANTS
 
 
 @functools.lru_cache(maxsize=None)

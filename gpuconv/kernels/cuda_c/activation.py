@@ -220,13 +220,14 @@ def log_softmax_backward(g, x, dim, output):
 # Dropout is linear in its input, so the backward pass is the forward pass applied to
 # grad_output with the same mask and scale.
 @_register("dropout", "dropout_backward")
-def dropout(x, p, seed):
+def dropout(x, p, seed, offset, offset_delta):
     cp = backend.cupy_or_none()
-    if p == 1:
-        return cp.zeros(x.shape, x.dtype)
+    if p == 1:  # torch multiplies by the zero mask: an inf or NaN input gives NaN
+        return x * x.dtype.type(0)
     y = backend.empty(x.shape, x.dtype, cp)
     (xc,) = _contiguous(x)
     _run("dropout_fwd", x.dtype, math.ceil(x.size / PHILOX_WORDS),
-         (xc, y, np.int64(x.size), np.uint64(seed), _keep_threshold(p),
+         (xc, y, np.int64(x.size), np.uint64(seed), np.uint64(offset),
+          NULL if offset_delta is None else offset_delta, _keep_threshold(p),
           x.dtype.type(1 / (1 - p))))
     return y

@@ -39,20 +39,22 @@ def _element_stride(a) -> np.int64:
     return np.int64(a.strides[0] // a.itemsize)
 
 
-def _batch_stats(x, running_mean, running_var, momentum):
-    """Per-channel batch mean and biased variance; updates the running stats in place."""
+def _batch_stats(x, running_mean, running_var, momentum, eps):
+    """Per-channel batch mean and 1/sqrt(biased variance + eps); updates the running stats
+    in place."""
     cp = backend.cupy_or_none()
     channels = x.shape[1]
     mean = backend.empty((channels,), x.dtype, cp)
-    var = backend.empty((channels,), x.dtype, cp)
+    inv_std = backend.empty((channels,), x.dtype, cp)
     if running_mean is None:
         running = (NULL, np.int64(0), NULL, np.int64(0))
     else:
         running = (running_mean, _element_stride(running_mean),
                    running_var, _element_stride(running_var))
     _run_per_channel("batch_norm_fwd_stats", x.dtype, channels,
-                     (x, x.dtype.type(momentum), *running, mean, var, *_shape_args(x)))
-    return mean, var
+                     (x, x.dtype.type(momentum), x.dtype.type(eps), *running, mean, inv_std,
+                      *_shape_args(x)))
+    return mean, inv_std
 
 
 @register("batch_norm", "cuda", device="cuda", dtypes=DTYPES, priority=10)
@@ -61,12 +63,12 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     cp = backend.cupy_or_none()
     x, w, b = _contiguous(x, weight, bias)
     if training:
-        mean, var = _batch_stats(x, running_mean, running_var, momentum)
+        mean, inv_std = _batch_stats(x, running_mean, running_var, momentum, eps)
     else:
-        mean, var = _contiguous(running_mean, running_var)
+        (mean,) = _contiguous(running_mean)
+        inv_std = 1 / cp.sqrt(running_var + x.dtype.type(eps))
     y = backend.empty(x.shape, x.dtype, cp)
-    _run("batch_norm_fwd_apply", x.dtype, y.size,
-         (x, mean, var, w, b, x.dtype.type(eps), y, *_shape_args(x)))
+    _run("batch_norm_fwd_apply", x.dtype, y.size, (x, mean, inv_std, w, b, y, *_shape_args(x)))
     return y
 
 
@@ -110,7 +112,10 @@ def local_response_norm_backward(grad_y, x, size, alpha, beta, k):
     grad_y, x = _contiguous(grad_y, x)
     grad_x = backend.empty(x.shape, x.dtype, cp)
     through = backend.empty(x.shape, x.dtype, cp)
+    window_max = backend.empty(x.shape, x.dtype, cp)
     lrn_args = _lrn_args(x, size, alpha, beta, k)
-    _run("local_response_norm_bwd_direct", x.dtype, x.size, (grad_y, x, grad_x, through, *lrn_args))
-    _run("local_response_norm_bwd_spread", x.dtype, x.size, (x, through, grad_x, *lrn_args[:-1]))
+    _run("local_response_norm_bwd_direct", x.dtype, x.size,
+         (grad_y, x, grad_x, through, window_max, *lrn_args))
+    _run("local_response_norm_bwd_spread", x.dtype, x.size,
+         (x, through, window_max, grad_x, *lrn_args[:-1]))
     return grad_x

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import backend
+from ... import backend, device_checks
 from .. import register
 from ..numba_cuda.pool import NO_DIVISOR_OVERRIDE
 from . import DTYPES, gpu_op, run_threads
@@ -20,6 +20,7 @@ FAMILY = "pool"
 PRIORITY = 10
 # The kernels index inside one plane with an int.
 MAX_PLANE_ELEMENTS = int(np.iinfo(np.int32).max)
+device_checks.checked_on_device("max_pool2d_backward", "cuda")
 
 
 def _register(op: str):
@@ -72,7 +73,7 @@ def max_pool2d_backward(grad_out, indices, input_shape, kernel, stride, padding,
     grad_out, indices = _contiguous(grad_out, indices)
     grad = backend.empty(input_shape, grad_out.dtype, cp)
     run_threads(FAMILY, "max_pool2d_bwd", grad.dtype, grad.size,
-                (grad_out, indices, grad,
+                (grad_out, indices, grad, device_checks.slot("max_pool2d_backward.indices"),
                  *_shape_args("max_pool2d_backward", input_shape, grad_out.shape[2:]),
                  *_i32(*kernel, *stride, *padding, *dilation)))
     return grad

@@ -6,6 +6,12 @@ launchers take NumPy arrays. ``numba.cuda`` is imported on first launch (through
 ``_numba.py``, the one module that imports it), never at registration, so ``import gpuconv``
 stays cheap.
 
+Every launch goes through ``_numba.launch``, which on a GPU queues the kernel on CuPy's
+current stream (as the CUDA C kernels queue) and hands numba the CuPy arrays as device
+arrays imported without synchronisation: by default numba synchronises the stream an array
+was made on once per array argument, a host wait per array per launch. The arrays come from
+the same stream the kernel runs on, so stream order is all the ordering needed.
+
 Kernels meant for float32 compute in float32: literals are made from the arrays' dtype
 (``x.dtype.type(1)``), never written as ``0.0`` or ``1 - v`` (numba types those float64 and
 an int op float32 as float64), and launchers pass hyperparameters as NumPy scalars of the

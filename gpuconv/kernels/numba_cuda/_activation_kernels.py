@@ -36,7 +36,7 @@ _UINT64_MOD = 2 ** 64
 @cuda.jit(device=True)
 def _activation(z, act, zero, one):
     if act == RELU:
-        return z if z > zero else zero
+        return zero if z <= zero else z  # a NaN stays NaN, as torch's relu
     if act == SIGMOID:
         e = math.exp(-abs(z))  # <= 1 on both branches: nothing overflows
         return one / (one + e) if z >= zero else e / (one + e)
@@ -47,7 +47,7 @@ def _activation(z, act, zero, one):
 def _activation_grad(g, v, act, zero, one):
     """g * act'(z), where v is z for relu and y = act(z) for sigmoid and tanh."""
     if act == RELU:
-        return g if v > zero else zero
+        return zero if v <= zero else g  # a NaN input passes g, as torch's relu backward
     if act == SIGMOID:
         return g * v * (one - v)
     return g * (one - v * v)
@@ -111,11 +111,13 @@ def softmax_bwd(g, y, gx, log):
 
 # --------------------------------------------------------------------------- dropout
 
-def philox_round_keys(seed: int) -> np.ndarray:
-    """The (PHILOX_ROUNDS, 2) uint64 round keys of Philox4x64-10 keyed by ``(seed, 0)``:
-    round r uses ``(seed + r * W0, r * W1) mod 2**64``. They do not depend on the counter,
-    so the host computes them once per launch, in exact integer arithmetic."""
-    return np.array([((seed + r * PHILOX_W0) % _UINT64_MOD, (r * PHILOX_W1) % _UINT64_MOD)
+def philox_round_keys(key: int) -> np.ndarray:
+    """The (PHILOX_ROUNDS, 2) uint64 round keys of Philox4x64-10 keyed by the 128-bit
+    ``key = k0 + 2**64 * k1``: round r uses ``(k0 + r * W0, k1 + r * W1) mod 2**64``. They
+    do not depend on the counter, so the host computes them once per launch, in exact
+    integer arithmetic."""
+    k0, k1 = key % _UINT64_MOD, key // _UINT64_MOD
+    return np.array([((k0 + r * PHILOX_W0) % _UINT64_MOD, (k1 + r * PHILOX_W1) % _UINT64_MOD)
                      for r in range(PHILOX_ROUNDS)], dtype=np.uint64)
 
 
@@ -145,7 +147,8 @@ def _philox4x64_10(c0, c1, c2, c3, round_keys):
 @cuda.jit(device=True)
 def _keep_or_drop(x, y, i, word, threshold, scale):
     if i < x.size:
-        y[i] = x[i] * scale if word >= threshold else x.dtype.type(0)
+        # Multiplied by the mask, as torch: a dropped inf or NaN gives NaN.
+        y[i] = x[i] * (scale if word >= threshold else x.dtype.type(0))
 
 
 @cuda.jit

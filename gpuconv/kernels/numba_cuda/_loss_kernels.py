@@ -61,10 +61,13 @@ def cross_entropy_fwd_rows(x, target, weight, ignore_index, smoothing, losses):
         return
     top = _row_max(x, n, s)
     lse = top + math.log(_row_sum_exp(x, n, s, top))
+    nll = weight[t] * (lse - x[n, t, s])
+    if smoothing == zero:  # as torch: a -inf logit's lse - x = inf must not meet 0 * inf
+        losses[n, s] = nll
+        return
     smooth = zero
     for c in range(C):
         smooth += weight[c] * (lse - x[n, c, s])
-    nll = weight[t] * (lse - x[n, t, s])
     losses[n, s] = (one - smoothing) * nll + smoothing / x.dtype.type(C) * smooth
 
 

@@ -12,9 +12,12 @@ from ._numba import cuda
 
 
 @cuda.jit
-def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var, mean, var):
-    """Thread = one channel: batch mean and biased variance (two passes); in training with
-    running stats, running = (1 - momentum) * running + momentum * batch (unbiased var)."""
+def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var, eps, mean,
+                         inv_std):
+    """Thread = one channel: batch mean, then the biased variance in the safe form of
+    gpuconv/kernels/reference/norm.py (deviations scaled by their largest magnitude above 1)
+    and 1/sqrt(var + eps); in training with running stats, running = (1 - momentum) *
+    running + momentum * batch (unbiased var)."""
     c = cuda.grid(1)
     N, C, S = x.shape
     if c >= C:
@@ -26,23 +29,30 @@ def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var,
         for s in range(S):
             total += x[n, c, s]
     m = total / count
+    scale = T(1)
+    for n in range(N):
+        for s in range(S):
+            scale = max(scale, abs(x[n, c, s] - m))  # NaN is skipped: it reaches v below
+    if math.isinf(scale):
+        scale = T(1)
     squares = T(0)
     for n in range(N):
         for s in range(S):
-            d = x[n, c, s] - m
+            d = (x[n, c, s] - m) / scale
             squares += d * d
     v = squares / count
     mean[c] = m
-    var[c] = v
+    inv_std[c] = T(1) / (scale * math.sqrt(v + eps / scale / scale))
     if update_running:
+        var = scale * scale * v
         keep = T(1) - momentum
         running_mean[c] = keep * running_mean[c] + momentum * m
-        running_var[c] = keep * running_var[c] + momentum * v * count / (count - T(1))
+        running_var[c] = keep * running_var[c] + momentum * var * count / (count - T(1))
 
 
 @cuda.jit
-def batch_norm_fwd_apply(x, mean, var, weight, bias, eps, y):
-    """Thread = one element: y = (x - mean) / sqrt(var + eps) * w + b."""
+def batch_norm_fwd_apply(x, mean, inv_std, weight, bias, y):
+    """Thread = one element: y = (x - mean) * inv_std * w + b."""
     i = cuda.grid(1)
     N, C, S = x.shape
     if i >= N * C * S:
@@ -50,17 +60,17 @@ def batch_norm_fwd_apply(x, mean, var, weight, bias, eps, y):
     s = i % S
     c = (i // S) % C
     n = i // (S * C)
-    y[n, c, s] = (x[n, c, s] - mean[c]) / math.sqrt(var[c] + eps) * weight[c] + bias[c]
+    y[n, c, s] = (x[n, c, s] - mean[c]) * inv_std[c] * weight[c] + bias[c]
 
 
 @cuda.jit
-def batch_norm_bwd_reduce(grad_y, x, mean, var, eps, grad_weight, grad_bias):
+def batch_norm_bwd_reduce(grad_y, x, mean, inv_std_of, grad_weight, grad_bias):
     """Thread = one channel: grad_bias = sum(g), grad_weight = sum(g * xhat)."""
     c = cuda.grid(1)
     N, C, S = x.shape
     if c >= C:
         return
-    inv_std = x.dtype.type(1) / math.sqrt(var[c] + eps)
+    inv_std = inv_std_of[c]
     g_sum = x.dtype.type(0)
     g_xhat = x.dtype.type(0)
     for n in range(N):
@@ -73,7 +83,7 @@ def batch_norm_bwd_reduce(grad_y, x, mean, var, eps, grad_weight, grad_bias):
 
 
 @cuda.jit
-def batch_norm_bwd_apply(grad_y, x, mean, var, weight, grad_weight, grad_bias, eps, training,
+def batch_norm_bwd_apply(grad_y, x, mean, inv_std_of, weight, grad_weight, grad_bias, training,
                          grad_x):
     """Thread = one element: w * inv_std * g, and in training minus the projections on the
     batch statistics: w * inv_std * (g - sum(g)/n - xhat * sum(g * xhat)/n)."""
@@ -84,7 +94,7 @@ def batch_norm_bwd_apply(grad_y, x, mean, var, weight, grad_weight, grad_bias, e
     s = i % S
     c = (i // S) % C
     n = i // (S * C)
-    inv_std = x.dtype.type(1) / math.sqrt(var[c] + eps)
+    inv_std = inv_std_of[c]
     g = grad_y[n, c, s]
     if training:
         count = x.dtype.type(N * S)

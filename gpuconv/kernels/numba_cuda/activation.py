@@ -18,6 +18,7 @@ import math
 from ... import backend
 from .. import register
 from ..numpy_impl.activation import _keep_threshold
+from ..reference.activation import philox_key
 from . import DTYPES, is_available, run
 
 
@@ -139,12 +140,13 @@ def log_softmax_backward(g, x, dim, output):
 # Dropout is linear in its input, so the backward pass is the forward pass applied to
 # grad_output with the same mask and scale.
 @_numba("dropout", "dropout_backward")
-def dropout(x, p, seed):
+def dropout(x, p, seed, offset, offset_delta):
     xp = backend.array_module(x)
-    if p == 1:
-        return xp.zeros(x.shape, x.dtype)
+    if p == 1:  # torch multiplies by the zero mask: an inf or NaN input gives NaN
+        return x * x.dtype.type(0)
     k = _kernels()
     y = backend.empty(x.shape, x.dtype, xp)
     _launch("dropout_fwd", -(-x.size // k.PHILOX_WORDS), _flat(x), y.reshape(-1),
-            xp.asarray(k.philox_round_keys(seed)), _keep_threshold(p), x.dtype.type(1 / (1 - p)))
+            xp.asarray(k.philox_round_keys(philox_key(seed, offset, offset_delta))),
+            _keep_threshold(p), x.dtype.type(1 / (1 - p)))
     return y

@@ -28,34 +28,35 @@ def _inputs(x, weight, bias):
     return xp, x3, w, b
 
 
-def _stats(xp, x3, running_mean, running_var, training, momentum=None):
-    """(mean, var) per channel: in training the batch mean and biased variance, with the
-    running stats updated in place when a momentum is given; else the running stats.
+def _stats(xp, x3, running_mean, running_var, training, eps, momentum=None):
+    """(mean, 1/sqrt(var + eps)) per channel: in training of the batch mean and biased
+    variance, with the running stats updated in place when a momentum is given; else of the
+    running stats.
 
     The kernel updates contiguous arrays; strided running stats go through a contiguous
     copy that is written back."""
     if not training:
-        return xp.ascontiguousarray(running_mean), xp.ascontiguousarray(running_var)
+        return xp.ascontiguousarray(running_mean), 1 / xp.sqrt(running_var + eps)
     channels = x3.shape[1]
     mean = backend.empty((channels,), x3.dtype, xp)
-    var = backend.empty((channels,), x3.dtype, xp)
+    inv_std = backend.empty((channels,), x3.dtype, xp)
     update = momentum is not None and running_mean is not None
-    given = (running_mean, running_var) if update else (mean, var)
+    given = (running_mean, running_var) if update else (mean, inv_std)
     running = [xp.ascontiguousarray(a) for a in given]
     _launch("batch_norm_fwd_stats", channels, x3, x3.dtype.type(momentum or 0), update,
-            *running, mean, var)
+            *running, x3.dtype.type(eps), mean, inv_std)
     for target, updated in zip(given, running):
         if updated is not target:
             target[...] = updated
-    return mean, var
+    return mean, inv_std
 
 
 @register("batch_norm", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available, priority=-10)
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
     xp, x3, w, b = _inputs(x, weight, bias)
-    mean, var = _stats(xp, x3, running_mean, running_var, training, momentum)
+    mean, inv_std = _stats(xp, x3, running_mean, running_var, training, eps, momentum)
     y = backend.empty(x3.shape, x.dtype, xp)
-    _launch("batch_norm_fwd_apply", y.size, x3, mean, var, w, b, x.dtype.type(eps), y)
+    _launch("batch_norm_fwd_apply", y.size, x3, mean, inv_std, w, b, y)
     return y.reshape(x.shape)
 
 
@@ -64,14 +65,13 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
 def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, training, eps):
     xp, x3, w, _ = _inputs(x, weight, bias)
     g3 = xp.ascontiguousarray(grad_y).reshape(x3.shape)
-    mean, var = _stats(xp, x3, running_mean, running_var, training)
+    mean, inv_std = _stats(xp, x3, running_mean, running_var, training, eps)
     channels = x3.shape[1]
     grad_w = backend.empty((channels,), x.dtype, xp)
     grad_b = backend.empty((channels,), x.dtype, xp)
-    eps = x.dtype.type(eps)
-    _launch("batch_norm_bwd_reduce", channels, g3, x3, mean, var, eps, grad_w, grad_b)
+    _launch("batch_norm_bwd_reduce", channels, g3, x3, mean, inv_std, grad_w, grad_b)
     grad_x = backend.empty(x3.shape, x.dtype, xp)
-    _launch("batch_norm_bwd_apply", grad_x.size, g3, x3, mean, var, w, grad_w, grad_b, eps,
+    _launch("batch_norm_bwd_apply", grad_x.size, g3, x3, mean, inv_std, w, grad_w, grad_b,
             training, grad_x)
     return (grad_x.reshape(x.shape), None if weight is None else grad_w,
             None if bias is None else grad_b)

@@ -16,7 +16,7 @@ import math
 
 from ... import backend
 from .._rnn_loop import _layer_weights
-from . import simulator_enabled
+from . import optional, simulator_enabled
 
 THREADS = 128
 # numba launches with at most this much dynamic shared memory per block by default.
@@ -34,11 +34,10 @@ def kernel_arguments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int) -> tuple:
     cs = backend.empty((T + 1, B, H), x.dtype, xp)
     hs[0], cs[0] = h0, c0
     out = backend.empty((T, B, H), x.dtype, xp)
-    use_bias = b_ih is not None
-    # numba cannot pass None: a bias-free layer passes a one-element array it never reads
-    dummy = xp.zeros(1, x.dtype)
-    args = (gi, xp.ascontiguousarray(w_hh), b_ih if use_bias else dummy,
-            b_hh if use_bias else dummy, use_bias, hs, cs, out, units, x.dtype.type(1))
+    # the registry gives both biases or neither
+    (b_ih, use_bias), (b_hh, _) = optional(b_ih, x), optional(b_hh, x)
+    args = (gi, xp.ascontiguousarray(w_hh), b_ih, b_hh, use_bias, hs, cs, out, units,
+            x.dtype.type(1))
     return args, (out, hs, cs)
 
 
@@ -46,8 +45,9 @@ def _units(H: int) -> int:
     """Hidden units per tile: one tile per SM on a GPU; one tile in the simulator."""
     if simulator_enabled():
         return H
-    from ._numba import cuda
-    return math.ceil(H / cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    from . import _numba
+
+    return math.ceil(H / _numba.multiprocessor_count())
 
 
 def _grid(kernel, args, H: int, units: int, itemsize: int) -> tuple[int, int]:
@@ -58,8 +58,9 @@ def _grid(kernel, args, H: int, units: int, itemsize: int) -> tuple[int, int]:
     if simulator_enabled():
         blocks = 1
     else:
-        overload = next(iter(kernel.specialize(*args).overloads.values()))
-        blocks = min(tiles, overload.max_cooperative_grid_blocks(THREADS, tile_bytes))
+        from . import _numba
+
+        blocks = min(tiles, _numba.cooperative_grid_blocks(kernel, args, THREADS, tile_bytes))
     shared = math.ceil(tiles / blocks) * tile_bytes
     if shared > MAX_SHARED_BYTES:
         raise ValueError(f"lstm (numba_cuda_persistent): each block's rows of W_hh take "

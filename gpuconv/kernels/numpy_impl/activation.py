@@ -4,7 +4,11 @@ Each op writes its result into one array from ``backend.empty`` through ufunc ``
 arguments and works in place from there. Choices between two values per element are
 branch-free: a boolean mask is multiplied in (one operand being 0, the sum of the two
 cases is exact), because ``where=``/``np.where``/``np.putmask`` run several times slower
-on the unpredictable masks that activations produce.
+on the unpredictable masks that activations produce. The masks are written so that a NaN
+input takes PyTorch's branch (``~(x <= 0)`` is true for NaN where ``x > 0`` is not), and
+where PyTorch selects rather than multiplies (relu's backward: an infinite gradient on the
+dead side gives 0, not ``inf * 0``) a select runs over the result, but only when a product
+was not finite, which finite data never pays for.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 
 from ... import backend
 from .. import register
+from ..reference.activation import philox_key
 
 # Dropout draws random words in blocks of this many elements, so its mask stays in cache
 # and never costs 8 bytes per element of the whole input.
@@ -38,7 +43,11 @@ def relu(x):
 
 @register("relu_backward", "numpy")
 def relu_backward(g, x):
-    return np.multiply(g, x > 0, out=_out(g))
+    dead = x <= 0
+    out = np.multiply(g, ~dead, out=_out(g))
+    if np.isnan(out).any():  # inf * 0 or NaN * 0 on the dead side, where torch gives 0
+        np.copyto(out, 0, where=dead)
+    return out
 
 
 @register("leaky_relu", "numpy")
@@ -55,7 +64,8 @@ def leaky_relu(x, slope):
 @register("leaky_relu_backward", "numpy")
 def leaky_relu_backward(g, x, slope):
     out = _out(g)
-    _select_factor(out, x > 0, x <= 0, out.dtype.type(slope))
+    positive = x > 0
+    _select_factor(out, positive, ~positive, out.dtype.type(slope))
     return np.multiply(out, g, out=out)
 
 
@@ -158,14 +168,14 @@ def _keep_threshold(p: float) -> np.uint64:
 # grad_output with the same mask and scale.
 @register("dropout", "numpy")
 @register("dropout_backward", "numpy")
-def dropout(x, p, seed):
-    if p == 1:
-        return np.zeros(x.shape, x.dtype)
+def dropout(x, p, seed, offset, offset_delta):
+    if p == 1:  # torch multiplies by the zero mask: an inf or NaN input gives NaN
+        return np.multiply(x, 0, out=_out(x))
     out = _out(x)
     if p == 0:
         np.copyto(out, x)
         return out
-    words = np.random.Philox(key=seed)
+    words = np.random.Philox(key=philox_key(seed, offset, offset_delta))
     threshold = _keep_threshold(p)
     scale = x.dtype.type(1 / (1 - p))
     src, dst = x.reshape(-1), out.reshape(-1)

@@ -20,8 +20,10 @@ per output row: ``cols[c, r, s, n, oh, q] = x_buf[n, c, oh*sh + r*dh, q*sw + s*d
 straight through row ends, so with ``sh == 1`` each ``(c, r, s, n)`` block is one long
 strided run that NumPy copies at memory speed (short ``OW``-long rows would not be). The
 ``Wq - OW`` extra columns per row are computed by the GEMM and dropped; in the backward
-``gy`` carries zeros there, so they add nothing to ``gw`` or ``gx`` (for finite inputs: an
-inf or NaN in an input pixel that no window reads can still reach ``gw`` as ``0 * inf``).
+``gy`` carries zeros there, and the extra columns of the im2col matrix (for ``gw``) and of
+the column gradient (for ``gx``) are zeroed before use, so that an inf or NaN in an input
+pixel no window reads, or in the weight, never reaches a gradient as ``0 * inf``: every
+result reads exactly the elements PyTorch's definition reads.
 The price is GEMM work in proportion ``Wq / OW`` (1.06 for 32x32 with 3x3, 1.4 for 14x14
 with 5x5 and no padding).
 The columns are viewed as ``(groups, C/groups * R * S, n * OH * Wq)``, so one batched matmul
@@ -178,7 +180,9 @@ def _from_wide_kernel(wide, base, y):
 
 # Depthwise kernels: channel k of y reads channel k // m of x (m = K / C). Each x plane is
 # loaded once into a zero-bordered scratch plane and each gy plane into a wide scratch
-# (zeros past OW), so every tap (r, s) is a few long runs, as in the GEMM path.
+# (zeros past OW), so every tap (r, s) of the forward is a few long runs, as in the GEMM
+# path. The backward kernels walk only the OW real columns of each row: a product with the
+# zeros past OW would turn an inf in an unread pixel or in the weight into NaN.
 
 @njit(cache=True)
 def _dw_scratch(h, w, oh_n, s_n, sw, ph, pw, dw, like):
@@ -224,7 +228,6 @@ def _dw_grad_input_kernel(gy, w, base, gx, sh, sw, ph, pw, dh, dw):
     oh_n, ow_n = gy.shape[2], gy.shape[3]
     m = k_n // c_n
     padded, gy_wide, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, gx)
-    rows, run = _runs(oh_n, wq, sh, sw)
     zero = padded.dtype.type(0)
     gyf, gxf = gy.reshape(-1), gx.reshape(-1)
     for b in range(n):
@@ -235,9 +238,9 @@ def _dw_grad_input_kernel(gy, w, base, gx, sh, sw, ph, pw, dh, dw):
                              0, 0, wq)
                 for r in range(r_n):
                     for s in range(s_n):
-                        for oh in range(rows):
+                        for oh in range(oh_n):
                             _scatter_axpy(padded, (oh * sh + r * dh) * pitch + s * dw, sw,
-                                          w[k, r, s], gy_wide, oh * wq, run)
+                                          w[k, r, s], gy_wide, oh * wq, ow_n)
             _store_cropped(padded, 0, pitch, ph, pw, h, wd, base[c], gxf, (b * c_n + c) * h * wd)
 
 
@@ -249,7 +252,6 @@ def _dw_grad_weight_kernel(gy, x, gw, sh, sw, ph, pw, dh, dw):
     oh_n, ow_n = gy.shape[2], gy.shape[3]
     m = k_n // c_n
     padded, gy_wide, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, gw)
-    rows, run = _runs(oh_n, wq, sh, sw)
     acc = np.zeros((k_n, r_n, s_n))
     gyf, xf = gy.reshape(-1), x.reshape(-1)
     for b in range(n):
@@ -260,9 +262,9 @@ def _dw_grad_weight_kernel(gy, x, gw, sh, sw, ph, pw, dh, dw):
                              0, 0, wq)
                 for r in range(r_n):
                     for s in range(s_n):
-                        for oh in range(rows):
+                        for oh in range(oh_n):
                             acc[k, r, s] += _dot(gy_wide, oh * wq, padded,
-                                                 (oh * sh + r * dh) * pitch + s * dw, sw, run)
+                                                 (oh * sh + r * dh) * pitch + s * dw, sw, ow_n)
     for k in range(k_n):
         for r in range(r_n):
             for s in range(s_n):
@@ -319,8 +321,9 @@ class _Im2col:
         self.buf = np.zeros(step * v.c * self.plane + v.slack, dtype)
         self.cols = np.empty(v.crs * step * v.wide, dtype)
 
-    def __call__(self, x_chunk):
-        """The columns of ``x_chunk: (n, C, H, W)`` as ``(groups, C/groups*R*S, n*OH*Wq)``."""
+    def __call__(self, x_chunk, zero_extra: bool = False):
+        """The columns of ``x_chunk: (n, C, H, W)`` as ``(groups, C/groups*R*S, n*OH*Wq)``;
+        with ``zero_extra`` the ``Wq - OW`` extra columns of each row are zeros."""
         v, n = self.v, x_chunk.shape[0]
         (ph, pw), (sh, sw), (dh, dw) = v.padding, v.stride, v.dilation
         padded = self.buf[:n * v.c * self.plane].reshape(n, v.c, v.hp, v.pitch)
@@ -331,6 +334,8 @@ class _Im2col:
                               sh * v.pitch * e, sw * e), writeable=False)
         cols = self.cols[:v.crs * n * v.wide].reshape(windows.shape)
         np.copyto(cols, windows)
+        if zero_extra:
+            cols[..., v.ow:] = 0
         return v.grouped(cols, v.crs // v.groups)
 
 
@@ -359,7 +364,7 @@ def _gemm_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
     for i, sl in enumerate(_chunks(v.n, step)):
         width = (sl.stop - sl.start) * v.wide
         if x is not None:
-            cols = im2col(x[sl])
+            cols = im2col(x[sl], zero_extra=gw is not None)
         if gy is not None:
             gy_wide = gy_buf[:v.k * width].reshape(v.k, -1, v.oh, v.wq)
             _to_wide_kernel(gy[sl], gy_wide)
@@ -377,8 +382,9 @@ def _gemm_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
         if gx is not None:
             dcols = v.grouped(dcols_buf[:v.crs * width], crs_g)
             np.matmul(w3.transpose(0, 2, 1), gy3, out=dcols)
-            _col2im_kernel(dcols.reshape(v.c, v.r, v.s, -1, v.oh, v.wq), gx_base, gx[sl],
-                           *v.geometry)
+            dcols = dcols.reshape(v.c, v.r, v.s, -1, v.oh, v.wq)
+            dcols[..., v.ow:] = 0  # W^T times gy's zero padding: NaN where W holds an inf
+            _col2im_kernel(dcols, gx_base, gx[sl], *v.geometry)
 
 
 def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):

@@ -10,7 +10,9 @@ result. That is PyTorch's rule ("replace if greater or NaN") without a data-depe
 which on random data would be mispredicted about half the time.
 
 Backward passes scatter into a plane from a single thread, so they are deterministic.
-Adaptive average pooling is separable: two small averaging matrices applied as BLAS products.
+Adaptive average pooling runs the same loops over its own window tables. (Averaging
+matrices applied as BLAS products would be shorter, but multiply every input element by the
+zeros of the windows that do not hold it, so one inf would make every output NaN.)
 The registry contract is in :mod:`gpuconv.kernels.reference.pool`.
 """
 from __future__ import annotations
@@ -180,33 +182,32 @@ def avg_pool2d_backward(grad_out, input_shape, kernel, stride, padding, count_in
     return grad.reshape(input_shape)
 
 
-def _averaging_matrix(out_len: int, size: int, dtype):
-    """(out_len, size) matrix whose row o averages input positions floor(o*size/out_len) ..
-    ceil((o+1)*size/out_len) - 1."""
-    o = np.arange(out_len)[:, None]
+def _adaptive_windows(out_len: int, size: int) -> np.ndarray:
+    """The window table of :func:`_windows` for adaptive pooling along one axis: window o
+    covers floor(o*size/out_len) .. ceil((o+1)*size/out_len) - 1."""
+    o = np.arange(out_len)
     start, end = o * size // out_len, -(-(o + 1) * size // out_len)
-    pos = np.arange(size)[None, :]
-    return (((pos >= start) & (pos < end)) / (end - start)).astype(dtype)
+    return np.stack([start, np.zeros_like(start), end - start], axis=1).astype(np.int64)
 
 
-def _sandwich(a, left, right):
-    """left @ a[n, c] @ right.T for every plane of a (N, C, H, W), as two single BLAS products."""
-    N, C, H, W = a.shape
-    rows, cols = left.shape[0], right.shape[0]
-    t = a.reshape(N * C * H, W) @ right.T
-    t = t.reshape(N * C, H, cols).transpose(0, 2, 1).reshape(N * C * cols, H) @ left.T
-    return np.ascontiguousarray(t.reshape(N, C, cols, rows).transpose(0, 1, 3, 2))
+def _adaptive_tables(out_size, in_hw):
+    """Window tables along H and W, and 1 / area of every window (as :func:`_avg_tables`)."""
+    rows, cols = (_adaptive_windows(n, size) for n, size in zip(out_size, in_hw))
+    return rows, cols, (1.0 / np.multiply.outer(rows[:, 2], cols[:, 2])).ravel()
 
 
 @register("adaptive_avg_pool2d", "numpy", dtypes=_FLOATS)
 def adaptive_avg_pool2d(x, out_size):
-    H, W = x.shape[2:]
-    return _sandwich(x, _averaging_matrix(out_size[0], H, x.dtype),
-                     _averaging_matrix(out_size[1], W, x.dtype))
+    N, C, H, W = x.shape
+    out = backend.empty((N * C, out_size[0] * out_size[1]), x.dtype)
+    _avg_pool_planes(_planes(x), W, *_adaptive_tables(out_size, (H, W)), out)
+    return out.reshape((N, C) + tuple(out_size))
 
 
 @register("adaptive_avg_pool2d_backward", "numpy", dtypes=_FLOATS)
 def adaptive_avg_pool2d_backward(grad_out, input_shape):
-    (OH, OW), (H, W) = grad_out.shape[2:], input_shape[2:]
-    return _sandwich(grad_out, _averaging_matrix(OH, H, grad_out.dtype).T,
-                     _averaging_matrix(OW, W, grad_out.dtype).T)
+    N, C, H, W = input_shape
+    grad = backend.empty((N * C, H * W), grad_out.dtype)
+    _avg_unpool_planes(_planes(grad_out), W, *_adaptive_tables(grad_out.shape[2:], (H, W)),
+                       grad)
+    return grad.reshape(input_shape)

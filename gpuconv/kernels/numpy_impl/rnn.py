@@ -142,7 +142,10 @@ def _simple_cell(nonlinearity: str) -> Cell:
     def backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
         (grad_h,), (h,) = grad_nxt, nxt
         np.add(grad_h, grad_out, out=grad_gi)
-        grad_gi *= 1 - h * h if nonlinearity == "tanh" else h > 0
+        if nonlinearity == "tanh":
+            grad_gi *= 1 - h * h
+        else:  # PyTorch's select on the result: 0 where h <= 0 (an inf gradient too)
+            np.copyto(grad_gi, 0, where=h <= 0)
         return None, []
     return Cell(1, (), forward, backward)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import backend
 from .. import register
 
 _LOWEST = -100
@@ -24,12 +25,12 @@ _LOWEST = -100
 
 @register("relu", "reference", priority=_LOWEST)
 def relu(x):
-    return np.where(x > 0, x, 0)
+    return np.where(x <= 0, 0, x)
 
 
 @register("relu_backward", "reference", priority=_LOWEST)
 def relu_backward(g, x):
-    return np.where(x > 0, g, 0)
+    return np.where(x <= 0, 0, g)
 
 
 @register("leaky_relu", "reference", priority=_LOWEST)
@@ -101,24 +102,34 @@ def log_softmax_backward(g, x, dim, output):
     return g - np.exp(y) * np.sum(g, axis=dim, keepdims=True)
 
 
-def dropout_uniforms(seed: int, shape) -> np.ndarray:
+def philox_key(seed: int, offset: int = 0, offset_delta=None) -> int:
+    """The 128-bit Philox key ``(seed, offset + offset_delta[0])`` as one int, the form
+    ``numpy.random.Philox(key=...)`` takes (its low word first). A GPU ``offset_delta`` is
+    read back here (a synchronisation; the CUDA C kernel reads it on the device instead)."""
+    if offset_delta is not None:
+        offset = (offset + int(backend.to_numpy(offset_delta)[0])) % 2 ** 64
+    return seed + (offset << 64)
+
+
+def dropout_uniforms(key: int, shape) -> np.ndarray:
     """The uniforms ``u`` in [0, 1) behind the dropout mask of :func:`gpuconv.functional.dropout`:
-    Philox keyed by ``seed``, one per element in C order; an element is kept iff ``u >= p``."""
-    return np.random.Generator(np.random.Philox(key=seed)).random(shape)
+    Philox keyed by ``key`` (see :func:`philox_key`), one per element in C order; an element
+    is kept iff ``u >= p``."""
+    return np.random.Generator(np.random.Philox(key=key)).random(shape)
 
 
 @register("dropout", "reference", priority=_LOWEST)
-def dropout(x, p, seed):
+def dropout(x, p, seed, offset, offset_delta):
     if p == 1:
-        return np.zeros_like(x)
-    keep = dropout_uniforms(seed, x.shape) >= p
-    return np.where(keep, x / (1 - p), 0)
+        return x * x.dtype.type(0)
+    keep = dropout_uniforms(philox_key(seed, offset, offset_delta), x.shape) >= p
+    return x * np.where(keep, x.dtype.type(1 / (1 - p)), x.dtype.type(0))
 
 
 @register("dropout_backward", "reference", priority=_LOWEST)
-def dropout_backward(g, p, seed):
+def dropout_backward(g, p, seed, offset, offset_delta):
     # The same mask and scale as the forward pass: dropout is linear in its input.
-    return dropout(g, p, seed)
+    return dropout(g, p, seed, offset, offset_delta)
 
 
 def _channel(bias, ndim: int):

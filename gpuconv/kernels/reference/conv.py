@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import backend
 from .. import register
 
 
@@ -149,3 +150,49 @@ def conv_transpose2d_backward(grad_out, x, weight, has_bias, stride, padding, ou
             gw[g * cg_in:(g + 1) * cg_in, :, kh, kw] = np.einsum("nchw,nkhw->ck", xg, gys)
     gb = grad_out.sum(axis=(0, 2, 3)) if has_bias else None
     return gx, gw, gb
+
+
+# --------------------------------------------------------------------------- conv2d_bias_act
+# ``fn(x, weight, bias, stride, padding, dilation, groups, activation, param, residual,
+# scale) -> act(scale[k] * conv2d(x, weight) + bias[k] + residual)``: the convolution with the
+# epilogue that the GPU's implicit GEMM fuses (scale, bias, residual None when absent; the
+# activations of ``gpuconv.functional.CONV_ACTIVATIONS``, param the slope or alpha).
+# "reference" composes reference ops; "composed" and "cuda_composed" compose whatever the
+# registry picks for conv2d (the fallback where no fused kernel takes the dtype).
+
+def _activate(z, activation: str, param: float):
+    xp = backend.array_module(z)
+    if activation == "gelu":
+        if xp is not np:
+            raise TypeError("conv2d_bias_act: gelu is fused only by impl cuda_igemm "
+                            f"(float32/bfloat16/float16), not for {z.dtype} GPU arrays")
+        from math import erf, sqrt
+        return 0.5 * z * (1 + np.vectorize(erf, otypes=[z.dtype])(z / sqrt(2)))
+    neg = z < 0
+    return {"identity": lambda: z,
+            "relu": lambda: xp.where(neg, 0, z).astype(z.dtype),
+            "leaky_relu": lambda: xp.where(neg, z * param, z).astype(z.dtype),
+            "elu": lambda: xp.where(neg, param * xp.expm1(xp.minimum(z, 0)), z).astype(z.dtype),
+            "sigmoid": lambda: (1 / (1 + xp.exp(-z))).astype(z.dtype),
+            "tanh": lambda: xp.tanh(z)}[activation]()
+
+
+def _conv_bias_act(conv_impl):
+    def fn(x, weight, bias, stride, padding, dilation, groups, activation, param, residual,
+           scale):
+        from ...functional import conv2d as public_conv2d
+        z = public_conv2d(x, weight, None, stride, padding, dilation, groups, impl=conv_impl)
+        channel = (1, -1, 1, 1)
+        if scale is not None:
+            z = z * scale.reshape(channel)
+        if bias is not None:
+            z = z + bias.reshape(channel)
+        if residual is not None:
+            z = z + residual
+        return _activate(z, activation, param)
+    return fn
+
+
+register("conv2d_bias_act", "reference", priority=-100)(_conv_bias_act("reference"))
+register("conv2d_bias_act", "composed", priority=0)(_conv_bias_act(None))
+register("conv2d_bias_act", "cuda_composed", device="cuda", priority=0)(_conv_bias_act(None))

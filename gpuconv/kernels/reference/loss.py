@@ -89,6 +89,9 @@ def cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing):
             continue
         logp = _log_softmax(x[scores])
         nll = -w[t] * logp[t]
+        if label_smoothing == 0:  # as torch: a -inf logit's -log p = inf must not meet 0 * inf
+            losses[pos] = nll
+            continue
         smooth = -(w * logp).sum()
         losses[pos] = (1 - label_smoothing) * nll + label_smoothing / n_classes * smooth
     return _reduce(losses, wt.sum(), reduction)

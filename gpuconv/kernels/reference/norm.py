@@ -28,6 +28,23 @@ Every result has the dtype of ``x``.
 This module works one channel at a time with the textbook formulas; the local response norm
 backward scatters each output channel's gradient onto the input channels of its window. It
 shares no code with the fast impls it checks.
+
+Batch norm's variance in a safe form (every impl): the squares of the deviations d = x - mean
+overflow float32 from |d| of 2e19 while the normalised output stays near 1, so each channel's
+deviations are scaled by s (their largest magnitude, or any bound of it within a factor the
+sum can hold, when that is a finite number above 1; else 1, the plain formula) and
+var = s^2 v with v = mean((d/s)^2); then
+1/sqrt(var + eps) = 1 / (s * sqrt(v + eps/s^2)). Only the running variance, which stores
+var itself, can overflow, and only when var does.
+
+Local response norm in a safe form (every impl): the base D = k + alpha/size * sum(x_j^2)
+of a window overflows long before the result does (float32 x of 1e20 gives D = inf and
+y = 0 where the true y is about 1e-7). Each window is therefore scaled by m, the largest
+|x_j| in it when that is a finite number above 1 (else 1, which is the plain formula, and
+with it PyTorch's NaN and inf results): D = m^2 t with t = k/m^2 + alpha/size *
+sum((x_j/m)^2), and y = (x/m) * m^(1-2 beta) * t^-beta, nothing of which overflows where y
+is representable. The backward's cross term pairs x_j with window c's (x_c/m_c)/t_c, each
+bounded, as ``(x_j/m_c)``.
 """
 from __future__ import annotations
 
@@ -37,13 +54,17 @@ from ... import backend
 from .. import register
 
 
-def _channel_stats(xc, running_mean, running_var, c, training):
-    """Mean and biased variance of one channel's values ``xc`` (training), else the running
-    stats of channel ``c``."""
-    if training:
-        mean = xc.mean()
-        return mean, ((xc - mean) ** 2).mean()
-    return running_mean[c], running_var[c]
+def _channel_stats(xc, running_mean, running_var, c, training, eps):
+    """(mean, biased variance, 1/sqrt(variance + eps)) of one channel's values ``xc``
+    (training), else of the running stats of channel ``c``; the variance in the safe form."""
+    if not training:
+        return running_mean[c], running_var[c], 1 / np.sqrt(running_var[c] + eps)
+    mean = xc.mean()
+    d = xc - mean
+    scale = np.max(np.abs(d))
+    scale = scale if np.isfinite(scale) and scale > 1 else np.ones((), xc.dtype)
+    v = ((d / scale) ** 2).mean()
+    return mean, scale * scale * v, 1 / (scale * np.sqrt(v + eps / scale / scale))
 
 
 def _affine(weight, bias, c, dtype):
@@ -59,9 +80,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     batch_vars = np.zeros(channels, x.dtype)
     for c in range(channels):
         xc = x[:, c]
-        mean, var = _channel_stats(xc, running_mean, running_var, c, training)
+        mean, var, inv_std = _channel_stats(xc, running_mean, running_var, c, training, eps)
         w, b = _affine(weight, bias, c, x.dtype)
-        y[:, c] = (xc - mean) / np.sqrt(var + eps) * w + b
+        y[:, c] = (xc - mean) * inv_std * w + b
         batch_means[c], batch_vars[c] = mean, var
     if training and running_mean is not None:
         n = x.size // channels
@@ -78,9 +99,8 @@ def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, trai
     grad_b = np.zeros(channels, x.dtype)
     for c in range(channels):
         xc, gc = x[:, c], grad_y[:, c]
-        mean, var = _channel_stats(xc, running_mean, running_var, c, training)
+        mean, _, inv_std = _channel_stats(xc, running_mean, running_var, c, training, eps)
         w, _ = _affine(weight, bias, c, x.dtype)
-        inv_std = 1 / np.sqrt(var + eps)
         xhat = (xc - mean) * inv_std
         grad_b[c] = gc.sum()
         grad_w[c] = (gc * xhat).sum()
@@ -100,19 +120,23 @@ def _window(c: int, size: int, channels: int) -> range:
     return range(max(c - size // 2, 0), min(c + (size - 1) // 2 + 1, channels))
 
 
-def _lrn_base(x, c, size, alpha, k):
-    """k + alpha/size * sum of the squares in channel c's window, for every (n, spatial)."""
+def _lrn_scaled_base(x, c, size, alpha, k):
+    """(m, t) for channel c at every (n, spatial): its window's base is D = m^2 t."""
+    window = _window(c, size, x.shape[1])
+    m = np.max(np.abs(x[:, window.start:window.stop]), axis=1)
+    m = np.where(np.isfinite(m) & (m > 1) & (alpha > 0), m, 1).astype(x.dtype)
     total = np.zeros_like(x[:, c])
-    for j in _window(c, size, x.shape[1]):
-        total += x[:, j] ** 2
-    return k + alpha / size * total
+    for j in window:
+        total += (x[:, j] / m) ** 2
+    return m, k / m / m + alpha / size * total
 
 
 @register("local_response_norm", "reference", priority=-100)
 def local_response_norm(x, size, alpha, beta, k):
     y = backend.empty(x.shape, x.dtype)
     for c in range(x.shape[1]):
-        y[:, c] = x[:, c] / _lrn_base(x, c, size, alpha, k) ** beta
+        m, t = _lrn_scaled_base(x, c, size, alpha, k)
+        y[:, c] = x[:, c] / m * m ** (1 - 2 * beta) * t ** -beta
     return y
 
 
@@ -120,10 +144,13 @@ def local_response_norm(x, size, alpha, beta, k):
 def local_response_norm_backward(grad_y, x, size, alpha, beta, k):
     grad_x = np.zeros_like(x)
     for c in range(x.shape[1]):
-        base = _lrn_base(x, c, size, alpha, k)
-        grad_x[:, c] += grad_y[:, c] * base ** -beta
-        # y[c] depends on x[j] through the base for every j in c's window.
-        through_base = grad_y[:, c] * x[:, c] * (-beta) * base ** (-beta - 1) * alpha / size
+        m, t = _lrn_scaled_base(x, c, size, alpha, k)
+        d_to_minus_beta = m ** (-2 * beta) * t ** -beta
+        grad_x[:, c] += grad_y[:, c] * d_to_minus_beta
+        # y[c] depends on x[j] through the base for every j in c's window:
+        # dy[c]/dx[j] = -2 beta alpha/size * x[c] x[j] D^(-beta-1), with x[c] x[j] / D
+        # = (x[c]/m)(x[j]/m)/t.
+        through = grad_y[:, c] * d_to_minus_beta * (x[:, c] / m) / t * (-2 * beta * alpha / size)
         for j in _window(c, size, x.shape[1]):
-            grad_x[:, j] += through_base * 2 * x[:, j]
+            grad_x[:, j] += through * (x[:, j] / m)
     return grad_x

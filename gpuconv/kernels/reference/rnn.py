@@ -80,8 +80,8 @@ def _simple_cell(nonlinearity, x, hx, w_ih, w_hh, b_ih, b_hh):
 
 def _simple_cell_backward(nonlinearity, grad_h, x, hx, w_ih, w_hh, b_ih, b_hh):
     h = _simple_cell(nonlinearity, x, hx, w_ih, w_hh, b_ih, b_hh)
-    slope = 1 - h ** 2 if nonlinearity == "tanh" else (h > 0).astype(h.dtype)
-    grad_pre = grad_h * slope
+    # relu's gradient is PyTorch's select on the result: 0 where h <= 0, else grad_h.
+    grad_pre = grad_h * (1 - h ** 2) if nonlinearity == "tanh" else np.where(h <= 0, 0, grad_h)
     return _affine_backward(grad_pre, grad_pre, x, hx, w_ih, w_hh, b_ih, b_hh)
 
 
