@@ -31,7 +31,7 @@ import numpy as np
 __all__ = ["kernel", "launch", "grid_1d", "gpu_op", "entry_point", "run_threads", "run_blocks",
            "compile_states", "nvrtc_options", "cuda_versions", "THREADS_1D", "REDUCE_THREADS",
            "MAX_BLOCKS", "DTYPES", "NULL", "NVRTC_OPTIONS", "DEFINE_VARIANTS",
-           "declared_variants"]
+           "declared_variants", "device_properties"]
 
 # A multiple of the warp size that keeps occupancy high for simple elementwise kernels.
 THREADS_1D = 256
@@ -128,6 +128,18 @@ def compile_states() -> dict[str, str]:
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             states[source.name] = f"failed: {lines[0]}"
     return states
+
+
+def device_properties() -> dict:
+    """cudaGetDeviceProperties of the current device, read once per device: the call fills
+    the whole struct, far too slow for every launch."""
+    cp = backend.cupy_or_none()
+    return _device_properties(cp.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_properties(device_id: int) -> dict:
+    return backend.cupy_or_none().cuda.runtime.getDeviceProperties(device_id)
 
 
 def kernel(family: str, name: str, defines: Sequence[str] = (), cooperative: bool = False):

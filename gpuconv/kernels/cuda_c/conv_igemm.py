@@ -31,7 +31,7 @@ import numpy as np
 
 from ... import backend, precision
 from .. import register
-from . import DEFINE_VARIANTS, NULL, gpu_op, kernel
+from . import DEFINE_VARIANTS, NULL, device_properties, gpu_op, kernel
 
 FAMILY = "conv_igemm"
 # The activations of the fused epilogue, in the kernel's ACT_* order.
@@ -191,8 +191,7 @@ def table_entries(device_name: str) -> dict:
 
 
 def _device() -> tuple[str, int]:
-    cp = backend.cupy_or_none()
-    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    props = device_properties()
     return props["name"].decode(), int(props["multiProcessorCount"])
 
 
@@ -291,7 +290,9 @@ def _i32(*values) -> tuple:
 
 
 def _ptr(a):
-    return NULL if a is None else a
+    """An optional array argument: NULL, or the array made contiguous (the kernel reads a
+    per-channel scale or bias at stride 1; a strided view would be read wrong)."""
+    return NULL if a is None else backend.cupy_or_none().ascontiguousarray(a)
 
 
 def _launch(name: str, problem: Problem, choice: Choice, vec_c: int, vec_k: int,
@@ -299,19 +300,17 @@ def _launch(name: str, problem: Problem, choice: Choice, vec_c: int, vec_k: int,
     tile = choice.tile
     smem = smem_bytes(tile, problem.pass_, itemsize)
     fn = _function(f"{name}_{MODES[problem.mode][1]}",
-                   defines(problem.mode, tile, vec_c, vec_k, itemsize), smem)
+                   defines(problem.mode, tile, vec_c, vec_k, itemsize), smem,
+                   backend.cupy_or_none().cuda.Device().id)
     fn((grid,), (tile.threads,), args, shared_mem=smem)
 
 
 @functools.lru_cache(maxsize=None)
-def _function_of(entry: str, variant: tuple, device_id: int):
-    return kernel(FAMILY, entry, variant)
-
-
-def _function(entry: str, variant: tuple, smem: int):
-    """The kernel object of one variant, kept (one lookup per process and device), opted in
-    to ``smem`` bytes of dynamic shared memory: above 48 KiB a kernel must ask first."""
-    fn = _function_of(entry, variant, backend.cupy_or_none().cuda.Device().id)
+def _function(entry: str, variant: tuple, smem: int, device_id: int):
+    """The kernel of one variant on one device, opted in to ``smem`` bytes of dynamic shared
+    memory (above 48 KiB a kernel must ask first), once: the attribute stays on the
+    function, and reading it back is a driver call per launch."""
+    fn = kernel(FAMILY, entry, variant)
     if fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = smem
     return fn
@@ -486,9 +485,7 @@ def _tensor_core_gpu() -> bool:
     """mma.sync with tf32/bf16 and cp.async need compute capability 8.0 (Ampere) or newer."""
     if not backend.gpu_available():
         return False
-    cp = backend.cupy_or_none()
-    major = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["major"]
-    return major >= 8
+    return device_properties()["major"] >= 8
 
 
 def _krsc(w):

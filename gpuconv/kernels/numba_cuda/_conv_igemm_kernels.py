@@ -86,7 +86,7 @@ def _kernel(dtype):
         sb = cuda.shared.array((TILE_K, TILE_N), dtype)
         acc = cuda.local.array((MICRO, MICRO), dtype)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        n0, m0, g = cuda.blockIdx.x * TILE_N, cuda.blockIdx.y * TILE_M, cuda.blockIdx.z
+        m0, n0, g = cuda.blockIdx.x * TILE_M, cuda.blockIdx.y * TILE_N, cuda.blockIdx.z
         tid = ty * THREADS_N + tx
         for i in range(MICRO):
             for j in range(MICRO):

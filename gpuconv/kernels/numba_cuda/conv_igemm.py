@@ -35,7 +35,8 @@ def _run(pass_, a, b, out, bias, geo, M, NG, KG, ld, xp):
     from . import _conv_igemm_kernels as k, _numba
 
     groups = geo[15]
-    grid = (max(1, -(-NG // TILE)), max(1, -(-M // TILE)), groups)
+    # M tiles on x: gridDim.y and .z stop at 65,535 (M = N*P*Q passes 2 million rows).
+    grid = (max(1, -(-M // TILE)), max(1, -(-NG // TILE)), groups)
     bias, has_bias = optional(bias, a)
     kernel = k.conv2d_igemm_f64 if a.dtype == np.float64 else k.conv2d_igemm_f32
     _numba.launch(kernel, grid, THREADS, (pass_, a.reshape(-1), b.reshape(-1), out.reshape(-1),

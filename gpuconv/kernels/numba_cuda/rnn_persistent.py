@@ -56,17 +56,29 @@ def _grid(kernel, args, H: int, units: int, itemsize: int) -> tuple[int, int]:
     tiles = math.ceil(H / units)
     tile_bytes = 4 * units * H * itemsize
     if simulator_enabled():
-        blocks = 1
-    else:
-        from . import _numba
+        return 1, _checked_shared(tiles * tile_bytes, H)
+    from . import _numba
 
-        blocks = min(tiles, _numba.cooperative_grid_blocks(kernel, args, THREADS, tile_bytes))
-    shared = math.ceil(tiles / blocks) * tile_bytes
+    # Blocks own ceil(tiles / blocks) tiles each, so the shared memory, and with it the
+    # number of resident blocks, depends on the block count: shrink until they agree.
+    blocks = tiles
+    while True:
+        shared = _checked_shared(math.ceil(tiles / blocks) * tile_bytes, H)
+        resident = _numba.cooperative_grid_blocks(kernel, args, THREADS, shared)
+        if resident >= blocks:
+            return blocks, shared
+        if resident < 1:
+            raise ValueError(f"lstm (numba_cuda_persistent): no block with {shared} bytes of "
+                             f"shared memory is resident; hidden size {H} is too large")
+        blocks = resident
+
+
+def _checked_shared(shared: int, H: int) -> int:
     if shared > MAX_SHARED_BYTES:
         raise ValueError(f"lstm (numba_cuda_persistent): each block's rows of W_hh take "
                          f"{shared} bytes of shared memory, more than {MAX_SHARED_BYTES}; "
                          f"hidden size {H} is too large for this readable kernel")
-    return blocks, shared
+    return shared
 
 
 def lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int | None = None):
