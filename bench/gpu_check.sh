@@ -1,55 +1,114 @@
 #!/usr/bin/env bash
-# The GPU machine's whole check, in one run (see ../shared/device/README.md):
-#   source .device/env.sh && bash bench/gpu_check.sh
-# 1. every `gpu`-marked test (each GPU impl against the CPU reference, outputs NaN-poisoned);
-# 2. compute-sanitizer memcheck and racecheck over a small subset of those tests;
-# 3. LeNet-5 on digits trained with --device cuda and with --device cpu, same seed;
-# 4. gpuconv info (the GPU, versions, and whether each kernels/*.cu compiles there);
-# then a short summary, last. Logs go to $OUT (the device tool's folder) or /tmp/gpu_check.
+# The GPU machine's checks, one stage per call, each meant to finish well under 5 minutes on
+# an H100 from a cold start (numba's JIT and NVRTC included):
+#   bash bench/gpu_check.sh STAGE [STAGE ...]      STAGE: smoke | tests | sanitizer | train | all
+#   smoke      versions (CuPy, NVRTC, CUDA runtime, driver, numba), the compile state of every
+#              kernels/*.cu, and one small call of every GPU impl of every op against the
+#              reference (the first case of each *matches_reference gpu test and impl);
+#   tests      every test marked gpu, counted per test file (= per family);
+#   sanitizer  compute-sanitizer memcheck and racecheck over a small subset of the gpu tests,
+#              with CuPy's memory pool off so that memcheck sees every allocation;
+#   train      LeNet-5 on digits with --device cuda and with --device cpu, same seed.
+# Run smoke first and fix what fails before anything else. Each stage writes STAGE.log and
+# STAGE.json (exit code, counts, what it measured) under $OUT, or /tmp/gpu_check when OUT is
+# not set, and prints a one-line summary. The exit code is that of the last failing stage.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-# The sanitizer subset: small shapes of the kernels that use shared memory or index tricks.
-SANITIZER_TESTS=(tests/test_conv.py tests/test_pool.py tests/test_loss.py tests/test_norm.py)
-SANITIZER_FILTER="matches_reference and float32"
+export PYTHONPATH="bench${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+# Each stage's own limit (seconds), so that one stage never eats a whole device session.
+STAGE_TIMEOUT=${GPU_CHECK_TIMEOUT:-280}
+# The sanitizer subset: small float32 shapes of the CUDA C kernels that use shared memory,
+# warp shuffles or index tricks.
+SANITIZER_TESTS=(tests/test_conv.py tests/test_pool.py tests/test_loss.py tests/test_norm.py
+                 tests/test_activation.py)
+SANITIZER_FILTER="matches_reference and float32 and not numba"
+status=0
 
-last_line() { grep -E "passed|failed|error" "$1" | tail -n 1; }
-
-python3 -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
-tests_rc=${PIPESTATUS[0]}
-
-sanitize() {
-    local tool=$1
-    compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
-        python3 -m pytest -m gpu -q -p no:cacheprovider -x "${SANITIZER_TESTS[@]}" \
-        -k "$SANITIZER_FILTER" >"$out/sanitizer_$tool.log" 2>&1
-    echo $?
+summary() {  # STAGE RC [KEY=VALUE ...]: writes STAGE.json from STAGE.log and STAGE.xml
+    local stage=$1 rc=$2
+    shift 2
+    "$PY" bench/gpu_check.py summary "$stage" "$rc" "$out/$stage.log" "$out/$stage.xml" \
+        "$out/$stage.json" "$@"
+    echo "== $stage: exit $rc; $(grep -E '(passed|failed|error)' "$out/$stage.log" | tail -n 1)"
+    [ "$rc" = 0 ] || status=$rc
 }
-if command -v compute-sanitizer >/dev/null 2>&1; then
-    memcheck_rc=$(sanitize memcheck)
-    racecheck_rc=$(sanitize racecheck)
-else
-    memcheck_rc="not installed"
-    racecheck_rc="not installed"
+
+stage_smoke() {
+    {
+        "$PY" -m gpuconv info
+        "$PY" -c 'import importlib.metadata as m; print("numba", m.version("numba"),
+            "numba-cuda", m.version("numba-cuda"))'
+        GPUCONV_SMOKE=1 timeout "$STAGE_TIMEOUT" "$PY" -m pytest -p gpu_check -m gpu \
+            -k matches_reference -q -p no:cacheprovider --junitxml="$out/smoke.xml" tests
+    } >"$out/smoke.log" 2>&1
+    local rc=$?
+    summary smoke "$rc" "gpu=$(grep -m1 '^GPU:' "$out/smoke.log")" \
+        "cuda_c=$(grep -m1 '^CUDA C sources' "$out/smoke.log")" \
+        "numba=$(grep -m1 '^numba ' "$out/smoke.log")" \
+        "impls=$(grep -m1 '^smoke: ' "$out/smoke.log")"
+}
+
+stage_tests() {
+    timeout "$STAGE_TIMEOUT" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
+        --junitxml="$out/tests.xml" tests >"$out/tests.log" 2>&1
+    summary tests $?
+}
+
+stage_sanitizer() {
+    if ! command -v compute-sanitizer >/dev/null 2>&1; then
+        echo "compute-sanitizer is not installed" >"$out/sanitizer.log"
+        summary sanitizer "not installed"
+        return
+    fi
+    local tool rc results=()
+    : >"$out/sanitizer.log"
+    for tool in memcheck racecheck; do
+        GPUCONV_NO_MEMORY_POOL=1 timeout $((STAGE_TIMEOUT / 2)) compute-sanitizer \
+            --tool "$tool" --error-exitcode 99 --target-processes all \
+            "$PY" -m pytest -p gpu_check -m gpu -q -p no:cacheprovider -x \
+            -k "$SANITIZER_FILTER" "${SANITIZER_TESTS[@]}" >>"$out/sanitizer.log" 2>&1
+        rc=$?
+        results+=("$tool=$rc")
+        echo "== $tool exit $rc" >>"$out/sanitizer.log"
+    done
+    rc=0
+    for tool in "${results[@]}"; do [ "${tool#*=}" = 0 ] || rc=${tool#*=}; done
+    summary sanitizer "$rc" "${results[@]}"
+}
+
+stage_train() {
+    local device acc=() seconds=() rc=0 start
+    : >"$out/train.log"
+    for device in cuda cpu; do
+        start=$(date +%s)
+        timeout $((STAGE_TIMEOUT / 2)) "$PY" -m gpuconv train lenet5 --dataset digits \
+            --device "$device" --seed 0 --no-progress --out "$out/train_$device" \
+            >>"$out/train.log" 2>&1 || rc=$?
+        seconds+=("seconds_$device=$(($(date +%s) - start))")
+        acc+=("accuracy_$device=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["test_accuracy"])' \
+            "$out/train_$device/summary.json" 2>/dev/null || echo null)")
+    done
+    summary train "$rc" "${acc[@]}" "${seconds[@]}"
+    echo "   ${acc[*]} ${seconds[*]}"
+}
+
+if [ $# -eq 0 ]; then
+    sed -n '2,14p' "$0" >&2
+    exit 2
 fi
-
-train() {
-    python3 -m gpuconv train lenet5 --dataset digits --device "$1" --seed 0 --no-progress \
-        --out "$out/train_$1" >"$out/train_$1.log" 2>&1
-    python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['test_accuracy'])" \
-        "$out/train_$1/summary.json" 2>/dev/null || echo "failed (see train_$1.log)"
-}
-acc_cuda=$(train cuda)
-acc_cpu=$(train cpu)
-python3 -m gpuconv info >"$out/info.log" 2>&1
-
-echo
-echo "== gpu_check summary ($(python3 -c 'import cupy; print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())' 2>/dev/null)) =="
-echo "gpu tests:         exit $tests_rc; $(last_line "$out/gpu_tests.log")"
-echo "memcheck:          exit $memcheck_rc; $(last_line "$out/sanitizer_memcheck.log" 2>/dev/null)"
-echo "racecheck:         exit $racecheck_rc; $(last_line "$out/sanitizer_racecheck.log" 2>/dev/null)"
-echo "lenet5 on digits:  test accuracy $acc_cuda on cuda, $acc_cpu on cpu"
-echo "$(grep -E '^(GPU|CUDA C)' "$out/info.log")"
-[ "$tests_rc" = 0 ] && [ "$memcheck_rc" = 0 ] && [ "$racecheck_rc" = 0 ]
+stages=("$@")
+[ "$*" = all ] && stages=(smoke tests sanitizer train)
+for stage in "${stages[@]}"; do
+    case "$stage" in
+        smoke) stage_smoke ;;
+        tests) stage_tests ;;
+        sanitizer) stage_sanitizer ;;
+        train) stage_train ;;
+        *) echo "unknown stage: $stage (smoke, tests, sanitizer, train or all)" >&2; exit 2 ;;
+    esac
+done
+exit "$status"

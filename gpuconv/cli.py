@@ -327,10 +327,13 @@ def _info(args) -> int:
     elif not backend.gpu_available():
         print(f"GPU: CuPy {cp.__version__} sees no CUDA device")
     else:
+        from .kernels.cuda_c import compile_states, cuda_versions
+
         props = cp.cuda.runtime.getDeviceProperties(0)
-        print(f"GPU: {props['name'].decode()}, CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}, "
-              f"CuPy {cp.__version__}")
-        from .kernels.cuda_c import compile_states
+        versions = cuda_versions()
+        print(f"GPU: {props['name'].decode()} (compute capability {props['major']}.{props['minor']}), "
+              f"CuPy {cp.__version__}, NVRTC {versions['nvrtc']}, CUDA runtime "
+              f"{versions['runtime']}, driver {versions['driver']}")
         print("CUDA C sources (NVRTC): " + ", ".join(f"{name} {state}" for name, state
                                                      in compile_states().items()))
     from .kernels.cuda_c import conv_igemm

@@ -125,9 +125,13 @@ struct Tanh {
 };
 
 // Calls body(Act{}) for the activation that `code` names; an unknown code traps (the
-// launchers only pass codes from their table).
+// launchers only pass codes from their table). `body` is a functor whose call operator is a
+// __device__ template, not a generic lambda: in a __global__ function NVRTC 12.x and 13.0
+// take a lambda's call operator for a host function unless given
+// --device-as-default-execution-space (CuPy adds it, another loader need not), and these
+// sources must not depend on that flag.
 template <typename Body>
-__device__ __forceinline__ void with_activation(int code, Body body) {
+__device__ __forceinline__ void with_activation(int code, const Body& body) {
     switch (code) {
         case ACT_IDENTITY: body(Identity{}); break;
         case ACT_RELU: body(Relu{}); break;
@@ -212,6 +216,62 @@ __device__ void bias_act_bwd_reduce(const T* __restrict__ partial, T* __restrict
         if (threadIdx.x == 0) gb[c] = acc;
     }
 }
+
+// The pointwise entry points' bodies for with_activation: each holds the launch's arguments
+// and runs the kernel body templated on the activation it is called with.
+template <typename T>
+struct PointwiseSizes {
+    long long total;
+    int C;
+    long long S;
+    T param;
+};
+
+template <typename T>
+struct ActivationFwd {
+    const T* x;
+    const T* bias;
+    T* y;
+    PointwiseSizes<T> n;
+    template <typename Act> __device__ __forceinline__ void operator()(Act) const {
+        activation_fwd<T, Act>(x, bias, y, n.total, n.C, n.S, n.param);
+    }
+};
+
+// The arrays of a backward pass: grad_output, input, bias, saved output, grad_input.
+template <typename T>
+struct GradArrays {
+    const T* g;
+    const T* x;
+    const T* bias;
+    const T* out;
+    T* gx;
+};
+
+template <typename T>
+struct ActivationBwd {
+    GradArrays<T> a;
+    PointwiseSizes<T> n;
+    template <typename Act> __device__ __forceinline__ void operator()(Act) const {
+        activation_bwd<T, Act>(a.g, a.x, a.bias, a.out, a.gx, n.total, n.C, n.S, n.param);
+    }
+};
+
+template <typename T>
+struct BiasActBwdPartial {
+    GradArrays<T> a;
+    T* partial;
+    int N;
+    int C;
+    long long S;
+    long long chunk;
+    long long chunks;
+    T param;
+    template <typename Act> __device__ __forceinline__ void operator()(Act) const {
+        bias_act_bwd_partial<T, Act>(a.g, a.x, a.bias, a.out, a.gx, partial, N, C, S, chunk,
+                                     chunks, param);
+    }
+};
 
 // ---------------------------------------------------------------------------- softmax
 
@@ -357,24 +417,18 @@ __device__ void dropout_fwd(const T* __restrict__ x, T* __restrict__ y, long lon
 #define ACTIVATION_ENTRY_POINTS(T, SUFFIX)                                                    \
     extern "C" __global__ void activation_fwd_##SUFFIX(const T* x, const T* bias, T* y,       \
                                                        POINTWISE_PARAMS(T)) {                 \
-        with_activation(act, [&](auto a) {                                                    \
-            activation_fwd<T, decltype(a)>(x, bias, y, total, C, S, param);                   \
-        });                                                                                   \
+        with_activation(act, ActivationFwd<T>{x, bias, y, {total, C, S, param}});             \
     }                                                                                         \
     extern "C" __global__ void activation_bwd_##SUFFIX(const T* g, const T* x, const T* bias, \
                                                        const T* out, T* gx,                   \
                                                        POINTWISE_PARAMS(T)) {                 \
-        with_activation(act, [&](auto a) {                                                    \
-            activation_bwd<T, decltype(a)>(g, x, bias, out, gx, total, C, S, param);          \
-        });                                                                                   \
+        with_activation(act, ActivationBwd<T>{{g, x, bias, out, gx}, {total, C, S, param}});  \
     }                                                                                         \
     extern "C" __global__ void bias_act_bwd_partial_##SUFFIX(                                 \
         const T* g, const T* x, const T* bias, const T* out, T* gx, T* partial, int N, int C, \
         long long S, long long chunk, long long chunks, int act, T param) {                   \
-        with_activation(act, [&](auto a) {                                                    \
-            bias_act_bwd_partial<T, decltype(a)>(g, x, bias, out, gx, partial, N, C, S,       \
-                                                 chunk, chunks, param);                       \
-        });                                                                                   \
+        with_activation(act, BiasActBwdPartial<T>{{g, x, bias, out, gx}, partial, N, C, S,    \
+                                                  chunk, chunks, param});                     \
     }                                                                                         \
     extern "C" __global__ void bias_act_bwd_reduce_##SUFFIX(const T* partial, T* gb, int C,   \
                                                             long long chunks) {               \

@@ -205,6 +205,19 @@ def test_fused_epilogue_in_bfloat16():
     assert_close(y, ref, "bfloat16")
 
 
+@gpu
+@skip_no_gpu
+def test_strided_scale_and_bias_views_are_read_as_their_values():
+    case = FUSED_CASE
+    x_shape, w_shape, (k,) = case.shapes()
+    (x, w, sb), (x64, w64, sb64) = _inputs("strided-bias", "fp32", x_shape, w_shape, (2, 2 * k))
+    scale, bias = sb[0, ::2], sb[1, 1::2]       # every other element of a row: stride 2
+    y = conv2d_bias_act(x, w, bias, scale=scale, impl=IMPL, **case.args())
+    ref = conv2d_bias_act(x64, w64, sb64[1, 1::2], scale=sb64[0, ::2], impl="reference",
+                          **case.args())
+    assert_close(y, ref, "float32")
+
+
 # --------------------------------------------------------------------------- layouts, N = 0
 
 @gpu

@@ -4,9 +4,11 @@ Where there is no GPU, a second pytest process loads ``tests/cuda_emu/plugin.py`
 replaced by an emulation that compiles ``kernels/*.cu`` with g++ and runs each launch's
 threads on the CPU (``tests/cuda_emu/emu.h`` says how), and every test marked ``gpu`` runs
 against it. That checks the CUDA C kernels' arithmetic and indexing, barriers and warp
-shuffles, the launchers' argument types, contiguity and grid sizes, writes outside an array,
-and the GPU training path (CuPy arrays end to end, no host array mixed in). It does not
-check NVRTC, real parallelism, or speed: those need the GPU machine (bench/gpu_check.sh).
+shuffles, the launchers' argument types (marshalled as CuPy does), contiguity and grid
+sizes, reads and writes outside an array (tests/cuda_emu/README.md), and the GPU training
+path (CuPy arrays end to end, no host array mixed in). It does not check NVRTC
+(tests/test_cuda_sources.py), real parallelism, or speed: those need the GPU machine
+(bench/gpu_check.sh).
 """
 from __future__ import annotations
 

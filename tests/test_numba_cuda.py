@@ -92,10 +92,8 @@ def test_a_gpu_launch_queues_on_cupys_stream_and_imports_arrays_without_a_sync(m
     instead of created (no GPU here): the kernel gets CuPy's current stream, and every
     CuPy array goes through ``as_cuda_array(..., sync=False)``; other arguments as they are.
     Never run on a GPU (see the README's status of the GPU paths)."""
-    from numba import cuda
-
     from gpuconv import backend
-    import gpuconv.kernels.numba_cuda as numba_cuda
+    from gpuconv.kernels.numba_cuda import _numba
 
     class DeviceArray:  # a stand-in CuPy array: only its device matters here
         pass
@@ -109,17 +107,19 @@ def test_a_gpu_launch_queues_on_cupys_stream_and_imports_arrays_without_a_sync(m
     stream_of_cupy = type("Stream", (), {"ptr": 7})()
     fake_cupy = type("cupy", (), {"cuda": type("cuda", (), {
         "get_current_stream": staticmethod(lambda: stream_of_cupy)})})
-    monkeypatch.setattr(numba_cuda, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(_numba, "simulator_enabled", lambda: False)
     monkeypatch.setattr(backend, "cupy_or_none", lambda: fake_cupy)
     monkeypatch.setattr(backend, "device_of",
                         lambda a: "cuda" if isinstance(a, DeviceArray) else "cpu")
-    monkeypatch.setattr(cuda, "external_stream", lambda ptr: ("external", ptr), raising=False)
-    monkeypatch.setattr(cuda, "as_cuda_array",
+    monkeypatch.setattr(_numba.cuda, "external_stream", lambda ptr: ("external", ptr),
+                        raising=False)
+    monkeypatch.setattr(_numba.cuda, "as_cuda_array",
                         lambda a, sync=True: imported.append(sync) or ("imported", a),
                         raising=False)
-    numba_cuda._numba_stream.cache_clear()
+    _numba._numba_stream.cache_clear()
     a, b = DeviceArray(), DeviceArray()
-    numba_cuda.launch(Kernel(), 3, 128, a, 2.5, b, None)
-    numba_cuda._numba_stream.cache_clear()
-    assert calls == [((3, 128, ("external", 7)), (("imported", a), 2.5, ("imported", b), None))]
+    _numba.launch(Kernel(), 3, 128, (a, 2.5, b, True), shared_mem=64)
+    _numba._numba_stream.cache_clear()
+    assert calls == [((3, 128, ("external", 7), 64),
+                      (("imported", a), 2.5, ("imported", b), True))]
     assert imported == [False, False]

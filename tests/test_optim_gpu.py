@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from gpuconv import backend, kernels, optim
-from gpuconv.kernels.numba_cuda import optim as numba_optim, simulator_enabled
+from gpuconv.kernels import numba_cuda
+from gpuconv.kernels.numba_cuda import simulator_enabled
 from support import TOL, assert_close, device_counts, impl_params, on_device_of, rng_for
 
 DTYPES = ["float64", "float32"]
@@ -205,8 +206,8 @@ def test_numba_cuda_step_matches_reference(case, dtype):
 @simulator_only
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numba_cuda_grid_stride_loop_updates_each_element_once(dtype, monkeypatch):
-    monkeypatch.setattr(numba_optim, "THREADS", 4)
-    monkeypatch.setattr(numba_optim, "MAX_BLOCKS", 2)
+    monkeypatch.setattr(numba_cuda, "THREADS", 4)
+    monkeypatch.setattr(numba_cuda, "MAX_BLOCKS", 2)
     check_step(_impl("adam_step", "numba_cuda"), ADAM_EVERY_BUFFER, dtype)
 
 

@@ -478,12 +478,27 @@ def test_the_numba_twin_on_a_gpu_matches_reference():
 
 
 # Compiled by numba-cuda's real compiler (NVVM) for the argument types the launcher passes, then
-# by ptxas; no GPU: the device query of device-function compilation answers sm_90.
+# by nvJitLink where it is installed (numba-cuda[cu13]: the same CUDA release as its NVVM, as a
+# launch links), else by ptxas; no GPU: the device query of device-function compilation
+# answers sm_90.
 REAL_COMPILE = """
 import shutil, subprocess, sys, tempfile, types
 import numba, numpy as np
 from numba import cuda
 from numba.cuda import dispatcher
+def link(ptx):
+    from numba.cuda.cuda_paths import get_cuda_paths
+    devrt = f"{get_cuda_paths()['static_cudalib_dir'].info}/libcudadevrt.a"
+    try:
+        from cuda.bindings import nvjitlink
+        handle = nvjitlink.create(1, ["-arch=sm_90"])
+    except Exception:
+        return False
+    nvjitlink.add_data(handle, nvjitlink.InputType.PTX, ptx.encode(), len(ptx), "k.ptx")
+    nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, devrt)  # the grid sync
+    nvjitlink.complete(handle)
+    nvjitlink.destroy(handle)
+    return True
 dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
 from gpuconv.kernels.numba_cuda import rnn_persistent as N
 from gpuconv.kernels.numba_cuda._rnn_persistent_kernels import lstm_fwd_persistent
@@ -497,12 +512,13 @@ for dtype in (np.float32, np.float64):
         sig = tuple(numba.typeof(a) for a in args)
         ptx, _ = cuda.compile_ptx(lstm_fwd_persistent(dtype).py_func, sig, cc=(9, 0))
         assert "cudaCGSynchronize" in ptx, "no grid sync in the PTX"
-        with tempfile.TemporaryDirectory() as d:
-            path = f"{d}/k.ptx"
-            open(path, "w").write(ptx)
-            r = subprocess.run([sys.argv[1], "-arch=sm_90", "-c", path, "-o", f"{d}/k.o"],
-                               capture_output=True, text=True)
-            assert r.returncode == 0, r.stderr
+        if not link(ptx):
+            with tempfile.TemporaryDirectory() as d:
+                path = f"{d}/k.ptx"
+                open(path, "w").write(ptx)
+                r = subprocess.run([sys.argv[1], "-arch=sm_90", "-c", path, "-o", f"{d}/k.o"],
+                                   capture_output=True, text=True)
+                assert r.returncode == 0, r.stderr
         print(np.dtype(dtype).name, bias, ", ".join(map(str, sig)))
 """
 

@@ -1,6 +1,7 @@
 """The training loop, checkpoints and the command line."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,6 +249,7 @@ def test_cli_info_names_the_gpu_and_its_kernels(_, capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "GPU: " in out and "sees no CUDA device" not in out
+    assert re.search(r"NVRTC \d+\.\d+, CUDA runtime \d+\.\d+, driver \d+\.\d+", out), out
     for family in ("conv", "pool", "activation", "linear", "loss", "norm", "rnn", "optim"):
         assert f"{family}.cu compiled" in out
     assert ", cuda_im2col" in out and ", cuda_im2col (not here)" not in out

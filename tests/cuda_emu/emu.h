@@ -33,11 +33,19 @@
 // overlap in time outside cooperative launches; a block's dynamic shared memory
 // (GPUCONV_BLOCK_SMEM) is its own buffer in every launch, filled with 0xFF bytes (NaN to a
 // float read) when the block starts and followed by a guard zone checked when it ends.
+//
+// Memory faults: fake_cupy.py puts every array argument between pages that may not be
+// touched (tests/cuda_emu/README.md). A kernel that reads or writes one raises SIGSEGV, which
+// the handler below turns into a failed launch (emu_fault_address() says where; the kind,
+// read or write, comes from the x86-64 page-fault error code) instead of a crash. It handles
+// only faults of a running kernel fiber and leaves every other to the handler it replaced.
+//
 // What this cannot show: timing, memory coalescing, races that need true parallelism
-// within a warp, or NVRTC's own diagnostics (tests/test_cuda_sources.py runs nvcc).
+// within a warp, or NVRTC's own diagnostics (tests/test_cuda_sources.py runs NVRTC).
 #pragma once
 
 #include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -128,6 +136,10 @@ inline unsigned long long launches = 0;
 inline size_t dynamic_smem = 0;
 inline std::vector<std::vector<unsigned char>> block_smems;  // one per block running at once
 inline unsigned first_block = 0;                             // blockIdx.x of block_smems[0]
+// Set while a kernel fiber runs: only then is a SIGSEGV the kernel's.
+inline volatile sig_atomic_t in_kernel = 0;
+inline void* fault_address = nullptr;
+inline int fault_kind = 0;  // 1 read, 2 write, 0 unknown
 
 inline void suspend(State state) {
     fibers[current].state = state;
@@ -150,7 +162,11 @@ inline void resume(unsigned f) {
     current = f;
     threadIdx.x = fibers[f].thread;
     blockIdx.x = fibers[f].block;
-    if (_setjmp(scheduler)) return;
+    if (_setjmp(scheduler)) {
+        in_kernel = 0;
+        return;
+    }
+    in_kernel = 1;
     Fiber& fiber = fibers[f];
     if (fiber.started) _longjmp(fiber.resume, 1);
     fiber.started = true;
@@ -330,10 +346,47 @@ inline bool run_fibers() {
     }
 }
 
+inline struct sigaction previous_segv;
+
+// A fault in a kernel fiber ends the launch: back to the scheduler with the address. Any
+// other fault is not ours: the previous handler is restored and the instruction runs again.
+inline void on_fault(int, siginfo_t* info, void* context) {
+    if (!in_kernel) {
+        sigaction(SIGSEGV, &previous_segv, nullptr);
+        return;
+    }
+    in_kernel = 0;
+    fault_address = info->si_addr;
+#if defined(__x86_64__)
+    fault_kind = (static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_ERR] & 2) ? 2 : 1;
+#else
+    (void)context;
+    fault_kind = 0;
+#endif
+    error = "memory fault";
+    _longjmp(scheduler, 1);
+}
+
+// The fault handler, installed for one launch (SA_NODEFER: the _longjmp out of it leaves
+// SIGSEGV unblocked for the next fault).
+struct FaultHandler {
+    FaultHandler() {
+        struct sigaction action = {};
+        action.sa_sigaction = on_fault;
+        action.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &previous_segv);
+        fault_address = nullptr;
+        fault_kind = 0;
+    }
+    ~FaultHandler() { sigaction(SIGSEGV, &previous_segv, nullptr); }
+};
+
 // Runs the grid; returns 0, or 1 with the reason in emu_last_error().
 inline int run_grid(unsigned grid, unsigned block, size_t shared_mem, bool is_cooperative,
                     void (*fn)(void*), void* arg) {
     error.clear();
+    FaultHandler handler;
     if (grid == 0 || block == 0 || block > 1024) {
         error = "launch with grid " + std::to_string(grid) + " and block " + std::to_string(block);
         return 1;
@@ -469,6 +522,9 @@ inline T gpuconv_load_cg(const T* p) {
 }
 
 extern "C" const char* emu_last_error() { return emu::error.c_str(); }
+// After a launch that failed with "memory fault": the address, and 1 read, 2 write, 0 unknown.
+extern "C" void* emu_fault_address() { return emu::fault_address; }
+extern "C" int emu_fault_kind() { return emu::fault_kind; }
 
 #define EMU_EXPORT(kernel)                                                                   \
     extern "C" int emu_launch_##kernel(void* const* argv, unsigned grid, unsigned block,     \

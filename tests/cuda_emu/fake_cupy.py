@@ -11,10 +11,10 @@ Installed as ``sys.modules["cupy"]`` by ``tests/cuda_emu/plugin.py``. Two halves
   launches its entry points there (blocks in turn, a block's threads as fibers, barriers
   and warp shuffles emulated; a module made with ``enable_cooperative_groups`` runs every
   block of a launch at once, after checking with ``occupancy.py`` that the emulated GPU could
-  keep the whole grid resident). Each launch checks what the device would not: every argument
-  has the type the entry point declares (CuPy passes a Python int as 64 bits), every array
-  is C-contiguous and of the pointer's dtype, and no kernel writes outside its arrays (each
-  array runs inside a guard zone of 0xFF bytes, NaN to a float read, checked afterwards).
+  keep the whole grid resident). Each launch marshals its arguments exactly as CuPy 14 does
+  and checks them against the parameter types the entry point declares, and runs the
+  kernel on copies of its arrays placed between inaccessible pages, so that a read or a
+  write outside an array fails the launch. README.md in this folder says how, exactly.
 - ``streams`` (its own module): streams, events, pinned memory, memory pools, CUDA graph
   capture and replay, and the counters of host synchronisations and device-to-host copies
   that the tests of the training step read. The hooks into it are marked ``streams.``.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import re
 import subprocess
@@ -38,9 +39,9 @@ from cuda_emu import occupancy, streams
 __version__ = "0.0-emulated"
 _HERE = Path(__file__).resolve().parent
 _BUILD = Path(tempfile.gettempdir()) / "gpuconv-cuda-emu"
-# Bytes of guard zone around each array argument of a launch.
-GUARD_BYTES = 256
+# The byte that fills the unused part of each array's pages: NaN to a float read.
 GUARD_VALUE = 0xFF
+PAGE = mmap.PAGESIZE
 DEVICE_NAME = b"gpuconv CUDA emulator (CPU)"
 
 
@@ -311,6 +312,8 @@ cuda = types.SimpleNamespace(
     device=types.SimpleNamespace(get_cublas_handle=streams.get_cublas_handle),
     memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError,
                                  MemoryPool=streams.MemoryPool),
+    # The emulator runs no NVRTC (g++ compiles the kernels): a version of the same form.
+    nvrtc=types.SimpleNamespace(getVersion=lambda: divmod(_CUDA_VERSION // 10, 100)),
     runtime=types.SimpleNamespace(
         getDeviceCount=lambda: 1,
         runtimeGetVersion=lambda: _CUDA_VERSION,
@@ -327,16 +330,6 @@ cuda = types.SimpleNamespace(
 # --------------------------------------------------------------------------- RawModule
 
 _ENTRY_POINT = re.compile(r'extern\s+"C"\s+void\s+(\w+)\s*\(')
-# Kernel parameter type (emu.h's names) -> the NumPy scalar type CuPy passes with that width.
-_SCALARS = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32, "uint64": np.uint64,
-            "float32": np.float32, "float64": np.float64, "bool": np.bool_}
-_CTYPES = {"int32": ctypes.c_int32, "int64": ctypes.c_int64, "uint32": ctypes.c_uint32,
-           "uint64": ctypes.c_uint64, "float32": ctypes.c_float, "float64": ctypes.c_double,
-           "bool": ctypes.c_bool}
-# What CuPy makes of Python scalars.
-_PYTHON_SCALARS = {bool: "bool", int: "int64", float: "float64"}
-
-
 def _gxx(*args: str) -> str:
     result = subprocess.run(["g++", *args], capture_output=True, text=True)
     if result.returncode != 0:
@@ -376,6 +369,7 @@ class RawModule:
         self._cooperative = enable_cooperative_groups
         self._lib = ctypes.CDLL(str(_build(code, self._flags)))
         self._lib.emu_last_error.restype = ctypes.c_char_p
+        self._lib.emu_fault_address.restype = ctypes.c_void_p
 
     def compile(self, log_stream=None) -> None:
         """Compiled already, when the module was made."""
@@ -397,6 +391,68 @@ def _dims(d, what: str) -> int:
     if any(v != 1 for v in d[1:]):
         raise ValueError(f"emulated cupy: only 1-D launches are emulated, {what}={d}")
     return int(d[0])
+
+
+# --------------------------------------------------------------------------- marshalling
+
+def cupy_argument(arg) -> tuple[str, bytes]:
+    """What CuPy 14 passes for one launch argument (cupy/cuda/function.pyx ``_pointer`` and
+    cupy/_core/_scalar.pyx ``CScalar``): ("array", b"") for a device array, ("null", 8 zero
+    bytes) for None, else (dtype name, the value's bytes): a Python bool as a 1-byte bool,
+    an int as int64 (uint64 from 2**63 on), a float as float64, a complex as complex128, a
+    NumPy scalar or a one-element NumPy array as its own dtype. Anything else raises as
+    CuPy raises."""
+    if isinstance(arg, ndarray):
+        return "array", b""
+    if arg is None:
+        return "null", bytes(8)
+    if isinstance(arg, np.ndarray):
+        if arg.size != 1:
+            raise TypeError(f"You are trying to pass a numpy.ndarray of shape {arg.shape} as a "
+                            "kernel parameter. Only numpy.ndarrays of size one can be passed "
+                            "by value.")
+        return arg.dtype.name, arg.tobytes()
+    kind = type(arg)
+    if kind is bool:
+        dtype = np.dtype(np.bool_)
+    elif kind is float:
+        dtype = np.dtype(np.float64)
+    elif kind is complex:
+        dtype = np.dtype(np.complex128)
+    elif kind is int:
+        dtype = np.dtype(np.uint64 if arg >= 1 << 63 else np.int64)
+    elif isinstance(arg, np.generic):
+        dtype = arg.dtype
+    else:
+        raise TypeError(f"Unsupported type {kind}")
+    return dtype.name, np.array(arg, dtype).tobytes()  # out of range raises, as in CuPy
+
+
+def _pointer_bytes(param: str, given: str, value: bytes, where: str) -> bool:
+    """Whether an argument CuPy marshals as (``given``, ``value``) is a null pointer for a
+    pointer parameter; raises if it is neither a device array nor null."""
+    if given == "array":
+        return False
+    if given == "null" or (given in ("int64", "uint64") and value == bytes(8)):
+        return True
+    raise TypeError(f"{where}: expected a device array, got {given}; CuPy would pass "
+                    f"{len(value)} bytes by value")
+
+
+def _strided_rows(a: np.ndarray) -> bool:
+    """Contiguous rows, each ``strides[0]`` bytes after the last: a matrix the kernel is
+    given with its leading dimension."""
+    return a.ndim >= 2 and len(a) > 0 and a.strides[0] > 0 and a[0].flags.c_contiguous
+
+
+def _span(a: np.ndarray) -> tuple[int, int]:
+    """[first, last) byte address of what a kernel given ``a``'s pointer may touch."""
+    start = a.__array_interface__["data"][0]
+    if a.size == 0:
+        return start, start
+    if a.flags.c_contiguous:
+        return start, start + a.nbytes
+    return start, start + (a.shape[0] - 1) * a.strides[0] + a[0].nbytes
 
 
 class RawKernel:
@@ -471,89 +527,173 @@ class RawKernel:
                                "the launch fails on a GPU (too many resources requested)")
         if self._module._cooperative:
             self._check_cooperative(grid, block, shared_mem)
-        arrays = [a._a for a in args if isinstance(a, ndarray)]
+        values, arrays = [], []
+        for i, (param, arg) in enumerate(zip(self.params, args)):
+            values.append(self._marshal(i, param, arg, arrays))
         capture = streams.issue(self.name)
-        if capture is not None:  # checked now, run at each replay
-            for i, (p, a) in enumerate(zip(self.params, args)):
-                self._value(i, p, a, {id(x): x for x in arrays})
-            streams.record(capture, lambda: self._execute(grid, block, args, arrays, shared_mem))
+        if capture is not None:  # checked now, run at each replay on the same arrays
+            streams.record(capture, lambda: self._execute(grid, block, values, arrays,
+                                                          shared_mem))
             return
-        self._execute(grid, block, args, arrays, shared_mem)
+        self._execute(grid, block, values, arrays, shared_mem)
 
-    def _execute(self, grid: int, block: int, args, arrays: list, shared_mem: int) -> None:
+    def _execute(self, grid: int, block: int, values: list, arrays: list,
+                 shared_mem: int) -> None:
         streams.counters["launch"] += 1
-        with _guarded(arrays, self.name) as device:
-            values = [self._value(i, p, a, device) for i, (p, a) in
-                      enumerate(zip(self.params, args))]
+        values = list(values)
+        with _Guarded(arrays, self.name) as device:
+            for i, a in arrays:
+                values[i] = ctypes.c_void_p(device[i])
             argv = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
             if self._launch(argv, grid, block, shared_mem, int(self._module._cooperative)) != 0:
-                raise RuntimeError(f"{self.name}<<<{grid}, {block}>>>: "
-                                   f"{self._lib.emu_last_error().decode()}")
+                message = self._lib.emu_last_error().decode()
+                if message == "memory fault":
+                    message = device.describe_fault(self._lib.emu_fault_address(),
+                                                    self._lib.emu_fault_kind())
+                raise RuntimeError(f"{self.name}<<<{grid}, {block}>>>: {message}")
 
-    def _value(self, i: int, param: str, arg, device: dict):
+    def _marshal(self, i: int, param: str, arg, arrays: list):
+        """The ctypes value of argument ``i`` as CuPy passes it, checked against the
+        parameter; device arrays are noted in ``arrays`` and get their pointer later."""
         where = f"{self.name} argument {i} ({param})"
+        given, value = cupy_argument(arg)
         if param.endswith("*"):
-            if isinstance(arg, np.uint64) and arg == 0:
+            if _pointer_bytes(param, given, value, where):
                 return ctypes.c_void_p(0)
-            if not isinstance(arg, ndarray):
-                raise TypeError(f"{where}: expected a device array, got {type(arg).__name__}")
             a = arg._a
             if a.dtype != np.dtype(param[:-1]):
                 raise TypeError(f"{where}: array of {a.dtype}")
             if not (a.flags.c_contiguous or _strided_rows(a)):
                 raise ValueError(f"{where}: array of shape {a.shape} and strides {a.strides} "
                                  "is neither C-contiguous nor contiguous rows at a row stride")
-            return ctypes.c_void_p(device[id(a)].ctypes.data)
-        given = _PYTHON_SCALARS.get(type(arg)) or (arg.dtype.name if isinstance(arg, np.generic)
-                                                   else type(arg).__name__)
+            arrays.append((i, a))
+            return None
         if given != param:
-            raise TypeError(f"{where}: got {given} {arg!r}; CuPy would pass it as {given}")
-        return _CTYPES[param](_SCALARS[param](arg).item())
+            raise TypeError(f"{where}: got {type(arg).__name__} {arg!r}, which CuPy passes as "
+                            f"{given} ({len(value)} bytes)")
+        return ctypes.create_string_buffer(value, len(value))
 
 
-def _strided_rows(a: np.ndarray) -> bool:
-    """Contiguous rows, each ``strides[0]`` bytes after the last: a matrix the kernel is
-    given with its leading dimension."""
-    return a.ndim >= 2 and len(a) > 0 and a.strides[0] > 0 and a[0].flags.c_contiguous
+# --------------------------------------------------------------------------- guarded memory
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_PROT_NONE = 0
+_launches = 0
 
 
-class _guarded:
-    """Each array argument copied into the middle of a guard zone for the launch and
-    copied back after; any write into the guard zones fails the launch. A launch whose
-    arrays share memory without being the same array, or that passes strided rows, runs
-    on the arrays' own memory (no guards), so that the kernel sees what the caller set up."""
+class _Region:
+    """One span of memory, copied for a launch into the middle of a fresh mapping whose first
+    and last pages are inaccessible: [guard page][data pages][guard page]. ``at_end`` puts
+    the span's last byte against the trailing guard page (a read or write past the end
+    faults), else its first byte against the leading one (one before the start faults). The
+    rest of the data pages is filled with GUARD_VALUE and checked after the launch."""
+
+    def __init__(self, start: int, end: int, at_end: bool):
+        self.start, self.size = start, end - start
+        self.data = -(-self.size // PAGE) * PAGE
+        self.total = self.data + 2 * PAGE
+        self.map = _libc.mmap(None, self.total, mmap.PROT_READ | mmap.PROT_WRITE,
+                              mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if self.map in (None, _MAP_FAILED):
+            raise MemoryError(f"emulated cupy: mmap of {self.total} bytes failed")
+        first = self.map + PAGE
+        self.base = first + self.data - self.size if at_end else first
+        ctypes.memset(first, GUARD_VALUE, self.data)
+        ctypes.memmove(self.base, start, self.size)
+        for guard in (self.map, first + self.data):
+            if _libc.mprotect(guard, PAGE, _PROT_NONE) != 0:
+                raise OSError(ctypes.get_errno(), "emulated cupy: mprotect failed")
+
+    def slack_written(self) -> bool:
+        """Whether the kernel wrote into the data pages outside the span."""
+        first = self.map + PAGE
+        slack = [(first, self.base - first),
+                 (self.base + self.size, first + self.data - self.base - self.size)]
+        return any(n and ctypes.string_at(at, n).count(GUARD_VALUE) != n for at, n in slack)
+
+    def copy_back(self) -> None:
+        ctypes.memmove(self.start, self.base, self.size)
+
+    def release(self) -> None:
+        _libc.munmap(self.map, self.total)
+
+
+class _Guarded:
+    """The launch's array arguments in guarded regions. Arrays whose memory overlaps (the
+    same array twice, views of one buffer, rows at a stride) share one region, so the
+    kernel sees what the caller set up. Launches alternate between regions that end at a
+    guard page and regions that start at one, so each side of every array is checked."""
 
     def __init__(self, arrays: list, kernel: str):
         self.arrays, self.kernel = arrays, kernel
 
-    def __enter__(self) -> dict:
-        self.device, self.zones = {}, []
-        spans = {}
-        for a in self.arrays:
-            spans.setdefault((a.__array_interface__["data"][0], a.nbytes), []).append(a)
-        firsts = [same[0] for same in spans.values()]
-        overlapping = any(_strided_rows(a) and not a.flags.c_contiguous for a in firsts) or any(
-            np.shares_memory(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])
-        for same in spans.values():
-            a = same[0]
-            inner = a
-            if not overlapping:
-                zone = np.full(a.nbytes + 2 * GUARD_BYTES, GUARD_VALUE, np.uint8)
-                inner = zone[GUARD_BYTES:GUARD_BYTES + a.nbytes].view(a.dtype).reshape(a.shape)
-                inner[...] = a
-                self.zones.append((a, inner, zone))
-            for b in same:
-                self.device[id(b)] = inner
-        return self.device
+    def __enter__(self) -> "_Guarded":
+        global _launches
+        at_end = _launches % 2 == 0
+        _launches += 1
+        spans = sorted((*_span(a), i, a) for i, a in self.arrays)
+        groups: list[list] = []
+        for start, end, i, a in spans:
+            if groups and start < groups[-1][1] and end > groups[-1][0]:
+                groups[-1][1] = max(groups[-1][1], end)
+                groups[-1][2].append((start, end, i, a))
+            else:
+                groups.append([start, end, [(start, end, i, a)]])
+        self.regions, self.pointers, self.members = [], {}, []
+        try:
+            for start, end, members in groups:
+                region = _Region(start, end, at_end)
+                self.regions.append(region)
+                self.members.append(members)
+                for first, _, i, _ in members:
+                    self.pointers[i] = region.base + (first - start)
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __getitem__(self, i: int) -> int:
+        return self.pointers[i]
 
     def __exit__(self, exc_type, *exc):
-        for i, (a, inner, zone) in enumerate(self.zones):
-            a[...] = inner
-            guards = np.concatenate([zone[:GUARD_BYTES], zone[-GUARD_BYTES:]])
-            if exc_type is None and np.any(guards != GUARD_VALUE):
-                raise RuntimeError(f"{self.kernel}: wrote outside array argument of shape "
-                                   f"{a.shape} ({a.dtype})")
+        try:
+            for region, members in zip(self.regions, self.members):
+                region.copy_back()
+                if exc_type is None and region.slack_written():
+                    a = members[0][3]
+                    raise RuntimeError(f"{self.kernel}: wrote outside array argument of shape "
+                                       f"{a.shape} ({a.dtype})")
+        finally:
+            self._release()
         return False
+
+    def _release(self) -> None:
+        for region in self.regions:
+            region.release()
+        self.regions = []
+
+    def describe_fault(self, address: int | None, kind: int) -> str:
+        """Which argument a faulting address lies outside of, and by how many bytes."""
+        action = {1: "read", 2: "wrote"}.get(kind, "accessed")
+        address = address or 0
+        for region, members in zip(self.regions, self.members):
+            if not region.map <= address < region.map + region.total:
+                continue
+            if address >= region.base + region.size:
+                start, end, i, a = max(members, key=lambda m: m[1])
+                where = f"{address - (region.base + end - region.start)} bytes past its end"
+            else:
+                start, end, i, a = members[0]
+                where = f"{region.base + start - region.start - address} bytes before its start"
+            return (f"{action} outside array argument {i} of shape {a.shape} ({a.dtype}): "
+                    f"{where}")
+        return f"{action} address {address:#x}, outside every array argument"
 
 
 _this = sys.modules[__name__]

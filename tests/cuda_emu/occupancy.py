@@ -59,7 +59,7 @@ def device_properties(device_name: bytes) -> dict:
             "maxBlocksPerMultiProcessor": gpu["max_blocks_per_sm"],
             "sharedMemPerMultiprocessor": gpu["smem_per_sm"],
             "sharedMemPerBlockOptin": gpu["smem_per_block_optin"],
-            "sharedMemPerBlock": SMEM_DEFAULT_DYNAMIC}
+            "sharedMemPerBlock": SMEM_DEFAULT_DYNAMIC, "cooperativeLaunch": 1}
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 ``python -m pytest -p cuda_emu.plugin -m gpu tests/...`` (with ``tests`` on the path) puts
 the emulated CuPy of ``fake_cupy`` in place of CuPy before gpuconv looks for one, so that
 ``device="cuda"`` resolves to it and every ``cuda`` impl launches its real ``kernels/*.cu``
-entry points, compiled by g++; ``cupyx`` provides only ``allow_synchronize``. numba.cuda stays on its simulator, where ``numba_cuda`` impls
-are not counted as GPU impls, so the ``gpu`` tests of those skip here.
+entry points, compiled by g++ (README.md here says how each launch is marshalled and
+checked); ``cupyx`` provides only ``allow_synchronize``. numba.cuda stays on its simulator,
+where ``numba_cuda`` impls are not counted as GPU impls, so the ``gpu`` tests of those skip
+here (``numba_launches.py`` compiles them instead).
 
 Grid-stride kernels get at most ``EMULATED_MAX_BLOCKS`` blocks, so that their loops take
 several strides on the tests' small shapes (on a GPU the grid usually covers them at once).

@@ -31,7 +31,7 @@ import numpy as np
 
 from ... import backend, precision
 from .. import register
-from . import NULL, gpu_op, kernel
+from . import DEFINE_VARIANTS, NULL, device_properties, gpu_op, kernel
 
 FAMILY = "conv_igemm"
 # The activations of the fused epilogue, in the kernel's ACT_* order.
@@ -158,7 +158,7 @@ def heuristic(problem: Problem, sm_count: int) -> Choice:
     keeping at least MIN_TILES_PER_SPLIT k-tiles per split.
     """
     M, N, K = problem.gemm
-    itemsize = 4 if problem.mode in ("fp32", "tf32") else 2
+    itemsize = itemsize_of(problem.mode)
     width = 32 if N <= 32 else 64 if N <= 64 else 128
     fitting = [t for t in TILES.values() if t.bn <= width] or list(TILES.values())
     by_size = sorted(fitting, key=lambda t: t.bm * t.bn, reverse=True)
@@ -191,8 +191,7 @@ def table_entries(device_name: str) -> dict:
 
 
 def _device() -> tuple[str, int]:
-    cp = backend.cupy_or_none()
-    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    props = device_properties()
     return props["name"].decode(), int(props["multiProcessorCount"])
 
 
@@ -205,6 +204,17 @@ def choose(problem: Problem) -> Choice:
     return heuristic(problem, sm_count)
 
 
+def itemsize_of(mode: str) -> int:
+    """Bytes per element of the arrays a precision mode computes on."""
+    return 4 if mode in ("fp32", "tf32") else 2
+
+
+def precision_defines(mode: str) -> tuple[str, ...]:
+    """The ``-D`` options of the variant that serves the elementwise kernels of a mode (the
+    split-K reduction and the bias gradient)."""
+    return (f"GPUCONV_IGEMM_PREC={MODES[mode][0]}",)
+
+
 def defines(mode: str, tile: Tile, vec_c: int, vec_k: int, itemsize: int) -> tuple[str, ...]:
     """The ``-D`` options of one kernel variant."""
     return (f"GPUCONV_IGEMM_PREC={MODES[mode][0]}", f"GPUCONV_IGEMM_BM={tile.bm}",
@@ -212,6 +222,23 @@ def defines(mode: str, tile: Tile, vec_c: int, vec_k: int, itemsize: int) -> tup
             f"GPUCONV_IGEMM_WM={tile.wm}", f"GPUCONV_IGEMM_WN={tile.wn}",
             f"GPUCONV_IGEMM_STAGES={tile.stages}", f"GPUCONV_IGEMM_MIN_BLOCKS={tile.min_blocks}",
             f"GPUCONV_IGEMM_VEC_C={vec_c}", f"GPUCONV_IGEMM_VEC_K={vec_k}")
+
+
+def _declared_variants() -> tuple[tuple[str, ...], ...]:
+    """Every ``-D`` variant the launchers below compile: per precision mode, each tile with
+    16-byte or one-element copies along C and along K (fprop uses VEC_K 1; dgrad and wgrad
+    any pair), and the mode's elementwise variant."""
+    variants = []
+    for mode in MODES:
+        itemsize = itemsize_of(mode)
+        widths = (16 // itemsize, 1)
+        variants.append(precision_defines(mode))
+        variants += [defines(mode, tile, vec_c, vec_k, itemsize)
+                     for tile in TILES.values() for vec_c in widths for vec_k in widths]
+    return tuple(variants)
+
+
+DEFINE_VARIANTS[FAMILY] = _declared_variants()
 
 
 # --------------------------------------------------------------------------- arrays
@@ -263,7 +290,9 @@ def _i32(*values) -> tuple:
 
 
 def _ptr(a):
-    return NULL if a is None else a
+    """An optional array argument: NULL, or the array made contiguous (the kernel reads a
+    per-channel scale or bias at stride 1; a strided view would be read wrong)."""
+    return NULL if a is None else backend.cupy_or_none().ascontiguousarray(a)
 
 
 def _launch(name: str, problem: Problem, choice: Choice, vec_c: int, vec_k: int,
@@ -271,19 +300,17 @@ def _launch(name: str, problem: Problem, choice: Choice, vec_c: int, vec_k: int,
     tile = choice.tile
     smem = smem_bytes(tile, problem.pass_, itemsize)
     fn = _function(f"{name}_{MODES[problem.mode][1]}",
-                   defines(problem.mode, tile, vec_c, vec_k, itemsize), smem)
+                   defines(problem.mode, tile, vec_c, vec_k, itemsize), smem,
+                   backend.cupy_or_none().cuda.Device().id)
     fn((grid,), (tile.threads,), args, shared_mem=smem)
 
 
 @functools.lru_cache(maxsize=None)
-def _function_of(entry: str, variant: tuple, device_id: int):
-    return kernel(FAMILY, entry, variant)
-
-
-def _function(entry: str, variant: tuple, smem: int):
-    """The kernel object of one variant, kept (one lookup per process and device), opted in
-    to ``smem`` bytes of dynamic shared memory: above 48 KiB a kernel must ask first."""
-    fn = _function_of(entry, variant, backend.cupy_or_none().cuda.Device().id)
+def _function(entry: str, variant: tuple, smem: int, device_id: int):
+    """The kernel of one variant on one device, opted in to ``smem`` bytes of dynamic shared
+    memory (above 48 KiB a kernel must ask first), once: the attribute stays on the
+    function, and reading it back is a driver call per launch."""
+    fn = kernel(FAMILY, entry, variant)
     if fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = smem
     return fn
@@ -296,7 +323,7 @@ def _elementwise_blocks(count: int) -> int:
 def _reduce(partial, out, splits: int, mode: str) -> None:
     """out (flat) = sum of partial's ``splits`` slices, in order, in out's dtype."""
     count = out.size
-    fn = kernel(FAMILY, f"conv2d_wgrad_reduce_{MODES[mode][1]}", (f"GPUCONV_IGEMM_PREC={MODES[mode][0]}",))
+    fn = kernel(FAMILY, f"conv2d_wgrad_reduce_{MODES[mode][1]}", precision_defines(mode))
     fn((_elementwise_blocks(count),), (REDUCE_THREADS,), (partial, out, np.int64(count),
                                                           np.int32(splits)))
 
@@ -425,8 +452,7 @@ def bias_grad(dy_nhwc, mode: str):
         return gb
     chunks = math.ceil(M / BIAS_ROWS_PER_CHUNK)
     partial = cp.empty((chunks, K), np.float32)
-    prec, suffix = MODES[mode]
-    fn = kernel(FAMILY, f"conv2d_bias_grad_partial_{suffix}", (f"GPUCONV_IGEMM_PREC={prec}",))
+    fn = kernel(FAMILY, f"conv2d_bias_grad_partial_{MODES[mode][1]}", precision_defines(mode))
     fn((_elementwise_blocks(chunks * K),), (REDUCE_THREADS,),
        (dy_nhwc, partial, np.int64(M), np.int32(K), np.int32(BIAS_ROWS_PER_CHUNK),
         np.int32(chunks)))
@@ -459,9 +485,7 @@ def _tensor_core_gpu() -> bool:
     """mma.sync with tf32/bf16 and cp.async need compute capability 8.0 (Ampere) or newer."""
     if not backend.gpu_available():
         return False
-    cp = backend.cupy_or_none()
-    major = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["major"]
-    return major >= 8
+    return device_properties()["major"] >= 8
 
 
 def _krsc(w):

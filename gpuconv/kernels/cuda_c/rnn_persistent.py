@@ -59,7 +59,7 @@ import numpy as np
 from ... import backend
 from .. import register
 from .._rnn_loop import _bias_grads, _layer_weights, _stacked_w_ih, backward_through_layers
-from . import DTYPES, NULL, gpu_op, kernel
+from . import DTYPES, NULL, device_properties, gpu_op, kernel
 from .rnn import CELLS
 
 FAMILY = "rnn_persistent"
@@ -210,11 +210,6 @@ def _threads(units: int, B: int) -> int:
     return min(MAX_THREADS, max(32, math.ceil(units * groups / 32) * 32))
 
 
-def _props() -> dict:
-    cp = backend.cupy_or_none()
-    return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-
-
 def _with_smem(k, smem: int):
     if smem > DEFAULT_DYNAMIC_SMEM and k.max_dynamic_shared_size_bytes < smem:
         k.max_dynamic_shared_size_bytes = smem
@@ -228,7 +223,9 @@ def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, i
     """(the plan, "") when both persistent kernels of this shape can run on chip, else
     (None, why not)."""
     cp = backend.cupy_or_none()
-    props = _props()
+    props = device_properties()
+    if not props["cooperativeLaunch"]:
+        return None, "the device cannot launch cooperative kernels"
     sms, most = props["multiProcessorCount"], props["sharedMemPerBlockOptin"]
     G = GATES[kind]
     units = _units(H, D, sms)
@@ -269,7 +266,7 @@ def persistent_plan(kind: str, steps: int, B: int, H: int, D: int, dtype) -> tup
 def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: int,
               itemsize: int) -> Plan:
     """The plan of the streamed kernels (fwd_step, bwd_step, cell_fwd)."""
-    units = min(_units(H, D, _props()["multiProcessorCount"]), MAX_THREADS)
+    units = min(_units(H, D, device_properties()["multiProcessorCount"]), MAX_THREADS)
     return Plan(units, _threads(units, B), D * math.ceil(H / units),
                 smem_bytes(kernel_kind, G, units, H, weight_bytes, itemsize))
 

@@ -13,7 +13,8 @@ float64, and a float literal would promote float32 arithmetic to float64.
 import math
 
 import numpy as np
-from numba import cuda
+
+from ._numba import cuda
 
 # Activation codes of the pointwise kernels (the launchers pass them).
 RELU, SIGMOID, TANH = 1, 4, 5

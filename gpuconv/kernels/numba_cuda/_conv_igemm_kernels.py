@@ -8,7 +8,9 @@ every thread accumulates its MICRO x MICRO outputs (rows ty + THREADS_M*i, colum
 tx + THREADS_N*j) in registers from them. ``geo`` holds N, H, W, C, K, R, S, P, Q, sh, sw,
 ph, pw, dh, dw, groups, C/groups, K/groups; operands and outputs are NHWC / KRSC, flat.
 """
-from numba import cuda, float32, float64
+import numpy as np
+
+from ._numba import cuda
 
 FPROP, DGRAD, WGRAD = 0, 1, 2
 MICRO = 4
@@ -23,12 +25,12 @@ def gather_x(x, pixel, rsc, geo, g):
     N, H, W, C, K, R, S, P, Q, sh, sw, ph, pw, dh, dw = geo[0:15]
     cg = geo[16]
     if pixel >= N * P * Q or rsc >= R * S * cg:
-        return 0.0
+        return x.dtype.type(0)
     q, p, n = pixel % Q, (pixel // Q) % P, pixel // (P * Q)
     c, s, r = rsc % cg, (rsc // cg) % S, rsc // (cg * S)
     h, w = p * sh - ph + r * dh, q * sw - pw + s * dw
     if h < 0 or h >= H or w < 0 or w >= W:
-        return 0.0
+        return x.dtype.type(0)
     return x[((n * H + h) * W + w) * C + g * cg + c]
 
 
@@ -41,18 +43,18 @@ def gather_a(pass_, a, m, kk, geo, g):
         return gather_x(a, m, kk, geo, g)
     if pass_ == DGRAD:   # dy[n, p, q, g*kg + k] where h + ph - r*dh = p*sh, kk = (r, s, k)
         if m >= N * H * W or kk >= R * S * kg:
-            return 0.0
+            return a.dtype.type(0)
         w, h, n = m % W, (m // W) % H, m // (H * W)
         k, s, r = kk % kg, (kk // kg) % S, kk // (kg * S)
         ht, wt = h + ph - r * dh, w + pw - s * dw
         if ht < 0 or wt < 0 or ht % sh != 0 or wt % sw != 0:
-            return 0.0
+            return a.dtype.type(0)
         p, q = ht // sh, wt // sw
         if p >= P or q >= Q:
-            return 0.0
+            return a.dtype.type(0)
         return a[((n * P + p) * Q + q) * K + g * kg + k]
     if m >= kg or kk >= N * P * Q:   # WGRAD: dy[npq, g*kg + m]
-        return 0.0
+        return a.dtype.type(0)
     return a[kk * K + g * kg + m]
 
 
@@ -63,11 +65,11 @@ def gather_b(pass_, b, kk, col, geo, g):
     cg, kg = geo[16], geo[17]
     if pass_ == FPROP:   # w[g*kg + col, kk]
         if col >= kg or kk >= R * S * cg:
-            return 0.0
+            return b.dtype.type(0)
         return b[(g * kg + col) * (R * S * cg) + kk]
     if pass_ == DGRAD:   # w[g*kg + k, r, s, col], kk = (r, s, k)
         if col >= cg or kk >= R * S * kg:
-            return 0.0
+            return b.dtype.type(0)
         k, rs = kk % kg, kk // kg
         return b[((g * kg + k) * R * S + rs) * cg + col]
     return gather_x(b, kk, col, geo, g)   # WGRAD: x at output pixel kk, col = (r, s, c)
@@ -84,11 +86,11 @@ def _kernel(dtype):
         sb = cuda.shared.array((TILE_K, TILE_N), dtype)
         acc = cuda.local.array((MICRO, MICRO), dtype)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        n0, m0, g = cuda.blockIdx.x * TILE_N, cuda.blockIdx.y * TILE_M, cuda.blockIdx.z
+        m0, n0, g = cuda.blockIdx.x * TILE_M, cuda.blockIdx.y * TILE_N, cuda.blockIdx.z
         tid = ty * THREADS_N + tx
         for i in range(MICRO):
             for j in range(MICRO):
-                acc[i, j] = 0.0
+                acc[i, j] = out.dtype.type(0)
         for k0 in range(0, KG, TILE_K):
             # Stage the k-slice: TILE_K x TILE_M of A and TILE_K x TILE_N of B, one element per
             # thread and step (64 threads, 256 elements each).
@@ -121,5 +123,5 @@ def _kernel(dtype):
     return conv2d_igemm
 
 
-conv2d_igemm_f32 = _kernel(float32)
-conv2d_igemm_f64 = _kernel(float64)
+conv2d_igemm_f32 = _kernel(np.dtype(np.float32))
+conv2d_igemm_f64 = _kernel(np.dtype(np.float64))

@@ -2,8 +2,9 @@
 
 Kept apart from the launchers because the CUDA simulator needs ``cuda`` to be a module
 global of the kernels, and importing numba.cuda must wait until a kernel is launched.
+Accumulators start at a zero of the output's dtype, so float32 sums stay float32.
 """
-from numba import cuda
+from ._numba import cuda
 
 
 @cuda.jit
@@ -18,7 +19,7 @@ def conv2d_fwd_direct(x, w, b, y, sh, sw, ph, pw, dh, dw, groups, has_bias):
     n = i // (OW * OH * K)
     cg = w.shape[1]
     c0 = (k // (K // groups)) * cg
-    acc = b[k] if has_bias else 0.0
+    acc = b[k] if has_bias else y.dtype.type(0)
     for c in range(cg):
         for r in range(w.shape[2]):
             ih = oh * sh - ph + r * dh
@@ -44,7 +45,7 @@ def conv2d_bwd_input_direct(gy, w, gx, sh, sw, ph, pw, dh, dw, groups):
     K, cg = w.shape[0], w.shape[1]
     kg = K // groups
     g = c // cg
-    acc = 0.0
+    acc = gx.dtype.type(0)
     for kk in range(kg):
         k = g * kg + kk
         for r in range(w.shape[2]):
@@ -69,7 +70,7 @@ def conv2d_bwd_weight_direct(gy, x, gw, sh, sw, ph, pw, dh, dw, groups):
     c = (i // (S * R)) % cg
     k = i // (S * R * cg)
     cx = (k // (K // groups)) * cg + c
-    acc = 0.0
+    acc = gw.dtype.type(0)
     for n in range(gy.shape[0]):
         for oh in range(gy.shape[2]):
             ih = oh * sh - ph + r * dh
@@ -87,7 +88,7 @@ def conv2d_bwd_bias(gy, gb):
     k = cuda.grid(1)
     if k >= gb.shape[0]:
         return
-    acc = 0.0
+    acc = gb.dtype.type(0)
     for n in range(gy.shape[0]):
         for oh in range(gy.shape[2]):
             for ow in range(gy.shape[3]):
@@ -110,7 +111,7 @@ def im2col(x, col, c0, R, S, sh, sw, ph, pw, dh, dw, OH, OW):
     c = row // (S * R)
     ih = (l // OW) * sh - ph + r * dh
     iw = (l % OW) * sw - pw + s * dw
-    v = 0.0
+    v = col.dtype.type(0)
     if 0 <= ih < x.shape[2] and 0 <= iw < x.shape[3]:
         v = x[n, c0 + c, ih, iw]
     col[n, row, l] = v
@@ -129,7 +130,7 @@ def col2im(col, gx, c0, R, S, sh, sw, ph, pw, dh, dw, OH, OW):
     ih = (i // W) % H
     c = (i // (W * H)) % cg
     n = i // (W * H * cg)
-    acc = 0.0
+    acc = gx.dtype.type(0)
     for r in range(R):
         th = ih + ph - r * dh
         if th < 0 or th % sh != 0 or th // sh >= OH:

@@ -2,11 +2,13 @@
 
 Kept apart from the launchers because the CUDA simulator needs ``cuda`` to be a module
 global of the kernels, and importing numba.cuda must wait until a kernel is launched.
-Scores are (N, C, S) and targets (N, S), S the product of the spatial sizes.
+Scores are (N, C, S) and targets (N, S), S the product of the spatial sizes. Literals and
+counts are cast to the scores' dtype, and the launcher passes label_smoothing in it, so that
+float32 scores are computed in float32.
 """
 import math
 
-from numba import cuda
+from ._numba import cuda
 
 
 @cuda.jit(device=True)
@@ -19,7 +21,7 @@ def _row_max(x, n, s):
 
 @cuda.jit(device=True)
 def _row_sum_exp(x, n, s, top):
-    total = 0.0
+    total = x.dtype.type(0)
     for c in range(x.shape[1]):
         total += math.exp(x[n, c, s] - top)
     return total
@@ -27,7 +29,7 @@ def _row_sum_exp(x, n, s, top):
 
 @cuda.jit(device=True)
 def _weight_sum(weight):
-    total = 0.0
+    total = weight.dtype.type(0)
     for c in range(weight.shape[0]):
         total += weight[c]
     return total
@@ -40,7 +42,7 @@ def class_row_weights(target, weight, ignore_index, out):
     if m >= out.shape[0]:
         return
     t = target[m]
-    out[m] = 0.0 if t == ignore_index else weight[t]
+    out[m] = out.dtype.type(0) if t == ignore_index else weight[t]
 
 
 @cuda.jit
@@ -53,19 +55,20 @@ def cross_entropy_fwd_rows(x, target, weight, ignore_index, smoothing, losses):
         return
     n, s = i // S, i % S
     t = target[n, s]
+    zero, one = x.dtype.type(0), x.dtype.type(1)
     if t == ignore_index:
-        losses[n, s] = 0.0
+        losses[n, s] = zero
         return
     top = _row_max(x, n, s)
     lse = top + math.log(_row_sum_exp(x, n, s, top))
     nll = weight[t] * (lse - x[n, t, s])
-    if smoothing == 0:  # as torch: a -inf logit's lse - x = inf must not meet 0 * inf
+    if smoothing == zero:  # as torch: a -inf logit's lse - x = inf must not meet 0 * inf
         losses[n, s] = nll
         return
-    smooth = 0.0
+    smooth = zero
     for c in range(C):
         smooth += weight[c] * (lse - x[n, c, s])
-    losses[n, s] = (1 - smoothing) * nll + smoothing / C * smooth
+    losses[n, s] = (one - smoothing) * nll + smoothing / x.dtype.type(C) * smooth
 
 
 @cuda.jit
@@ -77,18 +80,19 @@ def cross_entropy_bwd_rows(row_grads, x, target, weight, ignore_index, smoothing
         return
     n, s = i // S, i % S
     t = target[n, s]
+    zero, one = x.dtype.type(0), x.dtype.type(1)
     if t == ignore_index:
         for c in range(C):
-            grad[n, c, s] = 0.0
+            grad[n, c, s] = zero
         return
     top = _row_max(x, n, s)
     sum_exp = _row_sum_exp(x, n, s, top)
     total_weight = _weight_sum(weight)
     g = row_grads[n, s]
-    nll_part = (1 - smoothing) * weight[t]
-    smooth_part = smoothing / C
+    nll_part = (one - smoothing) * weight[t]
+    smooth_part = smoothing / x.dtype.type(C)
     for c in range(C):
         p = math.exp(x[n, c, s] - top) / sum_exp
-        onehot = 1.0 if c == t else 0.0
+        onehot = one if c == t else zero
         grad[n, c, s] = g * (nll_part * (p - onehot)
                              + smooth_part * (total_weight * p - weight[c]))

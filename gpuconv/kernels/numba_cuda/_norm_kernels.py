@@ -2,11 +2,13 @@
 
 Kept apart from the launchers because the CUDA simulator needs ``cuda`` to be a module
 global of the kernels, and importing numba.cuda must wait until a kernel is launched.
-x is (N, C, S), S the product of the spatial sizes; per-channel arrays are (C,).
+x is (N, C, S), S the product of the spatial sizes; per-channel arrays are (C,). Sums start
+at a zero of x's dtype, counts are cast to it, and the launchers pass momentum and eps in it,
+so that float32 inputs are computed in float32.
 """
 import math
 
-from numba import cuda
+from ._numba import cuda
 
 
 @cuda.jit
@@ -20,30 +22,32 @@ def batch_norm_fwd_stats(x, momentum, update_running, running_mean, running_var,
     N, C, S = x.shape
     if c >= C:
         return
-    count = N * S
-    total = 0.0
+    T = x.dtype.type
+    count = T(N * S)
+    total = T(0)
     for n in range(N):
         for s in range(S):
             total += x[n, c, s]
     m = total / count
-    scale = 1.0
+    scale = T(1)
     for n in range(N):
         for s in range(S):
             scale = max(scale, abs(x[n, c, s] - m))  # NaN is skipped: it reaches v below
     if math.isinf(scale):
-        scale = 1.0
-    squares = 0.0
+        scale = T(1)
+    squares = T(0)
     for n in range(N):
         for s in range(S):
             d = (x[n, c, s] - m) / scale
             squares += d * d
     v = squares / count
     mean[c] = m
-    inv_std[c] = 1.0 / (scale * math.sqrt(v + eps / scale / scale))
+    inv_std[c] = T(1) / (scale * math.sqrt(v + eps / scale / scale))
     if update_running:
         var = scale * scale * v
-        running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m
-        running_var[c] = (1 - momentum) * running_var[c] + momentum * var * count / (count - 1)
+        keep = T(1) - momentum
+        running_mean[c] = keep * running_mean[c] + momentum * m
+        running_var[c] = keep * running_var[c] + momentum * var * count / (count - T(1))
 
 
 @cuda.jit
@@ -67,8 +71,8 @@ def batch_norm_bwd_reduce(grad_y, x, mean, inv_std_of, grad_weight, grad_bias):
     if c >= C:
         return
     inv_std = inv_std_of[c]
-    g_sum = 0.0
-    g_xhat = 0.0
+    g_sum = x.dtype.type(0)
+    g_xhat = x.dtype.type(0)
     for n in range(N):
         for s in range(S):
             g = grad_y[n, c, s]
@@ -93,7 +97,7 @@ def batch_norm_bwd_apply(grad_y, x, mean, inv_std_of, weight, grad_weight, grad_
     inv_std = inv_std_of[c]
     g = grad_y[n, c, s]
     if training:
-        count = N * S
+        count = x.dtype.type(N * S)
         xhat = (x[n, c, s] - mean[c]) * inv_std
         g = g - grad_bias[c] / count - xhat * grad_weight[c] / count
     grad_x[n, c, s] = weight[c] * inv_std * g

@@ -3,9 +3,10 @@
 Kept apart from the launchers because the CUDA simulator needs ``cuda`` to be a module
 global of the kernels, and importing numba.cuda must wait until a kernel is launched.
 Inputs and input gradients are (planes, H, W), outputs and output gradients
-(planes, OH, OW), all contiguous; a flat position inside a plane is h*W + w.
+(planes, OH, OW), all contiguous; a flat position inside a plane is h*W + w. Sums start at a
+zero of the data's dtype and divisors (ints) are cast to it, so float32 pools in float32.
 """
-from numba import cuda
+from ._numba import cuda
 
 
 @cuda.jit(device=True)
@@ -65,7 +66,7 @@ def max_pool2d_fwd(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw):
     h0, w0 = oh * sh - ph, ow * sw - pw
     i_lo, i_hi = _taps_inside(h0, dh, kh, H)
     j_lo, j_hi = _taps_inside(w0, dw, kw, W)
-    best = 0.0
+    best = x.dtype.type(0)
     at = -1
     for ti in range(i_lo, i_hi):
         ih = h0 + ti * dh
@@ -91,7 +92,7 @@ def max_pool2d_bwd(grad_out, indices, grad_in, kh, kw, sh, sw, ph, pw, dh, dw):
     oh_lo, oh_hi = _windows_holding(ih, kh, sh, ph, dh, grad_out.shape[1])
     ow_lo, ow_hi = _windows_holding(iw, kw, sw, pw, dw, grad_out.shape[2])
     at = ih * W + iw
-    total = 0.0
+    total = grad_in.dtype.type(0)
     for oh in range(oh_lo, oh_hi):
         for ow in range(ow_lo, ow_hi):
             if indices[p, oh, ow] == at:
@@ -109,12 +110,13 @@ def avg_pool2d_fwd(x, out, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ov
     p, oh, ow = _unravel(i, OH, OW)
     H, W = x.shape[1], x.shape[2]
     h0, w0 = oh * sh - ph, ow * sw - pw
-    total = 0.0
+    T = x.dtype.type
+    total = T(0)
     for ih in range(max(h0, 0), min(h0 + kh, H)):
         for iw in range(max(w0, 0), min(w0 + kw, W)):
             total += x[p, ih, iw]
-    out[p, oh, ow] = total / _avg_divisor(h0, w0, kh, kw, ph, pw, H, W, count_include_pad,
-                                          divisor_override)
+    out[p, oh, ow] = total / T(_avg_divisor(h0, w0, kh, kw, ph, pw, H, W, count_include_pad,
+                                            divisor_override))
 
 
 @cuda.jit
@@ -129,12 +131,13 @@ def avg_pool2d_bwd(grad_out, grad_in, kh, kw, sh, sw, ph, pw, count_include_pad,
     p, ih, iw = _unravel(i, H, W)
     oh_lo, oh_hi = _windows_holding(ih, kh, sh, ph, 1, grad_out.shape[1])
     ow_lo, ow_hi = _windows_holding(iw, kw, sw, pw, 1, grad_out.shape[2])
-    total = 0.0
+    T = grad_in.dtype.type
+    total = T(0)
     for oh in range(oh_lo, oh_hi):
         for ow in range(ow_lo, ow_hi):
-            total += grad_out[p, oh, ow] / _avg_divisor(oh * sh - ph, ow * sw - pw, kh, kw, ph,
-                                                        pw, H, W, count_include_pad,
-                                                        divisor_override)
+            total += grad_out[p, oh, ow] / T(_avg_divisor(oh * sh - ph, ow * sw - pw, kh, kw,
+                                                          ph, pw, H, W, count_include_pad,
+                                                          divisor_override))
     grad_in[p, ih, iw] = total
 
 
@@ -148,11 +151,12 @@ def adaptive_avg_pool2d_fwd(x, out):
     p, oh, ow = _unravel(i, OH, OW)
     h0, h1 = _adaptive_window(oh, OH, x.shape[1])
     w0, w1 = _adaptive_window(ow, OW, x.shape[2])
-    total = 0.0
+    T = x.dtype.type
+    total = T(0)
     for ih in range(h0, h1):
         for iw in range(w0, w1):
             total += x[p, ih, iw]
-    out[p, oh, ow] = total / ((h1 - h0) * (w1 - w0))
+    out[p, oh, ow] = total / T((h1 - h0) * (w1 - w0))
 
 
 @cuda.jit
@@ -168,10 +172,11 @@ def adaptive_avg_pool2d_bwd(grad_out, grad_in):
     OH, OW = grad_out.shape[1], grad_out.shape[2]
     oh_lo, oh_hi = _adaptive_window(ih, H, OH)
     ow_lo, ow_hi = _adaptive_window(iw, W, OW)
-    total = 0.0
+    T = grad_in.dtype.type
+    total = T(0)
     for oh in range(oh_lo, oh_hi):
         h0, h1 = _adaptive_window(oh, OH, H)
         for ow in range(ow_lo, ow_hi):
             w0, w1 = _adaptive_window(ow, OW, W)
-            total += grad_out[p, oh, ow] / ((h1 - h0) * (w1 - w0))
+            total += grad_out[p, oh, ow] / T((h1 - h0) * (w1 - w0))
     grad_in[p, ih, iw] = total

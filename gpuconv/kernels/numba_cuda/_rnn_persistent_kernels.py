@@ -11,15 +11,15 @@ since other blocks wrote it this launch), applies the gate math, writes h, c and
 and the grid meets at ``grid.sync()`` before the next step reads h.
 
 Kept apart from the launcher because numba.cuda must be imported only when a kernel is
-launched; one kernel per dtype (the shared memory's element type and the typed constants).
+launched; one kernel per dtype (the shared memory's element type and the typed constants),
+each a module global so that tests/cuda_emu/numba_launches.py finds it.
 """
-import functools
 import math
 
 import numpy as np
-from numba import cuda, from_dtype
 
 from . import simulator_enabled
+from ._numba import cuda
 
 if simulator_enabled():
     # The simulator has no cache-hint loads; its threads share one memory.
@@ -32,14 +32,14 @@ else:
 
 @cuda.jit(device=True)
 def _sigmoid(x, one):
-    # Split by sign so that exp never overflows (math.exp raises on the simulator).
-    if x >= 0:
+    # Split by sign so that exp never overflows (math.exp raises on the simulator); the zero
+    # is of x's type (an int 0 would make the comparison float64).
+    if x >= one - one:
         return one / (one + math.exp(-x))
     e = math.exp(x)
     return e / (one + e)
 
 
-@functools.lru_cache(maxsize=None)
 def lstm_fwd_persistent(dtype):
     """The kernel for arrays of ``dtype`` (float32 or float64)::
 
@@ -51,7 +51,12 @@ def lstm_fwd_persistent(dtype):
     one: 1 in ``dtype`` (so that no constant promotes the arithmetic to float64). Shared
     memory: owned tiles x 4 x units x H elements.
     """
-    element = from_dtype(np.dtype(dtype))
+    return lstm_fwd_persistent_f64 if np.dtype(dtype) == np.float64 else lstm_fwd_persistent_f32
+
+
+def _kernel(dtype):
+    """lstm_fwd_persistent with shared memory of ``dtype``."""
+    element = np.dtype(dtype)
 
     @cuda.jit
     def kernel(gi, w_hh, b_ih, b_hh, use_bias, hs, cs, out, units, one):
@@ -99,3 +104,7 @@ def lstm_fwd_persistent(dtype):
             grid.sync()
 
     return kernel
+
+
+lstm_fwd_persistent_f32 = _kernel(np.float32)
+lstm_fwd_persistent_f64 = _kernel(np.float64)

@@ -12,17 +12,14 @@ its mask equals the CPU impls' bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from ... import backend
 from .. import register
 from ..numpy_impl.activation import _keep_threshold
 from ..reference.activation import philox_key
-from . import DTYPES, is_available, launch
-
-THREADS = 128
-# Grid-stride kernels need no more blocks than this to fill any current GPU.
-MAX_BLOCKS = 1 << 16
+from . import DTYPES, is_available, run
 
 
 def _kernels():
@@ -31,9 +28,7 @@ def _kernels():
     return _activation_kernels
 
 
-def _launch(kernel, threads_needed: int, *args) -> None:
-    blocks = min(MAX_BLOCKS, max(1, -(-threads_needed // THREADS)))
-    launch(kernel, blocks, THREADS, *args)
+_launch = functools.partial(run, "activation", grid_stride=True)
 
 
 def _numba(*ops: str):
@@ -54,14 +49,14 @@ def _flat(a):
 
 def _forward(x, code: int):
     y = backend.empty(x.shape, x.dtype, backend.array_module(x))
-    _launch(_kernels().activation_fwd, x.size, _flat(x), y.reshape(-1), code)
+    _launch("activation_fwd", x.size, _flat(x), y.reshape(-1), code)
     return y
 
 
 def _backward(g, v, code: int):
     """g * act'(z) with v = z (relu) or v = act(z) (sigmoid, tanh)."""
     gx = backend.empty(g.shape, g.dtype, backend.array_module(g))
-    _launch(_kernels().activation_bwd, g.size, _flat(g), _flat(v), gx.reshape(-1), code)
+    _launch("activation_bwd", g.size, _flat(g), _flat(v), gx.reshape(-1), code)
     return gx
 
 
@@ -107,7 +102,7 @@ def _rows(a, dim: int):
 def _along_dim_forward(x, dim: int, log: bool):
     y = backend.empty(x.shape, x.dtype, backend.array_module(x))
     rows = _rows(x, dim)
-    _launch(_kernels().softmax_fwd, rows.shape[0] * rows.shape[2], rows, _rows(y, dim), log)
+    _launch("softmax_fwd", rows.shape[0] * rows.shape[2], rows, _rows(y, dim), log)
     return y
 
 
@@ -115,7 +110,7 @@ def _along_dim_backward(g, x, dim: int, output, log: bool):
     y = _along_dim_forward(x, dim, log) if output is None else output
     gx = backend.empty(g.shape, g.dtype, backend.array_module(g))
     rows = _rows(g, dim)
-    _launch(_kernels().softmax_bwd, rows.shape[0] * rows.shape[2], rows, _rows(y, dim),
+    _launch("softmax_bwd", rows.shape[0] * rows.shape[2], rows, _rows(y, dim),
             _rows(gx, dim), log)
     return gx
 
@@ -151,7 +146,7 @@ def dropout(x, p, seed, offset, offset_delta):
         return x * x.dtype.type(0)
     k = _kernels()
     y = backend.empty(x.shape, x.dtype, xp)
-    _launch(k.dropout_fwd, -(-x.size // k.PHILOX_WORDS), _flat(x), y.reshape(-1),
+    _launch("dropout_fwd", -(-x.size // k.PHILOX_WORDS), _flat(x), y.reshape(-1),
             xp.asarray(k.philox_round_keys(philox_key(seed, offset, offset_delta))),
             _keep_threshold(p), x.dtype.type(1 / (1 - p)))
     return y

@@ -22,11 +22,12 @@ buffer stays under ``COL_BUFFER_ELEMENTS``.
 """
 from __future__ import annotations
 
+import functools
+
 from ... import backend
 from .. import register
-from . import DTYPES, is_available, launch
+from . import DTYPES, is_available, optional, run
 
-THREADS = 128
 # The im2col column buffer's size bound (elements): about 64 MiB of float32.
 COL_BUFFER_ELEMENTS = 1 << 24
 
@@ -35,12 +36,7 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _launch(name: str, n_threads: int, *args) -> None:
-    from . import _conv_kernels
-
-    blocks = max(1, -(-n_threads // THREADS))
-    launch(getattr(_conv_kernels, name), blocks, THREADS, *args)
-
+_launch = functools.partial(run, "conv")
 
 
 def _geometry(x, weight, stride, padding, dilation):
@@ -61,9 +57,9 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups):
     xp, (x, weight) = _prepare(x, weight)
     N, K, OH, OW = _geometry(x, weight, stride, padding, dilation)
     y = backend.empty((N, K, OH, OW), x.dtype, xp)
-    b = bias if bias is not None else xp.zeros(1, x.dtype)
+    b, has_bias = optional(bias, x)
     _launch("conv2d_fwd_direct", y.size, x, weight, b, y, *stride, *padding, *dilation, groups,
-            bias is not None)
+            has_bias)
     return y
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available
+from . import DTYPES, is_available, optional
 
 FPROP, DGRAD, WGRAD = 0, 1, 2
 # Matches _conv_igemm_kernels: 8 x 8 threads, 32 x 32 tiles.
@@ -32,15 +32,16 @@ def _geo(x_shape, w_shape, stride, padding, dilation, groups):
 
 
 def _run(pass_, a, b, out, bias, geo, M, NG, KG, ld, xp):
-    from . import _conv_igemm_kernels as k
+    from . import _conv_igemm_kernels as k, _numba
 
     groups = geo[15]
-    grid = (max(1, -(-NG // TILE)), max(1, -(-M // TILE)), groups)
-    has_bias = bias is not None
-    bias = bias if has_bias else xp.zeros(1, a.dtype)
+    # M tiles on x: gridDim.y and .z stop at 65,535 (M = N*P*Q passes 2 million rows).
+    grid = (max(1, -(-M // TILE)), max(1, -(-NG // TILE)), groups)
+    bias, has_bias = optional(bias, a)
     kernel = k.conv2d_igemm_f64 if a.dtype == np.float64 else k.conv2d_igemm_f32
-    kernel[grid, THREADS](pass_, a.reshape(-1), b.reshape(-1), out.reshape(-1), bias,
-                                  has_bias, xp.asarray(np.array(geo, np.int64)), M, NG, KG, ld)
+    _numba.launch(kernel, grid, THREADS, (pass_, a.reshape(-1), b.reshape(-1), out.reshape(-1),
+                                          bias, has_bias, xp.asarray(np.array(geo, np.int64)),
+                                          M, NG, KG, ld))
 
 
 def _nhwc(a, xp):

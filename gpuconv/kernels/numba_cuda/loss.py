@@ -9,20 +9,14 @@ fixed-order tree in CuPy on a GPU, NumPy under the simulator).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available, launch
+from . import DTYPES, is_available, run
 
-THREADS = 128
-
-
-def _launch(name: str, n_threads: int, *args) -> None:
-    from . import _loss_kernels
-
-    blocks = max(1, -(-n_threads // THREADS))
-    launch(getattr(_loss_kernels, name), blocks, THREADS, *args)
+_launch = functools.partial(run, "loss")
 
 
 def _class_inputs(x, target, weight):
@@ -60,7 +54,7 @@ def cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing):
     xp, x3, target2, w = _class_inputs(x, target, weight)
     losses = backend.empty(target2.shape, x.dtype, xp)
     _launch("cross_entropy_fwd_rows", losses.size, x3, target2, w, ignore_index,
-            label_smoothing, losses)
+            x.dtype.type(label_smoothing), losses)
     if reduction == "none":
         return losses.reshape(target.shape)
     total = losses.sum()
@@ -77,5 +71,5 @@ def cross_entropy_backward(grad_output, x, target, weight, ignore_index, reducti
     row_grads = _row_grads(xp, grad_output, target2, w, ignore_index, reduction)
     grad = backend.empty(x3.shape, x.dtype, xp)
     _launch("cross_entropy_bwd_rows", target2.size, row_grads, x3, target2, w, ignore_index,
-            label_smoothing, grad)
+            x.dtype.type(label_smoothing), grad)
     return grad.reshape(x.shape)

@@ -8,20 +8,14 @@ forms grad_input. A missing weight or bias is passed as ones or zeros.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available, launch
+from . import DTYPES, is_available, run
 
-THREADS = 128
-
-
-def _launch(name: str, n_threads: int, *args) -> None:
-    from . import _norm_kernels
-
-    blocks = max(1, -(-n_threads // THREADS))
-    launch(getattr(_norm_kernels, name), blocks, THREADS, *args)
+_launch = functools.partial(run, "norm")
 
 
 def _inputs(x, weight, bias):
@@ -49,8 +43,8 @@ def _stats(xp, x3, running_mean, running_var, training, eps, momentum=None):
     update = momentum is not None and running_mean is not None
     given = (running_mean, running_var) if update else (mean, inv_std)
     running = [xp.ascontiguousarray(a) for a in given]
-    _launch("batch_norm_fwd_stats", channels, x3, momentum or 0.0, update, *running,
-            x3.dtype.type(eps), mean, inv_std)
+    _launch("batch_norm_fwd_stats", channels, x3, x3.dtype.type(momentum or 0), update,
+            *running, x3.dtype.type(eps), mean, inv_std)
     for target, updated in zip(given, running):
         if updated is not target:
             target[...] = updated

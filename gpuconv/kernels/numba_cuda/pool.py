@@ -9,26 +9,22 @@ and summed in a fixed order (deterministic, no atomics).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ... import backend
 from .. import register
-from . import DTYPES, is_available, launch
+from . import DTYPES, is_available, run
 
 __all__ = ["NO_DIVISOR_OVERRIDE"]
 
-THREADS = 128
 # What the average-pooling kernels (here and in kernels/pool.cu) read as no divisor_override.
 NO_DIVISOR_OVERRIDE = 0
 # Below the CUDA C impls, which are the fast GPU path.
 PRIORITY = -10
 
-
-def _launch(name: str, n_threads: int, *args) -> None:
-    from . import _pool_kernels
-
-    blocks = max(1, -(-n_threads // THREADS))
-    launch(getattr(_pool_kernels, name), blocks, THREADS, *args)
+_launch = functools.partial(run, "pool")
 
 
 def _register(op: str):

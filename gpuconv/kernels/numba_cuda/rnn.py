@@ -9,24 +9,25 @@ from __future__ import annotations
 
 from .. import register
 from .._rnn_loop import Cell, cell_impls, empty_like
-from . import DTYPES, is_available, launch
-
-THREADS = 128
-# Grid-stride kernels need no more blocks than this to fill any current GPU.
-MAX_BLOCKS = 1 << 16
+from . import DTYPES, is_available, optional, run
 
 
 def _launch(name: str, like, *args) -> None:
     """Run kernel ``name`` with one thread per element of the (B, H) array ``like``."""
-    from . import _rnn_kernels
+    run("rnn", name, like.size, *args, grid_stride=True)
 
-    blocks = min(MAX_BLOCKS, max(1, -(-like.size // THREADS)))
-    launch(getattr(_rnn_kernels, name), blocks, THREADS, *args)
+
+def _biases(b_ih, b_hh, like) -> tuple:
+    """The biases as the kernels take them: (b_ih, b_hh, has_b_ih, has_b_hh)."""
+    (b_ih, has_ih), (b_hh, has_hh) = optional(b_ih, like), optional(b_hh, like)
+    return b_ih, b_hh, has_ih, has_hh
 
 
 def _lstm_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
     (_, c_prev), (h, c), (gates, tanh_c) = prev, nxt, saved
-    _launch("lstm_cell_fwd_pointwise", h, gi, gh, b_ih, b_hh, c_prev, h, c, gates, tanh_c)
+    b_ih, b_hh, has_ih, has_hh = _biases(b_ih, b_hh, h)
+    _launch("lstm_cell_fwd_pointwise", h, gi, gh, b_ih, b_hh, c_prev, h, c, gates, tanh_c,
+            has_ih, has_hh)
 
 
 def _lstm_backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
@@ -39,7 +40,9 @@ def _lstm_backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):
 
 def _gru_forward(gi, gh, b_ih, b_hh, prev, nxt, saved):
     (h_prev,), (h,), (gates, gh_n) = prev, nxt, saved
-    _launch("gru_cell_fwd_pointwise", h, gi, gh, b_ih, b_hh, h_prev, h, gates, gh_n)
+    b_ih, b_hh, has_ih, has_hh = _biases(b_ih, b_hh, h)
+    _launch("gru_cell_fwd_pointwise", h, gi, gh, b_ih, b_hh, h_prev, h, gates, gh_n, has_ih,
+            has_hh)
 
 
 def _gru_backward(grad_nxt, grad_out, prev, nxt, saved, grad_gi, grad_gh):

@@ -16,7 +16,7 @@ import math
 
 from ... import backend
 from .._rnn_loop import _layer_weights
-from . import simulator_enabled
+from . import optional, simulator_enabled
 
 THREADS = 128
 # numba launches with at most this much dynamic shared memory per block by default.
@@ -34,11 +34,10 @@ def kernel_arguments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int) -> tuple:
     cs = backend.empty((T + 1, B, H), x.dtype, xp)
     hs[0], cs[0] = h0, c0
     out = backend.empty((T, B, H), x.dtype, xp)
-    use_bias = b_ih is not None
-    # numba cannot pass None: a bias-free layer passes a one-element array it never reads
-    dummy = xp.zeros(1, x.dtype)
-    args = (gi, xp.ascontiguousarray(w_hh), b_ih if use_bias else dummy,
-            b_hh if use_bias else dummy, use_bias, hs, cs, out, units, x.dtype.type(1))
+    # the registry gives both biases or neither
+    (b_ih, use_bias), (b_hh, _) = optional(b_ih, x), optional(b_hh, x)
+    args = (gi, xp.ascontiguousarray(w_hh), b_ih, b_hh, use_bias, hs, cs, out, units,
+            x.dtype.type(1))
     return args, (out, hs, cs)
 
 
@@ -46,8 +45,9 @@ def _units(H: int) -> int:
     """Hidden units per tile: one tile per SM on a GPU; one tile in the simulator."""
     if simulator_enabled():
         return H
-    from numba import cuda
-    return math.ceil(H / cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    from . import _numba
+
+    return math.ceil(H / _numba.multiprocessor_count())
 
 
 def _grid(kernel, args, H: int, units: int, itemsize: int) -> tuple[int, int]:
@@ -56,21 +56,35 @@ def _grid(kernel, args, H: int, units: int, itemsize: int) -> tuple[int, int]:
     tiles = math.ceil(H / units)
     tile_bytes = 4 * units * H * itemsize
     if simulator_enabled():
-        blocks = 1
-    else:
-        overload = next(iter(kernel.specialize(*args).overloads.values()))
-        blocks = min(tiles, overload.max_cooperative_grid_blocks(THREADS, tile_bytes))
-    shared = math.ceil(tiles / blocks) * tile_bytes
+        return 1, _checked_shared(tiles * tile_bytes, H)
+    from . import _numba
+
+    # Blocks own ceil(tiles / blocks) tiles each, so the shared memory, and with it the
+    # number of resident blocks, depends on the block count: shrink until they agree.
+    blocks = tiles
+    while True:
+        shared = _checked_shared(math.ceil(tiles / blocks) * tile_bytes, H)
+        resident = _numba.cooperative_grid_blocks(kernel, args, THREADS, shared)
+        if resident >= blocks:
+            return blocks, shared
+        if resident < 1:
+            raise ValueError(f"lstm (numba_cuda_persistent): no block with {shared} bytes of "
+                             f"shared memory is resident; hidden size {H} is too large")
+        blocks = resident
+
+
+def _checked_shared(shared: int, H: int) -> int:
     if shared > MAX_SHARED_BYTES:
         raise ValueError(f"lstm (numba_cuda_persistent): each block's rows of W_hh take "
                          f"{shared} bytes of shared memory, more than {MAX_SHARED_BYTES}; "
                          f"hidden size {H} is too large for this readable kernel")
-    return blocks, shared
+    return shared
 
 
 def lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int | None = None):
     """One layer, one direction, x (T, B, I) in the order it is read: (out (T, B, H), h_n,
     c_n). ``units``: hidden units per tile (tests split a small layer; default: _units)."""
+    from . import _numba
     from ._rnn_persistent_kernels import lstm_fwd_persistent
 
     kernel = lstm_fwd_persistent(x.dtype)
@@ -78,7 +92,7 @@ def lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units: int | None = None):
     units = units or _units(H)
     args, (out, hs, cs) = kernel_arguments(x, h0, c0, w_ih, w_hh, b_ih, b_hh, units)
     blocks, shared = _grid(kernel, args, H, units, x.dtype.itemsize)
-    kernel[blocks, THREADS, 0, shared](*args)
+    _numba.launch(kernel, blocks, THREADS, args, shared_mem=shared)
     return out, hs[-1], cs[-1]
 
 
