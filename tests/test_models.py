@@ -21,7 +21,14 @@ MODELS = [
     ("cnn1d", dict(), (4, 1, 40)),
     ("lstm_classifier", dict(hidden_size=8), (4, 1, 40)),
     ("gru_classifier", dict(hidden_size=8, num_layers=2, bidirectional=True), (4, 1, 40)),
+    ("alexnet_small", dict(widths=(8, 8, 8, 8, 8), hidden=16), (4, 3, 32, 32)),
+    ("alexnet_small", dict(in_channels=1, widths=(4, 4, 4, 4, 4), input_size=20), (2, 1, 20, 20)),
+    ("inception_small", dict(stem_channels=8, blocks=((4, 4, 4, 2, 2, 2), (4, 4, 6, 2, 2, 2),
+                                                      (4, 2, 4, 2, 2, 2))), (4, 3, 32, 32)),
+    ("embedding_lstm", dict(num_embeddings=12, embedding_dim=8, hidden_size=8), (4, 5)),
 ]
+# Models that read token ids: (N, T) integers, no input gradient.
+TEXT_MODELS = ("embedding_lstm",)
 
 
 def _params():
@@ -29,13 +36,20 @@ def _params():
             enumerate(MODELS)]
 
 
+def _input(name, kwargs, shape, rng):
+    if name in TEXT_MODELS:
+        return rng.integers(0, kwargs["num_embeddings"], shape)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 @pytest.mark.parametrize("name, kwargs, shape", _params())
 def test_output_shape(name, kwargs, shape):
     model = models.get_model(name, num_classes=7, **kwargs)
-    x = rng_for("shape", name).standard_normal(shape).astype(np.float32)
+    x = _input(name, kwargs, shape, rng_for("shape", name))
     out = model(x)
     assert out.shape == (shape[0], 7) and out.dtype == np.float32
-    assert model.backward(np.ones_like(out)).shape == shape
+    grad_x = model.backward(np.ones_like(out))
+    assert grad_x is None if name in TEXT_MODELS else grad_x.shape == shape
 
 
 @pytest.mark.parametrize("name, kwargs, shape", _params())
@@ -43,8 +57,8 @@ def test_a_few_sgd_steps_lower_the_loss(name, kwargs, shape):
     nn.manual_seed(0)
     model = models.get_model(name, **kwargs)
     rng = rng_for("sgd", name, shape)
-    x = rng.standard_normal(shape).astype(np.float32)
-    y = rng.integers(0, 10, shape[0])
+    x = _input(name, kwargs, shape, rng)
+    y = rng.integers(0, model(x).shape[1], shape[0])
     loss_fn = nn.CrossEntropyLoss()
     losses = []
     for _ in range(6):
@@ -127,6 +141,89 @@ def test_resnet_input_gradient_matches_finite_differences():
     model(x)
     gx = model.backward(g)
     assert rel_err(gx, numerical_grad(lambda: float(np.sum(model(x) * g)), x)) <= FD_TOL
+
+
+def _check_model_grads(model, x, g, params=None) -> None:
+    """The gradients of the named parameters (default: all), and the input's when x is a
+    float array, against central finite differences of sum(model(x) * g). Checking the
+    first layer's weights covers every layer's backward on the way there."""
+    model(x)
+    grad_x = model.backward(g)
+    named = dict(model.named_parameters())
+    chosen = {n: named[n] for n in (params or named)}
+    analytic = {n: p.grad for n, p in chosen.items()}
+    inputs = {n: p.data for n, p in chosen.items()}
+    if grad_x is not None:
+        analytic["input"], inputs["input"] = grad_x, x
+    check_grads(lambda: float(np.sum(model(x) * g)), analytic, inputs)
+
+
+def test_alexnet_small_backward_matches_finite_differences():
+    # Training mode without dropout (its masks would change between evaluations).
+    model = models.alexnet_small(num_classes=3, in_channels=1, widths=(2, 3, 2, 2, 2),
+                                 hidden=3, dropout=0.0, input_size=7, dtype=np.float64)
+    rng = rng_for("alexnet-fd")
+    _check_model_grads(model, rng.standard_normal((1, 1, 7, 7)), rng.standard_normal((1, 3)),
+                       ["features.conv1.weight", "features.conv1.bias",
+                        "classifier.fc3.weight"])
+
+
+def test_alexnet_small_has_lrn_overlapping_pools_and_dropout():
+    model = models.alexnet_small()
+    layers = dict(model.features.named_children())
+    assert layers["conv1"].kernel_size == (5, 5) and layers["conv1"].stride == (2, 2)
+    assert isinstance(layers["norm1"], nn.LocalResponseNorm) and layers["norm2"].size == 5
+    assert all(layers[p].kernel_size == 3 and layers[p].stride == 2
+               for p in ("pool1", "pool2", "pool5"))
+    assert sum(isinstance(m, nn.Dropout) for m in model.classifier) == 2
+    assert model.classifier.fc1.weight.shape == (256, 64 * 2 * 2)
+
+
+def test_inception_small_backward_matches_finite_differences():
+    # Eval mode: in training mode BatchNorm normalises a per-channel shift away, so some
+    # gradients are exactly zero and finite differences see only their rounding noise.
+    model = models.inception_small(num_classes=2, in_channels=1, stem_channels=2,
+                                   blocks=((1, 1, 2, 1, 1, 1), (1, 1, 1, 1, 1, 1)),
+                                   dtype=np.float64).eval()
+    rng = rng_for("inception-fd")
+    _check_model_grads(model, rng.standard_normal((2, 1, 5, 5)), rng.standard_normal((2, 2)),
+                       ["stem.conv.weight", "inception1.branch3.1.conv.weight", "fc.weight"])
+
+
+def test_inception_block_concatenates_its_four_branches_on_channels():
+    from gpuconv.models.inception import inception_block
+    block = inception_block(6, 2, 3, 4, 1, 5, 3)
+    assert [n for n, _ in block.named_children()] == ["branch1", "branch2", "branch3", "branch4"]
+    assert block.branch3[1].conv.kernel_size == (5, 5) and block.branch2[0].conv.kernel_size == (1, 1)
+    x = rng_for("inception-block").standard_normal((2, 6, 7, 7)).astype(np.float32)
+    out = block(x)
+    assert out.shape == (2, 2 + 4 + 5 + 3, 7, 7)
+    np.testing.assert_array_equal(out[:, 2:6], block.branch2(x))
+
+
+def test_embedding_lstm_backward_matches_finite_differences():
+    model = models.embedding_lstm(num_classes=3, num_embeddings=6, embedding_dim=2,
+                                  hidden_size=3, dtype=np.float64)
+    rng = rng_for("embedding-lstm-fd")
+    tokens = rng.integers(1, 6, (3, 4))     # no padding token: its row gets no gradient
+    _check_model_grads(model, tokens, rng.standard_normal((3, 3)))
+
+
+def test_embedding_lstm_padding_row_gets_no_gradient():
+    model = models.embedding_lstm(num_classes=3, num_embeddings=6, embedding_dim=2,
+                                  hidden_size=3)
+    tokens = np.array([[0, 0, 3, 4], [0, 5, 1, 2]])
+    model.backward(np.ones_like(model(tokens)))
+    grad = model.embedding.weight.grad
+    assert not np.any(grad[0]) and np.all(np.any(grad[1:], axis=1))
+
+
+def test_embedding_lstm_rejects_anything_but_token_ids():
+    model = models.embedding_lstm()
+    with pytest.raises(ValueError, match=r"token ids \(N, T\)"):
+        model(np.zeros((2, 1, 5), np.int64))
+    with pytest.raises(TypeError, match="integer"):
+        model(np.zeros((2, 5), np.float32))
 
 
 # --------------------------------------------------------------------------- torch replicas

@@ -32,7 +32,7 @@ __all__ = ["Impl", "register", "implementations", "available", "ops", "select", 
 
 KINDS = ("reference", "numpy_impl", "numba_cuda", "cuda_c")
 FAMILIES = ("conv", "conv_igemm", "pool", "activation", "linear", "loss", "norm", "rnn",
-            "rnn_persistent", "optim")
+            "rnn_persistent", "optim", "kmeans")
 
 Priority = Union[int, Callable[..., int]]
 
