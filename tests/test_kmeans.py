@@ -239,6 +239,35 @@ def test_kmeans_on_cupy_arrays_returns_cupy_arrays_like_numpys_result():
     assert abs(ours.inertia - host.inertia) <= TOL["float32"] * host.inertia
 
 
+# --------------------------------------------------------------------------- gpuconv bench kmeans
+
+def test_kmeans_fit_flops_count_every_assignment_and_update():
+    from gpuconv.benchmark.kmeans import _pass
+    p = _pass({"label": "b", "k": 5}, 300, 4, 7)
+    assert p.flops == 8 * 2 * 300 * 5 * 4 + 7 * 300 * 4
+    assert p.bytes(4) == 4 * 15 * 300 * 4 + 8 * 8 * 300
+
+
+def _quick_kmeans_report(device: str):
+    from gpuconv import benchmark
+    return benchmark.run(["kmeans"], quick=True, device=device, log=lambda s: None)
+
+
+def test_quick_kmeans_bench_times_each_impl_beside_sklearn_with_a_ratio():
+    rows = _quick_kmeans_report("cpu")["rows"]
+    assert {(r["source"], r["impl"]) for r in rows} == {
+        ("gpuconv", "reference"), ("gpuconv", "numpy"), ("sklearn", "sklearn_lloyd")}
+    assert all(r["correct"] and r["ratio_to_best_reference"] > 0 for r in rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs CuPy and a GPU (or the emulator)")
+def test_quick_gpu_kmeans_bench_checks_the_cuda_impl():
+    rows = _quick_kmeans_report("cuda")["rows"]
+    assert {"cuda", "sklearn_lloyd"} <= {r["impl"] for r in rows}
+    assert all(r["correct"] for r in rows), [r for r in rows if not r["correct"]]
+
+
 # --------------------------------------------------------------------------- bad input
 
 def _x():

@@ -4,12 +4,18 @@ k-means centres). Written once for any array module (NumPy under numba's simulat
 """
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from .. import backend
 
-__all__ = ["positions_by_key", "segment_tiles"]
+__all__ = ["positions_by_key", "segment_tiles", "TiledSegments", "tiled_segments",
+           "TILE_POSITIONS"]
 
 # Sort keys are key * positions + position in int64.
 SORT_KEY_LIMIT = 2 ** 63
+# Positions per tile: enough tiles to fill a GPU from about 10^5 positions on, and short
+# serial sums per thread.
+TILE_POSITIONS = 256
 
 
 def positions_by_key(keys, num_keys: int, op: str):
@@ -44,3 +50,19 @@ def segment_tiles(start, tile: int):
     tiles = int(tile_start[-1])
     tile_segment = xp.searchsorted(tile_start, xp.arange(tiles, dtype=xp.int64), side="right") - 1
     return tile_start, tile_segment.astype(xp.int64, copy=False), tiles
+
+
+class TiledSegments(NamedTuple):
+    """The positions grouped by key and each key's run cut into tiles (int64 arrays)."""
+
+    order: Any          # positions sorted by (key, position)
+    start: Any          # (num_keys + 1,) where each key's run starts in ``order``
+    tile_start: Any     # (num_keys + 1,) where each key's tiles start
+    tile_segment: Any   # (tiles,) the key of each tile
+    tiles: int
+
+
+def tiled_segments(keys, num_keys: int, op: str, tile: int = TILE_POSITIONS) -> TiledSegments:
+    """:func:`positions_by_key`, then :func:`segment_tiles` of its runs."""
+    order, start = positions_by_key(keys, num_keys, op)
+    return TiledSegments(order, start, *segment_tiles(start, tile))

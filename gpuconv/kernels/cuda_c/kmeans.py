@@ -4,7 +4,7 @@ fused distance + argmin kernel) and the deterministic segmented update.
 Registry contract as every k-means impl (see ``gpuconv/kernels/reference/kmeans.py``).
 The GEMM's (rows, k) output is the only temporary of the assignment; it is computed for
 blocks of rows so that it stays under ``DOTS_ELEMENTS``. The update sorts the positions by
-label on the device, cuts each cluster's run into tiles of ``TILE_POINTS`` points, sums
+label on the device, cuts each cluster's run into tiles of ``TILE_POSITIONS`` points, sums
 each tile (a block per tile), then each cluster's tiles in order (a block per cluster).
 """
 from __future__ import annotations
@@ -13,16 +13,13 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from .._segments import positions_by_key, segment_tiles
+from .._segments import TILE_POSITIONS, tiled_segments
 from . import DTYPES, MAX_BLOCKS, entry_point, gpu_op, launch, run_threads
 
 FAMILY = "kmeans"
 WARP = 32
 # Dot products per GEMM block (256 MiB of float64 at most).
 DOTS_ELEMENTS = 1 << 25
-# Points per tile of the update: enough tiles to fill the GPU for n >~ 10^5, short serial
-# sums per thread.
-TILE_POINTS = 256
 
 
 def _feature_threads(d: int) -> int:
@@ -59,16 +56,15 @@ def kmeans_update(x, labels, k):
     cp = backend.cupy_or_none()
     d = x.shape[1]
     x = cp.ascontiguousarray(x)
-    order, seg_start = positions_by_key(labels, k, "kmeans_update")
-    tile_start, tile_cluster, tiles = segment_tiles(seg_start, TILE_POINTS)
-    partial = backend.empty((tiles, d), np.float64, cp)
+    seg = tiled_segments(labels, k, "kmeans_update")
+    partial = backend.empty((seg.tiles, d), np.float64, cp)
     sums = backend.empty((k, d), x.dtype, cp)
     threads = _feature_threads(d)
-    if tiles:
+    if seg.tiles:
         launch(FAMILY, entry_point("kmeans_update_tile_sums", x.dtype),
-               (min(MAX_BLOCKS, tiles),), (threads,),
-               (x, order, seg_start, tile_start, tile_cluster, np.int64(tiles),
-                np.int64(TILE_POINTS), np.int32(d), partial))
+               (min(MAX_BLOCKS, seg.tiles),), (threads,),
+               (x, seg.order, seg.start, seg.tile_start, seg.tile_segment, np.int64(seg.tiles),
+                np.int64(TILE_POSITIONS), np.int32(d), partial))
     launch(FAMILY, entry_point("kmeans_update_cluster_sums", x.dtype), (min(MAX_BLOCKS, k),),
-           (threads,), (partial, tile_start, np.int32(k), np.int32(d), sums))
-    return sums, seg_start[1:] - seg_start[:-1]
+           (threads,), (partial, seg.tile_start, np.int32(k), np.int32(d), sums))
+    return sums, seg.start[1:] - seg.start[:-1]

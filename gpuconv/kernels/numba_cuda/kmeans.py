@@ -12,11 +12,10 @@ import numpy as np
 
 from ... import backend
 from .. import register
-from .._segments import positions_by_key, segment_tiles
+from .._segments import TILE_POSITIONS, tiled_segments
 from . import DTYPES, is_available
 
 THREADS = 128
-TILE_POINTS = 256
 
 
 def _launch(name: str, n_threads: int, *args) -> None:
@@ -47,12 +46,11 @@ def kmeans_update(x, labels, k):
     xp = backend.array_module(x)
     d = x.shape[1]
     x = xp.ascontiguousarray(x)
-    order, seg_start = positions_by_key(labels, k, "kmeans_update")
-    tile_start, tile_cluster, tiles = segment_tiles(seg_start, TILE_POINTS)
-    partial = backend.empty((tiles, d), np.float64, xp)
+    seg = tiled_segments(labels, k, "kmeans_update")
+    partial = backend.empty((seg.tiles, d), np.float64, xp)
     sums = backend.empty((k, d), x.dtype, xp)
-    if tiles:
-        _launch("update_tile_sums", tiles * d, x, order, seg_start, tile_start, tile_cluster,
-                np.int64(TILE_POINTS), partial)
-    _launch("update_cluster_sums", k * d, partial, tile_start, sums)
-    return sums, seg_start[1:] - seg_start[:-1]
+    if seg.tiles:
+        _launch("update_tile_sums", seg.tiles * d, x, seg.order, seg.start, seg.tile_start,
+                seg.tile_segment, np.int64(TILE_POSITIONS), partial)
+    _launch("update_cluster_sums", k * d, partial, seg.tile_start, sums)
+    return sums, seg.start[1:] - seg.start[:-1]
