@@ -35,6 +35,7 @@ class StepCase(NamedTuple):
 
 
 STEP_CASES = {
+    "no-points": StepCase(0, 3, 2),
     "one-point": StepCase(1, 3, 1),
     "one-feature": StepCase(37, 1, 4),
     "few-centres-thread-per-row": StepCase(101, 5, 7),
@@ -303,7 +304,7 @@ def test_bad_arguments_are_clear_errors(call, error, match):
 
 @pytest.mark.skipif(not simulator_enabled(), reason="runs under NUMBA_ENABLE_CUDASIM=1")
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["one-point", "few-centres-thread-per-row",
+@pytest.mark.parametrize("name", ["no-points", "one-point", "few-centres-thread-per-row",
                                   "several-tiles-per-cluster"])
 def test_numba_cuda_steps_match_the_reference_under_the_simulator(name, dtype):
     case = STEP_CASES[name]

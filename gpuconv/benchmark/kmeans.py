@@ -2,7 +2,8 @@
 ``KMeans`` (Lloyd, on the CPU) and cuML's (on a GPU, where it is installed).
 
 Every fit of a case starts from the same k-means++ centres, with ``tol=0`` and the case's
-``max_iter``, so all of them run the same iterations. Each row's result is checked first:
+``max_iter``, so all of them run the same iterations (``iterations`` in each row: those of
+the reference fit, which stops earlier only when no label changes). Each row's result is checked first:
 its inertia against scikit-learn's fit in float64 on the same data (relative error within
 the dtype's tolerance). Cases (``bench/suites/kmeans.json``): ``n`` points in ``d``
 dimensions drawn around ``k`` random centres (``data: "blobs"``), or scikit-learn's 8x8
@@ -22,7 +23,7 @@ from .. import backend, kernels
 from .cases import Pass
 from .timing import time_call
 
-BLOBS_SPREAD = 10.0   # centres uniform in [-10, 10]^d, points N(centre, 1)
+BLOBS_SPREAD = 1.0  # centres uniform in [-1, 1]^d, points N(centre, 1): overlapping
 DTYPES = {"float32": np.float32}
 
 
@@ -101,7 +102,8 @@ def kmeans_rows(cases: list, device: str, dtype: str, impls, ceilings: dict, qui
             result = fit(*sets[0])
             err = abs(inertia_of(result) - ref_inertia) / ref_inertia
             timing = time_call(fit, sets, dev, quick)
-            case_rows.append(_row(case, p, source, impl, dtype, device, timing, err, ceilings, 4))
+            row = _row(case, p, source, impl, dtype, device, timing, err, ceilings, 4)
+            case_rows.append({**row, "iterations": iters})
 
         for impl in kernels.available("kmeans_assign", x):
             if impls and impl not in impls:

@@ -1,9 +1,10 @@
 """Fast CPU k-means steps (contract: :mod:`gpuconv.kernels.reference.kmeans`).
 
 ``kmeans_assign`` expands ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2: one BLAS GEMM per block
-of points, then the argmin of ||c||^2 - 2 x.c over each row. ``kmeans_update`` is a numba
-loop that adds each point into its cluster's row in position order, in float64: no sort
-and a fixed order, so the sums are the same on every run.
+of points for the dot products, then a numba loop (the CPU twin of the GPU's fused kernel)
+that completes each row's distances and takes their argmin in one pass over the block.
+``kmeans_update`` is a numba loop that adds each point into its cluster's row in position
+order, in float64: no sort and a fixed order, so the sums are the same on every run.
 """
 from __future__ import annotations
 
@@ -17,22 +18,36 @@ from .. import register
 _BLOCK_ELEMENTS = 1 << 23
 
 
-@register("kmeans_assign", "numpy")
+@njit(cache=True)
+def _nearest(dots, c_sq_norms, x_sq_norms, labels, sq_dist):
+    """Per row i: the j of the smallest ||c_j||^2 - 2 dots[i, j] (the first on ties) and
+    ||x_i||^2 plus that, clamped at 0 (rounding can dip below 0 for a point on a centre)."""
+    for i in range(dots.shape[0]):
+        # dots + dots, not 2 * dots: the same rounding as -2 x.c + ||c||^2, in the dtype.
+        best = c_sq_norms[0] - (dots[i, 0] + dots[i, 0])
+        nearest = 0
+        for j in range(1, dots.shape[1]):
+            value = c_sq_norms[j] - (dots[i, j] + dots[i, j])
+            if value < best:
+                best = value
+                nearest = j
+        distance = best + x_sq_norms[i]
+        labels[i] = nearest
+        sq_dist[i] = distance if distance > 0 else 0
+
+
+# numba has no float16 on the CPU; other dtypes fall back to the reference.
+@register("kmeans_assign", "numpy", dtypes=("float32", "float64"))
 def kmeans_assign(x, centers, x_sq_norms):
     n, k = x.shape[0], centers.shape[0]
     c_sq_norms = np.einsum("kd,kd->k", centers, centers)
+    x_sq_norms = np.ascontiguousarray(x_sq_norms)
     labels = np.empty(n, np.int64)
     sq_dist = backend.empty((n,), x.dtype)
     block = max(1, _BLOCK_ELEMENTS // k)
     for start in range(0, n, block):
         rows = slice(start, start + block)
-        scores = x[rows] @ centers.T                              # (block, k) dot products
-        scores *= -2
-        scores += c_sq_norms                                      # ||c||^2 - 2 x.c
-        nearest = np.argmin(scores, axis=1)
-        labels[rows] = nearest
-        best = scores[np.arange(len(nearest)), nearest] + x_sq_norms[rows]
-        sq_dist[rows] = np.maximum(best, 0)                       # rounding can dip below 0
+        _nearest(x[rows] @ centers.T, c_sq_norms, x_sq_norms[rows], labels[rows], sq_dist[rows])
     return labels, sq_dist
 
 
