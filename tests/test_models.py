@@ -6,7 +6,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from gpuconv import models, nn
+from gpuconv import backend, models, nn
 from support import FD_TOL, assert_close, check_grads, numerical_grad, rel_err, rng_for
 
 # (name, factory kwargs, input shape); small widths keep the CPU steps fast.
@@ -168,6 +168,43 @@ def test_alexnet_small_backward_matches_finite_differences():
                         "classifier.fc3.weight"])
 
 
+# Tiny configurations of the new models for the GPU check (input shape after the kwargs).
+GPU_MODELS = {
+    "alexnet_small": (dict(widths=(4, 4, 4, 4, 4), hidden=8, dropout=0.0, input_size=9),
+                      (2, 3, 9, 9)),
+    "inception_small": (dict(stem_channels=4, blocks=((2, 2, 2, 1, 2, 2), (2, 1, 2, 1, 1, 1))),
+                        (2, 3, 6, 6)),
+    "embedding_lstm": (dict(num_embeddings=7, embedding_dim=3, hidden_size=4), (2, 5)),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy (or the emulator)")
+@pytest.mark.parametrize("name", GPU_MODELS)
+def test_new_model_on_the_gpu_matches_the_cpu(name):
+    # float64 on both sides: the kernels' arithmetic is checked, not float32's rounding
+    # (a BatchNorm weight's gradient is a sum that cancels).
+    kwargs, shape = GPU_MODELS[name]
+    nn.manual_seed(0)
+    model = models.get_model(name, num_classes=3, dtype=np.float64, **kwargs)
+    rng = rng_for("gpu-model", name)
+    x = _input(name, kwargs, shape, rng)
+    x = x if name in TEXT_MODELS else x.astype(np.float64)
+    g = rng.standard_normal((shape[0], 3))
+    out, grad_x = model(x), model.backward(g)
+    grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.to("cuda")
+    out_gpu = model(backend.to_device(x, "cuda"))
+    grad_x_gpu = model.backward(backend.to_device(g, "cuda"))
+    assert_close(out_gpu, out, "float64", "logits")
+    if grad_x is not None:
+        assert_close(grad_x_gpu, grad_x, "float64", "input gradient")
+    for n, p in model.named_parameters():
+        assert backend.device_of(p.grad) == "cuda"
+        assert_close(p.grad, grads[n], "float64", n)
+
+
 def test_alexnet_small_has_lrn_overlapping_pools_and_dropout():
     model = models.alexnet_small()
     layers = dict(model.features.named_children())
@@ -258,4 +295,40 @@ def test_model_matches_its_torch_replica(ours, replica, shape):
         [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
     model.load_state_dict(theirs.state_dict())
     x = rng_for("replica", shape).standard_normal(shape).astype(np.float32)
+    assert_close(model(x), theirs(torch.from_numpy(x)).detach().numpy(), "float32")
+
+
+def _torch_alexnet_small(tnn):
+    """alexnet_small's layers in torch.nn, with the same names (LRN as torch computes it)."""
+    def lrn():
+        return tnn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
+    def pool():
+        return tnn.MaxPool2d(3, stride=2, padding=1)
+
+    return tnn.Sequential(OrderedDict([
+        ("features", tnn.Sequential(OrderedDict([
+            ("conv1", tnn.Conv2d(3, 32, 5, stride=2, padding=2)), ("relu1", tnn.ReLU()),
+            ("norm1", lrn()), ("pool1", pool()),
+            ("conv2", tnn.Conv2d(32, 64, 5, padding=2)), ("relu2", tnn.ReLU()),
+            ("norm2", lrn()), ("pool2", pool()),
+            ("conv3", tnn.Conv2d(64, 96, 3, padding=1)), ("relu3", tnn.ReLU()),
+            ("conv4", tnn.Conv2d(96, 96, 3, padding=1)), ("relu4", tnn.ReLU()),
+            ("conv5", tnn.Conv2d(96, 64, 3, padding=1)), ("relu5", tnn.ReLU()),
+            ("pool5", pool())]))),
+        ("flatten", tnn.Flatten()),
+        ("classifier", tnn.Sequential(OrderedDict([
+            ("drop1", tnn.Dropout(0.5)), ("fc1", tnn.Linear(256, 256)), ("relu1", tnn.ReLU()),
+            ("drop2", tnn.Dropout(0.5)), ("fc2", tnn.Linear(256, 256)), ("relu2", tnn.ReLU()),
+            ("fc3", tnn.Linear(256, 10))])))]))
+
+
+def test_alexnet_small_matches_its_torch_replica_in_eval_mode():
+    torch = pytest.importorskip("torch")
+    theirs = _torch_alexnet_small(torch.nn).eval()
+    model = models.alexnet_small().eval()
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
+    model.load_state_dict(theirs.state_dict())
+    x = rng_for("alexnet-replica").standard_normal((3, 3, 32, 32)).astype(np.float32)
     assert_close(model(x), theirs(torch.from_numpy(x)).detach().numpy(), "float32")
