@@ -5,27 +5,19 @@ global of the kernels, and importing numba.cuda must wait until a kernel is laun
 """
 from numba import cuda
 
+from .._kmeans_rows import nearest_centre
+
+
+_nearest_centre = cuda.jit(device=True)(nearest_centre)
+
 
 @cuda.jit
 def assign_argmin_rows(dots, c_sq_norms, x_sq_norms, labels, sq_dist):
-    """Thread = one point i: the j of the smallest ||c_j||^2 - 2 dots[i, j] (the first on
-    ties) and the squared distance ||x_i||^2 + that, clamped at 0."""
+    """Thread = one point i: its nearest centre and squared distance
+    (gpuconv/kernels/_kmeans_rows.py)."""
     i = cuda.grid(1)
-    if i >= dots.shape[0]:
-        return
-    # dots + dots, not 2 * dots: an integer literal would promote float32 to float64.
-    best = c_sq_norms[0] - (dots[i, 0] + dots[i, 0])
-    nearest = 0
-    for j in range(1, dots.shape[1]):
-        value = c_sq_norms[j] - (dots[i, j] + dots[i, j])
-        if value < best:
-            best = value
-            nearest = j
-    distance = best + x_sq_norms[i]
-    if distance < 0:
-        distance -= distance  # rounding dipped below 0: exactly 0, in the array's type
-    labels[i] = nearest
-    sq_dist[i] = distance
+    if i < dots.shape[0]:
+        labels[i], sq_dist[i] = _nearest_centre(dots, c_sq_norms, x_sq_norms, i)
 
 
 @cuda.jit

@@ -13,27 +13,19 @@ from numba import njit
 
 from ... import backend
 from .. import register
+from .._kmeans_rows import nearest_centre
 
 # Dot products per GEMM block (64 MiB of float64 at most).
 _BLOCK_ELEMENTS = 1 << 23
 
 
+_nearest_centre = njit(cache=True)(nearest_centre)
+
+
 @njit(cache=True)
 def _nearest(dots, c_sq_norms, x_sq_norms, labels, sq_dist):
-    """Per row i: the j of the smallest ||c_j||^2 - 2 dots[i, j] (the first on ties) and
-    ||x_i||^2 plus that, clamped at 0 (rounding can dip below 0 for a point on a centre)."""
     for i in range(dots.shape[0]):
-        # dots + dots, not 2 * dots: the same rounding as -2 x.c + ||c||^2, in the dtype.
-        best = c_sq_norms[0] - (dots[i, 0] + dots[i, 0])
-        nearest = 0
-        for j in range(1, dots.shape[1]):
-            value = c_sq_norms[j] - (dots[i, j] + dots[i, j])
-            if value < best:
-                best = value
-                nearest = j
-        distance = best + x_sq_norms[i]
-        labels[i] = nearest
-        sq_dist[i] = distance if distance > 0 else 0
+        labels[i], sq_dist[i] = _nearest_centre(dots, c_sq_norms, x_sq_norms, i)
 
 
 # numba has no float16 on the CPU; other dtypes fall back to the reference.
