@@ -205,6 +205,33 @@ def test_new_model_on_the_gpu_matches_the_cpu(name):
         assert_close(p.grad, grads[n], "float64", n)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy (or the emulator)")
+@pytest.mark.parametrize("name", GPU_MODELS)
+def test_new_model_trains_with_fit_on_the_gpu(name):
+    # fit captures the step as a CUDA graph where it can (alexnet_small, inception_small)
+    # and runs it eagerly where it cannot (embedding_lstm: Embedding checks on the host).
+    from gpuconv import data, optim
+    from gpuconv.train import fit
+
+    kwargs, shape = GPU_MODELS[name]
+    nn.manual_seed(0)
+    model = models.get_model(name, num_classes=3, **kwargs).to("cuda")
+    rng = rng_for("gpu-fit", name)
+    x = _input(name, kwargs, (32,) + shape[1:], rng)
+    train_set = data.ArrayDataset(x, rng.integers(0, 3, 32))
+    history = fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3),
+                  data.DataLoader(train_set, 8, shuffle=True, seed=0, device="cuda"),
+                  epochs=2, progress=False)
+    assert np.all(np.isfinite(history.train_loss)) and len(history.train_loss) == 2
+
+
+def test_embedding_keeps_fit_from_capturing_the_step():
+    from gpuconv.train import _graph_blockers
+    assert any("embedding" in r for r in _graph_blockers(models.embedding_lstm()))
+    assert _graph_blockers(models.alexnet_small()) == []
+
+
 def test_alexnet_small_has_lrn_overlapping_pools_and_dropout():
     model = models.alexnet_small()
     layers = dict(model.features.named_children())

@@ -13,7 +13,7 @@ import numpy as np
 from ... import backend
 from .. import register
 from .._segments import TILE_POSITIONS, tiled_segments
-from . import DTYPES, is_available
+from . import DTYPES, is_available, launch
 
 THREADS = 128
 
@@ -22,7 +22,7 @@ def _launch(name: str, n_threads: int, *args) -> None:
     from . import _kmeans_kernels
 
     blocks = max(1, -(-n_threads // THREADS))
-    getattr(_kmeans_kernels, name)[blocks, THREADS](*args)
+    launch(getattr(_kmeans_kernels, name), blocks, THREADS, *args)
 
 
 @register("kmeans_assign", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available,
