@@ -18,12 +18,15 @@ from . import __version__
 
 __all__ = ["main"]
 
-DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10")
+DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "shapes", "synthetic_text")
+OFFLINE_DATASETS = ("digits", "mnist1d", "shapes", "synthetic_text")  # generated or bundled
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
 # Per-dataset defaults that reach the accuracies stated in the README.
 DEFAULTS = {
     "digits": {"epochs": 30, "batch_size": 32, "optimizer": "adam", "lr": 2e-3},
     "mnist1d": {"epochs": 60, "batch_size": 100, "optimizer": "adam", "lr": 1e-2},
+    "shapes": {"epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 1e-3},
+    "synthetic_text": {"epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 3e-3},
 }
 FALLBACK = {"epochs": 10, "batch_size": 128, "optimizer": "sgd", "lr": 0.05}
 # Training-set augmentation per dataset (off with --no-augment): MNIST-1D's signals are
@@ -59,15 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gpuconv {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
-    models = IMAGE_MODELS + SIGNAL_MODELS
+    models = IMAGE_MODELS + SIGNAL_MODELS + TEXT_MODELS
     t = sub.add_parser("train", help="train a model on a dataset",
                        description="Train a model and write best.npz, history.json, curves.png "
                                    "and summary.json to --out.")
     t.add_argument("model", nargs="?", default="lenet5", choices=models, metavar="MODEL",
                    help=f"one of {', '.join(models)} (default: %(default)s); image models take "
-                        f"digits, mnist, fashion_mnist, cifar10, the others take mnist1d")
-    t.add_argument("--dataset", default="digits", choices=DATASETS,
-                   help=f"one of {', '.join(DATASETS)} (default: %(default)s)")
+                        f"digits, mnist, fashion_mnist, cifar10, shapes, the signal models take mnist1d, "
+                        f"the text model synthetic_text")
+    t.add_argument("--dataset", choices=DATASETS,
+                   help=f"one of {', '.join(DATASETS)} (default: digits; for the 32x32 models "
+                        "cifar10 where its files are present, else shapes; synthetic_text for "
+                        "the text model)")
     t.add_argument("--epochs", type=int, help=f"default per dataset: {_per_dataset('epochs')}")
     t.add_argument("--batch-size", type=int,
                    help=f"default per dataset: {_per_dataset('batch_size')}")
@@ -105,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time every kernel implementation against the references")
     b.add_argument("families", nargs="*", metavar="OP", default=["conv", "pool", "lstm"],
-                   help="conv, pool, lstm, train (default: conv pool lstm)")
+                   help="conv, pool, lstm, train, kmeans (default: conv pool lstm)")
     b.add_argument("--impl", action="append", default=[], help="only this impl (repeatable)")
     b.add_argument("--dtype", default="float32", choices=("float32", "tf32", "bfloat16", "float16"))
     b.add_argument("--suite", choices=("gpu", "cpu", "quick"),
@@ -148,9 +154,9 @@ def _load_dataset(name: str, root: str | None):
         except data.DownloadError as exc:
             raise OSError(f"{str(exc).splitlines()[0]}; if this machine is offline, copy the "
                           "files into a folder and pass it as --data-root") from None
-    if name == "digits":
-        raise ValueError("--data-root does not apply to digits, which is bundled with "
-                         "scikit-learn")
+    if name in OFFLINE_DATASETS and name != "mnist1d":
+        raise ValueError(f"--data-root does not apply to {name}, which is "
+                         + ("bundled with scikit-learn" if name == "digits" else "generated"))
     if not Path(root).is_dir():
         raise FileNotFoundError(f"--data-root {root} is not a folder")
     try:
@@ -161,30 +167,59 @@ def _load_dataset(name: str, root: str | None):
             "there, or leave out --data-root to download them to the cache") from None
 
 
+def _default_dataset(model: str, root: str | None) -> str:
+    """The dataset ``gpuconv train MODEL`` uses without --dataset: CIFAR-10 for the models
+    built for 32x32 colour images where its files are already here (never a download),
+    else the generated ``shapes``; ``synthetic_text`` for text models; else ``digits``."""
+    from . import data
+
+    if model in CIFAR_MODELS:
+        try:
+            data.cifar10(root=root, download=False)
+            return "cifar10"
+        except FileNotFoundError:
+            return "shapes"
+    return "synthetic_text" if model in TEXT_MODELS else "digits"
+
+
 # How each model takes its input: images (C, H, W) or sequences/signals (C, L).
-IMAGE_MODELS = ("lenet5", "vgg_small", "resnet_small")
+IMAGE_MODELS = ("lenet5", "vgg_small", "resnet_small", "alexnet_small", "inception_small")
 SIGNAL_MODELS = ("cnn1d", "lstm_classifier", "gru_classifier")
+TEXT_MODELS = ("embedding_lstm",)
+CIFAR_MODELS = ("alexnet_small", "inception_small")
 
 
-def _model_kwargs(name: str, shape: tuple) -> dict:
-    """The factory arguments that fit a model to one sample's shape."""
+def _model_kwargs(name: str, shape: tuple, vocab_size: int | None = None) -> dict:
+    """The factory arguments that fit a model to one sample's shape (and a text dataset's
+    vocabulary)."""
+    if name in TEXT_MODELS:
+        if len(shape) != 1 or vocab_size is None:
+            raise ValueError(f"model {name} takes token sequences (T,); this dataset's samples "
+                             f"have shape {shape}: use --dataset synthetic_text")
+        return {"num_embeddings": vocab_size}
+    if vocab_size is not None:
+        raise ValueError(f"this dataset holds token sequences; model {name} does not take "
+                         f"them: use one of {', '.join(TEXT_MODELS)}")
     if name in IMAGE_MODELS:
         if len(shape) != 3:
             raise ValueError(f"model {name} takes images (C, H, W); this dataset's samples have "
                              f"shape {shape}: use one of {', '.join(SIGNAL_MODELS)}")
-        return {"in_channels": shape[0], **({"input_size": shape[-1]} if name == "lenet5" else {})}
+        sized = name in ("lenet5", "alexnet_small")
+        return {"in_channels": shape[0], **({"input_size": shape[-1]} if sized else {})}
     if name in SIGNAL_MODELS:
         if len(shape) != 2:
             raise ValueError(f"model {name} takes signals (C, L); this dataset's samples have "
                              f"shape {shape}: use one of {', '.join(IMAGE_MODELS)}")
         return {"input_length": shape[-1]} if name == "cnn1d" else {"input_size": shape[0]}
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(IMAGE_MODELS + SIGNAL_MODELS)}")
+    raise ValueError(f"unknown model {name!r}; choose from "
+                     f"{', '.join(IMAGE_MODELS + SIGNAL_MODELS + TEXT_MODELS)}")
 
 
-def _build_model(name: str, sample_shape: tuple, num_classes: int, seed: int):
+def _build_model(name: str, sample_shape: tuple, num_classes: int, seed: int,
+                 vocab_size: int | None = None):
     from . import models, nn
 
-    kwargs = _model_kwargs(name, sample_shape)
+    kwargs = _model_kwargs(name, sample_shape, vocab_size)
     nn.manual_seed(seed)
     return models.get_model(name, num_classes=num_classes, **kwargs)
 
@@ -215,6 +250,8 @@ def _train(args) -> int:
     from . import backend, data, nn
     from .train import evaluate, fit, load_checkpoint
 
+    if args.dataset is None:
+        args.dataset = _default_dataset(args.model, args.data_root)
     defaults = DEFAULTS.get(args.dataset, FALLBACK)
     pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
     epochs, batch_size = pick(args.epochs, "epochs"), pick(args.batch_size, "batch_size")
@@ -231,7 +268,9 @@ def _train(args) -> int:
         train_set, [1 - VALIDATION_FRACTION, VALIDATION_FRACTION], seed=args.seed)
     x0, _ = train_set[0]
     num_classes = int(train_set.y.max()) + 1
-    model = _build_model(args.model, tuple(x0.shape), num_classes, args.seed).to(device)
+    vocab_size = getattr(train_set, "vocab_size", None)
+    model = _build_model(args.model, tuple(x0.shape), num_classes, args.seed,
+                         vocab_size).to(device)
     optimizer = _make_optimizer(opt_name, model.parameters(), lr, args.weight_decay)
     shift = 0 if args.no_augment else AUGMENT_SHIFT.get(args.dataset, 0)
     augment = data.RandomTranslation(shift, seed=args.seed) if shift else None
@@ -244,7 +283,8 @@ def _train(args) -> int:
           f"{opt_name} lr {lr}" + (f", random shifts of up to {shift}" if shift else ""),
           flush=True)
     meta = {"model": args.model, "input_shape": list(x0.shape), "num_classes": num_classes,
-            "dataset": args.dataset, "seed": args.seed}
+            "dataset": args.dataset, "seed": args.seed,
+            **({"vocab_size": vocab_size} if vocab_size is not None else {})}
     plot = _can_plot()
     if not plot:
         print("matplotlib is not installed, so there will be no curves.png "
@@ -293,7 +333,7 @@ def _eval(args) -> int:
     _, test_set = _load_dataset(dataset, args.data_root)
     _check_model_fits_dataset(args.checkpoint, meta, dataset, test_set)
     model = _build_model(meta["model"], tuple(meta["input_shape"]), meta["num_classes"],
-                         meta["seed"])
+                         meta["seed"], meta.get("vocab_size"))
     load_checkpoint(args.checkpoint, model)
     model.to(device)
     test = evaluate(model, data.DataLoader(test_set, batch_size=args.batch_size, device=device))

@@ -347,6 +347,7 @@ PROGRESS_SECONDS = 0.25
 
 def _graph_blockers(model) -> list[str]:
     """Why ``model``'s training step cannot be captured as a CUDA graph (empty: it can)."""
+    from .nn.linear import Embedding
     from .nn.norm import _BatchNorm
     from .nn.rnn import _RNNBase
 
@@ -357,6 +358,9 @@ def _graph_blockers(model) -> list[str]:
         if isinstance(m, _RNNBase) and m.dropout > 0 and m.num_layers > 1:
             reasons.append(f"{name or type(m).__name__}: recurrent dropout draws its masks' "
                            "seeds on the host")
+        if isinstance(m, Embedding):
+            reasons.append(f"{name or type(m).__name__}: embedding checks its indices' range "
+                           "on the host")
         if isinstance(m, _BatchNorm) and m.momentum is None and m.track_running_stats:
             reasons.append(f"{name or type(m).__name__}: momentum=None reads "
                            "num_batches_tracked on the host")

@@ -677,3 +677,45 @@ def test_max_pool_return_indices():
 def test_conv_rejects_channels_not_divisible_by_groups():
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
+
+
+# --------------------------------------------------------------------------- Concat
+
+def _concat_of_two_convs(dim=1):
+    return nn.Concat(OrderedDict([
+        ("a", nn.Conv2d(2, 3, 3, padding=1, dtype=F64)),
+        ("b", nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(2, 1, 1, dtype=F64)))]),
+        dim=dim)
+
+
+def test_concat_joins_the_branch_outputs_along_dim():
+    layer = _concat_of_two_convs()
+    x = _randn(rng_for("concat"), (2, 2, 4, 5))
+    out = layer(x)
+    np.testing.assert_array_equal(out, np.concatenate([layer.a(x), layer.b(x)], axis=1))
+    assert [n for n, _ in layer.named_parameters()] == ["a.weight", "a.bias", "b.1.weight",
+                                                       "b.1.bias"]
+
+
+@pytest.mark.parametrize("dim", [1, -3])
+def test_concat_backward_matches_finite_differences(dim):
+    layer = _concat_of_two_convs(dim)
+    rng = rng_for("concat-fd", dim)
+    x = _tie_free(rng, (2, 2, 3, 4))
+    g = _randn(rng, (2, 4, 3, 4))
+    layer(x)
+    gx = layer.backward(g)
+    params = dict(layer.named_parameters())
+    check_grads(lambda: float(np.sum(layer(x) * g)),
+                {"input": gx, **{n: p.grad for n, p in params.items()}},
+                {"input": x, **{n: p.data for n, p in params.items()}})
+
+
+def test_concat_rejects_branches_whose_outputs_do_not_line_up():
+    layer = nn.Concat(nn.Conv2d(1, 2, 3), nn.Identity())
+    with pytest.raises(ValueError, match=r"agree in every dimension but dim 1.*\(1, 2, 3, 3\)"):
+        layer(np.zeros((1, 1, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="at least one branch"):
+        nn.Concat()
+    with pytest.raises(ValueError, match="dim 4 is out of range"):
+        nn.Concat(nn.Identity(), dim=4)(np.zeros((1, 2, 3, 3)))

@@ -183,6 +183,37 @@ def test_cli_trains_then_evaluates_a_checkpoint(tmp_path):
     assert f"accuracy {summary['test_accuracy']:.4f}" in ev.stdout
 
 
+def test_cli_trains_the_text_model_and_evaluates_it_with_the_saved_vocabulary(tmp_path):
+    out = _cli("train", "embedding_lstm", "--epochs", "1", "--batch-size", "512",
+               "--no-progress", "--out", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    assert "on synthetic_text" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["vocab_size"] == 64 and summary["num_classes"] == 4
+    ev = _cli("eval", str(tmp_path / "run" / "best.npz"))
+    assert ev.returncode == 0 and f"accuracy {summary['test_accuracy']:.4f}" in ev.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "embedding_lstm", "--dataset", "digits"], "takes token sequences"),
+    (["train", "lenet5", "--dataset", "synthetic_text"], "holds token sequences"),
+])
+def test_cli_rejects_text_and_image_mix_ups(args, message, tmp_path):
+    out = _cli(*args, "--epochs", "1", cwd=tmp_path)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_32x32_models_default_to_cifar10_where_present_else_shapes(tmp_path):
+    from gpuconv import cli
+    assert cli._default_dataset("alexnet_small", str(tmp_path)) == "shapes"
+    record = np.zeros(3073, np.uint8).tobytes()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (tmp_path / name).write_bytes(record)
+    assert cli._default_dataset("inception_small", str(tmp_path)) == "cifar10"
+    assert cli._default_dataset("embedding_lstm", None) == "synthetic_text"
+    assert cli._default_dataset("lenet5", None) == "digits"
+
+
 def test_cli_info_lists_the_kernel_implementations():
     out = _cli("info")
     assert out.returncode == 0, out.stderr

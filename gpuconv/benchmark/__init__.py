@@ -33,7 +33,7 @@ from .timing import measure_ceilings, time_call
 
 __all__ = ["FAMILIES", "DTYPES", "load_suite", "run", "environment"]
 
-FAMILIES = ("conv", "pool", "lstm", "train")
+FAMILIES = ("conv", "pool", "lstm", "train", "kmeans")
 DTYPES = ("float32", "tf32", "bfloat16", "float16")
 ROTATE = 3  # input sets timed in turn, so that no run finds its data in a warm cache
 # Above this many FLOPs the oracle is the numpy impl in float64 (itself tested against the
@@ -208,6 +208,11 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
         if family == "train":
             from .training import train_rows
             rows += train_rows(load_suite(family, suite), device, quick, log)
+            continue
+        if family == "kmeans":
+            from .kmeans import kmeans_rows
+            rows += kmeans_rows(load_suite(family, suite), device, dtype, impls, ceilings,
+                                quick, threads, log)
             continue
         for case in load_suite(family, suite):
             for p in SUITE_PASSES[family](case):

@@ -15,6 +15,7 @@ from .datasets import cifar10, digits, fashion_mnist, mnist, mnist1d, read_cifar
 from .download import DownloadError, cache_dir, download_file, sha256_of
 from .loader import DataLoader
 from .split import random_split, split_lengths, train_val_test_split
+from .synthetic import SequenceDataset, shapes, synthetic_text
 from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip, RandomTranslation
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip", "RandomTranslation",
     "random_split", "train_val_test_split", "split_lengths",
     "digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "read_idx", "read_cifar_binary",
+    "shapes", "synthetic_text", "SequenceDataset",
     "cache_dir", "download_file", "sha256_of", "DownloadError",
 ]

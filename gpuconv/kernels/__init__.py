@@ -42,7 +42,7 @@ RUNS_AS = {f"{stem}1d{suffix}": f"{stem}2d{suffix}"
 
 KINDS = ("reference", "numpy_impl", "numba_cuda", "cuda_c")
 FAMILIES = ("conv", "conv_igemm", "pool", "activation", "linear", "loss", "norm", "rnn",
-            "rnn_persistent", "optim")
+            "rnn_persistent", "optim", "kmeans")
 
 Priority = Union[int, Callable[..., int]]
 

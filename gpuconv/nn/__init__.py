@@ -11,6 +11,7 @@ from .. import init
 from ..init import manual_seed
 from .activation import ELU, Dropout, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .blocks import BasicBlock
+from .concat import Concat
 from .conv import Conv1d, Conv2d, ConvTranspose2d
 from .flatten import Flatten
 from .linear import Embedding, Linear
@@ -22,7 +23,7 @@ from .pool import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, M
 from .rnn import GRU, LSTM, RNN
 
 __all__ = [
-    "init", "manual_seed", "Parameter", "Module", "Sequential", "ModuleList", "Identity",
+    "init", "manual_seed", "Parameter", "Module", "Sequential", "ModuleList", "Identity", "Concat",
     "Conv1d", "Conv2d", "ConvTranspose2d",
     "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",

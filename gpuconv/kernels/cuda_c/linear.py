@@ -16,11 +16,10 @@ import numpy as np
 
 from ... import backend
 from .. import register
+from .._segments import positions_by_key
 from . import DTYPES, gpu_op, run_threads
 
 FAMILY = "linear"
-# Sort keys are index * positions + position in int64.
-SORT_KEY_LIMIT = 2 ** 63
 NO_PADDING = np.int64(-1)
 
 
@@ -72,30 +71,12 @@ def embedding(indices, weight):
     return out
 
 
-def _positions_by_index(indices, num_embeddings: int):
-    """``(order, row_start)``: the positions sorted by (index, position), and where each
-    row's run starts in that order (``row_start[num_embeddings]`` is the position count)."""
-    cp = backend.cupy_or_none()
-    positions = indices.size
-    stride = max(positions, 1)
-    if num_embeddings * stride >= SORT_KEY_LIMIT:
-        raise ValueError(f"embedding_backward: {num_embeddings} rows times {positions} "
-                         "positions overflow the int64 sort key")
-    # Sorting the unique keys index * stride + position orders by index and, within an
-    # index, by position, whatever the sort's stability.
-    keys = cp.sort(indices.reshape(-1) * stride + cp.arange(positions, dtype=cp.int64))
-    sorted_rows = keys // stride
-    order = keys - sorted_rows * stride
-    row_start = cp.searchsorted(sorted_rows, cp.arange(num_embeddings + 1, dtype=cp.int64))
-    return order, row_start.astype(cp.int64, copy=False)
-
-
 @register("embedding_backward", "cuda", device="cuda", dtypes=DTYPES, priority=10)
 @gpu_op("embedding_backward")
 def embedding_backward(g, indices, num_embeddings, padding_idx):
     cp = backend.cupy_or_none()
     dim = g.shape[-1]
-    order, row_start = _positions_by_index(indices, num_embeddings)
+    order, row_start = positions_by_key(indices, num_embeddings, "embedding_backward")
     grad_weight = backend.empty((num_embeddings, dim), g.dtype, cp)
     _run("embedding_bwd", g.dtype, grad_weight.size,
          (_rows(g), order, row_start, grad_weight, np.int64(num_embeddings), np.int64(dim),
