@@ -63,11 +63,21 @@ from . import DTYPES, NULL, gpu_op, kernel
 from .rnn import CELLS
 
 FAMILY = "rnn_persistent"
-# Must equal the #defines of kernels/rnn_persistent.cu (tests/test_rnn_persistent.py checks).
+# The persistent kernels with the recurrent product on tensor cores (sm_80 and later).
+MMA_FAMILY = "rnn_persistent_mma"
+# Must equal the #defines of kernels/rnn_persistent.cu and kernels/rnn_persistent_mma.cu
+# (tests/test_rnn_persistent.py checks).
 K_CHUNK = 32
 BATCH_TILE = 64
 TILE_STRIDE = BATCH_TILE + 1
 MAX_THREADS = 256
+MMA_WARPS = 8
+MMA_THREADS = 32 * MMA_WARPS
+MMA_KSTEP = 16
+MMA_WARP_BYTES = 4096
+MMA_MAX_NTILES = 8
+# The backward kernel's slice has at most this many n-tiles (8 columns each).
+MMA_BWD_MAX_NTILES = 4
 # Batch rows each thread accumulates when the batch allows (at most RNN_ROWS_PER_THREAD).
 ROWS_PER_THREAD_TARGET = 2
 GATES = {"lstm": 4, "gru": 3}
@@ -75,6 +85,7 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # Bytes of one stored recurrent weight, per precision.
 WEIGHT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
 _SUFFIX = {"fp32": "f32", "tf32": "f32", "bf16": "f32_bf16w", "fp16": "f32_f16w", "fp64": "f64"}
+_MMA_SUFFIX = {"fp32": "f32", "tf32": "f32_tf32", "bf16": "f32_bf16", "fp16": "f32_f16"}
 # Dynamic shared memory above this needs the kernel's attribute raised first.
 DEFAULT_DYNAMIC_SMEM = 48 * 1024
 # Priorities: above the per-step cuBLAS impl ``cuda`` (10).
@@ -85,6 +96,9 @@ NEVER = -1000
 # SMs) and to stage the persistent kernels' reduction in several chunks (None: as few as fit).
 BLOCKS_PER_DIRECTION: int | None = None
 PERSISTENT_CHUNK: int | None = None
+# Tests set this to "fma" or "mma" to run one kind of persistent kernel (None: tensor cores
+# where their plan fits, else the FMA kernels).
+PERSISTENT_KERNELS: str | None = None
 
 _precision: contextvars.ContextVar[str] = contextvars.ContextVar("gpuconv_rnn_precision",
                                                                  default="fp32")
@@ -168,13 +182,26 @@ def _stored_weights(w, mode: str):
 class Plan:
     """A launch of the fused kernels: U hidden units per block, ``threads`` per block,
     ``blocks`` in all (D directions x ceil(H / U)), ``smem`` bytes of dynamic shared memory,
-    ``chunk`` reduction elements staged at a time."""
+    ``chunk`` reduction elements staged at a time (FMA kernels), and the source file:
+    ``FAMILY`` (products on the CUDA cores) or ``MMA_FAMILY`` (on tensor cores)."""
 
     units: int
     threads: int
     blocks: int
     smem: int
     chunk: int = K_CHUNK
+    family: str = FAMILY
+
+    def entry(self, kind: str, direction: str, mode: str) -> str:
+        """The persistent entry point of this plan's kernels."""
+        if self.family == MMA_FAMILY:
+            return f"{kind}_{direction}_persistent_mma_{_MMA_SUFFIX[mode]}"
+        return f"{kind}_{direction}_persistent_{_SUFFIX[mode]}"
+
+    def sizes(self, T: int, B: int, H: int, D: int) -> tuple:
+        """The persistent entry point's trailing int arguments."""
+        chunk = (self.chunk,) if self.family == FAMILY else ()
+        return tuple(np.int32(v) for v in (T, B, H, D, self.units, *chunk))
 
 
 def _align16(n: int) -> int:
@@ -183,13 +210,27 @@ def _align16(n: int) -> int:
 
 def smem_bytes(kernel_kind: str, G: int, units: int, H: int, weight_bytes: int,
                item_bytes: int, chunk: int = K_CHUNK) -> int:
-    """Dynamic shared memory of a kernel (the carving at the top of rnn_persistent.cu):
+    """Dynamic shared memory of an FMA kernel (the carving at the top of rnn_persistent.cu):
     ``persistent`` (the whole slice), ``fwd_step`` and ``cell_fwd`` (a chunk of gate rows) or
     ``bwd_step`` (a chunk of columns), plus the staged input chunk (``chunk`` elements: the
     persistent kernels' argument; K_CHUNK in the others)."""
     weights = {"persistent": G * units * H, "fwd_step": K_CHUNK * G * units,
                "cell_fwd": K_CHUNK * G * units, "bwd_step": K_CHUNK * units}[kernel_kind]
     return _align16(weights * weight_bytes) + chunk * TILE_STRIDE * item_bytes
+
+
+def _ntiles(columns: int) -> int:
+    return math.ceil(columns / 8)
+
+
+def mma_smem_bytes(direction: str, G: int, units: int, H: int, weight_bytes: int) -> int:
+    """Dynamic shared memory of a tensor-core persistent kernel (the carving at the top of
+    rnn_persistent_mma.cu): the slice in fragment order, its reduction (H forward, G*H
+    backward) rounded up to k-steps of 16 and its columns (G*U forward, U backward) to
+    n-tiles of 8, then every warp's staging ring and partial sums."""
+    K, columns = (H, G * units) if direction == "fwd" else (G * H, units)
+    slice_bytes = math.ceil(K / MMA_KSTEP) * MMA_KSTEP * _ntiles(columns) * 8 * weight_bytes
+    return _align16(slice_bytes) + MMA_WARPS * MMA_WARP_BYTES
 
 
 def _units(H: int, D: int, sms: int) -> int:
@@ -221,15 +262,28 @@ def _with_smem(k, smem: int):
     return k
 
 
-@functools.lru_cache(maxsize=256)
-def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, itemsize: int,
-                     device_id: int, blocks_override: int | None,
-                     chunk_override: int | None) -> tuple[Plan | None, str]:
-    """(the plan, "") when both persistent kernels of this shape can run on chip, else
-    (None, why not)."""
-    cp = backend.cupy_or_none()
-    props = _props()
-    sms, most = props["multiProcessorCount"], props["sharedMemPerBlockOptin"]
+def _mma_plans(kind: str, B: int, H: int, D: int, mode: str, itemsize: int, sms: int,
+               most: int, chunk_override: int | None) -> tuple[dict | None, str]:
+    """The tensor-core kernels' plans per direction, or (None, why they do not fit)."""
+    G = GATES[kind]
+    units = _units(H, D, sms)
+    if _ntiles(G * units) > MMA_MAX_NTILES:
+        return None, (f"tensor cores: {units} units per block make {G * units} gate columns, "
+                      f"more than {8 * MMA_MAX_NTILES}")
+    plans = {}
+    for direction in ("fwd", "bwd"):
+        smem = mma_smem_bytes(direction, G, units, H, WEIGHT_BYTES[mode])
+        if smem > most:
+            return None, (f"tensor cores: the {direction} slice of W_hh and the warps' staging "
+                          f"take {smem} bytes of shared memory, the device allows {most}")
+        plans[direction] = Plan(units, MMA_THREADS, D * math.ceil(H / units), smem,
+                                family=MMA_FAMILY)
+    return plans, ""
+
+
+def _fma_plans(kind: str, B: int, H: int, D: int, mode: str, itemsize: int, sms: int,
+               most: int, chunk_override: int | None) -> tuple[dict | None, str]:
+    """The FMA kernels' plan (the same for both directions), or (None, why it does not fit)."""
     G = GATES[kind]
     units = _units(H, D, sms)
     if units > MAX_THREADS:
@@ -243,27 +297,64 @@ def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, i
     room = most - _align16(G * units * H * WEIGHT_BYTES[mode])
     chunk = chunk_override or max(K_CHUNK, min(G * H, room // (TILE_STRIDE * itemsize)))
     smem = smem_bytes("persistent", G, units, H, WEIGHT_BYTES[mode], itemsize, chunk)
-    threads = _threads(units, B)
-    blocks = D * math.ceil(H / units)
-    if steps * blocks >= 2 ** 32:
-        return None, f"{steps} steps x {blocks} blocks overflow the barrier counter"
-    for direction in ("fwd", "bwd"):
-        k = _with_smem(kernel(FAMILY, f"{kind}_{direction}_persistent_{_SUFFIX[mode]}",
-                              cooperative=True), smem)
-        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr,
-                                                                          threads, smem)
-        if per_sm * sms < blocks:
-            return None, (f"the {direction} grid of {blocks} blocks ({threads} threads, {smem} "
-                          f"bytes of shared memory) is not resident: {per_sm} per SM x {sms}")
-    return Plan(units, threads, blocks, smem, chunk), ""
+    plan = Plan(units, _threads(units, B), D * math.ceil(H / units), smem, chunk)
+    return {"fwd": plan, "bwd": plan}, ""
+
+
+def _not_resident(kind: str, mode: str, plans: dict, sms: int) -> str:
+    """Why the occupancy API says a grid of ``plans`` would not be resident, or ""."""
+    cp = backend.cupy_or_none()
+    for direction, plan in plans.items():
+        k = _with_smem(kernel(plan.family, plan.entry(kind, direction, mode), cooperative=True),
+                       plan.smem)
+        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            k.kernel.ptr, plan.threads, plan.smem)
+        if per_sm * sms < plan.blocks:
+            return (f"the {direction} grid of {plan.blocks} blocks ({plan.threads} threads, "
+                    f"{plan.smem} bytes of shared memory) is not resident: {per_sm} per SM x "
+                    f"{sms}")
+    return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, itemsize: int,
+                     device_id: int, blocks_override: int | None, chunk_override: int | None,
+                     kernels: str | None) -> tuple[dict | None, str]:
+    """({"fwd": Plan, "bwd": Plan}, "") when both persistent kernels of this shape can run on
+    chip, else (None, why not): the tensor-core kernels where they fit (float32 arrays,
+    sm_80 or later), else the FMA kernels (module docstring)."""
+    props = _props()
+    sms, most = props["multiProcessorCount"], props["sharedMemPerBlockOptin"]
+    makers = []
+    if kernels != "fma":
+        if mode != "fp64" and props["major"] >= 8:
+            makers.append(_mma_plans)
+        elif kernels == "mma":
+            return None, "tensor cores: they need float32 arrays and sm_80 or later"
+    if kernels != "mma":
+        makers.append(_fma_plans)
+    reasons = []
+    for make in makers:
+        plans, why = make(kind, B, H, D, mode, itemsize, sms, most, chunk_override)
+        if plans is not None:
+            blocks = plans["fwd"].blocks
+            if steps * blocks >= 2 ** 32:
+                return None, f"{steps} steps x {blocks} blocks overflow the barrier counter"
+            why = _not_resident(kind, mode, plans, sms)
+            if not why:
+                return plans, ""
+        reasons.append(why)
+    return None, "; ".join(reasons)
 
 
 def persistent_plan(kind: str, steps: int, B: int, H: int, D: int, dtype) -> tuple:
-    """(Plan or None, why not) for the persistent kernels on the current device."""
+    """({"fwd": Plan, "bwd": Plan} or None, why not) for the persistent kernels on the
+    current device."""
     cp = backend.cupy_or_none()
     mode = precision_of(dtype)
     return _persistent_plan(kind, steps, B, H, D, mode, np.dtype(dtype).itemsize,
-                            cp.cuda.Device().id, BLOCKS_PER_DIRECTION, PERSISTENT_CHUNK)
+                            cp.cuda.Device().id, BLOCKS_PER_DIRECTION, PERSISTENT_CHUNK,
+                            PERSISTENT_KERNELS)
 
 
 def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: int,
@@ -275,12 +366,22 @@ def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: in
 
 
 def max_persistent_hidden(kind: str, D: int, weight_bytes: int, itemsize: int, sms: int,
-                          smem_per_block: int) -> int:
+                          smem_per_block: int, kernels: str = "fma") -> int:
     """The largest hidden size whose persistent slices fit ``smem_per_block`` bytes on a GPU
-    with ``sms`` SMs (the docstring's table; occupancy aside)."""
+    with ``sms`` SMs, for the ``kernels`` "fma" or "mma" (the docstring's table; occupancy
+    aside)."""
+    G = GATES[kind]
+
+    def fits(H: int) -> bool:
+        units = math.ceil(H / max(1, sms // D))
+        if kernels == "fma":
+            return smem_bytes("persistent", G, units, H, weight_bytes, itemsize) <= smem_per_block
+        return (_ntiles(G * units) <= MMA_MAX_NTILES and
+                all(mma_smem_bytes(d, G, units, H, weight_bytes) <= smem_per_block
+                    for d in ("fwd", "bwd")))
+
     H = 1
-    while smem_bytes("persistent", GATES[kind], math.ceil((H + 1) / max(1, sms // D)), H + 1,
-                     weight_bytes, itemsize) <= smem_per_block:
+    while fits(H + 1):
         H += 1
     return H
 
@@ -292,7 +393,7 @@ def _ptr(a):
 
 
 def _run(name: str, plan: Plan, args: tuple, cooperative: bool = False) -> None:
-    k = _with_smem(kernel(FAMILY, name, cooperative=cooperative), plan.smem)
+    k = _with_smem(kernel(plan.family, name, cooperative=cooperative), plan.smem)
     if not cooperative:
         k((plan.blocks,), (plan.threads,), args, shared_mem=plan.smem)
         return
@@ -311,18 +412,16 @@ def _launch(kind: str, direction: str, persistent: bool, arrays: tuple, shape: t
     T, B, H, D = shape
     mode = precision_of(dtype)
     xp = backend.array_module(arrays[1])
-    suffix = _SUFFIX[mode]
     if persistent:
-        plan = _require_persistent(kind, T, B, H, D, dtype)
-        sizes = tuple(np.int32(v) for v in (T, B, H, D, plan.units, plan.chunk))
-        _run(f"{kind}_{direction}_persistent_{suffix}", plan,
-             arrays + (xp.zeros(1, np.uint32),) + sizes, cooperative=True)
+        plan = _require_persistent(kind, T, B, H, D, dtype)[direction]
+        _run(plan.entry(kind, direction, mode), plan,
+             arrays + (xp.zeros(1, np.uint32),) + plan.sizes(T, B, H, D), cooperative=True)
         return
     plan = step_plan(f"{direction}_step", GATES[kind], B, H, D, WEIGHT_BYTES[mode],
                      np.dtype(dtype).itemsize)
     sizes = tuple(np.int32(v) for v in (T, B, H, D, plan.units))
     for s in range(T if direction == "fwd" else T + 1):
-        _run(f"{kind}_{direction}_step_{suffix}", plan, arrays + sizes + (np.int32(s),))
+        _run(f"{kind}_{direction}_step_{_SUFFIX[mode]}", plan, arrays + sizes + (np.int32(s),))
 
 
 @dataclass
@@ -398,13 +497,13 @@ def _layer_backward(kind: str, persistent: bool, grad_out, layer: _Layer, weight
     return grad_x, grad_init, grad_weights
 
 
-def _require_persistent(kind: str, T: int, B: int, H: int, D: int, dtype) -> Plan:
-    plan, why = persistent_plan(kind, T, B, H, D, dtype)
-    if plan is None:
+def _require_persistent(kind: str, T: int, B: int, H: int, D: int, dtype) -> dict:
+    plans, why = persistent_plan(kind, T, B, H, D, dtype)
+    if plans is None:
         raise ValueError(f"{kind}: impl 'cuda_persistent' cannot hold hidden size {H} "
                          f"({'bidirectional' if D == 2 else 'unidirectional'}, batch {B}, "
                          f"{precision_of(dtype)}) on chip: {why}; use impl 'cuda_fused'")
-    return plan
+    return plans
 
 
 # --------------------------------------------------------------------------- sequences
