@@ -51,12 +51,13 @@
 // gate math of rnn_persistent.cuh; a block barrier before the ring is filled again. The grid
 // barrier follows each step as in rnn_persistent.cu.
 //
-// Shared memory (bytes): W_hh's slice in fragment order, ceil(K/16) * ceil(N/8) * 512 values
-// of the storage type (fp32: 4 bytes, 16-bit: 2; zero outside the slice), at offset 0; then
-// RNN_MMA_WARPS * RNN_MMA_WARP_BYTES for the rings and partial sums. Fragment order: value i
-// of lane l of n-tile n at k-step s is element ((s * ntiles + n) * 32 + l) * 4 + i = column
-// n*8 + l/4, reduction element s*16 + 4*(l%4) + i. The kernel traps when the launch gives it
-// less (gpuconv/kernels/cuda_c/rnn_persistent.py computes the same size).
+// Shared memory (bytes): W_hh's slice, ceil(K/16) * N * 16 values of the storage type (fp32:
+// 4 bytes, 16-bit: 2), at offset 0, as [k-step][column][16 reduction elements] (zero past K):
+// the 8 columns of an n-tile are 8 contiguous 16-value rows, so a warp's fragment read is one
+// contiguous 512 (256) bytes, free of bank conflicts, and lanes of columns past N (the last
+// n-tile of a slice whose N is not a multiple of 8) read nothing and use zeros. Then
+// RNN_MMA_WARPS * RNN_MMA_WARP_BYTES for the rings and partial sums. The kernel traps when
+// the launch gives it less (gpuconv/kernels/cuda_c/rnn_persistent.py computes the same size).
 //
 // Launch: cooperative, D * ceil(H / U) blocks of RNN_MMA_THREADS threads, one per SM.
 // Element offsets are 64-bit.
@@ -90,8 +91,9 @@ struct __align__(8) u32x2 {
 // --------------------------------------------------------------------------- fragments
 
 // The operands of one k-step of one lane: A from its two staged 16-byte rows (lo: row g,
-// hi: row g+8, reduction elements 4t .. 4t+3), B from its four weights in shared memory;
-// mma(d, a, b) adds the k-step's products to the 16 x 8 accumulator fragment d.
+// hi: row g+8, reduction elements 4t .. 4t+3), B from its four weights in shared memory
+// (zeros where !valid: a column past the slice); mma(d, a, b) adds the k-step's products to
+// the 16 x 8 accumulator fragment d; stored(w) is what the slice keeps of a weight.
 template <int P>
 struct Operands;
 
@@ -115,8 +117,8 @@ struct Operands<PREC_FP32> {  // 3xTF32
         }
         return r;
     }
-    __device__ __forceinline__ static B b(const W* w) {
-        const f32x4 v = *reinterpret_cast<const f32x4*>(w);
+    __device__ __forceinline__ static B b(const W* w, bool valid) {
+        const f32x4 v = valid ? *reinterpret_cast<const f32x4*>(w) : f32x4{};
         B r;
         #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -156,8 +158,8 @@ struct Operands<PREC_TF32> {
         }
         return r;
     }
-    __device__ __forceinline__ static B b(const W* w) {  // rounded when loaded (stored())
-        const f32x4 v = *reinterpret_cast<const f32x4*>(w);
+    __device__ __forceinline__ static B b(const W* w, bool valid) {  // rounded by stored()
+        const f32x4 v = valid ? *reinterpret_cast<const f32x4*>(w) : f32x4{};
         B r;
         #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -192,8 +194,8 @@ struct Operands16 {
         return A{{pair(lo.v[0], lo.v[1]), pair(hi.v[0], hi.v[1]), pair(lo.v[2], lo.v[3]),
                   pair(hi.v[2], hi.v[3])}};
     }
-    __device__ __forceinline__ static B b(const W* w) {
-        const u32x2 v = *reinterpret_cast<const u32x2*>(w);
+    __device__ __forceinline__ static B b(const W* w, bool valid) {
+        const u32x2 v = valid ? *reinterpret_cast<const u32x2*>(w) : u32x2{0u, 0u};
         return B{{v.lo, v.hi}};
     }
     __device__ __forceinline__ static void mma(float (&d)[4], const A& a, const B& b) {
@@ -219,7 +221,8 @@ struct Part {
     int j0;      // first unit
     int units;   // U
     int owned;   // units this block owns (the last block of a direction may own fewer)
-    int ntiles;  // n-tiles of its slice: ceil(columns / 8)
+    int columns; // N: G*U forward, U backward
+    int ntiles;  // n-tiles of its slice: ceil(N / 8)
 };
 
 __device__ __forceinline__ Part make_part(int H, int units, int columns, int most_ntiles) {
@@ -229,6 +232,7 @@ __device__ __forceinline__ Part make_part(int H, int units, int columns, int mos
     p.j0 = (blockIdx.x % blocks_per_direction) * units;
     p.units = units;
     p.owned = min(units, H - p.j0);
+    p.columns = columns;
     p.ntiles = (columns + 7) / 8;
     // the launcher gives every slice at most the n-tiles its kernel handles, and whole warps
     if (p.ntiles > most_ntiles || blockDim.x != RNN_MMA_THREADS) __trap();
@@ -273,17 +277,17 @@ struct UnitColumns {
     }
 };
 
-// The block's slice of w (one direction's W_hh) into shared memory in fragment order, zeros
-// outside it. Once per launch.
+// The block's slice of w (one direction's W_hh) into shared memory as [k-step][column][16],
+// zeros outside W_hh (units the block does not own, reduction elements past K). Once per
+// launch.
 template <int P, class Columns>
 __device__ void load_slice(typename Operands<P>::W* wf, const typename Operands<P>::W* w,
                            int ksteps, const Part& p, const Columns& columns) {
     typedef typename Operands<P>::W W;
-    const int total = ksteps * p.ntiles * 32 * 4;
+    const int total = ksteps * p.columns * RNN_MMA_KSTEP;
     for (int e = threadIdx.x; e < total; e += blockDim.x) {
-        const int i = e % 4, lane = (e / 4) % 32, tile = e / 128;
-        const int n = (tile % p.ntiles) * 8 + lane / 4;
-        const int k = (tile / p.ntiles) * RNN_MMA_KSTEP + 4 * (lane % 4) + i;
+        const int n = (e / RNN_MMA_KSTEP) % p.columns;
+        const int k = e / (RNN_MMA_KSTEP * p.columns) * RNN_MMA_KSTEP + e % RNN_MMA_KSTEP;
         bool valid;
         const long long at = columns.at(p, n, k, valid);
         wf[e] = valid ? Operands<P>::stored(w[at]) : W{};
@@ -327,14 +331,15 @@ __device__ __forceinline__ void wait_for_copies(int pending) {
 }
 
 // This warp's partial sums for rows [row0, row0 + 16*MT) of A (rows 0 .. nb-1 valid; row
-// stride ld; K elements each) times the slice wf, over its range of k-steps, stored in its
-// region (fragment (mt, n) at float4 (mt*NT + n)*32 + lane).
+// stride ld; K elements each) times the slice wf (`columns` columns), over its range of
+// k-steps, stored in its region (fragment (mt, n) at float4 (mt*NT + n)*32 + lane).
 template <int P, int MT, int NT>
 __device__ void warp_products(const float* A, long long ld, int nb, int K,
-                              const typename Operands<P>::W* wf, int ntiles,
+                              const typename Operands<P>::W* wf, int columns,
                               unsigned char* region, const WarpGrid& wg) {
     typedef Operands<P> Ops;
     const int lane = threadIdx.x % 32;
+    const int ntiles = (columns + 7) / 8;
     const int row0 = wg.wm * 16 * MT;
     const int mtv = max(0, min(MT, (nb - row0 + 15) / 16));  // m-tiles with a batch row
     float acc[MT][NT][4];
@@ -374,7 +379,10 @@ __device__ void warp_products(const float* A, long long ld, int nb, int K,
             #pragma unroll
             for (int n = 0; n < NT; ++n) {
                 if (n >= ntiles) continue;
-                const typename Ops::B b = Ops::b(wf + ((long long)(s * ntiles + n) * 32 + lane) * 4);
+                const int column = n * 8 + lane / 4;
+                const typename Ops::B b = Ops::b(
+                    wf + ((long long)s * columns + column) * RNN_MMA_KSTEP + 4 * (lane % 4),
+                    column < columns);
                 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
                     if (mt < mtv) Ops::mma(acc[mt][n], a[mt], b);
@@ -421,8 +429,8 @@ __device__ void forward_step(const ForwardStep<float, typename Operands<P>::W>& 
     unsigned char* region = stage + (threadIdx.x / 32) * RNN_MMA_WARP_BYTES;
     for (int b0 = 0; b0 < B; b0 += wg.rows) {
         const int nb = min(wg.rows, B - b0);
-        warp_products<P, MT, NT>(a.h_prev + (long long)b0 * H, H, nb, H, wf, p.ntiles, region,
-                                 wg);
+        warp_products<P, MT, NT>(a.h_prev + (long long)b0 * H, H, nb, H, wf, p.columns,
+                                 region, wg);
         __syncthreads();
         for (int e = threadIdx.x; e < nb * p.owned; e += blockDim.x) {
             const int r = e / p.owned, j = p.j0 + e % p.owned;
@@ -449,7 +457,7 @@ __device__ void backward_step(const BackwardStep<float, typename Operands<P>::W>
         const int nb = min(wg.rows, B - b0);
         if (a.dg_next != nullptr) {
             warp_products<P, MT, NT>(a.dg_next + (long long)b0 * a.ld_dg, a.ld_dg, nb,
-                                     Cell::G * H, wf, p.ntiles, region, wg);
+                                     Cell::G * H, wf, p.columns, region, wg);
             __syncthreads();
         }
         for (int e = threadIdx.x; e < nb * p.owned; e += blockDim.x) {
@@ -472,8 +480,9 @@ __device__ void backward_step(const BackwardStep<float, typename Operands<P>::W>
 // less dynamic shared memory than slice + regions.
 template <typename W>
 __device__ __forceinline__ unsigned char* warp_regions(unsigned char* smem, int ksteps,
-                                                       int ntiles) {
-    const long long slice = align16((long long)ksteps * ntiles * 32 * 4 * (long long)sizeof(W));
+                                                       int columns) {
+    const long long slice =
+        align16((long long)ksteps * columns * RNN_MMA_KSTEP * (long long)sizeof(W));
     if (slice + RNN_MMA_WARPS * RNN_MMA_WARP_BYTES > (long long)dynamic_smem_bytes()) __trap();
     return smem + slice;
 }
@@ -489,7 +498,7 @@ __device__ void forward_persistent(const float* gi, const typename Operands<P>::
     const Part p = make_part(n.H, n.units, G * n.units, RNN_MMA_MAX_NTILES);
     const int ksteps = (n.H + RNN_MMA_KSTEP - 1) / RNN_MMA_KSTEP;
     W* wf = reinterpret_cast<W*>(smem);
-    unsigned char* stage = warp_regions<W>(smem, ksteps, p.ntiles);
+    unsigned char* stage = warp_regions<W>(smem, ksteps, p.columns);
     load_slice<P>(wf, w_hh + p.d * (long long)G * n.H * n.H, ksteps, p, GateRows{G, n.H});
     __syncthreads();
     for (int s = 0; s < n.steps; ++s) {
@@ -516,7 +525,7 @@ __device__ void backward_persistent(const typename Operands<P>::W* w_hh, const f
     const Part p = make_part(n.H, n.units, n.units, 4);
     const int ksteps = (G * n.H + RNN_MMA_KSTEP - 1) / RNN_MMA_KSTEP;
     W* wf = reinterpret_cast<W*>(smem);
-    unsigned char* stage = warp_regions<W>(smem, ksteps, p.ntiles);
+    unsigned char* stage = warp_regions<W>(smem, ksteps, p.columns);
     load_slice<P>(wf, w_hh + p.d * (long long)G * n.H * n.H, ksteps, p, UnitColumns{G, n.H});
     __syncthreads();
     for (int s = 0; s <= n.steps; ++s) {

@@ -1,5 +1,6 @@
-"""LSTM and GRU in few launches: the kernels of ``kernels/rnn_persistent.cu``, registered as
-two impls of the recurrent ops (float32 and float64 CuPy arrays).
+"""LSTM and GRU in few launches: the kernels of ``kernels/rnn_persistent.cu`` (products on
+the CUDA cores) and ``kernels/rnn_persistent_mma.cu`` (on tensor cores), registered as two
+impls of the recurrent ops (float32 and float64 CuPy arrays).
 
 - ``cuda_persistent`` (ops ``lstm``, ``gru`` and their backwards): per layer, one GEMM
   projects the input of every step for both directions (``x [W_ih fwd; W_ih rev]^T``), then
@@ -10,40 +11,55 @@ two impls of the recurrent ops (float32 and float64 CuPy arrays).
   (the fallback where the slices do not fit on chip or the grid cannot be resident), and
   ``lstm_cell`` / ``gru_cell`` in one launch (both gate products, biases and gate math).
 
-The priority rule: ``cuda_persistent`` (30) wins when the plan fits: the block's slice of W_hh
-(G*U*H weights for U = ceil(H / (SMs / D)) units per block) plus the staged input fits the
-device's shared memory per block, and the occupancy API says the whole grid is resident;
-otherwise it is never chosen (forcing it raises) and ``cuda_fused`` (20) runs, ahead of the
-per-step cuBLAS impl ``cuda`` (10). So ``nn.LSTM``, ``nn.GRU`` and the classifiers use them
-on a GPU without a change.
+The priority rule: ``cuda_persistent`` (30) wins when one of its plans fits, the occupancy
+API saying that the whole grid is resident; otherwise it is never chosen (forcing it raises)
+and ``cuda_fused`` (20) runs, ahead of the per-step cuBLAS impl ``cuda`` (10). So
+``nn.LSTM``, ``nn.GRU`` and the classifiers use them on a GPU without a change.
 
-On-chip limits: one block per SM, U = ceil(H / (SMs / D)) units per block, each block holding
-G*U*H weights (4 bytes each in fp32 and tf32, 2 in bf16 and fp16, 8 in float64) plus the
-staged input (8.3 KB in fp32) in its shared memory: 227 KB per block on an H100 (132 SMs),
-163 KB on an A100 (108 SMs). Every hidden size up to these runs persistent (unidirectional /
-bidirectional, where both directions hold their weights at once):
+Which persistent kernels: the tensor-core kernels (``MMA_FAMILY``) for float32 arrays on
+sm_80 and later wherever their plan fits, else the FMA kernels (``FAMILY``: float64, older
+GPUs, and the hidden sizes that only the FMA kernels' tighter shared memory holds). The
+tensor-core kernels are kept even at batch 1, where an m16 fragment carries one useful row
+of 16: per step a block of the FMA kernels runs its reduction on one warp there (one unit
+per thread, K x (2G + 1) shared-memory and FMA instructions: about 9,000 clocks for an LSTM
+with H = 1024), while the tensor-core kernels split K over 8 warps and issue G*U/8 x H/16
+mma per unit of 16 rows (1,536 m16n8k8 in fp32's 3xTF32 at H = 1024: about 2,300 clocks on
+an H100); both pay the same wait for L2 and the same barriers, which dominate at small H
+(bench/NOTES.md has the model). Nothing here has been timed on a GPU.
 
-=========  ===========  ===========  ===========  ===========
-precision   LSTM H100    GRU H100     LSTM A100    GRU A100
-=========  ===========  ===========  ===========  ===========
-fp32, tf32  1320 / 933   1556 / 1098   991 / 708   1188 / 826
-bf16, fp16  1867 / 1334  2197 / 1556  1416 / 1026  1652 / 1188
-float64     924 / 660    1056 / 749    670 / 486    782 / 569
-=========  ===========  ===========  ===========  ===========
+On-chip limits: one block per SM, U = ceil(H / (SMs / D)) units per block, 227 KB of shared
+memory per block on an H100 (132 SMs), 163 KB on an A100 (108 SMs). The tensor-core
+kernels hold the slice (G*U columns of H forward, U columns of G*H backward, the reduction
+rounded up to 16; 4 bytes a weight in fp32 and tf32, 2 in bf16 and fp16) plus 32 KB of
+staging and partial sums, and at most 64 gate columns per block; the FMA kernels hold G*U*H
+weights (8 bytes in float64) plus the staged input (8.3 KB in fp32). The largest hidden
+size that runs persistent, unidirectional / bidirectional (both directions' weights at once):
+
+=================  ===========  ===========  ===========  ===========
+kernels, precision  LSTM H100    GRU H100     LSTM A100    GRU A100
+=================  ===========  ===========  ===========  ===========
+mma fp32, tf32      1248 / 880   1452 / 1040   928 / 648   1080 / 756
+mma bf16, fp16      1776 / 1056  2080 / 1386  1296 / 864   1512 / 1080
+fma fp32, tf32      1320 / 933   1556 / 1098   991 / 708   1188 / 826
+fma bf16, fp16      1867 / 1334  2197 / 1556  1416 / 1026  1652 / 1188
+fma float64         924 / 660    1056 / 749    670 / 486    782 / 569
+=================  ===========  ===========  ===========  ===========
 
 (:func:`max_persistent_hidden` computes them; ``tests/test_rnn_persistent.py`` checks the
-table.) Beyond them the fallback runs.
+table; occupancy aside: ptxas gives every persistent kernel at most 255 registers at 256
+threads, one block per SM, also checked there.) Beyond the fma rows the fallback runs.
 
 Precision (float32 arrays; the setting :func:`precision` sets; float64 arrays always compute
-in float64): ``"fp32"`` (default) every product in fp32; ``"tf32"`` the GEMMs (input
-projection, input and weight gradients) on tensor cores in TF32, the recurrence in fp32;
-``"bf16"`` / ``"fp16"`` the GEMMs' operands rounded to bfloat16 / float16 and multiplied on
-tensor cores with fp32 accumulation (a TF32 GEMM is exact on such operands), W_hh stored in
-16 bits on chip, the recurrence's products and every sum, state and gate in fp32. The
-recurrence runs on the CUDA cores (FMA from shared memory), not on tensor cores. The GEMMs
-are cuBLAS through CuPy (its compute type switched to TF32 for the tensor-core modes), since
-the precision setting of the implicit-GEMM convolution (issue 10) is not on main yet.
-The cells compute in their arrays' precision.
+in float64 on the FMA kernels): ``"fp32"`` (default) fp32 accuracy: the recurrence on tensor
+cores in 3xTF32 (each operand split into tf32 big + small, three mma per product), the other
+GEMMs in fp32; ``"tf32"`` the recurrence's operands and the GEMMs (input projection, input
+and weight gradients) in TF32; ``"bf16"`` / ``"fp16"`` both operands of every product
+rounded to bfloat16 / float16 (W_hh stored in 16 bits on chip) with fp32 accumulation. Every
+sum, state and gate is fp32. The FMA kernels multiply fp32 h by the (16-bit) weights in fp32.
+The GEMMs are cuBLAS through CuPy (its compute type switched to TF32 for the tensor-core
+modes, a TF32 GEMM being exact on bf16/fp16-rounded operands), since the precision setting
+of the implicit-GEMM convolution is not unified with this one yet. The cells compute in
+their arrays' precision.
 """
 from __future__ import annotations
 
@@ -225,11 +241,11 @@ def _ntiles(columns: int) -> int:
 
 def mma_smem_bytes(direction: str, G: int, units: int, H: int, weight_bytes: int) -> int:
     """Dynamic shared memory of a tensor-core persistent kernel (the carving at the top of
-    rnn_persistent_mma.cu): the slice in fragment order, its reduction (H forward, G*H
-    backward) rounded up to k-steps of 16 and its columns (G*U forward, U backward) to
-    n-tiles of 8, then every warp's staging ring and partial sums."""
+    rnn_persistent_mma.cu): the slice, its columns (G*U forward, U backward) by its
+    reduction (H forward, G*H backward) rounded up to k-steps of 16, then every warp's
+    staging ring and partial sums."""
     K, columns = (H, G * units) if direction == "fwd" else (G * H, units)
-    slice_bytes = math.ceil(K / MMA_KSTEP) * MMA_KSTEP * _ntiles(columns) * 8 * weight_bytes
+    slice_bytes = math.ceil(K / MMA_KSTEP) * MMA_KSTEP * columns * weight_bytes
     return _align16(slice_bytes) + MMA_WARPS * MMA_WARP_BYTES
 
 
