@@ -629,3 +629,41 @@ def test_the_lstm_suite_times_gru_and_the_flashrnn_case_in_bfloat16():
     assert gru_fwd.op == "gru" and gru_fwd.flops == 3 * fwd.flops // 4
     with gru_fwd.precision("bfloat16"):
         assert R.precision_of(np.float32) == "bf16"
+
+
+@pytest.mark.parametrize("forced,family", [gpu_param(None, R.MMA_FAMILY, id="chosen"),
+                                           gpu_param("fma", R.FAMILY, id="fma-forced")])
+def test_the_lstm_suite_runs_the_tensor_core_kernels_and_times_the_fma_ones_on_request(
+        forced, family, monkeypatch):
+    """On an H100 every case of the gpu lstm suite plans the tensor-core persistent kernels
+    (in the case's precision, float32 otherwise); GPUCONV_RNN_PERSISTENT_KERNELS=fma times the
+    FMA kernels on the same cases."""
+    from gpuconv import benchmark
+    from gpuconv.benchmark.cases import lstm_passes
+
+    if emulated():
+        monkeypatch.setenv("GPUCONV_EMULATED_GPU", "H100")
+    elif R._props()["major"] != 9:
+        pytest.skip("the plan is checked for an H100")
+    monkeypatch.setenv(R.KERNELS_ENV, forced or "")
+    R._persistent_plan.cache_clear()  # its key has the device's id, not the emulated GPU
+    for c in benchmark.load_suite("lstm", "gpu"):
+        fwd, _ = lstm_passes(c)
+        with fwd.precision(c.get("dtype", "float32")):
+            plans, why = R.persistent_plan(c.get("kind", "lstm"), c["T"], c["B"], c["hidden"],
+                                           1, np.float32)
+        assert plans is not None, f"{c['label']}: {why}"
+        assert {p.family for p in plans.values()} == {family}, c["label"]
+
+
+def test_the_kernel_kind_comes_from_the_tests_then_the_environment(monkeypatch):
+    monkeypatch.setenv(R.KERNELS_ENV, "fma")
+    assert R.persistent_kernels() == "fma"
+    monkeypatch.setattr(R, "PERSISTENT_KERNELS", "mma")
+    assert R.persistent_kernels() == "mma"
+    monkeypatch.setattr(R, "PERSISTENT_KERNELS", None)
+    monkeypatch.setenv(R.KERNELS_ENV, "")
+    assert R.persistent_kernels() is None
+    monkeypatch.setenv(R.KERNELS_ENV, "tensor")
+    with pytest.raises(ValueError, match="GPUCONV_RNN_PERSISTENT_KERNELS must be one of fma, mma"):
+        R.persistent_kernels()

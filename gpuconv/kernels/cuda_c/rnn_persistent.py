@@ -67,6 +67,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -113,8 +114,13 @@ NEVER = -1000
 BLOCKS_PER_DIRECTION: int | None = None
 PERSISTENT_CHUNK: int | None = None
 # Tests set this to "fma" or "mma" to run one kind of persistent kernel (None: tensor cores
-# where their plan fits, else the FMA kernels).
+# where their plan fits, else the FMA kernels). Where it is None the environment variable
+# KERNELS_ENV does the same, so that a benchmark run can time the FMA kernels on the cases
+# where the tensor-core kernels would run (`GPUCONV_RNN_PERSISTENT_KERNELS=fma gpuconv bench
+# lstm`; bench/NOTES.md).
 PERSISTENT_KERNELS: str | None = None
+KERNELS_ENV = "GPUCONV_RNN_PERSISTENT_KERNELS"
+KERNEL_KINDS = ("fma", "mma")
 
 _precision: contextvars.ContextVar[str] = contextvars.ContextVar("gpuconv_rnn_precision",
                                                                  default="fp32")
@@ -370,7 +376,17 @@ def persistent_plan(kind: str, steps: int, B: int, H: int, D: int, dtype) -> tup
     mode = precision_of(dtype)
     return _persistent_plan(kind, steps, B, H, D, mode, np.dtype(dtype).itemsize,
                             cp.cuda.Device().id, BLOCKS_PER_DIRECTION, PERSISTENT_CHUNK,
-                            PERSISTENT_KERNELS)
+                            persistent_kernels())
+
+
+def persistent_kernels() -> str | None:
+    """The kind of persistent kernel forced ("fma", "mma") or None (the plan chooses):
+    PERSISTENT_KERNELS, else the environment variable KERNELS_ENV (empty: unset)."""
+    forced = PERSISTENT_KERNELS or os.environ.get(KERNELS_ENV) or None
+    if forced is not None and forced not in KERNEL_KINDS:
+        raise ValueError(f"{KERNELS_ENV} must be one of {', '.join(KERNEL_KINDS)} or empty, "
+                         f"got {forced!r}")
+    return forced
 
 
 def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: int,
