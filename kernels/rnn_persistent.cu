@@ -138,12 +138,9 @@ __device__ __forceinline__ int row_in_tile(const Tile& t, int i, int nb) {
 }
 
 __device__ __forceinline__ Tile make_tile(int B, int H, int units, int chunk) {
-    const int blocks_per_direction = (H + units - 1) / units;
     Tile t;
-    t.d = blockIdx.x / blocks_per_direction;
-    t.j0 = (blockIdx.x % blocks_per_direction) * units;
+    block_units(H, units, t.d, t.j0, t.owned);
     t.units = units;
-    t.owned = min(units, H - t.j0);
     t.u = threadIdx.x % units;
     t.group = threadIdx.x / units;
     t.groups = blockDim.x / units;

@@ -18,6 +18,15 @@ struct f16w {
 
 __device__ __forceinline__ long long align16(long long bytes) { return (bytes + 15) / 16 * 16; }
 
+// The hidden units of block blockIdx.x, `units` per block along each direction: direction d,
+// first unit j0, and how many it owns (the last block of a direction may own fewer).
+__device__ __forceinline__ void block_units(int H, int units, int& d, int& j0, int& owned) {
+    const int blocks_per_direction = (H + units - 1) / units;
+    d = blockIdx.x / blocks_per_direction;
+    j0 = (blockIdx.x % blocks_per_direction) * units;
+    owned = min(units, H - j0);
+}
+
 // --------------------------------------------------------------------------- one step
 
 // The arrays of one forward step of one direction (pointers already at the step and the

@@ -226,12 +226,9 @@ struct Part {
 };
 
 __device__ __forceinline__ Part make_part(int H, int units, int columns, int most_ntiles) {
-    const int blocks_per_direction = (H + units - 1) / units;
     Part p;
-    p.d = blockIdx.x / blocks_per_direction;
-    p.j0 = (blockIdx.x % blocks_per_direction) * units;
+    block_units(H, units, p.d, p.j0, p.owned);
     p.units = units;
-    p.owned = min(units, H - p.j0);
     p.columns = columns;
     p.ntiles = (columns + 7) / 8;
     // the launcher gives every slice at most the n-tiles its kernel handles, and whole warps
