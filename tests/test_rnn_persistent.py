@@ -1,12 +1,16 @@
-"""The fused recurrent kernels (kernels/rnn_persistent.cu through
-gpuconv/kernels/cuda_c/rnn_persistent.py): the persistent LSTM/GRU sequences, their per-step
-fallback and the one-launch cells, against the float64 reference, per precision; the
-priority rule; and the CUDA emulator's cooperative mode that runs them without a GPU.
+"""The fused recurrent kernels (kernels/rnn_persistent.cu and kernels/rnn_persistent_mma.cu
+through gpuconv/kernels/cuda_c/rnn_persistent.py): the persistent LSTM/GRU sequences on
+tensor cores and on the CUDA cores, their per-step fallback and the one-launch cells, against
+the float64 reference, per precision; the rules that choose between them; ptxas's resource
+report of every persistent kernel; and the CUDA emulator's cooperative mode that runs them
+without a GPU.
 
 The tests marked ``gpu`` run on a GPU, and without one in tests/test_cuda_emulated.py, where
 every block of a cooperative launch runs at once on the CPU. ``BLOCKS_PER_DIRECTION`` splits
 the small hidden sizes over a few blocks so that the partitions do not divide H, a block
-holds several units, and threads hold several batch rows.
+holds several units, and threads hold several batch rows; the tensor-core kernels' cases
+also cover batches that are not multiples of 16, slices of more than four n-tiles, several
+rounds of the batch and staging rings that wrap.
 """
 from __future__ import annotations
 
@@ -31,7 +35,10 @@ from cuda_emu import occupancy
 # The module (the package's name `rnn` is the function).
 F = importlib.import_module("gpuconv.functional.rnn")
 
-IMPLS = ("cuda_persistent", "cuda_fused")
+# How the sequence tests run: cuda_persistent as the plan chooses (the tensor-core kernels
+# for float32 where they fit), cuda_persistent with the FMA kernels forced, the per-step
+# fallback. float64 always runs the FMA kernels, so it skips the forced path.
+PATHS = ("cuda_persistent", "cuda_persistent-fma", "cuda_fused")
 KINDS = ("lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
 TOL_KEY = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "fp16": "float16"}
@@ -108,29 +115,40 @@ SEQ_CASES = [
                  id="two-batch-tiles-two-rows-per-thread-chunks-of-32"),
     pytest.param(dict(T=2, B=50, I=2, H=40, L=1, bidirectional=False, blocks=1),
                  id="one-block-eight-rows-per-thread"),
+    # tensor cores: 44 (LSTM) / 33 (GRU) gate columns per block, 1 x 8 fragments per warp
+    pytest.param(dict(T=2, B=17, I=5, H=22, L=1, bidirectional=False, blocks=2),
+                 id="B17-more-than-four-n-tiles"),
+    # tensor cores: two rounds of the batch, each warp's ring of staged A wraps around
+    pytest.param(dict(T=2, B=130, I=3, H=80, L=1, bidirectional=False, blocks=5),
+                 id="B130-two-rounds-rings-wrap"),
+    pytest.param(dict(T=2, B=20, I=3, H=72, L=2, bidirectional=True, blocks=8),
+                 id="B20-stacked-bidir-long-backward-reduction"),
 ]
 
 
 @pytest.fixture
 def blocks(monkeypatch):
-    def set_blocks(n, chunk=None):
+    def set_blocks(n, chunk=None, path="cuda_persistent"):
         monkeypatch.setattr(R, "BLOCKS_PER_DIRECTION", n)
         monkeypatch.setattr(R, "PERSISTENT_CHUNK", chunk)
+        monkeypatch.setattr(R, "PERSISTENT_KERNELS", "fma" if path.endswith("-fma") else None)
+        return path.removesuffix("-fma")
     return set_blocks
 
 
 def seq_params(with_dtype: bool = True) -> list:
     dtypes = ("float64", "float32") if with_dtype else (None,)
-    return [gpu_param(kind, impl, dtype, id=f"{kind}-{impl}" + (f"-{dtype}" if dtype else ""))
-            for kind in KINDS for impl in IMPLS for dtype in dtypes]
+    return [gpu_param(kind, path, dtype, id=f"{kind}-{path}" + (f"-{dtype}" if dtype else ""))
+            for kind in KINDS for path in PATHS for dtype in dtypes
+            if not (dtype == "float64" and path.endswith("-fma"))]
 
 
 # --------------------------------------------------------------------------- sequences
 
 @pytest.mark.parametrize("c", SEQ_CASES)
-@pytest.mark.parametrize("kind,impl,dtype", seq_params())
-def test_sequence_forward_matches_reference(kind, impl, dtype, c, blocks):
-    blocks(c["blocks"], c.get("chunk"))
+@pytest.mark.parametrize("kind,path,dtype", seq_params())
+def test_sequence_forward_matches_reference(kind, path, dtype, c, blocks):
+    impl = blocks(c["blocks"], c.get("chunk"), path)
     x, hx, params, _ = seq_inputs(kind, c, rng_for("fwd", kind, c))
     kw = seq_kwargs(c)
     ref = forward(kind, "reference", x, hx, params, kw)
@@ -140,9 +158,9 @@ def test_sequence_forward_matches_reference(kind, impl, dtype, c, blocks):
 
 
 @pytest.mark.parametrize("c", SEQ_CASES)
-@pytest.mark.parametrize("kind,impl,dtype", seq_params())
-def test_sequence_backward_matches_reference(kind, impl, dtype, c, blocks):
-    blocks(c["blocks"], c.get("chunk"))
+@pytest.mark.parametrize("kind,path,dtype", seq_params())
+def test_sequence_backward_matches_reference(kind, path, dtype, c, blocks):
+    impl = blocks(c["blocks"], c.get("chunk"), path)
     x, hx, params, grads = seq_inputs(kind, c, rng_for("bwd", kind, c))
     kw = seq_kwargs(c)
     ref = backward(kind, "reference", grads, x, hx, params, kw)
@@ -157,10 +175,10 @@ PRECISION_CASE = dict(T=4, B=3, I=5, H=9, L=2, bidirectional=True, blocks=2)
 
 
 @pytest.mark.parametrize("mode", R.PRECISIONS)
-@pytest.mark.parametrize("kind,impl,_", seq_params(with_dtype=False))
-def test_each_precision_is_within_its_tolerance(kind, impl, _, mode, blocks):
+@pytest.mark.parametrize("kind,path,_", seq_params(with_dtype=False))
+def test_each_precision_is_within_its_tolerance(kind, path, _, mode, blocks):
     """float32 arrays in every precision, forward and backward, against float64."""
-    blocks(PRECISION_CASE["blocks"])
+    impl = blocks(PRECISION_CASE["blocks"], path=path)
     x, hx, params, grads = seq_inputs(kind, PRECISION_CASE, rng_for("precision", kind))
     kw = seq_kwargs(PRECISION_CASE)
     refs = (forward(kind, "reference", x, hx, params, kw) +
@@ -181,10 +199,10 @@ def test_a_precision_is_one_of_four_and_float64_keeps_its_own():
     assert R.precision_of(np.float32) == "fp32"
 
 
-@pytest.mark.parametrize("kind,impl,_", seq_params(with_dtype=False))
-def test_the_reduced_precisions_round_the_weights(kind, impl, _, blocks):
+@pytest.mark.parametrize("kind,path,_", seq_params(with_dtype=False))
+def test_the_reduced_precisions_round_the_weights(kind, path, _, blocks):
     """bf16 differs from fp32 by more than fp32's own error: the mode is really applied."""
-    blocks(2)
+    impl = blocks(2, path=path)
     x, hx, params, _ = seq_inputs(kind, PRECISION_CASE, rng_for("rounded", kind))
     kw = seq_kwargs(PRECISION_CASE)
     args = [to_gpu(impl, kind, a, "float32") for a in (x, hx, params)]
@@ -195,8 +213,9 @@ def test_the_reduced_precisions_round_the_weights(kind, impl, _, blocks):
     assert diff > 1e-4, f"bf16 output equals fp32 output to {diff:.1e}"
 
 
-@pytest.mark.parametrize("kind,impl,_", seq_params(with_dtype=False))
-def test_an_empty_batch_gives_empty_results_without_a_launch(kind, impl, _):
+@pytest.mark.parametrize("kind,impl", [gpu_param(k, i, id=f"{k}-{i}") for k in KINDS
+                                       for i in ("cuda_persistent", "cuda_fused")])
+def test_an_empty_batch_gives_empty_results_without_a_launch(kind, impl):
     """N = 0 straight to the impl (the public op refuses an empty input until it learns
     PyTorch's empty-batch semantics)."""
     T, I, H, D = 3, 2, 4, 2
@@ -298,6 +317,44 @@ def test_weights_too_big_for_the_chip_fall_back_to_the_fused_steps(kind, blocks)
         assert_close(o, r, "float32", f"{kind} fallback")
 
 
+# (case, dtype, forced kernels) -> the persistent entry points that run its forward
+KERNEL_CHOICES = [
+    pytest.param(dict(T=2, B=3, I=2, H=9, L=1, bidirectional=True, blocks=2), "float32", None,
+                 "{kind}_fwd_persistent_mma_f32", id="float32-tensor-cores"),
+    pytest.param(dict(T=2, B=3, I=2, H=9, L=1, bidirectional=True, blocks=2), "float64", None,
+                 "{kind}_fwd_persistent_f64", id="float64-fma"),
+    # 40 units in one block: 160 / 120 gate columns, more than the tensor cores' 64
+    pytest.param(dict(T=2, B=3, I=2, H=40, L=1, bidirectional=False, blocks=1), "float32",
+                 None, "{kind}_fwd_persistent_f32", id="too-many-columns-for-tensor-cores-fma"),
+    pytest.param(dict(T=2, B=3, I=2, H=9, L=1, bidirectional=False, blocks=2), "float32",
+                 "fma", "{kind}_fwd_persistent_f32", id="fma-forced"),
+]
+
+
+@pytest.mark.parametrize("c,dtype,forced,entry", KERNEL_CHOICES)
+@pytest.mark.parametrize("kind", [gpu_param(k, id=k) for k in KINDS])
+def test_the_tensor_core_kernels_run_float32_where_they_fit(kind, c, dtype, forced, entry,
+                                                            blocks, monkeypatch):
+    blocks(c["blocks"], path="cuda_persistent-fma" if forced else "cuda_persistent")
+    launches = []
+    run = R._run
+    monkeypatch.setattr(R, "_run", lambda *a, **k: launches.append(a[0]) or run(*a, **k))
+    x, hx, params, _ = seq_inputs(kind, c, rng_for("kernels", kind))
+    forward(kind, "cuda_persistent", *(to_gpu("cuda_persistent", kind, a, dtype)
+                                       for a in (x, hx, params)), seq_kwargs(c))
+    assert launches == [entry.format(kind=kind)]
+
+
+@pytest.mark.parametrize("kind", [gpu_param(k, id=k) for k in KINDS])
+def test_forcing_the_tensor_core_kernels_on_float64_says_why_not(kind, monkeypatch):
+    monkeypatch.setattr(R, "PERSISTENT_KERNELS", "mma")
+    c = dict(T=2, B=1, I=1, H=4, L=1, bidirectional=False)
+    x, hx, params, _ = seq_inputs(kind, c, rng_for("mma float64", kind))
+    with pytest.raises(ValueError, match="tensor cores: they need float32 arrays and sm_80"):
+        forward(kind, "cuda_persistent", *(to_gpu("cuda_persistent", kind, a, "float64")
+                                           for a in (x, hx, params)), seq_kwargs(c))
+
+
 @pytest.mark.gpu
 def test_the_choice_is_made_for_the_layers_without_code_changes(monkeypatch):
     """nn.LSTM in a classifier on a GPU runs the persistent kernels, forward and backward."""
@@ -325,34 +382,51 @@ def test_the_launcher_constants_are_the_kernel_file_defines():
     assert int(defines["RNN_BATCH_TILE"]) == R.BATCH_TILE
     assert int(defines["RNN_MAX_THREADS"]) == R.MAX_THREADS
     assert "RNN_TILE_STRIDE (RNN_BATCH_TILE + 1)" in source and R.TILE_STRIDE == R.BATCH_TILE + 1
+    mma = (cuda_source_dir() / "rnn_persistent_mma.cu").read_text()
+    defines = dict(re.findall(r"#define (RNN_MMA_\w+) (.+)", mma))
+    assert int(defines["RNN_MMA_WARPS"]) == R.MMA_WARPS
+    assert defines["RNN_MMA_THREADS"] == "(RNN_MMA_WARPS * 32)" and R.MMA_THREADS == 32 * R.MMA_WARPS
+    assert int(defines["RNN_MMA_KSTEP"]) == R.MMA_KSTEP
+    assert int(defines["RNN_MMA_MAX_NTILES"]) == R.MMA_MAX_NTILES
+    slot = 16 * R.MMA_KSTEP * 4  # RNN_MMA_SLOT_BYTES: 16 rows of a k-step in fp32
+    assert defines["RNN_MMA_SLOT_BYTES"] == "(16 * RNN_MMA_KSTEP * 4)"
+    assert defines["RNN_MMA_WARP_BYTES"] == "(RNN_MMA_SLOTS * RNN_MMA_SLOT_BYTES)"
+    assert int(defines["RNN_MMA_SLOTS"]) * slot == R.MMA_WARP_BYTES
+    assert f"make_part(n.H, n.units, n.units, {R.MMA_BWD_MAX_NTILES})" in mma
 
 
 def test_the_docstring_table_of_on_chip_limits_is_what_the_plan_computes():
-    rows = {"fp32, tf32": (4, 4), "bf16, fp16": (2, 4), "float64": (8, 8)}
+    rows = {"mma fp32, tf32": (4, 4), "mma bf16, fp16": (2, 4), "fma fp32, tf32": (4, 4),
+            "fma bf16, fp16": (2, 4), "fma float64": (8, 8)}
     gpus = [(132, 227 * 1024), (108, 163 * 1024)]  # H100, A100: SMs, shared memory per block
     for label, (weight, item) in rows.items():
         line = next(ln for ln in R.__doc__.splitlines() if ln.startswith(label))
         printed = [int(v) for v in re.findall(r"\d+", line[len(label):])]
-        computed = [R.max_persistent_hidden(kind, D, weight, item, sms, smem)
+        computed = [R.max_persistent_hidden(kind, D, weight, item, sms, smem, label[:3])
                     for sms, smem in gpus for kind in KINDS for D in (1, 2)]
         lstm_h100, gru_h100, lstm_a100, gru_a100 = (computed[i:i + 2] for i in range(0, 8, 2))
         assert printed == lstm_h100 + gru_h100 + lstm_a100 + gru_a100, label
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("source,threads", [("rnn_persistent.cu", R.MAX_THREADS),
+                                            ("rnn_persistent_mma.cu", R.MMA_THREADS)])
 @pytest.mark.parametrize("gpu", sorted(occupancy.GPUS))
-def test_every_persistent_kernel_is_resident_one_block_per_sm_at_256_threads(gpu, monkeypatch):
-    """ptxas's registers and shared memory let one block of MAX_THREADS threads with the
-    largest dynamic shared memory run on every SM, with no spills (the plan's assumption)."""
+def test_every_persistent_kernel_is_resident_one_block_per_sm_without_spills(
+        gpu, source, threads, monkeypatch):
+    """ptxas's registers and shared memory let one block of the launcher's (largest) block
+    size with the largest dynamic shared memory run on every SM, and no persistent kernel
+    (every cell, direction and precision) uses local memory: the plan's assumptions."""
     monkeypatch.setenv("GPUCONV_EMULATED_GPU", gpu)
     src = cuda_source_dir()
-    report = occupancy.resource_report((src / "rnn_persistent.cu").read_text(), [f"-I{src}"])
+    report = occupancy.resource_report((src / source).read_text(), [f"-I{src}"])
     spec = occupancy.GPUS[gpu]
     names = [n for n in report if "persistent" in n]
     assert len(names) == 16
     for name in names:
+        assert report[name].local_bytes == 0, f"{name} on {gpu}: spills {report[name]}"
         smem = spec["smem_per_block_optin"] - report[name].static_smem
-        per_sm, limit = occupancy.blocks_per_sm(report[name], R.MAX_THREADS, smem, spec)
+        per_sm, limit = occupancy.blocks_per_sm(report[name], threads, smem, spec)
         assert per_sm >= 1, f"{name} on {gpu}: not resident ({limit})"
 
 
@@ -374,11 +448,11 @@ def test_occupancy_follows_the_calculator_rules():
 def test_the_resource_report_is_read_per_entry_point():
     text = ("ptxas info    : Compiling entry function 'k_a' for 'sm_90'\n"
             "ptxas info    : Function properties for k_a\n"
-            "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+            "    16 bytes stack frame, 4 bytes spill stores, 8 bytes spill loads\n"
             "ptxas info    : Used 40 registers, used 1 barriers, 2048 bytes smem, 400 bytes cmem[0]\n"
             "ptxas info    : Compiling entry function 'k_b' for 'sm_90'\n"
             "ptxas info    : Used 8 registers, 380 bytes cmem[0]\n")
-    assert occupancy.parse_report(text) == {"k_a": occupancy.Resources(40, 2048),
+    assert occupancy.parse_report(text) == {"k_a": occupancy.Resources(40, 2048, 28),
                                             "k_b": occupancy.Resources(8, 0)}
 
 
@@ -427,6 +501,27 @@ def test_the_emulator_catches(fault, match):
     with pytest.raises(RuntimeError, match=match):
         k((fault.get("grid", 3),), (32,), persistent_launch(3, 2, fault.get("counter", 0)),
           shared_mem=smem)
+
+
+def mma_launch(H: int, steps: int):
+    """The arguments of lstm_fwd_persistent_mma_f32 for a forward of T=steps, B=1, H, U=1."""
+    cp = backend.cupy_or_none()
+    z = lambda *s: cp.zeros(s, np.float32)  # noqa: E731
+    args = (z(steps, 1, 4 * H), z(1, 4 * H, H), R.NULL, R.NULL, z(1, steps + 1, 1, H),
+            z(1, steps + 1, 1, H), R.NULL, R.NULL, z(steps, 1, H), cp.zeros(1, np.uint32))
+    return args + tuple(np.int32(v) for v in (steps, 1, H, 1, 1))
+
+
+@pytest.mark.parametrize("threads,smem", [
+    pytest.param(R.MMA_THREADS, R.mma_smem_bytes("fwd", 4, 1, 3, 4) - 16, marks=EMULATED,
+                 id="shared-memory-short-of-the-slice-and-staging"),
+    pytest.param(128, R.mma_smem_bytes("fwd", 4, 1, 3, 4), marks=EMULATED,
+                 id="not-the-block-size-of-its-warp-grid")])
+def test_a_tensor_core_kernel_traps_on_a_launch_it_was_not_planned_for(threads, smem):
+    k = R._with_smem(R.kernel(R.MMA_FAMILY, "lstm_fwd_persistent_mma_f32", cooperative=True),
+                     smem)
+    with pytest.raises(RuntimeError, match=r"__trap\(\) called"):
+        k((3,), (threads,), mma_launch(3, 2), shared_mem=smem)
 
 
 # --------------------------------------------------------------------------- the numba twin
@@ -556,3 +651,41 @@ def test_the_lstm_suite_times_gru_and_the_flashrnn_case_in_bfloat16():
     assert gru_fwd.op == "gru" and gru_fwd.flops == 3 * fwd.flops // 4
     with gru_fwd.precision("bfloat16"):
         assert R.precision_of(np.float32) == "bf16"
+
+
+@pytest.mark.parametrize("forced,family", [gpu_param(None, R.MMA_FAMILY, id="chosen"),
+                                           gpu_param("fma", R.FAMILY, id="fma-forced")])
+def test_the_lstm_suite_runs_the_tensor_core_kernels_and_times_the_fma_ones_on_request(
+        forced, family, monkeypatch):
+    """On an H100 every case of the gpu lstm suite plans the tensor-core persistent kernels
+    (in the case's precision, float32 otherwise); GPUCONV_RNN_PERSISTENT_KERNELS=fma times the
+    FMA kernels on the same cases."""
+    from gpuconv import benchmark
+    from gpuconv.benchmark.cases import lstm_passes
+
+    if emulated():
+        monkeypatch.setenv("GPUCONV_EMULATED_GPU", "H100")
+    elif R._props()["major"] != 9:
+        pytest.skip("the plan is checked for an H100")
+    monkeypatch.setenv(R.KERNELS_ENV, forced or "")
+    R._persistent_plan.cache_clear()  # its key has the device's id, not the emulated GPU
+    for c in benchmark.load_suite("lstm", "gpu"):
+        fwd, _ = lstm_passes(c)
+        with fwd.precision(c.get("dtype", "float32")):
+            plans, why = R.persistent_plan(c.get("kind", "lstm"), c["T"], c["B"], c["hidden"],
+                                           1, np.float32)
+        assert plans is not None, f"{c['label']}: {why}"
+        assert {p.family for p in plans.values()} == {family}, c["label"]
+
+
+def test_the_kernel_kind_comes_from_the_tests_then_the_environment(monkeypatch):
+    monkeypatch.setenv(R.KERNELS_ENV, "fma")
+    assert R.persistent_kernels() == "fma"
+    monkeypatch.setattr(R, "PERSISTENT_KERNELS", "mma")
+    assert R.persistent_kernels() == "mma"
+    monkeypatch.setattr(R, "PERSISTENT_KERNELS", None)
+    monkeypatch.setenv(R.KERNELS_ENV, "")
+    assert R.persistent_kernels() is None
+    monkeypatch.setenv(R.KERNELS_ENV, "tensor")
+    with pytest.raises(ValueError, match="GPUCONV_RNN_PERSISTENT_KERNELS must be one of fma, mma"):
+        R.persistent_kernels()

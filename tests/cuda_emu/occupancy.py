@@ -64,27 +64,35 @@ def device_properties(device_name: bytes) -> dict:
 
 @dataclass(frozen=True)
 class Resources:
-    """What ptxas says one entry point uses."""
+    """What ptxas says one entry point uses (local memory: its stack frame and spills)."""
 
     registers: int
     static_smem: int
+    local_bytes: int = 0
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)'")
+_LOCAL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+# Part of the cache key: a report cached in an older format is read again.
+_FORMAT = "2"
 
 
 def parse_report(text: str) -> dict[str, Resources]:
     """``{entry point: Resources}`` from ptxas's ``-v`` output."""
-    out, name = {}, None
+    out, name, local = {}, None, 0
     for line in text.splitlines():
         m = _ENTRY.search(line)
         if m:
-            name = m.group(1)
+            name, local = m.group(1), 0
+            continue
+        m = _LOCAL.search(line)
+        if m:
+            local = sum(int(v) for v in m.groups())
             continue
         m = _USED.search(line)
         if m and name is not None:
-            out[name] = Resources(int(m.group(1)), int(m.group(2) or 0))
+            out[name] = Resources(int(m.group(1)), int(m.group(2) or 0), local)
             name = None
     return out
 
@@ -94,7 +102,8 @@ def resource_report(code: str, flags: list[str]) -> dict[str, Resources]:
     (cached on disk by the source, the options, every header they include and the arch)."""
     arch = target()["arch"]
     headers = sorted(h for f in flags if f.startswith("-I") for h in Path(f[2:]).glob("*.cuh"))
-    key = hashlib.sha256("\0".join([code, arch, *flags, *(h.read_text() for h in headers)])
+    key = hashlib.sha256("\0".join([_FORMAT, code, arch, *flags,
+                                     *(h.read_text() for h in headers)])
                          .encode()).hexdigest()[:20]
     cached = _CACHE / f"{key}.resources.json"
     if cached.exists():

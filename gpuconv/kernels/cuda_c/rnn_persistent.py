@@ -1,5 +1,6 @@
-"""LSTM and GRU in few launches: the kernels of ``kernels/rnn_persistent.cu``, registered as
-two impls of the recurrent ops (float32 and float64 CuPy arrays).
+"""LSTM and GRU in few launches: the kernels of ``kernels/rnn_persistent.cu`` (products on
+the CUDA cores) and ``kernels/rnn_persistent_mma.cu`` (on tensor cores), registered as two
+impls of the recurrent ops (float32 and float64 CuPy arrays).
 
 - ``cuda_persistent`` (ops ``lstm``, ``gru`` and their backwards): per layer, one GEMM
   projects the input of every step for both directions (``x [W_ih fwd; W_ih rev]^T``), then
@@ -10,40 +11,55 @@ two impls of the recurrent ops (float32 and float64 CuPy arrays).
   (the fallback where the slices do not fit on chip or the grid cannot be resident), and
   ``lstm_cell`` / ``gru_cell`` in one launch (both gate products, biases and gate math).
 
-The priority rule: ``cuda_persistent`` (30) wins when the plan fits: the block's slice of W_hh
-(G*U*H weights for U = ceil(H / (SMs / D)) units per block) plus the staged input fits the
-device's shared memory per block, and the occupancy API says the whole grid is resident;
-otherwise it is never chosen (forcing it raises) and ``cuda_fused`` (20) runs, ahead of the
-per-step cuBLAS impl ``cuda`` (10). So ``nn.LSTM``, ``nn.GRU`` and the classifiers use them
-on a GPU without a change.
+The priority rule: ``cuda_persistent`` (30) wins when one of its plans fits, the occupancy
+API saying that the whole grid is resident; otherwise it is never chosen (forcing it raises)
+and ``cuda_fused`` (20) runs, ahead of the per-step cuBLAS impl ``cuda`` (10). So
+``nn.LSTM``, ``nn.GRU`` and the classifiers use them on a GPU without a change.
 
-On-chip limits: one block per SM, U = ceil(H / (SMs / D)) units per block, each block holding
-G*U*H weights (4 bytes each in fp32 and tf32, 2 in bf16 and fp16, 8 in float64) plus the
-staged input (8.3 KB in fp32) in its shared memory: 227 KB per block on an H100 (132 SMs),
-163 KB on an A100 (108 SMs). Every hidden size up to these runs persistent (unidirectional /
-bidirectional, where both directions hold their weights at once):
+Which persistent kernels: the tensor-core kernels (``MMA_FAMILY``) for float32 arrays on
+sm_80 and later wherever their plan fits, else the FMA kernels (``FAMILY``: float64, older
+GPUs, and the hidden sizes that only the FMA kernels' tighter shared memory holds). The
+tensor-core kernels are kept even at batch 1, where an m16 fragment carries one useful row
+of 16: per step a block of the FMA kernels runs its reduction on one warp there (one unit
+per thread, K x (2G + 1) shared-memory and FMA instructions: about 9,000 clocks for an LSTM
+with H = 1024), while the tensor-core kernels split K over 8 warps and issue G*U/8 x H/16
+mma per unit of 16 rows (1,536 m16n8k8 in fp32's 3xTF32 at H = 1024: about 2,300 clocks on
+an H100); both pay the same wait for L2 and the same barriers, which dominate at small H
+(bench/NOTES.md has the model). Nothing here has been timed on a GPU.
 
-=========  ===========  ===========  ===========  ===========
-precision   LSTM H100    GRU H100     LSTM A100    GRU A100
-=========  ===========  ===========  ===========  ===========
-fp32, tf32  1320 / 933   1556 / 1098   991 / 708   1188 / 826
-bf16, fp16  1867 / 1334  2197 / 1556  1416 / 1026  1652 / 1188
-float64     924 / 660    1056 / 749    670 / 486    782 / 569
-=========  ===========  ===========  ===========  ===========
+On-chip limits: one block per SM, U = ceil(H / (SMs / D)) units per block, 227 KB of shared
+memory per block on an H100 (132 SMs), 163 KB on an A100 (108 SMs). The tensor-core
+kernels hold the slice (G*U columns of H forward, U columns of G*H backward, the reduction
+rounded up to 16; 4 bytes a weight in fp32 and tf32, 2 in bf16 and fp16) plus 32 KB of
+staging and partial sums, and at most 64 gate columns per block; the FMA kernels hold G*U*H
+weights (8 bytes in float64) plus the staged input (8.3 KB in fp32). The largest hidden
+size that runs persistent, unidirectional / bidirectional (both directions' weights at once):
+
+=================  ===========  ===========  ===========  ===========
+kernels, precision  LSTM H100    GRU H100     LSTM A100    GRU A100
+=================  ===========  ===========  ===========  ===========
+mma fp32, tf32      1248 / 880   1452 / 1040   928 / 648   1080 / 756
+mma bf16, fp16      1776 / 1056  2080 / 1386  1296 / 864   1512 / 1080
+fma fp32, tf32      1320 / 933   1556 / 1098   991 / 708   1188 / 826
+fma bf16, fp16      1867 / 1334  2197 / 1556  1416 / 1026  1652 / 1188
+fma float64         924 / 660    1056 / 749    670 / 486    782 / 569
+=================  ===========  ===========  ===========  ===========
 
 (:func:`max_persistent_hidden` computes them; ``tests/test_rnn_persistent.py`` checks the
-table.) Beyond them the fallback runs.
+table; occupancy aside: ptxas gives every persistent kernel at most 255 registers at 256
+threads, one block per SM, also checked there.) Beyond the fma rows the fallback runs.
 
 Precision (float32 arrays; the setting :func:`precision` sets; float64 arrays always compute
-in float64): ``"fp32"`` (default) every product in fp32; ``"tf32"`` the GEMMs (input
-projection, input and weight gradients) on tensor cores in TF32, the recurrence in fp32;
-``"bf16"`` / ``"fp16"`` the GEMMs' operands rounded to bfloat16 / float16 and multiplied on
-tensor cores with fp32 accumulation (a TF32 GEMM is exact on such operands), W_hh stored in
-16 bits on chip, the recurrence's products and every sum, state and gate in fp32. The
-recurrence runs on the CUDA cores (FMA from shared memory), not on tensor cores. The GEMMs
-are cuBLAS through CuPy (its compute type switched to TF32 for the tensor-core modes), since
-the precision setting of the implicit-GEMM convolution (issue 10) is not on main yet.
-The cells compute in their arrays' precision.
+in float64 on the FMA kernels): ``"fp32"`` (default) fp32 accuracy: the recurrence on tensor
+cores in 3xTF32 (each operand split into tf32 big + small, three mma per product), the other
+GEMMs in fp32; ``"tf32"`` the recurrence's operands and the GEMMs (input projection, input
+and weight gradients) in TF32; ``"bf16"`` / ``"fp16"`` both operands of every product
+rounded to bfloat16 / float16 (W_hh stored in 16 bits on chip) with fp32 accumulation. Every
+sum, state and gate is fp32. The FMA kernels multiply fp32 h by the (16-bit) weights in fp32.
+The GEMMs are cuBLAS through CuPy (its compute type switched to TF32 for the tensor-core
+modes, a TF32 GEMM being exact on bf16/fp16-rounded operands), since the precision setting
+of the implicit-GEMM convolution is not unified with this one yet. The cells compute in
+their arrays' precision.
 """
 from __future__ import annotations
 
@@ -51,6 +67,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -63,11 +80,21 @@ from . import DTYPES, NULL, device_properties, gpu_op, kernel
 from .rnn import CELLS
 
 FAMILY = "rnn_persistent"
-# Must equal the #defines of kernels/rnn_persistent.cu (tests/test_rnn_persistent.py checks).
+# The persistent kernels with the recurrent product on tensor cores (sm_80 and later).
+MMA_FAMILY = "rnn_persistent_mma"
+# Must equal the #defines of kernels/rnn_persistent.cu and kernels/rnn_persistent_mma.cu
+# (tests/test_rnn_persistent.py checks).
 K_CHUNK = 32
 BATCH_TILE = 64
 TILE_STRIDE = BATCH_TILE + 1
 MAX_THREADS = 256
+MMA_WARPS = 8
+MMA_THREADS = 32 * MMA_WARPS
+MMA_KSTEP = 16
+MMA_WARP_BYTES = 4096
+MMA_MAX_NTILES = 8
+# The backward kernel's slice has at most this many n-tiles (8 columns each).
+MMA_BWD_MAX_NTILES = 4
 # Batch rows each thread accumulates when the batch allows (at most RNN_ROWS_PER_THREAD).
 ROWS_PER_THREAD_TARGET = 2
 GATES = {"lstm": 4, "gru": 3}
@@ -75,6 +102,7 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # Bytes of one stored recurrent weight, per precision.
 WEIGHT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
 _SUFFIX = {"fp32": "f32", "tf32": "f32", "bf16": "f32_bf16w", "fp16": "f32_f16w", "fp64": "f64"}
+_MMA_SUFFIX = {"fp32": "f32", "tf32": "f32_tf32", "bf16": "f32_bf16", "fp16": "f32_f16"}
 # Dynamic shared memory above this needs the kernel's attribute raised first.
 DEFAULT_DYNAMIC_SMEM = 48 * 1024
 # Priorities: above the per-step cuBLAS impl ``cuda`` (10).
@@ -85,6 +113,14 @@ NEVER = -1000
 # SMs) and to stage the persistent kernels' reduction in several chunks (None: as few as fit).
 BLOCKS_PER_DIRECTION: int | None = None
 PERSISTENT_CHUNK: int | None = None
+# Tests set this to "fma" or "mma" to run one kind of persistent kernel (None: tensor cores
+# where their plan fits, else the FMA kernels). Where it is None the environment variable
+# KERNELS_ENV does the same, so that a benchmark run can time the FMA kernels on the cases
+# where the tensor-core kernels would run (`GPUCONV_RNN_PERSISTENT_KERNELS=fma gpuconv bench
+# lstm`; bench/NOTES.md).
+PERSISTENT_KERNELS: str | None = None
+KERNELS_ENV = "GPUCONV_RNN_PERSISTENT_KERNELS"
+KERNEL_KINDS = ("fma", "mma")
 
 _precision: contextvars.ContextVar[str] = contextvars.ContextVar("gpuconv_rnn_precision",
                                                                  default="fp32")
@@ -168,13 +204,26 @@ def _stored_weights(w, mode: str):
 class Plan:
     """A launch of the fused kernels: U hidden units per block, ``threads`` per block,
     ``blocks`` in all (D directions x ceil(H / U)), ``smem`` bytes of dynamic shared memory,
-    ``chunk`` reduction elements staged at a time."""
+    ``chunk`` reduction elements staged at a time (FMA kernels), and the source file:
+    ``FAMILY`` (products on the CUDA cores) or ``MMA_FAMILY`` (on tensor cores)."""
 
     units: int
     threads: int
     blocks: int
     smem: int
     chunk: int = K_CHUNK
+    family: str = FAMILY
+
+    def entry(self, kind: str, direction: str, mode: str) -> str:
+        """The persistent entry point of this plan's kernels."""
+        if self.family == MMA_FAMILY:
+            return f"{kind}_{direction}_persistent_mma_{_MMA_SUFFIX[mode]}"
+        return f"{kind}_{direction}_persistent_{_SUFFIX[mode]}"
+
+    def sizes(self, T: int, B: int, H: int, D: int) -> tuple:
+        """The persistent entry point's trailing int arguments."""
+        chunk = (self.chunk,) if self.family == FAMILY else ()
+        return tuple(np.int32(v) for v in (T, B, H, D, self.units, *chunk))
 
 
 def _align16(n: int) -> int:
@@ -183,13 +232,27 @@ def _align16(n: int) -> int:
 
 def smem_bytes(kernel_kind: str, G: int, units: int, H: int, weight_bytes: int,
                item_bytes: int, chunk: int = K_CHUNK) -> int:
-    """Dynamic shared memory of a kernel (the carving at the top of rnn_persistent.cu):
+    """Dynamic shared memory of an FMA kernel (the carving at the top of rnn_persistent.cu):
     ``persistent`` (the whole slice), ``fwd_step`` and ``cell_fwd`` (a chunk of gate rows) or
     ``bwd_step`` (a chunk of columns), plus the staged input chunk (``chunk`` elements: the
     persistent kernels' argument; K_CHUNK in the others)."""
     weights = {"persistent": G * units * H, "fwd_step": K_CHUNK * G * units,
                "cell_fwd": K_CHUNK * G * units, "bwd_step": K_CHUNK * units}[kernel_kind]
     return _align16(weights * weight_bytes) + chunk * TILE_STRIDE * item_bytes
+
+
+def _ntiles(columns: int) -> int:
+    return math.ceil(columns / 8)
+
+
+def mma_smem_bytes(direction: str, G: int, units: int, H: int, weight_bytes: int) -> int:
+    """Dynamic shared memory of a tensor-core persistent kernel (the carving at the top of
+    rnn_persistent_mma.cu): the slice, its columns (G*U forward, U backward) by its
+    reduction (H forward, G*H backward) rounded up to k-steps of 16, then every warp's
+    staging ring and partial sums."""
+    K, columns = (H, G * units) if direction == "fwd" else (G * H, units)
+    slice_bytes = math.ceil(K / MMA_KSTEP) * MMA_KSTEP * columns * weight_bytes
+    return _align16(slice_bytes) + MMA_WARPS * MMA_WARP_BYTES
 
 
 def _units(H: int, D: int, sms: int) -> int:
@@ -216,17 +279,28 @@ def _with_smem(k, smem: int):
     return k
 
 
-@functools.lru_cache(maxsize=256)
-def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, itemsize: int,
-                     device_id: int, blocks_override: int | None,
-                     chunk_override: int | None) -> tuple[Plan | None, str]:
-    """(the plan, "") when both persistent kernels of this shape can run on chip, else
-    (None, why not)."""
-    cp = backend.cupy_or_none()
-    props = device_properties()
-    if not props["cooperativeLaunch"]:
-        return None, "the device cannot launch cooperative kernels"
-    sms, most = props["multiProcessorCount"], props["sharedMemPerBlockOptin"]
+def _mma_plans(kind: str, B: int, H: int, D: int, mode: str, itemsize: int, sms: int,
+               most: int, chunk_override: int | None) -> tuple[dict | None, str]:
+    """The tensor-core kernels' plans per direction, or (None, why they do not fit)."""
+    G = GATES[kind]
+    units = _units(H, D, sms)
+    if _ntiles(G * units) > MMA_MAX_NTILES:
+        return None, (f"tensor cores: {units} units per block make {G * units} gate columns, "
+                      f"more than {8 * MMA_MAX_NTILES}")
+    plans = {}
+    for direction in ("fwd", "bwd"):
+        smem = mma_smem_bytes(direction, G, units, H, WEIGHT_BYTES[mode])
+        if smem > most:
+            return None, (f"tensor cores: the {direction} slice of W_hh and the warps' staging "
+                          f"take {smem} bytes of shared memory, the device allows {most}")
+        plans[direction] = Plan(units, MMA_THREADS, D * math.ceil(H / units), smem,
+                                family=MMA_FAMILY)
+    return plans, ""
+
+
+def _fma_plans(kind: str, B: int, H: int, D: int, mode: str, itemsize: int, sms: int,
+               most: int, chunk_override: int | None) -> tuple[dict | None, str]:
+    """The FMA kernels' plan (the same for both directions), or (None, why it does not fit)."""
     G = GATES[kind]
     units = _units(H, D, sms)
     if units > MAX_THREADS:
@@ -240,27 +314,76 @@ def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, i
     room = most - _align16(G * units * H * WEIGHT_BYTES[mode])
     chunk = chunk_override or max(K_CHUNK, min(G * H, room // (TILE_STRIDE * itemsize)))
     smem = smem_bytes("persistent", G, units, H, WEIGHT_BYTES[mode], itemsize, chunk)
-    threads = _threads(units, B)
-    blocks = D * math.ceil(H / units)
-    if steps * blocks >= 2 ** 32:
-        return None, f"{steps} steps x {blocks} blocks overflow the barrier counter"
-    for direction in ("fwd", "bwd"):
-        k = _with_smem(kernel(FAMILY, f"{kind}_{direction}_persistent_{_SUFFIX[mode]}",
-                              cooperative=True), smem)
-        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr,
-                                                                          threads, smem)
-        if per_sm * sms < blocks:
-            return None, (f"the {direction} grid of {blocks} blocks ({threads} threads, {smem} "
-                          f"bytes of shared memory) is not resident: {per_sm} per SM x {sms}")
-    return Plan(units, threads, blocks, smem, chunk), ""
+    plan = Plan(units, _threads(units, B), D * math.ceil(H / units), smem, chunk)
+    return {"fwd": plan, "bwd": plan}, ""
+
+
+def _not_resident(kind: str, mode: str, plans: dict, sms: int) -> str:
+    """Why the occupancy API says a grid of ``plans`` would not be resident, or ""."""
+    cp = backend.cupy_or_none()
+    for direction, plan in plans.items():
+        k = _with_smem(kernel(plan.family, plan.entry(kind, direction, mode), cooperative=True),
+                       plan.smem)
+        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            k.kernel.ptr, plan.threads, plan.smem)
+        if per_sm * sms < plan.blocks:
+            return (f"the {direction} grid of {plan.blocks} blocks ({plan.threads} threads, "
+                    f"{plan.smem} bytes of shared memory) is not resident: {per_sm} per SM x "
+                    f"{sms}")
+    return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _persistent_plan(kind: str, steps: int, B: int, H: int, D: int, mode: str, itemsize: int,
+                     device_id: int, blocks_override: int | None, chunk_override: int | None,
+                     kernels: str | None) -> tuple[dict | None, str]:
+    """({"fwd": Plan, "bwd": Plan}, "") when both persistent kernels of this shape can run on
+    chip, else (None, why not): the tensor-core kernels where they fit (float32 arrays,
+    sm_80 or later), else the FMA kernels (module docstring)."""
+    props = device_properties()
+    if not props["cooperativeLaunch"]:
+        return None, "the device cannot launch cooperative kernels"
+    sms, most = props["multiProcessorCount"], props["sharedMemPerBlockOptin"]
+    makers = []
+    if kernels != "fma":
+        if mode != "fp64" and props["major"] >= 8:
+            makers.append(_mma_plans)
+        elif kernels == "mma":
+            return None, "tensor cores: they need float32 arrays and sm_80 or later"
+    if kernels != "mma":
+        makers.append(_fma_plans)
+    reasons = []
+    for make in makers:
+        plans, why = make(kind, B, H, D, mode, itemsize, sms, most, chunk_override)
+        if plans is not None:
+            blocks = plans["fwd"].blocks
+            if steps * blocks >= 2 ** 32:
+                return None, f"{steps} steps x {blocks} blocks overflow the barrier counter"
+            why = _not_resident(kind, mode, plans, sms)
+            if not why:
+                return plans, ""
+        reasons.append(why)
+    return None, "; ".join(reasons)
 
 
 def persistent_plan(kind: str, steps: int, B: int, H: int, D: int, dtype) -> tuple:
-    """(Plan or None, why not) for the persistent kernels on the current device."""
+    """({"fwd": Plan, "bwd": Plan} or None, why not) for the persistent kernels on the
+    current device."""
     cp = backend.cupy_or_none()
     mode = precision_of(dtype)
     return _persistent_plan(kind, steps, B, H, D, mode, np.dtype(dtype).itemsize,
-                            cp.cuda.Device().id, BLOCKS_PER_DIRECTION, PERSISTENT_CHUNK)
+                            cp.cuda.Device().id, BLOCKS_PER_DIRECTION, PERSISTENT_CHUNK,
+                            persistent_kernels())
+
+
+def persistent_kernels() -> str | None:
+    """The kind of persistent kernel forced ("fma", "mma") or None (the plan chooses):
+    PERSISTENT_KERNELS, else the environment variable KERNELS_ENV (empty: unset)."""
+    forced = PERSISTENT_KERNELS or os.environ.get(KERNELS_ENV) or None
+    if forced is not None and forced not in KERNEL_KINDS:
+        raise ValueError(f"{KERNELS_ENV} must be one of {', '.join(KERNEL_KINDS)} or empty, "
+                         f"got {forced!r}")
+    return forced
 
 
 def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: int,
@@ -272,12 +395,22 @@ def step_plan(kernel_kind: str, G: int, B: int, H: int, D: int, weight_bytes: in
 
 
 def max_persistent_hidden(kind: str, D: int, weight_bytes: int, itemsize: int, sms: int,
-                          smem_per_block: int) -> int:
+                          smem_per_block: int, kernels: str = "fma") -> int:
     """The largest hidden size whose persistent slices fit ``smem_per_block`` bytes on a GPU
-    with ``sms`` SMs (the docstring's table; occupancy aside)."""
+    with ``sms`` SMs, for the ``kernels`` "fma" or "mma" (the docstring's table; occupancy
+    aside)."""
+    G = GATES[kind]
+
+    def fits(H: int) -> bool:
+        units = math.ceil(H / max(1, sms // D))
+        if kernels == "fma":
+            return smem_bytes("persistent", G, units, H, weight_bytes, itemsize) <= smem_per_block
+        return (_ntiles(G * units) <= MMA_MAX_NTILES and
+                all(mma_smem_bytes(d, G, units, H, weight_bytes) <= smem_per_block
+                    for d in ("fwd", "bwd")))
+
     H = 1
-    while smem_bytes("persistent", GATES[kind], math.ceil((H + 1) / max(1, sms // D)), H + 1,
-                     weight_bytes, itemsize) <= smem_per_block:
+    while fits(H + 1):
         H += 1
     return H
 
@@ -289,7 +422,7 @@ def _ptr(a):
 
 
 def _run(name: str, plan: Plan, args: tuple, cooperative: bool = False) -> None:
-    k = _with_smem(kernel(FAMILY, name, cooperative=cooperative), plan.smem)
+    k = _with_smem(kernel(plan.family, name, cooperative=cooperative), plan.smem)
     if not cooperative:
         k((plan.blocks,), (plan.threads,), args, shared_mem=plan.smem)
         return
@@ -308,18 +441,16 @@ def _launch(kind: str, direction: str, persistent: bool, arrays: tuple, shape: t
     T, B, H, D = shape
     mode = precision_of(dtype)
     xp = backend.array_module(arrays[1])
-    suffix = _SUFFIX[mode]
     if persistent:
-        plan = _require_persistent(kind, T, B, H, D, dtype)
-        sizes = tuple(np.int32(v) for v in (T, B, H, D, plan.units, plan.chunk))
-        _run(f"{kind}_{direction}_persistent_{suffix}", plan,
-             arrays + (xp.zeros(1, np.uint32),) + sizes, cooperative=True)
+        plan = _require_persistent(kind, T, B, H, D, dtype)[direction]
+        _run(plan.entry(kind, direction, mode), plan,
+             arrays + (xp.zeros(1, np.uint32),) + plan.sizes(T, B, H, D), cooperative=True)
         return
     plan = step_plan(f"{direction}_step", GATES[kind], B, H, D, WEIGHT_BYTES[mode],
                      np.dtype(dtype).itemsize)
     sizes = tuple(np.int32(v) for v in (T, B, H, D, plan.units))
     for s in range(T if direction == "fwd" else T + 1):
-        _run(f"{kind}_{direction}_step_{suffix}", plan, arrays + sizes + (np.int32(s),))
+        _run(f"{kind}_{direction}_step_{_SUFFIX[mode]}", plan, arrays + sizes + (np.int32(s),))
 
 
 @dataclass
@@ -395,13 +526,13 @@ def _layer_backward(kind: str, persistent: bool, grad_out, layer: _Layer, weight
     return grad_x, grad_init, grad_weights
 
 
-def _require_persistent(kind: str, T: int, B: int, H: int, D: int, dtype) -> Plan:
-    plan, why = persistent_plan(kind, T, B, H, D, dtype)
-    if plan is None:
+def _require_persistent(kind: str, T: int, B: int, H: int, D: int, dtype) -> dict:
+    plans, why = persistent_plan(kind, T, B, H, D, dtype)
+    if plans is None:
         raise ValueError(f"{kind}: impl 'cuda_persistent' cannot hold hidden size {H} "
                          f"({'bidirectional' if D == 2 else 'unidirectional'}, batch {B}, "
                          f"{precision_of(dtype)}) on chip: {why}; use impl 'cuda_fused'")
-    return plan
+    return plans
 
 
 # --------------------------------------------------------------------------- sequences
