@@ -8,21 +8,16 @@ cluster's tiles in order (a thread per cluster and feature): deterministic, no a
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ... import backend
 from .. import register
 from .._segments import TILE_POSITIONS, tiled_segments
-from . import DTYPES, is_available, launch
+from . import DTYPES, is_available, run
 
-THREADS = 128
-
-
-def _launch(name: str, n_threads: int, *args) -> None:
-    from . import _kmeans_kernels
-
-    blocks = max(1, -(-n_threads // THREADS))
-    launch(getattr(_kmeans_kernels, name), blocks, THREADS, *args)
+_launch = functools.partial(run, "kmeans")
 
 
 @register("kmeans_assign", "numba_cuda", device="cuda", dtypes=DTYPES, available=is_available,
