@@ -1,7 +1,8 @@
 """Fast CPU activations in plain NumPy (contract: :mod:`gpuconv.kernels.reference.activation`).
 
 Each op writes its result into one array from ``backend.empty`` through ufunc ``out=``
-arguments and works in place from there. Choices between two values per element are
+arguments and works in place from there; large arrays are cut into ranges that run on
+gpuconv's thread pool (:func:`gpuconv.threads.elementwise`). Choices between two values per element are
 branch-free: a boolean mask is multiplied in (one operand being 0, the sum of the two
 cases is exact), because ``where=``/``np.where``/``np.putmask`` run several times slower
 on the unpredictable masks that activations produce. The masks are written so that a NaN
@@ -16,8 +17,8 @@ import math
 
 import numpy as np
 
-from ... import backend
-from .. import register
+from ... import backend, threads
+from . import register
 from ..reference.activation import philox_key
 
 # Dropout draws random words in blocks of this many elements, so its mask stays in cache
@@ -29,6 +30,12 @@ def _out(like):
     return backend.empty(like.shape, like.dtype)
 
 
+def _map(kernel, like, *arrays, **params):
+    """``kernel(*arrays, out=..., **params)`` into a new array shaped like ``like``, in
+    ranges on the thread pool (:func:`gpuconv.threads.elementwise`)."""
+    return threads.elementwise(kernel, _out(like), *arrays, **params)
+
+
 def _select_factor(out, keep_one, other_mask, other):
     """Fill ``out`` with 1 where ``keep_one`` and ``other`` where ``other_mask`` (complementary
     masks) as ``other * other_mask + keep_one``; one of the two terms is 0, so it is exact."""
@@ -36,87 +43,121 @@ def _select_factor(out, keep_one, other_mask, other):
     return np.add(out, keep_one, out=out)
 
 
+# Kernels: each writes ``out`` from the same elements of its inputs.
+
+def _relu(x, out):
+    np.maximum(x, 0, out=out)
+
+
+def _relu_backward(g, x, out):
+    np.multiply(g, x > 0, out=out)
+
+
+def _leaky_relu(x, out, slope):
+    # For x > 0, x beats slope * x under max when slope <= 1 and under min when slope > 1;
+    # for x < 0 the same comparison picks slope * x.
+    pick = np.maximum if slope <= 1 else np.minimum
+    np.multiply(x, slope, out=out)
+    pick(x, out, out=out)
+
+
+def _leaky_relu_backward(g, x, out, slope):
+    _select_factor(out, x > 0, x <= 0, out.dtype.type(slope))
+    np.multiply(out, g, out=out)
+
+
+def _elu(x, out, alpha):
+    np.minimum(x, 0, out=out)
+    np.expm1(out, out=out)
+    np.multiply(out, alpha, out=out)
+    # The negative part is 0 where x > 0 and max(x, 0) is 0 elsewhere: the sum is exact.
+    np.add(out, np.maximum(x, 0), out=out)
+
+
+def _elu_backward(g, x, out, alpha):
+    np.minimum(x, 0, out=out)
+    np.exp(out, out=out)
+    np.multiply(out, alpha, out=out)
+    _select_factor(out, x > 0, x <= 0, out)
+    np.multiply(out, g, out=out)
+
+
+def _sigmoid(x, out):
+    # sigmoid(x) = n / (1 + e) with e = exp(-|x|) <= 1 (no overflow) and n = 1 for x >= 0,
+    # n = e for x < 0; n = max(e, [x >= 0]) because e <= 1. copysign gives -|x| in one pass.
+    np.copysign(x, -1, out=out)
+    np.exp(out, out=out)
+    denominator = np.add(out, 1)
+    np.maximum(out, x >= 0, out=out)
+    np.divide(out, denominator, out=out)
+
+
+def _sigmoid_backward(g, y, out):
+    np.subtract(1, y, out=out)
+    np.multiply(out, y, out=out)
+    np.multiply(out, g, out=out)
+
+
+def _tanh(x, out):
+    np.tanh(x, out=out)
+
+
+def _tanh_backward(g, y, out):
+    np.multiply(y, y, out=out)
+    np.subtract(1, out, out=out)
+    np.multiply(out, g, out=out)
+
+
 @register("relu", "numpy")
 def relu(x):
-    return np.maximum(x, 0, out=_out(x))
+    return _map(_relu, x, x)
 
 
 @register("relu_backward", "numpy")
 def relu_backward(g, x):
-    dead = x <= 0
-    out = np.multiply(g, ~dead, out=_out(g))
-    if np.isnan(out).any():  # inf * 0 or NaN * 0 on the dead side, where torch gives 0
-        np.copyto(out, 0, where=dead)
-    return out
+    return _map(_relu_backward, g, g, x)
 
 
 @register("leaky_relu", "numpy")
 def leaky_relu(x, slope):
     if slope == 0:
         return relu(x)  # max(x, 0 * x) would give NaN for x = inf
-    # For x > 0, x beats slope * x under max when slope <= 1 and under min when slope > 1;
-    # for x < 0 the same comparison picks slope * x.
-    pick = np.maximum if slope <= 1 else np.minimum
-    out = np.multiply(x, slope, out=_out(x))
-    return pick(x, out, out=out)
+    return _map(_leaky_relu, x, x, slope=slope)
 
 
 @register("leaky_relu_backward", "numpy")
 def leaky_relu_backward(g, x, slope):
-    out = _out(g)
-    positive = x > 0
-    _select_factor(out, positive, ~positive, out.dtype.type(slope))
-    return np.multiply(out, g, out=out)
+    return _map(_leaky_relu_backward, g, g, x, slope=slope)
 
 
 @register("elu", "numpy")
 def elu(x, alpha):
-    out = np.minimum(x, 0, out=_out(x))
-    np.expm1(out, out=out)
-    np.multiply(out, alpha, out=out)
-    # The negative part is 0 where x > 0 and max(x, 0) is 0 elsewhere: the sum is exact.
-    return np.add(out, np.maximum(x, 0), out=out)
+    return _map(_elu, x, x, alpha=alpha)
 
 
 @register("elu_backward", "numpy")
 def elu_backward(g, x, alpha):
-    out = np.minimum(x, 0, out=_out(g))
-    np.exp(out, out=out)
-    np.multiply(out, alpha, out=out)
-    _select_factor(out, x > 0, x <= 0, out)
-    return np.multiply(out, g, out=out)
+    return _map(_elu_backward, g, g, x, alpha=alpha)
 
 
 @register("sigmoid", "numpy")
 def sigmoid(x):
-    # sigmoid(x) = n / (1 + e) with e = exp(-|x|) <= 1 (no overflow) and n = 1 for x >= 0,
-    # n = e for x < 0; n = max(e, [x >= 0]) because e <= 1. copysign gives -|x| in one pass.
-    out = np.copysign(x, -1, out=_out(x))
-    np.exp(out, out=out)
-    denominator = np.add(out, 1)
-    np.maximum(out, x >= 0, out=out)
-    return np.divide(out, denominator, out=out)
+    return _map(_sigmoid, x, x)
 
 
 @register("sigmoid_backward", "numpy")
 def sigmoid_backward(g, x, output):
-    y = sigmoid(x) if output is None else output
-    out = np.subtract(1, y, out=_out(g))
-    np.multiply(out, y, out=out)
-    return np.multiply(out, g, out=out)
+    return _map(_sigmoid_backward, g, g, sigmoid(x) if output is None else output)
 
 
 @register("tanh", "numpy")
 def tanh(x):
-    return np.tanh(x, out=_out(x))
+    return _map(_tanh, x, x)
 
 
 @register("tanh_backward", "numpy")
 def tanh_backward(g, x, output):
-    y = np.tanh(x) if output is None else output
-    out = np.multiply(y, y, out=_out(g))
-    np.subtract(1, out, out=out)
-    return np.multiply(out, g, out=out)
+    return _map(_tanh_backward, g, g, tanh(x) if output is None else output)
 
 
 def _shifted(x, dim):

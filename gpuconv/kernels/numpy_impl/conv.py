@@ -36,14 +36,24 @@ Signatures follow the registry contract in :mod:`gpuconv.kernels.reference.conv`
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
-from .. import register
-from ... import backend
+from . import register
+from ... import backend, threads
 
 _CHUNK_BYTES = 1 << 21
+# An image whose column matrix is larger than this is cut into bands of output rows.
+_BAND_ABOVE_BYTES = 1 << 24
+# A band computing grad_input is at least this many times its halo rows, whose columns it
+# recomputes.
+_BAND_PER_HALO = 4
+# Tasks per pool thread: a thread that another process delays leaves its second task to
+# the others.
+_TASKS_PER_THREAD = 2
 _REDUCE = {"reassoc", "contract"}   # lets LLVM vectorise the dot-product loops
 
 
@@ -53,18 +63,18 @@ _REDUCE = {"reassoc", "contract"}   # lets LLVM vectorise the dot-product loops
 # loops vectorise (2-3x faster than multi-dimensional indexing). Offsets are int64 before
 # the cast. Arrays: x (n, C, H, W), y/gy (n, K, OH, OW), w (K, R, S).
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _u(i):
     return np.uintp(i)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fill(a, start, stop, value):
     for i in range(start, stop):
         a[_u(i)] = value
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather_axpy(dst, d0, a, src, s0, step, count):
     """dst[d0 + i] += a * src[s0 + i*step] for i in [0, count)."""
     if step == 1:
@@ -75,7 +85,7 @@ def _gather_axpy(dst, d0, a, src, s0, step, count):
             dst[_u(d0 + i)] += a * src[_u(s0 + i * step)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scatter_axpy(dst, d0, step, a, src, s0, count):
     """dst[d0 + i*step] += a * src[s0 + i] for i in [0, count)."""
     if step == 1:
@@ -86,7 +96,7 @@ def _scatter_axpy(dst, d0, step, a, src, s0, count):
             dst[_u(d0 + i * step)] += a * src[_u(s0 + i)]
 
 
-@njit(cache=True, fastmath=_REDUCE)
+@njit(cache=True, nogil=True, fastmath=_REDUCE)
 def _dot(a, a0, b, b0, step, count):
     """sum_i a[a0 + i] * b[b0 + i*step] for i in [0, count), accumulated in float64."""
     acc = 0.0
@@ -99,7 +109,7 @@ def _dot(a, a0, b, b0, step, count):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _load_padded(src, s0, src_w, h, w, dst, d0, ph, pw, pitch):
     """dst[d0 + (i + ph) * pitch + j + pw] = src[s0 + i*src_w + j] for i < h, j < w: the
     top-left h x w of a plane with rows of src_w into a padded plane."""
@@ -108,7 +118,7 @@ def _load_padded(src, s0, src_w, h, w, dst, d0, ph, pw, pitch):
             dst[_u(d0 + (i + ph) * pitch + j + pw)] = src[_u(s0 + i * src_w + j)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _store_cropped(src, s0, pitch, ph, pw, h, w, base, dst, d0):
     """dst[d0 + i*w + j] = base + src[s0 + (i + ph) * pitch + j + pw]: the inverse."""
     for i in range(h):
@@ -116,7 +126,7 @@ def _store_cropped(src, s0, pitch, ph, pw, h, w, base, dst, d0):
             dst[_u(d0 + i * w + j)] = base + src[_u(s0 + (i + ph) * pitch + j + pw)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _runs(oh_n, wq, sh, sw):
     """How a wide block of OH rows of Wq is walked: (rows, run length). With unit strides
     the rows of the block and of the padded plane line up, so the block is one run."""
@@ -125,57 +135,66 @@ def _runs(oh_n, wq, sh, sw):
     return oh_n, wq
 
 
-@njit(cache=True)
-def _col2im_kernel(cols, base, gx, sh, sw, ph, pw, dh, dw):
-    """gx[b, c] = base[c] + the wide columns (C, R, S, n, OH, Wq) summed onto their windows.
+@njit(cache=True, nogil=True)
+def _col2im_kernel(cols, base, gx, row0, own0, own1, sh, sw, ph, pw, dh, dw):
+    """gx[b, c, i] = base[c] + the wide columns (C, R, S, n, rows, Wq) of output rows
+    ``row0 ..`` summed onto their windows, for the input rows i whose padded row ``i + ph``
+    lies in ``[own0, own1)`` (the rows this tile owns; other rows of gx are not written).
 
     Each (b, c) plane accumulates in a padded scratch plane of row pitch ``Wq * sw`` (the
-    layout im2col read from), whose interior is then copied out.
+    layout im2col read from) that starts at padded row ``row0 * sh``; the owned rows of its
+    interior are then copied out.
     """
     n, c_n, h, w = gx.shape
-    r_n, s_n, oh_n, wq = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
+    r_n, s_n, rows, wq = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
     pitch = wq * sw
-    plane = np.empty((h + 2 * ph) * pitch + (s_n - 1) * dw + sw, cols.dtype)
+    p0 = row0 * sh
+    first, last = max(own0, ph), min(own1, ph + h)   # padded rows stored
+    plane_rows = max((rows - 1) * sh + (r_n - 1) * dh + 1, last - p0)
+    plane = np.empty(plane_rows * pitch + (s_n - 1) * dw + sw, cols.dtype)
     one, zero = plane.dtype.type(1), plane.dtype.type(0)
-    rows, run = _runs(oh_n, wq, sh, sw)
+    runs, run = _runs(rows, wq, sh, sw)
     cf, gf = cols.reshape(-1), gx.reshape(-1)
     for b in range(n):
         for c in range(c_n):
             _fill(plane, 0, plane.size, zero)
             for r in range(r_n):
                 for s in range(s_n):
-                    block = (((c * r_n + r) * s_n + s) * n + b) * oh_n * wq
-                    for oh in range(rows):
+                    block = (((c * r_n + r) * s_n + s) * n + b) * rows * wq
+                    for oh in range(runs):
                         _scatter_axpy(plane, (oh * sh + r * dh) * pitch + s * dw, sw, one,
                                       cf, block + oh * wq, run)
-            _store_cropped(plane, 0, pitch, ph, pw, h, w, base[c], gf, (b * c_n + c) * h * w)
+            if last > first:
+                _store_cropped(plane, (first - p0) * pitch, pitch, 0, pw, last - first, w,
+                               base[c], gf, ((b * c_n + c) * h + first - ph) * w)
 
 
-@njit(cache=True)
-def _to_wide_kernel(gy, wide):
-    """wide[k, b, oh, q] = gy[b, k, oh, q] for q < OW, 0 for OW <= q < Wq."""
+@njit(cache=True, nogil=True)
+def _to_wide_kernel(gy, row0, wide):
+    """wide[k, b, i, q] = gy[b, k, row0 + i, q] for q < OW, 0 for OW <= q < Wq."""
     n, k_n, oh_n, ow_n = gy.shape
-    wq = wide.shape[3]
+    rows, wq = wide.shape[2], wide.shape[3]
     gf, wf = gy.reshape(-1), wide.reshape(-1)
     zero = wf.dtype.type(0)
     for b in range(n):
         for k in range(k_n):
-            d0 = (k * n + b) * oh_n * wq
-            for oh in range(oh_n):
-                _fill(wf, d0 + oh * wq + ow_n, d0 + (oh + 1) * wq, zero)
-            _load_padded(gf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, wf, d0, 0, 0, wq)
+            d0 = (k * n + b) * rows * wq
+            for i in range(rows):
+                _fill(wf, d0 + i * wq + ow_n, d0 + (i + 1) * wq, zero)
+            _load_padded(gf, ((b * k_n + k) * oh_n + row0) * ow_n, ow_n, rows, ow_n, wf, d0,
+                         0, 0, wq)
 
 
-@njit(cache=True)
-def _from_wide_kernel(wide, base, y):
-    """y[b, k, oh, ow] = base[k] + wide[k, b, oh, ow] (the first OW of each wide row)."""
+@njit(cache=True, nogil=True)
+def _from_wide_kernel(wide, base, y, row0):
+    """y[b, k, row0 + i, j] = base[k] + wide[k, b, i, j] (the first OW of each wide row)."""
     n, k_n, oh_n, ow_n = y.shape
-    wq = wide.shape[3]
+    rows, wq = wide.shape[2], wide.shape[3]
     wf, yf = wide.reshape(-1), y.reshape(-1)
     for b in range(n):
         for k in range(k_n):
-            _store_cropped(wf, (k * n + b) * oh_n * wq, wq, 0, 0, oh_n, ow_n, base[k], yf,
-                           (b * k_n + k) * oh_n * ow_n)
+            _store_cropped(wf, (k * n + b) * rows * wq, wq, 0, 0, rows, ow_n, base[k], yf,
+                           ((b * k_n + k) * oh_n + row0) * ow_n)
 
 
 # Depthwise kernels: channel k of y reads channel k // m of x (m = K / C). Each x plane is
@@ -184,7 +203,7 @@ def _from_wide_kernel(wide, base, y):
 # path. The backward kernels walk only the OW real columns of each row: a product with the
 # zeros past OW would turn an inf in an unread pixel or in the weight into NaN.
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dw_scratch(h, w, oh_n, s_n, sw, ph, pw, dw, like):
     """Zeroed scratch of ``like``'s dtype: a padded input plane (row pitch ``Wq * sw``) and
     a wide output plane (OH rows of Wq), with Wq and the pitch."""
@@ -195,9 +214,10 @@ def _dw_scratch(h, w, oh_n, s_n, sw, ph, pw, dw, like):
     return padded, wide, wq, pitch
 
 
-@njit(cache=True)
-def _dw_forward_kernel(x, w, base, y, sh, sw, ph, pw, dh, dw):
-    """Depthwise y[b, k] = base[k] + sum_{r,s} w[k, r, s] * x_pad[b, k // m, ...]."""
+@njit(cache=True, nogil=True)
+def _dw_forward_kernel(x, w, base, y, c0, c1, sh, sw, ph, pw, dh, dw):
+    """Depthwise y[b, k] = base[k] + sum_{r,s} w[k, r, s] * x_pad[b, k // m, ...], for the
+    output channels k of input channels c0 <= c < c1."""
     n, c_n, h, wd = x.shape
     k_n, r_n, s_n = w.shape
     oh_n, ow_n = y.shape[2], y.shape[3]
@@ -207,7 +227,7 @@ def _dw_forward_kernel(x, w, base, y, sh, sw, ph, pw, dh, dw):
     zero = acc.dtype.type(0)
     xf, yf = x.reshape(-1), y.reshape(-1)
     for b in range(n):
-        for c in range(c_n):
+        for c in range(c0, c1):
             _load_padded(xf, (b * c_n + c) * h * wd, wd, h, wd, padded, 0, ph, pw, pitch)
             for k in range(c * m, (c + 1) * m):
                 _fill(acc, 0, acc.size, zero)
@@ -220,9 +240,10 @@ def _dw_forward_kernel(x, w, base, y, sh, sw, ph, pw, dh, dw):
                                (b * k_n + k) * oh_n * ow_n)
 
 
-@njit(cache=True)
-def _dw_grad_input_kernel(gy, w, base, gx, sh, sw, ph, pw, dh, dw):
-    """Depthwise gx[b, c] = base[c] + sum over its m output channels of w * gy, scattered."""
+@njit(cache=True, nogil=True)
+def _dw_grad_input_kernel(gy, w, base, gx, c0, c1, sh, sw, ph, pw, dh, dw):
+    """Depthwise gx[b, c] = base[c] + sum over its m output channels of w * gy, scattered,
+    for c0 <= c < c1."""
     n, c_n, h, wd = gx.shape
     k_n, r_n, s_n = w.shape
     oh_n, ow_n = gy.shape[2], gy.shape[3]
@@ -231,7 +252,7 @@ def _dw_grad_input_kernel(gy, w, base, gx, sh, sw, ph, pw, dh, dw):
     zero = padded.dtype.type(0)
     gyf, gxf = gy.reshape(-1), gx.reshape(-1)
     for b in range(n):
-        for c in range(c_n):
+        for c in range(c0, c1):
             _fill(padded, 0, padded.size, zero)
             for k in range(c * m, (c + 1) * m):
                 _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
@@ -244,9 +265,10 @@ def _dw_grad_input_kernel(gy, w, base, gx, sh, sw, ph, pw, dh, dw):
             _store_cropped(padded, 0, pitch, ph, pw, h, wd, base[c], gxf, (b * c_n + c) * h * wd)
 
 
-@njit(cache=True)
-def _dw_grad_weight_kernel(gy, x, gw, sh, sw, ph, pw, dh, dw):
-    """Depthwise gw[k, r, s] = sum_{b, oh, ow} gy[b, k, oh, ow] * x_pad[b, k // m, ...]."""
+@njit(cache=True, nogil=True)
+def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
+    """Depthwise gw[k, r, s] = sum_{b, oh, ow} gy[b, k, oh, ow] * x_pad[b, k // m, ...], for
+    the output channels k of input channels c0 <= c < c1."""
     n, c_n, h, wd = x.shape
     k_n, r_n, s_n = gw.shape
     oh_n, ow_n = gy.shape[2], gy.shape[3]
@@ -255,7 +277,7 @@ def _dw_grad_weight_kernel(gy, x, gw, sh, sw, ph, pw, dh, dw):
     acc = np.zeros((k_n, r_n, s_n))
     gyf, xf = gy.reshape(-1), x.reshape(-1)
     for b in range(n):
-        for c in range(c_n):
+        for c in range(c0, c1):
             _load_padded(xf, (b * c_n + c) * h * wd, wd, h, wd, padded, 0, ph, pw, pitch)
             for k in range(c * m, (c + 1) * m):
                 _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
@@ -264,8 +286,8 @@ def _dw_grad_weight_kernel(gy, x, gw, sh, sw, ph, pw, dh, dw):
                     for s in range(s_n):
                         for oh in range(oh_n):
                             acc[k, r, s] += _dot(gy_wide, oh * wq, padded,
-                                                 (oh * sh + r * dh) * pitch + s * dw, sw, ow_n)
-    for k in range(k_n):
+                                                 (oh * sh + r * dh) * pitch + s * dw, sw, run)
+    for k in range(c0 * m, c1 * m):
         for r in range(r_n):
             for s in range(s_n):
                 gw[k, r, s] = acc[k, r, s]
@@ -283,11 +305,12 @@ class _View:
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.oh, self.ow = out_hw
         self.geometry = (*stride, *padding, *dilation)   # the numba kernels' trailing args
-        self.hp = self.h + 2 * padding[0]
         self.wq = -(-(self.w + 2 * padding[1]) // stride[1])
         self.pitch = self.wq * stride[1]
         # Wide rows read past the end of the last row by at most this much.
         self.slack = (self.s - 1) * dilation[1] + stride[1]
+        # Output rows before a band whose windows reach the band's first input rows.
+        self.halo = (self.r - 1) * dilation[0] // stride[0]
 
     @property
     def depthwise(self) -> bool:
@@ -298,104 +321,215 @@ class _View:
         return self.c * self.r * self.s
 
     @property
-    def wide(self) -> int:
-        """Columns per image in the wide layout."""
-        return self.oh * self.wq
+    def macs(self) -> int:
+        return self.n * self.k * self.oh * self.ow * self.crs // self.groups
 
-    def chunk(self, itemsize: int) -> int:
-        """Images per chunk: as many as keep the column matrix near ``_CHUNK_BYTES``."""
-        per_image = max(1, self.crs * self.wide * itemsize)
-        return int(max(1, min(self.n, _CHUNK_BYTES // per_image)))
+    def in_rows(self, rows: int) -> int:
+        """Padded input rows that the windows of ``rows`` consecutive output rows span."""
+        return (rows - 1) * self.stride[0] + (self.r - 1) * self.dilation[0] + 1
 
     def grouped(self, a, rows: int):
         """View ``a`` (a weight, or a (rows * groups, cols) matrix) as (groups, rows, -1)."""
         return a.reshape(self.groups, rows, -1)
 
 
-class _Im2col:
-    """im2col into the wide layout, through one zero-bordered buffer for a chunk of images."""
+_ALL_ROWS = 1 << 62   # a tile's grad_input owns every input row from its first
 
-    def __init__(self, v: _View, step: int, dtype):
+
+class _Tile(NamedTuple):
+    """Output rows ``row0 .. row0 + rows`` of images ``images``; grad_input reads the
+    columns from output row ``gx_row0`` (earlier in a band: its halo) and writes the input
+    rows whose padded index lies in ``[own0, own1)``."""
+
+    images: slice
+    row0: int
+    rows: int
+    gx_row0: int
+    own0: int
+    own1: int
+
+
+def _tiles(v: _View, itemsize: int, with_gx: bool) -> list[_Tile]:
+    """The batch cut into tiles for :func:`_gemm_pass`: groups of whole images whose column
+    matrix is about ``_CHUNK_BYTES`` (so the im2col copy, the GEMM reading it and the
+    col2im scattering its gradient work in cache), or, when one image's columns pass
+    ``_BAND_ABOVE_BYTES`` or there are fewer images than tasks, bands of output rows of one
+    image (so memory stays bounded on a large image). The count is a multiple of the
+    pool's task count where the work allows, so that each thread gets as many tiles."""
+    if v.n == 0:
+        return []
+    per_row = max(1, v.crs * v.wq * itemsize)
+    tasks = min(threads.get_num_threads() * _TASKS_PER_THREAD,
+                max(1, v.macs // threads.MIN_TASK_MACS))
+    if v.oh * per_row <= _BAND_ABOVE_BYTES:
+        per_tile = max(1, _CHUNK_BYTES // (v.oh * per_row))
+        count = -(-v.n // per_tile)
+        count = -(-count // tasks) * tasks
+        if count > v.n >= tasks:
+            count = v.n
+        if count <= v.n:
+            bounds = [v.n * i // count for i in range(count + 1)]
+            return [_Tile(slice(a, b), 0, v.oh, 0, 0, _ALL_ROWS)
+                    for a, b in zip(bounds, bounds[1:])]
+        bands = -(-tasks // v.n)
+    else:
+        bands = -(-v.oh * per_row // _CHUNK_BYTES)
+    band = -(-v.oh // min(bands, v.oh))
+    if with_gx:   # the halo's recomputed columns stay a small part of the band's
+        band = min(v.oh, max(band, _BAND_PER_HALO * v.halo))
+    return [_band(v, b, o, band, with_gx) for b in range(v.n) for o in range(0, v.oh, band)]
+
+
+def _band(v: _View, image: int, row0: int, band: int, with_gx: bool) -> _Tile:
+    """Output rows ``row0 .. row0 + band`` of one image. Its grad_input owns the padded
+    input rows from ``row0 * sh`` (the first band: from 0) to the next band's first (the
+    last band: to the end), which the windows of its rows and its halo's cover."""
+    sh = v.stride[0]
+    last = row0 + band >= v.oh
+    return _Tile(slice(image, image + 1), row0, min(band, v.oh - row0),
+                 max(0, row0 - v.halo) if with_gx else row0, row0 * sh if row0 else 0,
+                 _ALL_ROWS if last else (row0 + band) * sh)
+
+
+def _images(tile: _Tile) -> int:
+    return tile.images.stop - tile.images.start
+
+
+def _gx_rows(tile: _Tile) -> int:
+    """Output rows whose columns grad_input reads: the tile's and its halo."""
+    return tile.row0 + tile.rows - tile.gx_row0
+
+
+class _Buffers:
+    """One task's scratch for :func:`_gemm_pass`: a zero-bordered input buffer and the
+    column matrix (im2col), the wide grad_output, output and column-gradient matrices."""
+
+    def __init__(self, v: _View, tiles: list[_Tile], dtype, x, gy, y, gx):
+        n = max(_images(t) for t in tiles)
+        rows = max(t.rows for t in tiles)
+        gx_rows = max(_gx_rows(t) for t in tiles)
         self.v = v
-        self.plane = v.hp * v.pitch
-        self.buf = np.zeros(step * v.c * self.plane + v.slack, dtype)
-        self.cols = np.empty(v.crs * step * v.wide, dtype)
+        self.buf = (np.zeros(n * v.c * v.in_rows(rows) * v.pitch + v.slack, dtype)
+                    if x is not None else None)
+        self.cols = np.empty(v.crs * n * rows * v.wq, dtype) if x is not None else None
+        self.gy = np.empty(v.k * n * gx_rows * v.wq, dtype) if gy is not None else None
+        self.y = np.empty(v.k * n * rows * v.wq, dtype) if y is not None else None
+        self.dcols = np.empty(v.crs * n * gx_rows * v.wq, dtype) if gx is not None else None
 
-    def __call__(self, x_chunk, zero_extra: bool = False):
-        """The columns of ``x_chunk: (n, C, H, W)`` as ``(groups, C/groups*R*S, n*OH*Wq)``;
-        with ``zero_extra`` the ``Wq - OW`` extra columns of each row are zeros."""
-        v, n = self.v, x_chunk.shape[0]
+    def im2col(self, x, tile: _Tile):
+        """The wide columns of ``tile`` of ``x: (N, C, H, W)``, as ``(groups, C/groups*R*S,
+        n*rows*Wq)``: ``cols[c, r, s, b, i, q] = x_pad[b, c, (row0 + i)*sh + r*dh, q*sw + s*dw]``
+        read from the buffer, which holds padded rows ``row0*sh ..`` of each image."""
+        v, n, rows = self.v, _images(tile), tile.rows
         (ph, pw), (sh, sw), (dh, dw) = v.padding, v.stride, v.dilation
-        padded = self.buf[:n * v.c * self.plane].reshape(n, v.c, v.hp, v.pitch)
-        padded[:, :, ph:ph + v.h, pw:pw + v.w] = x_chunk
+        in_rows = v.in_rows(rows)
+        plane = in_rows * v.pitch
+        padded = self.buf[:n * v.c * plane].reshape(n, v.c, in_rows, v.pitch)
+        p0 = tile.row0 * sh
+        top, bottom = max(0, ph - p0), min(in_rows, ph + v.h - p0)  # rows holding input
+        padded[:, :, :top] = 0
+        padded[:, :, bottom:] = 0
+        padded[:, :, top:bottom, pw:pw + v.w] = x[tile.images, :, p0 + top - ph:p0 + bottom - ph]
         e = self.buf.itemsize
-        windows = as_strided(self.buf, (v.c, v.r, v.s, n, v.oh, v.wq),
-                             (self.plane * e, dh * v.pitch * e, dw * e, v.c * self.plane * e,
+        windows = as_strided(self.buf, (v.c, v.r, v.s, n, rows, v.wq),
+                             (plane * e, dh * v.pitch * e, dw * e, v.c * plane * e,
                               sh * v.pitch * e, sw * e), writeable=False)
-        cols = self.cols[:v.crs * n * v.wide].reshape(windows.shape)
+        cols = self.cols[:v.crs * n * rows * v.wq].reshape(windows.shape)
         np.copyto(cols, windows)
         if zero_extra:
             cols[..., v.ow:] = 0
         return v.grouped(cols, v.crs // v.groups)
 
 
-def _chunks(n: int, step: int):
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
-
-
 def _gemm_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
-    """One chunked sweep of the batch computing whichever of ``y``, ``gw``, ``gx`` are given.
+    """One sweep of the batch computing whichever of ``y``, ``gw``, ``gx`` are given.
 
     Needs ``x`` for ``y`` and ``gw``, ``gy`` for ``gw`` and ``gx``. Fills ``y = conv(x, w)
     + y_bias``, ``gw = d<conv(x, w), gy>/dw`` and ``gx = conv^T(gy, w) + gx_base`` (a
     per-channel array). Arrays are C-contiguous.
+
+    The tiles are split into equal runs, one task each on the thread pool; every tile
+    writes its own rows of ``y`` and ``gx``, and each task sums its tiles' ``gw`` into its
+    own partial, the partials added in task order, so the result does not depend on which
+    thread ran which task.
     """
     dtype = w.dtype
-    step = v.chunk(dtype.itemsize)
     kg, crs_g = v.k // v.groups, v.crs // v.groups
     w3 = v.grouped(w, kg)
-    im2col = _Im2col(v, step, dtype) if x is not None else None
-    gy_buf = np.empty(v.k * step * v.wide, dtype) if gy is not None else None
-    y_buf = np.empty(v.k * step * v.wide, dtype) if y is not None else None
-    dcols_buf = np.empty(v.crs * step * v.wide, dtype) if gx is not None else None
-    if gw is not None and v.n == 0:
+    tiles = _tiles(v, dtype.itemsize, gx is not None)
+    runs = threads.split(len(tiles), 1, _TASKS_PER_THREAD)
+    partials = [gw] + [np.empty_like(gw) for _ in runs[1:]] if gw is not None else []
+    if gw is not None and not tiles:
         gw.fill(0)
-    for i, sl in enumerate(_chunks(v.n, step)):
-        width = (sl.stop - sl.start) * v.wide
-        if x is not None:
-            cols = im2col(x[sl], zero_extra=gw is not None)
-        if gy is not None:
-            gy_wide = gy_buf[:v.k * width].reshape(v.k, -1, v.oh, v.wq)
-            _to_wide_kernel(gy[sl], gy_wide)
-            gy3 = v.grouped(gy_wide, kg)
-        if y is not None:
-            y3 = v.grouped(y_buf[:v.k * width], kg)
-            np.matmul(w3, cols, out=y3)
-            _from_wide_kernel(y3.reshape(v.k, -1, v.oh, v.wq), y_bias, y[sl])
-        if gw is not None:
-            gw3 = v.grouped(gw, kg)
-            if i == 0:
-                np.matmul(gy3, cols.transpose(0, 2, 1), out=gw3)
-            else:
-                gw3 += np.matmul(gy3, cols.transpose(0, 2, 1))
-        if gx is not None:
-            dcols = v.grouped(dcols_buf[:v.crs * width], crs_g)
-            np.matmul(w3.transpose(0, 2, 1), gy3, out=dcols)
-            dcols = dcols.reshape(v.c, v.r, v.s, -1, v.oh, v.wq)
-            dcols[..., v.ow:] = 0  # W^T times gy's zero padding: NaN where W holds an inf
-            _col2im_kernel(dcols, gx_base, gx[sl], *v.geometry)
+
+    def task(t: int) -> None:
+        bufs = _Buffers(v, [tiles[i] for i in runs[t]], dtype, x, gy, y, gx)
+        for i in runs[t]:
+            _tile_pass(v, tiles[i], bufs, w3, x, gy, y, y_bias,
+                       partials[t] if gw is not None else None, i == runs[t].start, gx,
+                       gx_base)
+
+    threads.parallel_for(len(runs), task)
+    for p in partials[1:]:
+        gw += p
+
+
+def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, first, gx,
+               gx_base):
+    """The products of :func:`_gemm_pass` on one tile (``gw`` set or, after the task's
+    first tile, accumulated)."""
+    n, gy_rows = _images(tile), _gx_rows(tile)
+    kg, crs_g = v.k // v.groups, v.crs // v.groups
+    width = n * tile.rows * v.wq
+    if x is not None:
+        cols = bufs.im2col(x, tile)
+    if gy is not None:
+        gy_wide = bufs.gy[:v.k * n * gy_rows * v.wq].reshape(v.k, n, gy_rows, v.wq)
+        _to_wide_kernel(gy[tile.images], tile.gx_row0, gy_wide)
+        # The tile's own rows (past the halo; a halo only in a band of one image).
+        gy3 = v.grouped(gy_wide[:, :, tile.row0 - tile.gx_row0:], kg)
+    if y is not None:
+        y3 = v.grouped(bufs.y[:v.k * width], kg)
+        np.matmul(w3, cols, out=y3)
+        _from_wide_kernel(y3.reshape(v.k, n, tile.rows, v.wq), y_bias, y[tile.images],
+                          tile.row0)
+    if gw is not None:
+        gw3 = v.grouped(gw, kg)
+        if first:
+            np.matmul(gy3, cols.transpose(0, 2, 1), out=gw3)
+        else:
+            gw3 += np.matmul(gy3, cols.transpose(0, 2, 1))
+    if gx is not None:
+        dcols = v.grouped(bufs.dcols[:v.crs * n * gy_rows * v.wq], crs_g)
+        np.matmul(w3.transpose(0, 2, 1), v.grouped(gy_wide, kg), out=dcols)
+        _col2im_kernel(dcols.reshape(v.c, v.r, v.s, n, gy_rows, v.wq), gx_base, gx[tile.images],
+                       tile.gx_row0, tile.own0, tile.own1, *v.geometry)
 
 
 def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
-    """The same contract as :func:`_gemm_pass`, by direct loops (one channel per group)."""
+    """The same contract as :func:`_gemm_pass`, by direct loops (one channel per group),
+    on the thread pool: the forward and grad_input over (images, channels) blocks, the
+    grad_weight over channel blocks (each output channel's sum stays on one thread)."""
     w3 = w.reshape(v.k, v.r, v.s)
+    channels = threads.split(v.c, 1)
+    images = threads.split(v.n, 1)
+    blocks = [(b, c) for b in images for c in channels]
+
+    def by_block(kernel, a, out, base):
+        def task(t):
+            b, c = blocks[t]
+            kernel(a[b.start:b.stop], w3, base, out[b.start:b.stop], c.start, c.stop,
+                   *v.geometry)
+        threads.parallel_for(len(blocks), task)
+
     if y is not None:
-        _dw_forward_kernel(x, w3, y_bias, y, *v.geometry)
-    if gw is not None:
-        _dw_grad_weight_kernel(gy, x, gw.reshape(v.k, v.r, v.s), *v.geometry)
+        by_block(_dw_forward_kernel, x, y, y_bias)
     if gx is not None:
-        _dw_grad_input_kernel(gy, w3, gx_base, gx, *v.geometry)
+        by_block(_dw_grad_input_kernel, gy, gx, gx_base)
+    if gw is not None:
+        gw3 = gw.reshape(v.k, v.r, v.s)
+        threads.parallel_for(len(channels), lambda t: _dw_grad_weight_kernel(
+            gy, x, gw3, channels[t].start, channels[t].stop, *v.geometry))
 
 
 def _contiguous(a):

@@ -2,7 +2,8 @@
 
 ``linear`` views its input as a matrix of rows and runs one BLAS GEMM per product, on
 C-contiguous operands so that NumPy never falls back to its slow non-BLAS loop for
-negatively strided views. The embedding gradient is a numba scatter-add that visits the
+negatively strided views; a large product is cut into row blocks on gpuconv's thread pool
+(:func:`gpuconv.threads.matmul`). The embedding gradient is a numba scatter-add that visits the
 positions in order, so it is deterministic (and about 20 times faster than ``np.add.at``).
 """
 from __future__ import annotations
@@ -12,8 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
-from ... import backend
-from .. import register
+from ... import backend, threads
+from . import register
 
 
 def _view_rows(a):
@@ -30,7 +31,7 @@ def _rows(a):
 def linear(x, w, b):
     out = backend.empty(x.shape[:-1] + (w.shape[0],), x.dtype)
     rows = _view_rows(out)
-    np.matmul(_rows(x), np.ascontiguousarray(w).T, out=rows)
+    threads.matmul(_rows(x), np.ascontiguousarray(w).T, rows)
     if b is not None:
         np.add(rows, b, out=rows)
     return out
@@ -40,9 +41,9 @@ def linear(x, w, b):
 def linear_backward(g, x, w, b):
     g_rows = _rows(g)
     grad_input = backend.empty(x.shape, x.dtype)
-    np.matmul(g_rows, np.ascontiguousarray(w), out=_view_rows(grad_input))
+    threads.matmul(g_rows, np.ascontiguousarray(w), _view_rows(grad_input))
     grad_weight = backend.empty(w.shape, w.dtype)
-    np.matmul(g_rows.T, _rows(x), out=grad_weight)
+    threads.matmul(g_rows.T, _rows(x), grad_weight)
     grad_bias = None if b is None else _column_sums(g_rows)
     return grad_input, grad_weight, grad_bias
 
@@ -69,7 +70,6 @@ def _scatter_add_rows(indices, rows, out):
             out[r, j] += rows[i, j]
 
 
-# numba has no float16 on the CPU; other dtypes fall back to the reference.
 @register("embedding_backward", "numpy", dtypes=("float32", "float64"))
 def embedding_backward(g, indices, num_embeddings, padding_idx):
     grad_weight = np.zeros((num_embeddings, g.shape[-1]), dtype=g.dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import register
+from . import register
 
 
 def _reduce_axes(x) -> tuple:
@@ -43,7 +43,7 @@ def _scale(weight, inv_std):
     return inv_std if weight is None else weight * inv_std
 
 
-@register("batch_norm", "numpy")
+@register("batch_norm", "numpy", updates=(1, 2))  # the running stats
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
     mean, y, var, inv_std = _stats(x, running_mean, running_var, training, eps)
     y *= _per_channel(_scale(weight, inv_std), x)

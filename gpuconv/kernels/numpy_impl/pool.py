@@ -1,6 +1,8 @@
 """Fast CPU pooling (impl ``"numpy"``), float32 and float64.
 
-Max and average pooling are numba loops that run one (n, c) plane per parallel task. The
+Max and average pooling are numba loops over (n, c) planes, run on gpuconv's thread pool in
+ranges of planes (:mod:`gpuconv.threads`; a range holds at least ``MIN_TASK_ELEMENTS``
+input elements, so small calls stay on the calling thread). The
 window bounds along each axis are tabulated once per call (first input position, first and
 last tap inside the input), so the loops do no division and need no separate border code.
 
@@ -18,12 +20,21 @@ The registry contract is in :mod:`gpuconv.kernels.reference.pool`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ... import backend
-from .. import register
+from ... import backend, threads
+from . import register
 
 _FLOATS = ("float32", "float64")
+
+
+def _by_planes(kernel, plane_size: int, planar: tuple, *shared) -> None:
+    """``kernel(*(a[r] for a in planar), *shared)`` for ranges ``r`` of the planes (the
+    leading axis of every ``planar`` array), on the thread pool."""
+    min_planes = -(-threads.MIN_TASK_ELEMENTS // max(1, plane_size))
+    ranges = threads.split(planar[0].shape[0], min_planes)
+    threads.parallel_for(len(ranges), lambda t: kernel(
+        *(a[ranges[t].start:ranges[t].stop] for a in planar), *shared))
 
 
 def _planes(a):
@@ -57,10 +68,10 @@ def _avg_factor(win, kernel, pad, size, count_include_pad):
     return factor
 
 
-@njit(parallel=True, cache=True)
-def _max_pool_planes(x, W, rows, cols, dh, dw, out, idx):
+@njit(cache=True, nogil=True)
+def _max_pool_planes(x, out, idx, W, rows, cols, dh, dw):
     OH, OW = rows.shape[0], cols.shape[0]
-    for p in prange(x.shape[0]):
+    for p in range(x.shape[0]):
         xp = x[p]
         for oh in range(OH):
             h0, i_lo, i_hi = rows[oh, 0], rows[oh, 1], rows[oh, 2]
@@ -84,19 +95,19 @@ def _max_pool_planes(x, W, rows, cols, dh, dw, out, idx):
                 out[p, oh * OW + ow] = xp[at]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _max_unpool_planes(g, idx, grad):
-    for p in prange(g.shape[0]):
+    for p in range(g.shape[0]):
         gp = grad[p]
         gp[:] = 0
         for m in range(g.shape[1]):
             gp[idx[p, m]] += g[p, m]
 
 
-@njit(parallel=True, cache=True)
-def _avg_pool_planes(x, W, rows, cols, scale, out):
+@njit(cache=True, nogil=True)
+def _avg_pool_planes(x, out, W, rows, cols, scale):
     OH, OW = rows.shape[0], cols.shape[0]
-    for p in prange(x.shape[0]):
+    for p in range(x.shape[0]):
         xp = x[p]
         for oh in range(OH):
             h0, i_lo, i_hi = rows[oh, 0], rows[oh, 1], rows[oh, 2]
@@ -110,10 +121,10 @@ def _avg_pool_planes(x, W, rows, cols, scale, out):
                 out[p, oh * OW + ow] = total * scale[oh * OW + ow]
 
 
-@njit(parallel=True, cache=True)
-def _avg_unpool_planes(g, W, rows, cols, scale, grad):
+@njit(cache=True, nogil=True)
+def _avg_unpool_planes(g, grad, W, rows, cols, scale):
     OH, OW = rows.shape[0], cols.shape[0]
-    for p in prange(g.shape[0]):
+    for p in range(g.shape[0]):
         gp = grad[p]
         gp[:] = 0
         for oh in range(OH):
@@ -135,7 +146,8 @@ def max_pool2d(x, kernel, stride, padding, dilation, out_size):
     cols = _windows(OW, stride[1], padding[1], dilation[1], kernel[1], W)
     out = backend.empty((N * C, OH * OW), x.dtype)
     idx = backend.empty((N * C, OH * OW), np.int64)
-    _max_pool_planes(_planes(x), W, rows, cols, dilation[0], dilation[1], out, idx)
+    _by_planes(_max_pool_planes, H * W, (_planes(x), out, idx), W, rows, cols, dilation[0],
+               dilation[1])
     return out.reshape(N, C, OH, OW), idx.reshape(N, C, OH, OW)
 
 
@@ -143,7 +155,7 @@ def max_pool2d(x, kernel, stride, padding, dilation, out_size):
 def max_pool2d_backward(grad_out, indices, input_shape, kernel, stride, padding, dilation):
     N, C, H, W = input_shape
     grad = backend.empty((N * C, H * W), grad_out.dtype)
-    _max_unpool_planes(_planes(grad_out), _planes(indices), grad)
+    _by_planes(_max_unpool_planes, H * W, (_planes(grad_out), _planes(indices), grad))
     return grad.reshape(input_shape)
 
 
@@ -167,7 +179,7 @@ def avg_pool2d(x, kernel, stride, padding, out_size, count_include_pad, divisor_
     tables = _avg_tables(x.shape, kernel, stride, padding, out_size, count_include_pad,
                          divisor_override)
     out = backend.empty((N * C, OH * OW), x.dtype)
-    _avg_pool_planes(_planes(x), W, *tables, out)
+    _by_planes(_avg_pool_planes, H * W, (_planes(x), out), W, *tables)
     return out.reshape(N, C, OH, OW)
 
 
@@ -178,7 +190,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel, stride, padding, count_in
     tables = _avg_tables(input_shape, kernel, stride, padding, grad_out.shape[2:],
                          count_include_pad, divisor_override)
     grad = backend.empty((N * C, H * W), grad_out.dtype)
-    _avg_unpool_planes(_planes(grad_out), W, *tables, grad)
+    _by_planes(_avg_unpool_planes, H * W, (_planes(grad_out), grad), W, *tables)
     return grad.reshape(input_shape)
 
 

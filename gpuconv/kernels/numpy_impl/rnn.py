@@ -6,13 +6,15 @@ per layer projects every step's input for both directions, one GEMM per step
 ``h @ W_hh^T``, and backward gets the input and ``W_ih`` gradients from one GEMM each over
 all steps. This module gives the loop NumPy versions of the fused GPU pointwise kernels:
 they write the new states, the saved arrays and the gate gradients into the arrays the loop
-hands them (``out=``), so a step allocates only small temporaries.
+hands them (``out=``), so a step allocates only small temporaries. The sequence ops run on
+ranges of the batch in parallel (below).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import register
+from ... import threads
+from . import register
 from .._rnn_loop import Cell, impls
 
 
@@ -159,5 +161,81 @@ CELLS = {
     "rnn_relu": _simple_cell("relu"),
 }
 
+# ----------------------------------------------------------------------------- batch split
+# The sequences of a batch are independent, so a sequence op runs as one task per range of
+# the batch on gpuconv's thread pool, each task the whole step loop on its rows (no
+# synchronisation per step); the weight gradients of the ranges are added in range order.
+# A range below this many rows would leave its GEMMs too few rows to run at full speed.
+_MIN_BATCH_PER_TASK = 16
+# Arguments before ``params`` that carry the batch on axis 1, per sequence op.
+_BATCHED_ARGS = {"lstm": 3, "gru": 2, "rnn": 2,
+                 "lstm_backward": 6, "gru_backward": 4, "rnn_backward": 4}
+
+
+class _BatchTape:
+    """What a forward split over the batch keeps for its backward: the ranges and the tape
+    (``saved`` list) of each."""
+
+    def __init__(self, ranges: list):
+        self.ranges = ranges
+        self.parts: list = [[] for _ in ranges]
+
+
+def _rows(a, r: range):
+    return None if a is None else np.ascontiguousarray(a[:, r.start:r.stop])
+
+
+def _split_args(args: tuple, batched: int, r: range, saved) -> tuple:
+    """``args`` restricted to the batch rows ``r`` (the inter-layer masks too), with
+    ``saved`` as the last argument."""
+    head = [_rows(a, r) for a in args[:batched]]
+    rest = list(args[batched:-1])
+    masks = rest[3]
+    rest[3] = None if masks is None else [_rows(m, r) for m in masks]
+    return (*head, *rest, saved)
+
+
+def _batch_parallel(fn, batched: int, backward: bool):
+    """``fn`` (a sequence op) run per range of the batch on the thread pool."""
+    def op(*args):
+        saved = args[-1]
+        if backward and saved:
+            if not isinstance(saved[0], _BatchTape):
+                return fn(*args)           # the forward ran unsplit
+            ranges, parts = saved[0].ranges, saved[0].parts
+        else:
+            ranges = threads.split(args[0].shape[1], _MIN_BATCH_PER_TASK)
+            if len(ranges) <= 1:
+                return fn(*args)
+            parts = [None if saved is None else []] * len(ranges)
+            if saved is not None and not backward:
+                tape = _BatchTape(ranges)
+                saved.append(tape)
+                parts = tape.parts
+        results: list = [None] * len(ranges)
+
+        def task(t: int) -> None:
+            results[t] = fn(*_split_args(args, batched, ranges[t], parts[t]))
+
+        threads.parallel_for(len(ranges), task)
+        return _gather(results, backward)
+    return op
+
+
+def _gather(results: list, backward: bool) -> tuple:
+    """Join the ranges' results: batch arrays along axis 1; in a backward the last result
+    (the parameter gradients) summed in range order."""
+    arrays = [np.concatenate(parts, axis=1) for parts in zip(*(r[:len(r) - backward]
+                                                               for r in results))]
+    if not backward:
+        return tuple(arrays)
+    grads = list(results[0][-1])
+    for other in results[1:]:
+        grads = [None if g is None else g + o for g, o in zip(grads, other[-1])]
+    return (*arrays, grads)
+
+
 for _op, _fn in impls(CELLS).items():
+    if _op in _BATCHED_ARGS:
+        _fn = _batch_parallel(_fn, _BATCHED_ARGS[_op], _op.endswith("_backward"))
     register(_op, "numpy")(_fn)
