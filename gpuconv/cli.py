@@ -42,7 +42,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int,
-                        help="CPU threads for numba and BLAS (default $GPUCONV_NUM_THREADS or 1)")
+                        help="CPU threads for the CPU kernels (default $GPUCONV_NUM_THREADS, "
+                        "else the cores this process may use)")
 
 
 def _per_dataset(key: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Callable, Sequence
@@ -197,6 +198,8 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
     torch = _torch(device)
     if torch is not None and threads is not None:
         torch.set_num_threads(threads)
+    # What else ran on the machine: CPU timings on shared cores mean little without it.
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     xp = backend.cupy_or_none() if device == "cuda" else np
     ceilings = measure_ceilings(device, quick)
     log(f"ceilings on {device}: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
@@ -217,7 +220,8 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
         for case in load_suite(family, suite):
             for p in SUITE_PASSES[family](case):
                 rows += _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log)
-    return {"environment": {**environment(device), "cpu_threads": threads}, "ceilings": ceilings,
+    return {"environment": {**environment(device), "cpu_threads": threads,
+                            "loadavg_before": load}, "ceilings": ceilings,
             "suite": suite, "dtype": dtype, "rows": rows}
 
 
@@ -270,8 +274,10 @@ def markdown(report: dict) -> str:
     versions = ", ".join(f"{k} {env[k]}" for k in ("gpuconv", "numpy", "cupy", "cuda_runtime",
                                                      "driver", "torch", "cudnn", "python")
                          if k in env)
+    load = env.get("loadavg_before")
     lines = [f"- date: {env['date'][:10]}; device: {env['device']}; dtype: {report['dtype']}; "
-             f"suite: {report['suite']}; CPU threads: {env.get('cpu_threads')}",
+             f"suite: {report['suite']}; CPU threads: {env.get('cpu_threads')}"
+             + (f"; load average before: {' '.join(f'{x:.2f}' for x in load)}" if load else ""),
              f"- {versions}",
              f"- measured ceilings: copy {ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s, float32 GEMM "
              f"{ceil['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s", ""]
