@@ -63,6 +63,7 @@ CONV_CASES = [
     ConvCase("same-dilated-nobias", 1, 3, (7, 8), 2, (4, 3), 1, "same", (1, 2), 1, False),
     ConvCase("valid-kernel-fills-input", 2, 3, (5, 6), 4, (5, 6), 1, "valid"),
     ConvCase("stride-skips-last-rows", 2, 2, (8, 9), 3, (2, 2), 3, 0, 1, 1),
+    ConvCase("one-input-channel", 3, 1, (9, 8), 6, (3, 3), 1, 1),
 ]
 
 SMALL_CONV_CASES = [

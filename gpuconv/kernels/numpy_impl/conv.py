@@ -314,7 +314,8 @@ class _View:
 
     @property
     def depthwise(self) -> bool:
-        return self.cg == 1 and self.groups > 1
+        """One input channel per group (depthwise, or a single input channel)."""
+        return self.cg == 1
 
     @property
     def crs(self) -> int:
@@ -506,30 +507,36 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
                        tile.gx_row0, tile.own0, tile.own1, *v.geometry)
 
 
+def _even(total: int, count: int) -> list[range]:
+    """``range(total)`` in ``count`` contiguous parts whose sizes differ by at most one."""
+    bounds = [total * i // count for i in range(count + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
-    """The same contract as :func:`_gemm_pass`, by direct loops (one channel per group),
-    on the thread pool: the forward and grad_input over (images, channels) blocks, the
-    grad_weight over channel blocks (each output channel's sum stays on one thread)."""
+    """The same contract as :func:`_gemm_pass`, by direct loops (one input channel per
+    group), on the thread pool in blocks of (images, input channels). grad_weight sums each
+    block of images into its own float64 partial; the partials are added in block order."""
     w3 = w.reshape(v.k, v.r, v.s)
-    channels = threads.split(v.c, 1)
-    images = threads.split(v.n, 1)
-    blocks = [(b, c) for b in images for c in channels]
+    tasks = min(threads.get_num_threads() * _TASKS_PER_THREAD,
+                max(1, v.macs // threads.MIN_TASK_MACS))
+    images = _even(v.n, min(v.n, tasks))
+    channels = _even(v.c, min(v.c, -(-tasks // max(1, len(images)))))
+    partials = np.zeros((len(images), v.k, v.r, v.s)) if gw is not None else None
 
-    def by_block(kernel, a, out, base):
-        def task(t):
-            b, c = blocks[t]
-            kernel(a[b.start:b.stop], w3, base, out[b.start:b.stop], c.start, c.stop,
-                   *v.geometry)
-        threads.parallel_for(len(blocks), task)
+    def task(t: int) -> None:
+        i, j = divmod(t, len(channels))
+        b, c = slice(images[i].start, images[i].stop), channels[j]
+        if y is not None:
+            _dw_forward_kernel(x[b], w3, y_bias, y[b], c.start, c.stop, *v.geometry)
+        if gx is not None:
+            _dw_grad_input_kernel(gy[b], w3, gx_base, gx[b], c.start, c.stop, *v.geometry)
+        if gw is not None:
+            _dw_grad_weight_kernel(gy[b], x[b], partials[i], c.start, c.stop, *v.geometry)
 
-    if y is not None:
-        by_block(_dw_forward_kernel, x, y, y_bias)
-    if gx is not None:
-        by_block(_dw_grad_input_kernel, gy, gx, gx_base)
+    threads.parallel_for(len(images) * len(channels), task)
     if gw is not None:
-        gw3 = gw.reshape(v.k, v.r, v.s)
-        threads.parallel_for(len(channels), lambda t: _dw_grad_weight_kernel(
-            gy, x, gw3, channels[t].start, channels[t].stop, *v.geometry))
+        np.copyto(gw, partials.sum(axis=0).reshape(gw.shape), casting="same_kind")
 
 
 def _contiguous(a):
