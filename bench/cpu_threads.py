@@ -98,10 +98,10 @@ def wait_quiet(limit: float, max_wait: float, log) -> dict:
         time.sleep(120)
 
 
-def run_bench(threads: str, out: Path, log) -> dict:
+def run_bench(threads: str, out: Path, quick: bool, log) -> dict:
     stem = out / f"results_cpu_t{threads}"
     cmd = GPUCONV + ["bench", "conv", "pool", "lstm", "train", "--json", f"{stem}.json",
-                     "--markdown", f"{stem}.md"]
+                     "--markdown", f"{stem}.md"] + (["--quick"] if quick else [])
     if threads != "default":
         cmd += ["--threads", threads]
     load = loadavg()
@@ -111,9 +111,10 @@ def run_bench(threads: str, out: Path, log) -> dict:
             "report": json.loads(Path(f"{stem}.json").read_text())}
 
 
-def run_train(threads: str, log) -> dict:
+def run_train(threads: str, quick: bool, log) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = GPUCONV + ["train", "--no-progress", "--device", "cpu", "--out", tmp]
+        cmd += ["--epochs", "1"] if quick else []
         if threads != "default":
             cmd += ["--threads", threads]
         load = loadavg()
@@ -241,13 +242,17 @@ def main() -> int:
     p.add_argument("--out", default="bench", help="folder for the JSON and Markdown (bench)")
     p.add_argument("--wait-quiet", type=float, help="wait for a 1-minute load average below this")
     p.add_argument("--max-wait", type=float, default=3600)
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: tiny shapes, one epoch, a 256x256 image")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, flush=True)   # noqa: E731
     quiet = wait_quiet(args.wait_quiet, args.max_wait, log) if args.wait_quiet else None
-    benches = [run_bench(t, out, log) for t in THREADS]
-    trains = [run_train(t, log) for t in ("default", "1", "default", "1")]
+    if args.quick:
+        MEMORY_SHAPE["x"] = (1, 3, 256, 256)
+    benches = [run_bench(t, out, args.quick, log) for t in THREADS]
+    trains = [run_train(t, args.quick, log) for t in ("default", "1", "default", "1")]
     cores = benches[-1]["report"]["environment"]["cpu_threads"]
     memory = [run_memory(which, n, log) for n in sorted({1, cores}) for which in ("numpy", "torch")]
     summary, text = summarise(benches, trains, memory, quiet)

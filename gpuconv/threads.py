@@ -10,8 +10,8 @@ calling thread, and:
 - **tasks are claimed, not assigned**: each thread takes the next unclaimed task until none
   is left, and the caller works too. A thread the OS has not scheduled yet (another process
   holds its core) claims nothing, and the call finishes without it: the call waits only for
-  tasks that have started, so a busy machine slows it down gracefully instead of stalling it
-  at a barrier;
+  tasks that have started, not for a fixed share of the work as a static split does (a
+  task a worker holds when another process preempts it still waits for that worker);
 - **idle threads sleep** on a lock, never spin, so between two parallel regions the cores
   are free for the serial NumPy work around them (and for other processes);
 - **inside a task everything is serial**: the numba kernels are compiled with
@@ -245,6 +245,16 @@ def set_num_threads(n: int) -> None:
         if _pool is not None:
             _pool.close()
         _pool = _Pool(n)
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child has none of its parent's worker threads: it makes its own pool."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _the_pool() -> _Pool:

@@ -10,9 +10,9 @@ from gpuconv import backend, threads
 if not backend.gpu_available():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
-# One CPU thread for numba and BLAS, as the command line uses: on a 2-core machine their
-# two spinning thread pools otherwise slow each other down many times over. (After the
-# simulator switch: numba reads its configuration when it is first imported.)
+# The CPU kernels' thread pool at its default size, as the command line uses
+# ($GPUCONV_NUM_THREADS, else the cores this process may use), and NumPy's BLAS at one
+# thread (gpuconv.threads), before any test runs.
 threads.set_num_threads(threads.default_threads())
 
 # Hypothesis budget sized for the 2-core CI machine.

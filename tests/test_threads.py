@@ -228,3 +228,17 @@ def _lstm_params(r, layers: int, D: int, I: int, H: int) -> list:
             params += [r.standard_normal(s) / H for s in
                        [(4 * H, I if layer == 0 else D * H), (4 * H, H), (4 * H,), (4 * H,)]]
     return params
+
+
+def _child_sum(_):
+    out = np.zeros(8)
+    threads.parallel_for(8, lambda i: out.__setitem__(i, i))
+    return out.sum()
+
+
+def test_a_forked_child_makes_its_own_pool(pool_of):
+    import multiprocessing
+    pool_of(2)
+    threads.parallel_for(2, lambda i: None)       # the parent's workers exist
+    with multiprocessing.get_context("fork").Pool(1) as children:
+        assert children.map(_child_sum, [0]) == [28.0]

@@ -10,9 +10,15 @@ Three products cover all four ops:
 - ``gw = d<y, gy>/dw``: ``gy @ cols^T``;
 - ``gx = conv^T(gy, w)``: ``W^T @ gy``, then col2im.
 
-*Chunks.* The batch runs in chunks of images whose column matrix is about ``_CHUNK_BYTES``,
-so the im2col copy, the GEMM reading it and the col2im scattering its gradient work on data
-still in cache, and the scratch buffers are allocated once per call.
+*Tiles and threads.* The batch runs in tiles: groups of images whose column matrix is about
+``_CHUNK_BYTES``, so the im2col copy, the GEMM reading it and the col2im scattering its
+gradient work on data still in cache; or, for an image whose columns alone pass
+``_BAND_ABOVE_BYTES``, bands of its output rows, so a large image never needs its whole
+column matrix (memory beside the output stays a few chunks per thread). The tiles are
+split into equal runs, one task each on gpuconv's thread pool (:mod:`gpuconv.threads`),
+each task with its own scratch buffers and the GEMMs inside it on one BLAS thread. A band's
+grad_input also recomputes the columns of the few output rows before it (its *halo*) whose
+windows reach its input rows, so that every task writes only its own rows of ``gx``.
 
 *Wide columns.* Each image is copied into a zero-padded buffer whose rows are ``pitch =
 Wq * sw`` long, ``Wq = ceil((W + 2*pw) / sw)``. The columns hold ``Wq`` (not ``OW``) values
