@@ -226,6 +226,7 @@ _pool: _Pool | None = None
 
 
 def _limit_blas_to_one_thread() -> None:
+    import numpy   # noqa: F401  (loads NumPy's BLAS, so that there is a library to limit)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")

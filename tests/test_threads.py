@@ -90,6 +90,18 @@ def test_set_num_threads_limits_blas_to_one_thread(pool_of):
     assert all(lib["num_threads"] == 1 for lib in blas if lib["user_api"] == "blas")
 
 
+def test_set_num_threads_before_numpy_is_imported_still_limits_its_blas():
+    """``import gpuconv`` does not import NumPy; the limit must not miss its BLAS."""
+    import subprocess
+    import sys
+    code = ("import gpuconv; gpuconv.set_num_threads(2); import threadpoolctl; "
+            "print(sorted({l['num_threads'] for l in threadpoolctl.threadpool_info() "
+            "if l['user_api'] == 'blas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[1]"
+
+
 # --------------------------------------------------------------------------- the pool
 
 def test_parallel_for_runs_every_task_once_on_several_threads(pool_of):

@@ -569,7 +569,18 @@ def _out_size(size, k, s, p, d):
 
 
 def _bias_grad(grad_out, has_bias):
-    return grad_out.sum(axis=(0, 2, 3)) if has_bias else None
+    """grad_out summed over (N, H, W) per channel, by ranges of images on the thread pool
+    (float64 partials, added in range order)."""
+    if not has_bias:
+        return None
+    n, k = grad_out.shape[:2]
+    plane = max(1, grad_out[:1].size)
+    ranges = threads.split(n, -(-threads.MIN_TASK_ELEMENTS // plane))
+    partials = np.zeros((max(1, len(ranges)), k))
+    threads.parallel_for(len(ranges), lambda t: np.sum(
+        grad_out[ranges[t].start:ranges[t].stop], axis=(0, 2, 3), dtype=np.float64,
+        out=partials[t]))
+    return partials.sum(axis=0).astype(grad_out.dtype)
 
 
 # --------------------------------------------------------------------------- registered ops
