@@ -1,5 +1,6 @@
 """The fast CPU impls (impl name ``numpy``): NumPy + BLAS, numba where NumPy cannot
-vectorise, on gpuconv's thread pool (:mod:`gpuconv.threads`).
+vectorise, on gpuconv's thread pool (:mod:`gpuconv.threads`). Every op registered through
+:func:`register` configures the pool (and NumPy's BLAS at one thread) on first use.
 
 float16 arrays compute in float32: NumPy has no float16 GEMM (its fallback loop is
 hundreds of times slower than BLAS) and numba no float16 arithmetic on the CPU, so every
@@ -14,6 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ... import threads
 from .. import register as _register
 
 _HALF, _SINGLE = np.dtype(np.float16), np.dtype(np.float32)
@@ -42,9 +44,11 @@ def _down(r):
     return r
 
 
-def _in_float32(fn: Callable, updates: tuple) -> Callable:
+def _numpy_op(fn: Callable, updates: tuple) -> Callable:
+    """``fn`` as registered: the thread pool configured, float16 computed in float32."""
     @functools.wraps(fn)
     def op(*args):
+        threads.get_num_threads()
         if not any(_is_half(a) or isinstance(a, (list, tuple)) and any(map(_is_half, a))
                    for a in args):
             return fn(*args)
@@ -65,6 +69,6 @@ def register(op: str, name: str = "numpy", *, dtypes: Iterable[str] | None = Non
     accepted = None if dtypes is None else (*dtypes, "float16")
 
     def deco(fn: Callable) -> Callable:
-        _register(op, name, dtypes=accepted, **kwargs)(_in_float32(fn, updates))
+        _register(op, name, dtypes=accepted, **kwargs)(_numpy_op(fn, updates))
         return fn
     return deco
