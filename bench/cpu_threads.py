@@ -156,80 +156,99 @@ def _training(report: dict) -> dict:
     return {r["impl"]: r["images_per_s"] for r in report["rows"] if "images_per_s" in r}
 
 
+def _table(header: list, rows: list) -> list:
+    """Markdown lines of a table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def _x(ratio) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _training_section(by_t: dict) -> tuple[dict, dict, list]:
+    """Images/s per thread count, the rates over the 1-thread run's, and their lines."""
+    train = {t: _training(by_t[t]["report"]) for t in THREADS if t in by_t}
+    rows = [(f"{t} ({by_t[t]['report']['environment']['cpu_threads']})",
+             f"{by_t[t]['loadavg_before'][0]:.2f}", f"{r['gpuconv']:.0f}",
+             f"{r['torch_eager']:.0f}", _x(r["gpuconv"] / r["torch_eager"]))
+            for t, r in train.items()]
+    lines = _table(["threads", "load before", "gpuconv images/s", "torch images/s",
+                    "vs torch"], rows)
+    scaling = {t: {k: train[t][k] / train["1"][k] for k in train[t]}
+               for t in ("2", "default") if t in train and "1" in train}
+    if scaling:
+        lines += ["", "Training rate over the 1-thread run's: " + "; ".join(
+            f"{t} threads: gpuconv {_x(s['gpuconv'])}, torch {_x(s['torch_eager'])}"
+            for t, s in scaling.items())]
+    return train, scaling, lines
+
+
+def _kernel_section(by_t: dict) -> tuple[dict, list, list]:
+    """Each kernel row's ratio to torch per thread count and its 2-over-1-thread speed-up;
+    the geomeans and the rows slower on two threads."""
+    medians = {t: _kernel_medians(by_t[t]["report"]) for t in THREADS if t in by_t}
+    ratios: dict = {t: [] for t in medians}
+    rows, slower = [], []
+    for key in sorted({k for m in medians.values() for k in m}):
+        cells = []
+        for t in medians:
+            m = medians[t].get(key, {})
+            ratio = m["torch"] / m["numpy"] if "torch" in m and "numpy" in m else None
+            ratios[t] += [ratio] if ratio else []
+            cells.append(_x(ratio))
+        one, two = medians.get("1", {}).get(key, {}), medians.get("2", {}).get(key, {})
+        speedup = one["numpy"] / two["numpy"] if "numpy" in one and "numpy" in two else None
+        if speedup is not None and speedup < 1:
+            slower.append({"case": key[0], "pass": key[1], "speedup": speedup})
+        rows.append((*key, *cells, _x(speedup)))
+    geomean = {t: math.exp(sum(map(math.log, r)) / len(r)) for t, r in ratios.items() if r}
+    rows.append(("geomean", "", *(_x(geomean.get(t)) for t in medians), ""))
+    lines = _table(["case", "pass", *(f"vs torch, {t}" for t in medians),
+                    "gpuconv 2 threads over 1"], rows)
+    lines += ["", "Rows slower on 2 threads than on 1: " + (", ".join(
+        f"{s['case']} {s['pass']} ({s['speedup']:.2f}x)" for s in slower) or "none")]
+    return geomean, slower, lines
+
+
+def _memory_section(memory: list) -> tuple[dict, list]:
+    rows = [(m["impl"], m["threads"], f"{m['loadavg_before'][0]:.2f}",
+             f"{m['output_bytes'] / 2**20:.0f}", f"{m['peak_rss_rise'] / 2**20:.0f}",
+             "-" if m["tracemalloc_peak"] is None else f"{m['tracemalloc_peak'] / 2**20:.0f}")
+            for m in memory]
+    peaks: dict = {}
+    for m in memory:
+        peaks.setdefault(m["threads"], {})[m["impl"]] = m["peak_rss_rise"]
+    ratio = {t: p["numpy"] / p["torch"] for t, p in peaks.items() if len(p) == 2}
+    lines = [f"Peak memory of one conv2d forward, x {MEMORY_SHAPE['x']}, w {MEMORY_SHAPE['w']}, "
+             f"padding {MEMORY_SHAPE['padding']}, float32 (rise of VmHWM in a fresh process; "
+             "the output alone is the output column):", ""]
+    lines += _table(["impl", "threads", "load before", "output MiB", "peak RSS rise MiB",
+                     "tracemalloc peak MiB"], rows)
+    lines += ["", "numpy over torch peak: " + "; ".join(f"{t} threads {_x(r)}"
+                                                        for t, r in ratio.items())]
+    return ratio, lines
+
+
 def summarise(benches: list, trains: list, memory: list, quiet: dict | None) -> tuple[dict, str]:
+    """The summary JSON and its Markdown tables."""
     by_t = {b["threads"]: b for b in benches}
     lines = ["CPU threads (issue 13), measured by `bench/cpu_threads.py`"
              + ("" if quiet is None else
                 f"; machine quiet before the start: {quiet['quiet']} (1-minute load "
                 f"{quiet['load']:.2f} after waiting {quiet['waited_s']} s)"), ""]
-    lines += ["| threads | load before | gpuconv images/s | torch images/s | vs torch |",
-              "|---|---|---|---|---|"]
-    train = {}
-    for t in THREADS:
-        if t not in by_t:
-            continue
-        rates = _training(by_t[t]["report"])
-        train[t] = rates
-        lines.append(f"| {t} ({by_t[t]['report']['environment']['cpu_threads']}) | "
-                     f"{by_t[t]['loadavg_before'][0]:.2f} | {rates['gpuconv']:.0f} | "
-                     f"{rates['torch_eager']:.0f} | {rates['gpuconv'] / rates['torch_eager']:.2f}x |")
-    scaling = {}
-    if "1" in train:
-        for t in ("2", "default"):
-            if t in train:
-                scaling[t] = {k: train[t][k] / train["1"][k] for k in train[t]}
-        lines += ["", "Training rate over the 1-thread run's: "
-                  + "; ".join(f"{t} threads: gpuconv {s['gpuconv']:.2f}x, torch "
-                              f"{s['torch_eager']:.2f}x" for t, s in scaling.items())]
-    medians = {t: _kernel_medians(by_t[t]["report"]) for t in THREADS if t in by_t}
-    keys = sorted({k for m in medians.values() for k in m})
-    header = [t for t in THREADS if t in medians]
-    lines += ["", "| case | pass | " + " | ".join(f"vs torch, {t}" for t in header)
-              + " | gpuconv 2 threads over 1 |", "|---|---|" + "---|" * (len(header) + 1)]
-    ratios = {t: [] for t in header}
-    slower = []
-    for key in keys:
-        cells = []
-        for t in header:
-            m = medians[t].get(key, {})
-            ratio = m["torch"] / m["numpy"] if "torch" in m and "numpy" in m else None
-            if ratio:
-                ratios[t].append(ratio)
-            cells.append(f"{ratio:.2f}x" if ratio else "-")
-        one, two = medians.get("1", {}).get(key, {}), medians.get("2", {}).get(key, {})
-        speedup = one["numpy"] / two["numpy"] if "numpy" in one and "numpy" in two else None
-        if speedup is not None and speedup < 1:
-            slower.append({"case": key[0], "pass": key[1], "speedup": speedup})
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells)
-                     + f" | {f'{speedup:.2f}x' if speedup else '-'} |")
-    geomean = {t: math.exp(sum(map(math.log, r)) / len(r)) for t, r in ratios.items() if r}
-    lines += ["| geomean | | " + " | ".join(f"{geomean[t]:.2f}x" for t in header if t in geomean)
-              + " | |", "", f"Rows slower on 2 threads than on 1: "
-              + (", ".join(f"{s['case']} {s['pass']} ({s['speedup']:.2f}x)" for s in slower)
-                 or "none")]
-    lines += ["", "| `gpuconv train` (digits) | load before | training s | wall s | test accuracy |",
-              "|---|---|---|---|---|"]
-    for t in trains:
-        acc = t["test_accuracy"]
-        lines.append(f"| threads {t['threads']} | {t['loadavg_before'][0]:.2f} | "
-                     f"{t['train_seconds']:.2f} | {t['wall_seconds']:.1f} | "
-                     f"{'-' if acc is None else f'{100 * acc:.1f}%'} |")
-    lines += ["", f"Peak memory of one conv2d forward, x {MEMORY_SHAPE['x']}, w "
-              f"{MEMORY_SHAPE['w']}, padding {MEMORY_SHAPE['padding']}, float32 (rise of VmHWM "
-              "in a fresh process; the output alone is the first column):", "",
-              "| impl | threads | load before | output MiB | peak RSS rise MiB | tracemalloc peak MiB |",
-              "|---|---|---|---|---|---|"]
-    for m in memory:
-        traced = m["tracemalloc_peak"]
-        lines.append(f"| {m['impl']} | {m['threads']} | {m['loadavg_before'][0]:.2f} | "
-                     f"{m['output_bytes'] / 2**20:.0f} | {m['peak_rss_rise'] / 2**20:.0f} | "
-                     f"{'-' if traced is None else f'{traced / 2**20:.0f}'} |")
-    peaks = {}
-    for m in memory:
-        peaks.setdefault(m["threads"], {})[m["impl"]] = m["peak_rss_rise"]
-    mem_ratio = {t: p["numpy"] / p["torch"] for t, p in peaks.items() if len(p) == 2}
-    lines += ["", "numpy over torch peak: " + "; ".join(f"{t} threads {r:.2f}x"
-                                                        for t, r in mem_ratio.items())]
+    train, scaling, part = _training_section(by_t)
+    lines += part + [""]
+    geomean, slower, part = _kernel_section(by_t)
+    lines += part + [""]
+    lines += _table(["`gpuconv train` (digits)", "load before", "training s", "wall s",
+                     "test accuracy"],
+                    [(f"threads {t['threads']}", f"{t['loadavg_before'][0]:.2f}",
+                      f"{t['train_seconds']:.2f}", f"{t['wall_seconds']:.1f}",
+                      "-" if t["test_accuracy"] is None else f"{100 * t['test_accuracy']:.1f}%")
+                     for t in trains]) + [""]
+    mem_ratio, part = _memory_section(memory)
+    lines += part
     summary = {"quiet": quiet, "training": train, "training_scaling": scaling,
                "kernel_geomean_vs_torch": geomean, "slower_on_two_threads": slower,
                "train_digits": trains, "memory": memory, "memory_ratio": mem_ratio,
