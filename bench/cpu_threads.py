@@ -153,7 +153,9 @@ def _kernel_medians(report: dict) -> dict:
 
 
 def _training(report: dict) -> dict:
-    return {r["impl"]: r["images_per_s"] for r in report["rows"] if "images_per_s" in r}
+    """Images/s of the eager training rows: {"gpuconv": ..., "torch": ...}."""
+    return {r["source"]: r["images_per_s"] for r in report["rows"]
+            if "images_per_s" in r and r["impl"].endswith("eager")}
 
 
 def _table(header: list, rows: list) -> list:
@@ -171,7 +173,7 @@ def _training_section(by_t: dict) -> tuple[dict, dict, list]:
     train = {t: _training(by_t[t]["report"]) for t in THREADS if t in by_t}
     rows = [(f"{t} ({by_t[t]['report']['environment']['cpu_threads']})",
              f"{by_t[t]['loadavg_before'][0]:.2f}", f"{r['gpuconv']:.0f}",
-             f"{r['torch_eager']:.0f}", _x(r["gpuconv"] / r["torch_eager"]))
+             f"{r['torch']:.0f}", _x(r["gpuconv"] / r["torch"]))
             for t, r in train.items()]
     lines = _table(["threads", "load before", "gpuconv images/s", "torch images/s",
                     "vs torch"], rows)
@@ -179,7 +181,7 @@ def _training_section(by_t: dict) -> tuple[dict, dict, list]:
                for t in ("2", "default") if t in train and "1" in train}
     if scaling:
         lines += ["", "Training rate over the 1-thread run's: " + "; ".join(
-            f"{t} threads: gpuconv {_x(s['gpuconv'])}, torch {_x(s['torch_eager'])}"
+            f"{t} threads: gpuconv {_x(s['gpuconv'])}, torch {_x(s['torch'])}"
             for t, s in scaling.items())]
     return train, scaling, lines
 
