@@ -53,7 +53,7 @@ from queue import SimpleQueue
 from typing import Callable, Sequence
 
 __all__ = ["set_num_threads", "get_num_threads", "default_threads", "available_cores",
-           "parallel_for", "split", "elementwise", "matmul"]
+           "cgroup_cpu_limit", "parallel_for", "split", "elementwise", "matmul"]
 
 
 # ----------------------------------------------------------------------------- thread count
