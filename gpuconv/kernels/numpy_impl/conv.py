@@ -292,7 +292,7 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
                     for s in range(s_n):
                         for oh in range(oh_n):
                             acc[k, r, s] += _dot(gy_wide, oh * wq, padded,
-                                                 (oh * sh + r * dh) * pitch + s * dw, sw, run)
+                                                 (oh * sh + r * dh) * pitch + s * dw, sw, ow_n)
     for k in range(c0 * m, c1 * m):
         for r in range(r_n):
             for s in range(s_n):
@@ -423,10 +423,11 @@ class _Buffers:
         self.y = np.empty(v.k * n * rows * v.wq, dtype) if y is not None else None
         self.dcols = np.empty(v.crs * n * gx_rows * v.wq, dtype) if gx is not None else None
 
-    def im2col(self, x, tile: _Tile):
+    def im2col(self, x, tile: _Tile, zero_extra: bool = False):
         """The wide columns of ``tile`` of ``x: (N, C, H, W)``, as ``(groups, C/groups*R*S,
         n*rows*Wq)``: ``cols[c, r, s, b, i, q] = x_pad[b, c, (row0 + i)*sh + r*dh, q*sw + s*dw]``
-        read from the buffer, which holds padded rows ``row0*sh ..`` of each image."""
+        read from the buffer, which holds padded rows ``row0*sh ..`` of each image; with
+        ``zero_extra`` the ``Wq - OW`` extra columns of each row are zeros."""
         v, n, rows = self.v, _images(tile), tile.rows
         (ph, pw), (sh, sw), (dh, dw) = v.padding, v.stride, v.dilation
         in_rows = v.in_rows(rows)
@@ -489,7 +490,7 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
     kg, crs_g = v.k // v.groups, v.crs // v.groups
     width = n * tile.rows * v.wq
     if x is not None:
-        cols = bufs.im2col(x, tile)
+        cols = bufs.im2col(x, tile, zero_extra=gw is not None)
     if gy is not None:
         gy_wide = bufs.gy[:v.k * n * gy_rows * v.wq].reshape(v.k, n, gy_rows, v.wq)
         _to_wide_kernel(gy[tile.images], tile.gx_row0, gy_wide)
@@ -509,8 +510,10 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
     if gx is not None:
         dcols = v.grouped(bufs.dcols[:v.crs * n * gy_rows * v.wq], crs_g)
         np.matmul(w3.transpose(0, 2, 1), v.grouped(gy_wide, kg), out=dcols)
-        _col2im_kernel(dcols.reshape(v.c, v.r, v.s, n, gy_rows, v.wq), gx_base, gx[tile.images],
-                       tile.gx_row0, tile.own0, tile.own1, *v.geometry)
+        dcols = dcols.reshape(v.c, v.r, v.s, n, gy_rows, v.wq)
+        dcols[..., v.ow:] = 0  # W^T times gy's zero padding: NaN where W holds an inf
+        _col2im_kernel(dcols, gx_base, gx[tile.images], tile.gx_row0, tile.own0, tile.own1,
+                       *v.geometry)
 
 
 def _even(total: int, count: int) -> list[range]:
