@@ -2,23 +2,26 @@
 
     .venv/bin/python bench/cpu_threads.py [--wait-quiet 0.5] [--max-wait 3600] [--out DIR]
 
-1. ``gpuconv bench conv pool lstm train`` at ``--threads 1``, ``--threads 2`` and the
-   default (no flag: the cores this process may use), each run writing its JSON and
-   Markdown (``results_cpu_t1``, ``_t2``, ``_tdefault`` under DIR);
+1. ``gpuconv bench conv pool lstm train --impl numpy`` at ``--threads 1``, ``--threads 2``
+   and the default (no flag: the cores this process may use), each run writing its JSON
+   and Markdown (``results_cpu_t1``, ``_t2``, ``_tdefault`` under DIR): gpuconv's numpy
+   impl and LeNet-5 training against PyTorch on the same threads;
 2. ``gpuconv train`` (LeNet-5 on digits) with the default threads and with ``--threads 1``,
    twice each, alternating;
 3. the peak memory of one conv2d forward on a (1, 3, 2048, 2048) image with a 3x3 kernel
-   and 16 output channels, the numpy impl and PyTorch each in a fresh process: the rise of
-   the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``
-   after the inputs exist and both have run once on a small image), so the output counts
-   for both; tracemalloc's peak for the numpy impl beside it;
-4. ``cpu_threads.json`` and ``cpu_threads.md`` under DIR: the goal tables (ratios to
-   PyTorch at each thread count, gpuconv's 2-thread over 1-thread rates, the kernel
-   geomeans, rows slower on two threads than on one), every figure with the 1-minute load
-   average read just before it was measured.
+   and 16 output channels, the numpy impl and PyTorch each in a fresh process
+   (:mod:`gpuconv.benchmark.peak_memory`), on one thread and on the default count;
+4. ``cpu_threads.json`` under DIR and the section "CPU threads (issue 13)" of
+   ``RESULTS.md`` under DIR (replaced, the rest of the file kept): each of the issue's goals
+   met or not, the training and kernel ratios to PyTorch at each thread count, gpuconv's
+   2-thread over 1-thread rates, the kernel geomeans, the rows slower on two threads than
+   on one, the digits runs and the memory table, with the 1-minute load average read just
+   before each step.
 
 ``--wait-quiet L`` first waits (polling every 2 minutes, at most ``--max-wait`` seconds)
-until the 1-minute load average is below L; the run says whether it ever was.
+until the 1-minute load average is below L; the run says whether it ever was. ``--quick``
+is a smoke run of the same steps (tiny shapes, one digits epoch per thread count, a
+256x256 image) in about a minute.
 """
 from __future__ import annotations
 
@@ -32,49 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpuconv.benchmark.peak_memory import conv2d_peak
+
 GPUCONV = [sys.executable, "-m", "gpuconv"]
 THREADS = ("1", "2", "default")
 MEMORY_SHAPE = {"x": (1, 3, 2048, 2048), "w": (16, 3, 3, 3), "padding": 1}
-
-MEMORY_PROBE = r"""
-import json, sys, tracemalloc
-import numpy as np
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-
-which, spec = sys.argv[1], json.loads(sys.argv[2])
-rng = np.random.default_rng(0)
-x = rng.standard_normal(spec["x"], dtype=np.float32)
-w = rng.standard_normal(spec["w"], dtype=np.float32)
-if which == "torch":
-    import torch
-    torch.set_num_threads(int(sys.argv[3]))
-    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-    run = lambda a, b: torch.nn.functional.conv2d(a, b, padding=spec["padding"])
-    small = (xt[:, :, :64, :64].contiguous(), wt)
-    args = (xt, wt)
-else:
-    import gpuconv
-    import gpuconv.functional as F
-    gpuconv.set_num_threads(int(sys.argv[3]))
-    run = lambda a, b: F.conv2d(a, b, padding=spec["padding"], impl="numpy")
-    small = (np.ascontiguousarray(x[:, :, :64, :64]), w)
-    args = (x, w)
-run(*small)                                  # load, compile and warm up outside the peak
-open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
-before = status("VmRSS")
-tracemalloc.start()
-y = run(*args)
-traced = tracemalloc.get_traced_memory()[1]
-peak = status("VmHWM")
-out_bytes = int(np.prod(y.shape)) * 4
-print(json.dumps({"impl": which, "peak_rss_rise": peak - before, "output_bytes": out_bytes,
-                  "tracemalloc_peak": traced if which != "torch" else None}))
-"""
-
+# The section of RESULTS.md that this script writes (replaced on every run).
+BEGIN, END = "<!-- bench/cpu_threads.py: begin -->", "<!-- bench/cpu_threads.py: end -->"
 
 def load1() -> float:
     return os.getloadavg()[0]
@@ -100,8 +67,10 @@ def wait_quiet(limit: float, max_wait: float, log) -> dict:
 
 def run_bench(threads: str, out: Path, quick: bool, log) -> dict:
     stem = out / f"results_cpu_t{threads}"
-    cmd = GPUCONV + ["bench", "conv", "pool", "lstm", "train", "--json", f"{stem}.json",
-                     "--markdown", f"{stem}.md"] + (["--quick"] if quick else [])
+    # Only gpuconv's numpy impl beside the references: the goals compare it with torch.
+    cmd = GPUCONV + ["bench", "conv", "pool", "lstm", "train", "--impl", "numpy",
+                     "--json", f"{stem}.json", "--markdown", f"{stem}.md"]
+    cmd += ["--quick"] if quick else []
     if threads != "default":
         cmd += ["--threads", threads]
     load = loadavg()
@@ -127,13 +96,12 @@ def run_train(threads: str, quick: bool, log) -> dict:
             "wall_seconds": wall, "test_accuracy": summary.get("test_accuracy")}
 
 
-def run_memory(which: str, threads: int, log) -> dict:
+def run_memory(impl: str, threads: int, log) -> dict:
     load = loadavg()
-    log(f"[load {load}] peak memory of conv2d {MEMORY_SHAPE} ({which}, {threads} threads)")
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, which, json.dumps(MEMORY_SHAPE),
-                          str(threads)], check=True, capture_output=True, text=True)
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "threads": threads,
-            "loadavg_before": load}
+    log(f"[load {load}] peak memory of conv2d {MEMORY_SHAPE} ({impl}, {threads} threads)")
+    peak = conv2d_peak(impl, MEMORY_SHAPE["x"], MEMORY_SHAPE["w"], MEMORY_SHAPE["padding"],
+                       threads)
+    return {**peak, "loadavg_before": load}
 
 
 # ----------------------------------------------------------------------------- the tables
@@ -232,39 +200,100 @@ def _memory_section(memory: list) -> tuple[dict, list]:
     return ratio, lines
 
 
-def summarise(benches: list, trains: list, memory: list, quiet: dict | None) -> tuple[dict, str]:
-    """The summary JSON and its Markdown tables."""
+def _goals(train: dict, scaling: dict, geomean: dict, slower: list, trains: list,
+           mem_ratio: dict, cores) -> list[tuple[str, str, bool]]:
+    """Issue 13's goals: (goal, the figures, met?) for each."""
+    digits = {t: [r["train_seconds"] for r in trains if r["threads"] == t]
+              for t in ("default", "1")}
+    best = {t: min(v) for t, v in digits.items() if v}   # the least disturbed run of each
+    two = scaling.get("2", {}).get("gpuconv")
+    return [
+        ("training >= 1.0x torch at every thread count",
+         ", ".join(f"{t}: {_x(r['gpuconv'] / r['torch'])}" for t, r in train.items()),
+         bool(train) and all(r["gpuconv"] >= r["torch"] for r in train.values())),
+        ("gpuconv training on 2 threads >= 1.7x its 1-thread rate", _x(two),
+         two is not None and two >= 1.7),
+        ("the default uses every core", f"default threads {cores}",
+         cores == (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count())),
+        ("kernel geomean >= 1.0x torch at every thread count",
+         ", ".join(f"{t}: {_x(g)}" for t, g in geomean.items()),
+         bool(geomean) and all(g >= 1.0 for g in geomean.values())),
+        ("no kernel row slower on 2 threads than on 1", f"{len(slower)} slower", not slower),
+        ("`gpuconv train` (digits), default threads no slower than --threads 1 (best runs)",
+         " vs ".join(f"{best[t]:.2f} s" for t in best),
+         len(best) == 2 and best["default"] <= best["1"]),
+        ("conv2d peak memory <= 1.2x torch",
+         ", ".join(f"{t} threads {_x(r)}" for t, r in mem_ratio.items()),
+         bool(mem_ratio) and all(r <= 1.2 for r in mem_ratio.values())),
+    ]
+
+
+def summarise(benches: list, trains: list, memory: list, quiet: dict | None,
+              when: str | None = None) -> tuple[dict, str]:
+    """The summary JSON and its Markdown tables; ``when``: the date of the run (now)."""
     by_t = {b["threads"]: b for b in benches}
-    lines = ["CPU threads (issue 13), measured by `bench/cpu_threads.py`"
+    load = [s["loadavg_before"][0] for s in benches + trains + memory]
+    when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [f"Measured by `bench/cpu_threads.py` on {when}"
+             f"; 1-minute load average before each step {min(load):.2f}-{max(load):.2f}"
              + ("" if quiet is None else
                 f"; machine quiet before the start: {quiet['quiet']} (1-minute load "
-                f"{quiet['load']:.2f} after waiting {quiet['waited_s']} s)"), ""]
-    train, scaling, part = _training_section(by_t)
-    lines += part + [""]
-    geomean, slower, part = _kernel_section(by_t)
-    lines += part + [""]
+                f"{quiet['load']:.2f} after waiting {quiet['waited_s']} s)")
+             + ". Timings on shared cores say little about scaling: check the load column.",
+             ""]
+    train, scaling, train_lines = _training_section(by_t)
+    geomean, slower, kernel_lines = _kernel_section(by_t)
+    mem_ratio, mem_lines = _memory_section(memory)
+    cores = by_t["default"]["report"]["environment"]["cpu_threads"] if "default" in by_t else None
+    goals = _goals(train, scaling, geomean, slower, trains, mem_ratio, cores)
+    lines += _table(["goal", "measured", "met"],
+                    [(g, m, "yes" if ok else "**no**") for g, m, ok in goals]) + [""]
+    lines += ["Training (`gpuconv bench train`, eager, images/s):", ""] + train_lines + [""]
+    lines += ["Kernels (`gpuconv bench conv pool lstm`, torch's median over gpuconv's numpy "
+              "impl's):", ""] + kernel_lines + [""]
     lines += _table(["`gpuconv train` (digits)", "load before", "training s", "wall s",
                      "test accuracy"],
                     [(f"threads {t['threads']}", f"{t['loadavg_before'][0]:.2f}",
                       f"{t['train_seconds']:.2f}", f"{t['wall_seconds']:.1f}",
                       "-" if t["test_accuracy"] is None else f"{100 * t['test_accuracy']:.1f}%")
                      for t in trains]) + [""]
-    mem_ratio, part = _memory_section(memory)
-    lines += part
-    summary = {"quiet": quiet, "training": train, "training_scaling": scaling,
+    lines += mem_lines
+    summary = {"date": when, "quiet": quiet, "goals": [{"goal": g, "measured": m, "met": ok}
+                                         for g, m, ok in goals],
+               "training": train, "training_scaling": scaling,
                "kernel_geomean_vs_torch": geomean, "slower_on_two_threads": slower,
                "train_digits": trains, "memory": memory, "memory_ratio": mem_ratio,
                "benches": [{k: v for k, v in b.items() if k != "report"} for b in benches]}
     return summary, "\n".join(lines) + "\n"
 
 
+def write_results_section(path: Path, body: str, out: Path) -> None:
+    """Replace this script's section of ``path`` (bench/RESULTS.md) with ``body``, or append
+    the section when the file has none (creating the file)."""
+    files = ", ".join(f"`{n}`" for n in ("cpu_threads.json", "results_cpu_t1.json",
+                                         "results_cpu_t2.json", "results_cpu_tdefault.json"))
+    section = (f"{BEGIN}\n## CPU threads (issue 13)\n\nCommand: `python bench/cpu_threads.py"
+               f" --out {out}`; JSON: {files} beside this file (each bench run's full "
+               f"table: the matching `.md`).\n\n{body}{END}\n")
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench", help="folder for the JSON and Markdown (bench)")
+    p.add_argument("--out", default="bench",
+                   help="folder for the JSON, the Markdown and RESULTS.md's section (bench)")
     p.add_argument("--wait-quiet", type=float, help="wait for a 1-minute load average below this")
     p.add_argument("--max-wait", type=float, default=3600)
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: tiny shapes, one epoch, a 256x256 image")
+                   help="a smoke run: tiny shapes, one epoch once per thread count, a 256x256 "
+                        "image")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,12 +302,13 @@ def main() -> int:
     if args.quick:
         MEMORY_SHAPE["x"] = (1, 3, 256, 256)
     benches = [run_bench(t, out, args.quick, log) for t in THREADS]
-    trains = [run_train(t, args.quick, log) for t in ("default", "1", "default", "1")]
+    rounds = 1 if args.quick else 2
+    trains = [run_train(t, args.quick, log) for _ in range(rounds) for t in ("default", "1")]
     cores = benches[-1]["report"]["environment"]["cpu_threads"]
     memory = [run_memory(which, n, log) for n in sorted({1, cores}) for which in ("numpy", "torch")]
     summary, text = summarise(benches, trains, memory, quiet)
     (out / "cpu_threads.json").write_text(json.dumps(summary, indent=2, default=float))
-    (out / "cpu_threads.md").write_text(text)
+    write_results_section(out / "RESULTS.md", text, out)
     print(text)
     return 0
 

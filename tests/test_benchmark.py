@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +248,54 @@ def test_train_rows_on_the_gpu_time_eager_and_graph_modes():
         assert "torch_graph" in impls
         assert all(r["ratio_to_torch_eager"] > 0 and r["ratio_to_torch_graph"] > 0
                    for r in rows)
+
+
+# --------------------------------------------------------------------------- bench/cpu_threads.py
+
+CPU_THREADS = Path(__file__).resolve().parents[1] / "bench" / "cpu_threads.py"
+
+
+def _cpu_threads_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cpu_threads", CPU_THREADS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_threads_replaces_its_results_section_and_keeps_the_rest(tmp_path):
+    """A second run replaces the section it wrote; what is around it stays."""
+    ct = _cpu_threads_module()
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## GPU\n\nkept\n")
+    ct.write_results_section(results, "first body\n", tmp_path)
+    results.write_text(results.read_text() + "\n## After\n\nalso kept\n")
+    ct.write_results_section(results, "second body\n", tmp_path)
+    text = results.read_text()
+    assert text.count(ct.BEGIN) == text.count(ct.END) == 1
+    assert "second body" in text and "first body" not in text
+    assert text.index("kept") < text.index(ct.BEGIN) < text.index(ct.END) < text.index("also kept")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_cpu_threads_quick_run_writes_every_table_with_its_load(tmp_path):
+    """``bench/cpu_threads.py --quick``: the three bench runs' JSON, the digits runs, the
+    memory probe, the goals and RESULTS.md's section, every step with its load average."""
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, str(CPU_THREADS), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "cpu_threads.json").read_text())
+    assert [b["threads"] for b in summary["benches"]] == ["1", "2", "default"]
+    for t in ("1", "2", "default"):
+        report = json.loads((tmp_path / f"results_cpu_t{t}.json").read_text())
+        assert report["environment"]["loadavg_before"] is not None
+        assert {"gpuconv", "torch"} <= set(summary["training"][t])
+    assert len(summary["goals"]) == 7 and all(isinstance(g["met"], bool) for g in summary["goals"])
+    assert sorted(r["threads"] for r in summary["train_digits"]) == ["1", "default"]
+    assert {(m["impl"], m["threads"]) for m in summary["memory"]} >= {("numpy", 1), ("torch", 1)}
+    assert all(len(step["loadavg_before"]) == 3 for step in
+               summary["benches"] + summary["train_digits"] + summary["memory"])
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## CPU threads (issue 13)" in text and "| goal | measured | met |" in text

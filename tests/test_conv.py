@@ -4,6 +4,7 @@ PyTorch when installed), gradients against finite differences, and argument vali
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,6 +283,19 @@ def test_numpy_conv2d_on_a_large_image_keeps_its_working_memory_bounded():
     assert peak - y.nbytes < 8 << 20, f"{(peak - y.nbytes) / 2**20:.1f} MiB beside the output"
     assert_close(y, conv2d(x.astype(np.float64), w.astype(np.float64), padding=1,
                            impl="numpy"), "float32")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_numpy_conv2d_peak_memory_on_a_2048_image_is_at_most_1_2x_torch():
+    """Issue 13's bound: conv2d forward on (1, 3, 2048, 2048) with a 3x3 kernel (16 output
+    channels, padding 1, float32, two threads) raises the peak resident set of a fresh
+    process by at most 1.2x what PyTorch's CPU convolution does (the 256 MiB output counts
+    for both; the whole image's column matrix alone would be 432 MiB)."""
+    pytest.importorskip("torch")
+    from gpuconv.benchmark.peak_memory import conv2d_peak
+    peaks = {impl: conv2d_peak(impl, (1, 3, 2048, 2048), (16, 3, 3, 3), 1, 2)["peak_rss_rise"]
+             for impl in ("numpy", "torch")}
+    assert peaks["numpy"] <= 1.2 * peaks["torch"], {k: v / 2**20 for k, v in peaks.items()}
 
 
 # --------------------------------------------------------------------------- reference vs oracles

@@ -83,6 +83,28 @@ def test_environment_and_set_num_threads_override_the_default(monkeypatch, pool_
     assert threads.get_num_threads() == 3
 
 
+@pytest.mark.parametrize("argv, env, expected", [
+    (["--threads", "3"], None, 3),
+    (["--threads", "3"], "5", 3),       # the flag beats the environment
+    ([], "5", 5),
+    ([], None, "cores"),
+])
+def test_cli_threads_flag_then_environment_then_the_cores(argv, env, expected, monkeypatch,
+                                                          pool_of):
+    """``gpuconv bench|train|eval`` runs on ``--threads``, else ``GPUCONV_NUM_THREADS``, else
+    the cores this process may use, configured before the command's work starts."""
+    from gpuconv import cli
+    if env is None:
+        monkeypatch.delenv("GPUCONV_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("GPUCONV_NUM_THREADS", env)
+    pool_of(1)
+    seen = []
+    monkeypatch.setattr(cli, "_bench", lambda args: seen.append(threads.get_num_threads()) or 0)
+    assert cli.main(["bench", "conv", *argv]) == 0
+    assert seen == [threads.available_cores() if expected == "cores" else expected]
+
+
 def test_set_num_threads_limits_blas_to_one_thread(pool_of):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     pool_of(2)
