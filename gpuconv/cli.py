@@ -423,11 +423,10 @@ def _bench(args) -> int:
 
 
 def _available_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The CPU cores this process may use (affinity and cgroup quota: the default threads)."""
+    from .threads import available_cores
+
+    return available_cores()
 
 
 def _warn_about_threads(args) -> None:

@@ -50,7 +50,10 @@ def _relu(x, out):
 
 
 def _relu_backward(g, x, out):
-    np.multiply(g, x > 0, out=out)
+    dead = x <= 0
+    np.multiply(g, ~dead, out=out)
+    if np.isnan(out).any():  # inf * 0 or NaN * 0 on the dead side, where torch gives 0
+        np.copyto(out, 0, where=dead)
 
 
 def _leaky_relu(x, out, slope):
@@ -62,7 +65,8 @@ def _leaky_relu(x, out, slope):
 
 
 def _leaky_relu_backward(g, x, out, slope):
-    _select_factor(out, x > 0, x <= 0, out.dtype.type(slope))
+    positive = x > 0
+    _select_factor(out, positive, ~positive, out.dtype.type(slope))
     np.multiply(out, g, out=out)
 
 

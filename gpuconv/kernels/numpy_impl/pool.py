@@ -202,23 +202,18 @@ def _adaptive_windows(out_len: int, size: int) -> np.ndarray:
     return np.stack([start, np.zeros_like(start), end - start], axis=1).astype(np.int64)
 
 
-def _sandwich(a, left, right):
-    """left @ a[n, c] @ right.T for every plane of a (N, C, H, W), as two BLAS products (in
-    row blocks on the thread pool)."""
-    N, C, H, W = a.shape
-    rows, cols = left.shape[0], right.shape[0]
-    t = threads.matmul(np.ascontiguousarray(a).reshape(N * C * H, W), right.T,
-                       np.empty((N * C * H, cols), a.dtype))
-    t = t.reshape(N * C, H, cols).transpose(0, 2, 1).reshape(N * C * cols, H)
-    t = threads.matmul(t, left.T, np.empty((N * C * cols, rows), a.dtype))
-    return np.ascontiguousarray(t.reshape(N, C, cols, rows).transpose(0, 1, 3, 2))
+def _adaptive_tables(out_size, in_hw):
+    """Window tables along H and W, and 1 / area of every window (as :func:`_avg_tables`)."""
+    rows, cols = (_adaptive_windows(n, size) for n, size in zip(out_size, in_hw))
+    return rows, cols, (1.0 / np.multiply.outer(rows[:, 2], cols[:, 2])).ravel()
 
 
 @register("adaptive_avg_pool2d", "numpy", dtypes=_FLOATS)
 def adaptive_avg_pool2d(x, out_size):
     N, C, H, W = x.shape
     out = backend.empty((N * C, out_size[0] * out_size[1]), x.dtype)
-    _avg_pool_planes(_planes(x), W, *_adaptive_tables(out_size, (H, W)), out)
+    _by_planes(_avg_pool_planes, H * W, (_planes(x), out), W,
+               *_adaptive_tables(out_size, (H, W)))
     return out.reshape((N, C) + tuple(out_size))
 
 
@@ -226,6 +221,6 @@ def adaptive_avg_pool2d(x, out_size):
 def adaptive_avg_pool2d_backward(grad_out, input_shape):
     N, C, H, W = input_shape
     grad = backend.empty((N * C, H * W), grad_out.dtype)
-    _avg_unpool_planes(_planes(grad_out), W, *_adaptive_tables(grad_out.shape[2:], (H, W)),
-                       grad)
+    _by_planes(_avg_unpool_planes, H * W, (_planes(grad_out), grad), W,
+               *_adaptive_tables(grad_out.shape[2:], (H, W)))
     return grad.reshape(input_shape)
