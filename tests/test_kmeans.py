@@ -7,11 +7,6 @@ and through the real numba-cuda compiler.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -324,46 +319,3 @@ def test_numba_cuda_steps_match_the_reference_under_the_simulator(name, dtype):
     assert sums.dtype == np.dtype(dtype)
     assert_close(sums, ref_sums, dtype)
 
-
-# Compiled by numba-cuda's real compiler (NVVM) for the argument types the launchers pass
-# (C-contiguous arrays, int64 scalars), then by ptxas; no GPU: the device query of
-# device-function compilation answers sm_90 (as in tests/test_rnn_persistent.py).
-NUMBA_COMPILE = """
-import subprocess, sys, tempfile, types
-from numba import cuda, types as nt
-from numba.cuda import dispatcher
-dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
-from gpuconv.kernels.numba_cuda import _kmeans_kernels as K
-for dt in (nt.float32, nt.float64):
-    a1, a2 = nt.Array(dt, 1, "C"), nt.Array(dt, 2, "C")
-    i1, f2 = nt.Array(nt.int64, 1, "C"), nt.Array(nt.float64, 2, "C")
-    for kernel, sig in [(K.assign_argmin_rows, (a2, a1, a1, i1, a1)),
-                        (K.update_tile_sums, (a2, i1, i1, i1, i1, nt.int64, f2)),
-                        (K.update_cluster_sums, (f2, i1, a2))]:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
-        name = kernel.py_func.__name__
-        # float32 arithmetic stays float32 (an integer or float literal would promote it)
-        assert dt != nt.float32 or name != "assign_argmin_rows" or ".f64" not in ptx, name
-        with tempfile.TemporaryDirectory() as d:
-            open(f"{d}/k.ptx", "w").write(ptx)
-            r = subprocess.run([sys.argv[1], "-arch=sm_90", "-c", f"{d}/k.ptx", "-o", f"{d}/k.o"],
-                               capture_output=True, text=True)
-            assert r.returncode == 0, r.stderr
-        print(name, dt)
-"""
-
-
-def _ptxas():
-    nvcc = shutil.which("nvcc")
-    return shutil.which("ptxas") or (nvcc and str(Path(nvcc).parent / "ptxas"))
-
-
-@pytest.mark.skipif(not _ptxas(), reason="needs ptxas (the CUDA toolkit)")
-def test_numba_cuda_kernels_compile_with_the_real_numba_cuda_compiler():
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    result = subprocess.run([sys.executable, "-c", NUMBA_COMPILE, _ptxas()], env=env,
-                            capture_output=True, text=True)
-    if "NvvmSupportError" in result.stderr or "libNVVM cannot be found" in result.stderr:
-        pytest.skip("numba-cuda cannot find libNVVM here")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(result.stdout.splitlines()) == 6, result.stdout

@@ -15,16 +15,13 @@ rounds of the batch and staging rings that wrap.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from support import assert_close, check_against_reference, on_device_of, rng_for
+from support import (assert_close, check_against_reference, on_device_of, ptxas_path, rng_for,
+                     run_real_numba_cuda_compile)
 
 from gpuconv import backend, kernels, models
 from gpuconv._resources import cuda_source_dir
@@ -618,20 +615,9 @@ for dtype in (np.float32, np.float64):
 """
 
 
-def _ptxas():
-    nvcc = shutil.which("nvcc")
-    return shutil.which("ptxas") or (nvcc and str(Path(nvcc).parent / "ptxas"))
-
-
-@pytest.mark.skipif(not _ptxas(), reason="needs ptxas (the CUDA toolkit)")
+@pytest.mark.skipif(not ptxas_path(), reason="needs ptxas (the CUDA toolkit)")
 def test_the_numba_twin_compiles_with_the_real_numba_cuda_compiler():
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    result = subprocess.run([sys.executable, "-c", REAL_COMPILE, _ptxas()], env=env,
-                            capture_output=True, text=True)
-    if "NvvmSupportError" in result.stderr or "libNVVM cannot be found" in result.stderr:
-        pytest.skip("numba-cuda cannot find libNVVM here")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(result.stdout.splitlines()) == 4, result.stdout
+    run_real_numba_cuda_compile(REAL_COMPILE, 4)
 
 
 # --------------------------------------------------------------------------- the bench suite
