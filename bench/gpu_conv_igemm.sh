@@ -21,7 +21,7 @@ for tool in memcheck racecheck; do
         -k "every_tile" >"$out/sanitizer_$tool.log" 2>&1
     echo "sanitizer $tool: exit $?" | tee -a "$out/summary.txt"
 done
-gpuconv tune --mode fp32 --mode tf32 --mode bfloat16 --quick 2>&1 | tee "$out/tune.log"
+gpuconv tune --mode fp32 --mode tf32 --mode bf16 --quick 2>&1 | tee "$out/tune.log"
 cp gpuconv/kernels/cuda_c/conv_igemm_tuning.json "$out/"
 for dtype in float32 tf32 bfloat16; do
     gpuconv bench conv --dtype "$dtype" --json "$out/bench_conv_$dtype.json" \

@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "and write the fastest to the tuning table")
     u.add_argument("--suite", default="gpu", choices=("gpu", "cpu", "quick"),
                    help="the conv bench suite whose shapes are tuned (default gpu)")
-    u.add_argument("--mode", action="append", choices=("fp32", "tf32", "bfloat16", "float16"),
+    u.add_argument("--mode", action="append", choices=("fp32", "tf32", "bf16", "fp16"),
                    help="precision mode (repeatable; default fp32)")
     u.add_argument("--shape", action="append", default=[], metavar="N,C,H,W,K,R,S,STRIDE,PAD",
                    help="a further convolution shape to tune (repeatable)")

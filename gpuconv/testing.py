@@ -13,6 +13,9 @@ TOL = {
     "float16": 1e-3,
     "bfloat16": 1e-2,
 }
+# The TOL entry of each precision mode (gpuconv.precision).
+TOL_KEY = {"fp64": "float64", "fp32": "float32", "tf32": "tf32", "bf16": "bfloat16",
+           "fp16": "float16"}
 
 
 def rel_err(out, ref) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuconv import backend, benchmark, kernels
+from gpuconv import backend, benchmark, kernels, precision
 from gpuconv.benchmark.cases import conv_geometry, conv_passes
 
 
@@ -85,6 +85,25 @@ def wrong_conv_impl(monkeypatch):
     kernels.register("conv2d", "wrong", priority=-1000)(
         lambda *a: reference(*a) * np.float32(1.001))
     return "wrong"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "tf32"])
+def test_gpuconv_runs_under_the_precision_setting_of_the_run_dtype(monkeypatch, dtype):
+    """What a bench row measures is what the float32 precision setting makes of the dtype."""
+    seen = []
+    numpy_impl = next(i.fn for i in kernels.implementations("conv2d") if i.name == "numpy")
+    monkeypatch.setitem(kernels._REGISTRY, "conv2d", dict(kernels._REGISTRY["conv2d"]))
+    kernels.register("conv2d", "recording", priority=-1000)(
+        lambda *a: seen.append(precision.get_float32_precision()) or numpy_impl(*a))
+    monkeypatch.setattr(benchmark, "_torch", lambda device="cpu": None)
+    case = benchmark.load_suite("conv", "quick")[0]
+    forward = conv_passes(case)[0]
+    rows = benchmark._run_pass(case, forward, dtype, "cpu", np, ["recording"],
+                               {"gemm_flops_per_s": 1e9, "copy_bytes_per_s": 1e9}, True,
+                               lambda s: None)
+    assert set(seen) == {benchmark.RUN_PRECISION[dtype]}
+    assert [r["correct"] for r in rows if r["impl"] == "recording"] == [True]
+    assert precision.get_float32_precision() == "fp32"
 
 
 def test_a_wrong_impl_is_flagged_and_gets_no_ratio(wrong_conv_impl):

@@ -1,6 +1,6 @@
 """The implicit-GEMM convolution on tensor cores (impl ``cuda_igemm``, kernels/conv_igemm.cu).
 
-Per precision mode (fp32 = 3xTF32, tf32, bfloat16, float16) against the float64 reference
+Per precision mode (fp32 = 3xTF32, tf32, bf16, fp16) against the float64 reference
 on shapes that are not multiples of any tile, misaligned and single channels, stride,
 padding, dilation, groups and batch 1; every tile configuration through every pass; the
 split-K weight gradient's determinism; the fused epilogues; empty batches and channels-last
@@ -32,24 +32,22 @@ from gpuconv.backend import channels_last
 from gpuconv.functional import (CONV_ACTIVATIONS, conv2d, conv2d_backward,
                                 conv2d_bias_act)
 from gpuconv.kernels.cuda_c import conv_igemm as ig
+from gpuconv.testing import TOL_KEY
 
 IMPL = "cuda_igemm"
-MODES = ("fp32", "tf32", "bfloat16", "float16")
-# The tolerance-table entry of each mode (gpuconv.testing.TOL): fp32 mode is as tight as
-# float32, tf32 and the 16-bit types have their own.
-TOL_KEY = {"fp32": "float32", "tf32": "tf32", "bfloat16": "bfloat16", "float16": "float16"}
+MODES = tuple(ig.MODES)
 needs_bf16 = pytest.mark.skipif(ig._bfloat16() is None, reason="ml_dtypes is not installed")
 gpu = pytest.mark.gpu
 skip_no_gpu = pytest.mark.skipif(not backend.gpu_available(), reason="no GPU (CuPy sees none)")
 
 
 def _mode_params():
-    return [pytest.param(m, marks=[needs_bf16] if m == "bfloat16" else [], id=m) for m in MODES]
+    return [pytest.param(m, marks=[needs_bf16] if m == "bf16" else [], id=m) for m in MODES]
 
 
 def _array_dtype(mode: str):
-    return np.float32 if mode in ("fp32", "tf32") else (
-        ig._bfloat16() if mode == "bfloat16" else np.float16)
+    return np.float32 if mode in ig.FLOAT32_MODES else (
+        ig._bfloat16() if mode == "bf16" else np.float16)
 
 
 def _inputs(key, mode, *shapes):
@@ -82,8 +80,9 @@ CASES = [
 
 
 def _mode(mode: str):
-    """The precision setting for float32 modes; the 16-bit dtypes choose their own."""
-    return precision.conv_precision(mode if mode in ("fp32", "tf32") else "fp32")
+    """The precision setting of a mode (16-bit arrays compute in their own type whatever it
+    says)."""
+    return precision.float32_precision(mode)
 
 
 @gpu
@@ -131,7 +130,7 @@ def _pass_inputs(case, mode):
 @skip_no_gpu
 @pytest.mark.parametrize("tile", list(ig.TILES), ids=list(ig.TILES))
 @pytest.mark.parametrize("mode", [pytest.param("fp32", id="fp32"),
-                                  pytest.param("bfloat16", id="bfloat16", marks=needs_bf16)])
+                                  pytest.param("bf16", id="bf16", marks=needs_bf16)])
 def test_every_tile_computes_every_pass(mode, tile):
     """fprop, dgrad and wgrad (in SWEEP_SPLITS splits) with the tile forced."""
     case = TILE_CASE
@@ -197,7 +196,7 @@ def test_fused_epilogue_in_bfloat16():
     case = FUSED_CASE
     x_shape, w_shape, b_shape = case.shapes()
     y_shape = conv2d(np.zeros(x_shape), np.zeros(w_shape), **case.args()).shape
-    (x, w, b, r), (x64, w64, b64, r64) = _inputs("fused-bf16", "bfloat16", x_shape, w_shape,
+    (x, w, b, r), (x64, w64, b64, r64) = _inputs("fused-bf16", "bf16", x_shape, w_shape,
                                                  b_shape, y_shape)
     y = conv2d_bias_act(x, w, b, residual=r, activation="relu", impl=IMPL, **case.args())
     ref = conv2d_bias_act(x64, w64, b64, residual=r64, activation="relu", impl="reference",
@@ -279,14 +278,13 @@ def test_sequential_fuses_conv_and_activation_on_the_gpu(make_activation, monkey
 
 # --------------------------------------------------------------------------- no GPU needed
 
-def test_precision_setting_is_checked_and_restored():
-    assert precision.get_conv_precision() == "fp32"
-    with precision.conv_precision("tf32"):
-        assert ig.mode_of(np.float32) == "tf32"
-        assert ig.mode_of(np.float16) == "float16"
+@pytest.mark.parametrize("setting, mode", [("fp32", "fp32"), ("tf32", "tf32"),
+                                           ("bf16", "tf32"), ("fp16", "tf32")])
+def test_float32_arrays_run_the_setting_or_the_nearest_more_accurate_mode(setting, mode):
+    with precision.float32_precision(setting):
+        assert ig.mode_of(np.float32) == mode
+        assert ig.mode_of(np.float16) == "fp16"
     assert ig.mode_of(np.float32) == "fp32"
-    with pytest.raises(ValueError, match="conv precision must be one of fp32, tf32"):
-        precision.set_conv_precision("fast")
 
 
 def _problem(pass_, n, c, hw, k, kernel, groups=1, mode="fp32"):
@@ -384,7 +382,7 @@ _REPORT = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'.*?"
 
 
 def _variant_defines(tile: str, mode: str, vec: str) -> tuple:
-    itemsize = 4 if mode in ("fp32", "tf32") else 2
+    itemsize = ig.itemsize_of(mode)
     width = 16 // itemsize if vec == "wide" else 1
     return ig.defines(mode, ig.TILES[tile], width, width, itemsize)
 
@@ -428,7 +426,7 @@ def test_ptxas_resources_of_every_configuration(ptxas_reports, tile, mode, vec):
     """No local memory (spills or stack) and, on sm_80 and sm_90, registers and shared
     memory that let the tile's designed number of blocks share an SM."""
     t = ig.TILES[tile]
-    itemsize = 4 if mode in ("fp32", "tf32") else 2
+    itemsize = ig.itemsize_of(mode)
     report = ptxas_reports[(tile, mode, vec)]
     suffix = ig.MODES[mode][1]
     for pass_, entry in (("fprop", "conv2d_fwd_igemm"), ("dgrad", "conv2d_dgrad_igemm"),

@@ -27,6 +27,8 @@ from gpuconv import backend, kernels, models
 from gpuconv._resources import cuda_source_dir
 from gpuconv.kernels import numba_cuda
 from gpuconv.kernels.cuda_c import rnn_persistent as R
+from gpuconv.precision import PRECISIONS, float32_precision
+from gpuconv.testing import TOL_KEY
 from cuda_emu import occupancy
 
 # The module (the package's name `rnn` is the function).
@@ -38,7 +40,6 @@ F = importlib.import_module("gpuconv.functional.rnn")
 PATHS = ("cuda_persistent", "cuda_persistent-fma", "cuda_fused")
 KINDS = ("lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
-TOL_KEY = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "fp16": "float16"}
 GPU = [pytest.mark.gpu,
        pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy (or the "
                           "CUDA emulator: tests/test_cuda_emulated.py)")]
@@ -171,7 +172,7 @@ def test_sequence_backward_matches_reference(kind, path, dtype, c, blocks):
 PRECISION_CASE = dict(T=4, B=3, I=5, H=9, L=2, bidirectional=True, blocks=2)
 
 
-@pytest.mark.parametrize("mode", R.PRECISIONS)
+@pytest.mark.parametrize("mode", PRECISIONS)
 @pytest.mark.parametrize("kind,path,_", seq_params(with_dtype=False))
 def test_each_precision_is_within_its_tolerance(kind, path, _, mode, blocks):
     """float32 arrays in every precision, forward and backward, against float64."""
@@ -181,18 +182,15 @@ def test_each_precision_is_within_its_tolerance(kind, path, _, mode, blocks):
     refs = (forward(kind, "reference", x, hx, params, kw) +
             backward(kind, "reference", grads, x, hx, params, kw))
     args = [to_gpu(impl, kind, a, "float32") for a in (grads, x, hx, params)]
-    with R.precision(mode):
+    with float32_precision(mode):
         outs = forward(kind, impl, *args[1:], kw) + backward(kind, impl, *args, kw)
     for j, (o, r) in enumerate(zip(outs, refs, strict=True)):
         assert_close(o, r, TOL_KEY[mode], f"{kind} {impl} {mode}[{j}]")
 
 
-def test_a_precision_is_one_of_four_and_float64_keeps_its_own():
-    with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16, fp16"):
-        with R.precision("fp8"):
-            pass
-    with R.precision("tf32"):
-        assert (R.precision_of(np.float32), R.precision_of(np.float64)) == ("tf32", "fp64")
+def test_float32_arrays_follow_the_setting_and_float64_keeps_its_own():
+    with float32_precision("bf16"):
+        assert (R.precision_of(np.float32), R.precision_of(np.float64)) == ("bf16", "fp64")
     assert R.precision_of(np.float32) == "fp32"
 
 
@@ -204,7 +202,7 @@ def test_the_reduced_precisions_round_the_weights(kind, path, _, blocks):
     kw = seq_kwargs(PRECISION_CASE)
     args = [to_gpu(impl, kind, a, "float32") for a in (x, hx, params)]
     exact = forward(kind, impl, *args, kw)[0]
-    with R.precision("bf16"):
+    with float32_precision("bf16"):
         rounded = forward(kind, impl, *args, kw)[0]
     diff = np.abs(backend.to_numpy(exact) - backend.to_numpy(rounded)).max()
     assert diff > 1e-4, f"bf16 output equals fp32 output to {diff:.1e}"
@@ -635,8 +633,7 @@ def test_the_lstm_suite_times_gru_and_the_flashrnn_case_in_bfloat16():
     assert fwd.flops == 2 * 1024 * 16 * 4 * 768 * (768 + 768)
     gru_fwd, _ = lstm_passes(cases["gru_1024x16_768_768_bf16"])
     assert gru_fwd.op == "gru" and gru_fwd.flops == 3 * fwd.flops // 4
-    with gru_fwd.precision("bfloat16"):
-        assert R.precision_of(np.float32) == "bf16"
+    assert gru_fwd.float32_arrays and fwd.float32_arrays
 
 
 @pytest.mark.parametrize("forced,family", [gpu_param(None, R.MMA_FAMILY, id="chosen"),
@@ -647,7 +644,6 @@ def test_the_lstm_suite_runs_the_tensor_core_kernels_and_times_the_fma_ones_on_r
     (in the case's precision, float32 otherwise); GPUCONV_RNN_PERSISTENT_KERNELS=fma times the
     FMA kernels on the same cases."""
     from gpuconv import benchmark
-    from gpuconv.benchmark.cases import lstm_passes
 
     if emulated():
         monkeypatch.setenv("GPUCONV_EMULATED_GPU", "H100")
@@ -656,8 +652,7 @@ def test_the_lstm_suite_runs_the_tensor_core_kernels_and_times_the_fma_ones_on_r
     monkeypatch.setenv(R.KERNELS_ENV, forced or "")
     R._persistent_plan.cache_clear()  # its key has the device's id, not the emulated GPU
     for c in benchmark.load_suite("lstm", "gpu"):
-        fwd, _ = lstm_passes(c)
-        with fwd.precision(c.get("dtype", "float32")):
+        with float32_precision(benchmark.RUN_PRECISION[c.get("dtype", "float32")]):
             plans, why = R.persistent_plan(c.get("kind", "lstm"), c["T"], c["B"], c["hidden"],
                                            1, np.float32)
         assert plans is not None, f"{c['label']}: {why}"

@@ -16,7 +16,6 @@ reference (reference time / our time: above 1 is faster than the reference).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -36,6 +35,9 @@ __all__ = ["FAMILIES", "DTYPES", "load_suite", "run", "environment"]
 
 FAMILIES = ("conv", "pool", "lstm", "train", "kmeans")
 DTYPES = ("float32", "tf32", "bfloat16", "float16")
+# The float32 precision setting (gpuconv.precision) gpuconv runs under, per run dtype: it
+# decides how float32 arrays are computed; 16-bit arrays compute in their own type.
+RUN_PRECISION = {"float32": "fp32", "tf32": "tf32", "bfloat16": "bf16", "float16": "fp16"}
 ROTATE = 3  # input sets timed in turn, so that no run finds its data in a warm cache
 # Above this many FLOPs the oracle is the numpy impl in float64 (itself tested against the
 # reference), since the readable reference would take minutes.
@@ -82,7 +84,7 @@ def _torch(device: str = "cpu"):
 
 def _array_dtype(dtype: str):
     """The arrays' dtype for a --dtype value (None: gpuconv has none for it here). tf32 is
-    float32 arrays computed in the tf32 precision mode (gpuconv.precision); bfloat16 is
+    float32 arrays computed in the tf32 precision setting (gpuconv.precision); bfloat16 is
     ml_dtypes' dtype, where installed."""
     if dtype == "bfloat16":
         from ..kernels.cuda_c.conv_igemm import _bfloat16
@@ -131,10 +133,9 @@ def _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick) 
     for impl in kernels.available(p.op, probe):
         if impls and impl not in impls:
             continue
-        with p.precision(dtype) if p.precision else contextlib.nullcontext():
-            impl_sets = [p.prepare(s, impl) for s in sets] if p.prepare else sets
-            err = _max_err(p.call(impl_sets[0], impl), oracle)
-            timing = time_call(lambda *a: p.call(a, impl), impl_sets, device, quick)
+        impl_sets = [p.prepare(s, impl) for s in sets] if p.prepare else sets
+        err = _max_err(p.call(impl_sets[0], impl), oracle)
+        timing = time_call(lambda *a: p.call(a, impl), impl_sets, device, quick)
         rows.append(_row(case, p, "gpuconv", impl, dtype, device, timing, err, ceilings,
                          itemsize))
     return rows
@@ -230,11 +231,11 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
     sets64 = [p.make(np.random.default_rng(seed)) for seed in range(ROTATE)]
     oracle = _oracle(p, sets64[0])
     rows = []
-    array_dtype = np.float32 if p.precision else _array_dtype(dtype)
+    array_dtype = np.float32 if p.float32_arrays else _array_dtype(dtype)
     if array_dtype is not None:
         sets = [tuple(xp.asarray(a.astype(array_dtype) if a.dtype.kind == "f" else a) for a in s)
                 for s in sets64]
-        with precision.conv_precision("tf32" if dtype == "tf32" else "fp32"):
+        with precision.float32_precision(RUN_PRECISION[dtype]):
             rows += _gpuconv_rows(case, p, sets, oracle, dtype, device, impls, ceilings, quick)
         # CuPy's GEMMs take no bfloat16 arrays on every version: no plain-CuPy row for it.
         if p.array_call is not None and dtype != "bfloat16":

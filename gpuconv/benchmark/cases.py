@@ -32,9 +32,9 @@ class Pass:
     prepare: Callable[[tuple, str], tuple] | None = None
     # The dtype this pass is timed in, whatever the run's (None: the run's).
     dtype: str | None = None
-    # A run dtype -> the context in which gpuconv computes it on float32 arrays (a precision
-    # setting), for passes whose impls take float32 arrays in every precision.
-    precision: Callable[[str], Any] | None = None
+    # gpuconv takes float32 arrays in every run dtype, computed in the precision setting of
+    # the dtype (gpuconv.precision; the harness sets it for every pass).
+    float32_arrays: bool = False
 
     def bytes(self, itemsize: int) -> int:
         return self.elements * itemsize + self.extra_bytes
@@ -176,15 +176,6 @@ def pool_passes(c: dict) -> list[Pass]:
 
 # ------------------------------------------------------------------------------ LSTM, GRU
 
-_PRECISION = {"float32": "fp32", "tf32": "tf32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-def _recurrent_precision(dtype: str):
-    """The fused recurrent kernels' precision for a run's dtype (on float32 arrays)."""
-    from ..kernels.cuda_c.rnn_persistent import precision
-    return precision(_PRECISION[dtype])
-
-
 def lstm_passes(c: dict) -> list[Pass]:
     """The passes of one case of the lstm suite: an LSTM layer, or a GRU one where the case
     says ``"kind": "gru"``; a case's ``"dtype"`` overrides the run's (gpuconv then runs on
@@ -242,7 +233,7 @@ def lstm_passes(c: dict) -> list[Pass]:
         y, _ = m(leaf)
         return lambda: torch.autograd.grad(y, [leaf, *m.parameters()], gy, retain_graph=True)
 
-    extra = dict(dtype=c.get("dtype"), precision=_recurrent_precision)
+    extra = dict(dtype=c.get("dtype"), float32_arrays=True)
     return [Pass(kind, "forward", 2 * T * step_macs, x_n + params_n + y_n + 2 * B * H, 0,
                  make_fwd, forward, torch_fwd, **extra),
             Pass(f"{kind}_backward", "backward", 4 * T * step_macs,

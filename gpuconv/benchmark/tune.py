@@ -22,13 +22,12 @@ import numpy as np
 
 from .. import backend
 from ..kernels.cuda_c import conv_igemm as ig
-from ..testing import TOL, rel_err
+from ..testing import TOL, TOL_KEY, rel_err
 from .timing import time_call
 
 __all__ = ["run", "candidates", "parse_shape"]
 
 SPLITS = (1, 2, 4, 8, 16, 32)
-TOL_KEY = {"fp32": "float32", "tf32": "tf32", "bfloat16": "bfloat16", "float16": "float16"}
 SHAPE_FIELDS = ("N", "C", "H", "W", "K", "R", "S", "stride", "pad")
 
 
@@ -51,19 +50,15 @@ def candidates(problem: ig.Problem) -> list[ig.Choice]:
     for tile in ig.TILES.values():
         splits = (1,)
         if problem.pass_ == "wgrad":
-            k_tiles = math.ceil(problem.gemm[2] / tile.bk(_itemsize(problem.mode)))
+            k_tiles = math.ceil(problem.gemm[2] / tile.bk(problem.itemsize))
             splits = tuple(s for s in SPLITS if s <= k_tiles)
         out += [ig.Choice(tile, s, "candidate") for s in splits]
     return out
 
 
-def _itemsize(mode: str) -> int:
-    return 4 if mode in ("fp32", "tf32") else 2
-
-
 def _dtype(mode: str):
-    return np.float32 if mode in ("fp32", "tf32") else (
-        ig._bfloat16() if mode == "bfloat16" else np.float16)
+    return np.float32 if mode in ig.FLOAT32_MODES else (
+        ig._bfloat16() if mode == "bf16" else np.float16)
 
 
 def _geometry(case: dict) -> ig.Geometry:
@@ -143,8 +138,8 @@ def run(suite: str | None = "gpu", modes: Sequence[str] = ("fp32",),
     unknown = [m for m in modes if m not in ig.MODES]
     if unknown:
         raise ValueError(f"unknown mode {unknown}; choose from {', '.join(ig.MODES)}")
-    if "bfloat16" in modes and ig._bfloat16() is None:
-        raise ValueError("mode bfloat16 needs the ml_dtypes package")
+    if "bf16" in modes and ig._bfloat16() is None:
+        raise ValueError("mode bf16 needs the ml_dtypes package")
     device, _ = ig._device()
     path = Path(table) if table is not None else ig.TABLE
     cases = (list(load_suite("conv", suite)) if suite else []) + list(shapes)

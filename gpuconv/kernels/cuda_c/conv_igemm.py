@@ -8,8 +8,9 @@ memory (``x.transpose(0, 2, 3, 1)`` is C-contiguous, as PyTorch's ``channels_las
 transpose copy. Outputs follow the input: channels-last views for channels-last inputs,
 NCHW-contiguous arrays (one transpose) otherwise.
 
-Precision. float32 arrays: 3xTF32 (``"fp32"``, the default) or one tf32 pass (``"tf32"``)
-per :mod:`gpuconv.precision`; bfloat16 and float16 arrays (bfloat16 as ``ml_dtypes``' dtype,
+Precision. float32 arrays: 3xTF32 (``"fp32"``, the default) or one tf32 pass (``"tf32"``,
+also under ``"bf16"`` and ``"fp16"``, which these kernels have for 16-bit arrays only) per
+:mod:`gpuconv.precision`; bfloat16 and float16 arrays (bfloat16 as ``ml_dtypes``' dtype,
 which CuPy supports where ``ml_dtypes`` is installed): their own mma, fp32 accumulation.
 
 Configurations. A kernel variant is (precision, tile, copy widths), all compile-time
@@ -37,7 +38,9 @@ FAMILY = "conv_igemm"
 # The activations of the fused epilogue, in the kernel's ACT_* order.
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu")
 # Precision mode -> (GPUCONV_IGEMM_PREC, entry-point suffix).
-MODES = {"fp32": (0, "f32"), "tf32": (1, "tf32"), "bfloat16": (2, "bf16"), "float16": (3, "f16")}
+MODES = {"fp32": (0, "f32"), "tf32": (1, "tf32"), "bf16": (2, "bf16"), "fp16": (3, "f16")}
+# The modes of the float32 kernels.
+FLOAT32_MODES = ("fp32", "tf32")
 # Bias-gradient rows summed per partial (first stage of its two-stage reduction).
 BIAS_ROWS_PER_CHUNK = 256
 # Threads and block cap of the elementwise reduction kernels (grid-stride).
@@ -113,6 +116,11 @@ def smem_bytes(tile: Tile, pass_: str, itemsize: int) -> int:
     return tile.stages * (elems(a_major, tile.bm) + elems(b_major, tile.bn)) * itemsize
 
 
+def itemsize_of(mode: str) -> int:
+    """Bytes per element of the arrays (and operands) a precision mode computes on."""
+    return 4 if mode in FLOAT32_MODES else 2
+
+
 class Problem(NamedTuple):
     """One convolution pass in the kernels' terms: its per-group GEMM is M x N x K."""
 
@@ -129,6 +137,10 @@ class Problem(NamedTuple):
         if self.pass_ == "dgrad":
             return g.N * g.H * g.W, cg, g.R * g.S * kg
         return kg, g.R * g.S * cg, g.N * g.P * g.Q
+
+    @property
+    def itemsize(self) -> int:
+        return itemsize_of(self.mode)
 
     def key(self) -> str:
         """The tuning table's key: pass, mode and every size."""
@@ -158,7 +170,6 @@ def heuristic(problem: Problem, sm_count: int) -> Choice:
     keeping at least MIN_TILES_PER_SPLIT k-tiles per split.
     """
     M, N, K = problem.gemm
-    itemsize = itemsize_of(problem.mode)
     width = 32 if N <= 32 else 64 if N <= 64 else 128
     fitting = [t for t in TILES.values() if t.bn <= width] or list(TILES.values())
     by_size = sorted(fitting, key=lambda t: t.bm * t.bn, reverse=True)
@@ -167,7 +178,7 @@ def heuristic(problem: Problem, sm_count: int) -> Choice:
                 by_size[-1])
     splits = 1
     if problem.pass_ == "wgrad":
-        k_tiles = math.ceil(K / tile.bk(itemsize))
+        k_tiles = math.ceil(K / tile.bk(problem.itemsize))
         blocks = _tiles_of(tile, M, N) * problem.geo.groups
         want = math.ceil(BLOCKS_PER_SM_TARGET * sm_count / max(1, blocks))
         splits = max(1, min(want, k_tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
@@ -202,11 +213,6 @@ def choose(problem: Problem) -> Choice:
     if entry is not None and entry.get("tile") in TILES:
         return Choice(TILES[entry["tile"]], int(entry.get("splits", 1)), "table")
     return heuristic(problem, sm_count)
-
-
-def itemsize_of(mode: str) -> int:
-    """Bytes per element of the arrays a precision mode computes on."""
-    return 4 if mode in ("fp32", "tf32") else 2
 
 
 def precision_defines(mode: str) -> tuple[str, ...]:
@@ -244,9 +250,8 @@ DEFINE_VARIANTS[FAMILY] = _declared_variants()
 # --------------------------------------------------------------------------- arrays
 
 def mode_of(dtype) -> str:
-    """The precision mode for arrays of ``dtype``."""
-    name = np.dtype(dtype).name
-    return precision.get_conv_precision() if name == "float32" else name
+    """The precision mode for arrays of ``dtype`` under the float32 precision setting."""
+    return precision.mode_of(dtype, FLOAT32_MODES)
 
 
 def _address(a) -> int:

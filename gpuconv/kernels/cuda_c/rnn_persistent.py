@@ -49,22 +49,20 @@ fma float64         924 / 660    1056 / 749    670 / 486    782 / 569
 table; occupancy aside: ptxas gives every persistent kernel at most 255 registers at 256
 threads, one block per SM, also checked there.) Beyond the fma rows the fallback runs.
 
-Precision (float32 arrays; the setting :func:`precision` sets; float64 arrays always compute
-in float64 on the FMA kernels): ``"fp32"`` (default) fp32 accuracy: the recurrence on tensor
-cores in 3xTF32 (each operand split into tf32 big + small, three mma per product), the other
-GEMMs in fp32; ``"tf32"`` the recurrence's operands and the GEMMs (input projection, input
-and weight gradients) in TF32; ``"bf16"`` / ``"fp16"`` both operands of every product
-rounded to bfloat16 / float16 (W_hh stored in 16 bits on chip) with fp32 accumulation. Every
-sum, state and gate is fp32. The FMA kernels multiply fp32 h by the (16-bit) weights in fp32.
-The GEMMs are cuBLAS through CuPy (its compute type switched to TF32 for the tensor-core
-modes, a TF32 GEMM being exact on bf16/fp16-rounded operands), since the precision setting
-of the implicit-GEMM convolution is not unified with this one yet. The cells compute in
-their arrays' precision.
+Precision (float32 arrays, per :mod:`gpuconv.precision`, the setting the convolution shares;
+float64 arrays always compute in float64 on the FMA kernels): ``"fp32"`` (default) fp32
+accuracy: the recurrence on tensor cores in 3xTF32 (each operand split into tf32 big +
+small, three mma per product), the other GEMMs in fp32; ``"tf32"`` the recurrence's operands
+and the GEMMs (input projection, input and weight gradients) in TF32; ``"bf16"`` /
+``"fp16"`` both operands of every product rounded to bfloat16 / float16 (W_hh stored in 16
+bits on chip) with fp32 accumulation. Every sum, state and gate is fp32. The FMA kernels
+multiply fp32 h by the (16-bit) weights in fp32. The GEMMs are cuBLAS through CuPy (its
+compute type switched to TF32 for the tensor-core modes, a TF32 GEMM being exact on
+bf16/fp16-rounded operands). The cells compute in their arrays' precision.
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import math
 import os
@@ -74,6 +72,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import backend
+from ...precision import mode_of as precision_of
 from .. import register
 from .._rnn_loop import _bias_grads, _layer_weights, _stacked_w_ih, backward_through_layers
 from . import DTYPES, NULL, device_properties, gpu_op, kernel
@@ -98,7 +97,6 @@ MMA_BWD_MAX_NTILES = 4
 # Batch rows each thread accumulates when the batch allows (at most RNN_ROWS_PER_THREAD).
 ROWS_PER_THREAD_TARGET = 2
 GATES = {"lstm": 4, "gru": 3}
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # Bytes of one stored recurrent weight, per precision.
 WEIGHT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
 _SUFFIX = {"fp32": "f32", "tf32": "f32", "bf16": "f32_bf16w", "fp16": "f32_f16w", "fp64": "f64"}
@@ -121,27 +119,6 @@ PERSISTENT_CHUNK: int | None = None
 PERSISTENT_KERNELS: str | None = None
 KERNELS_ENV = "GPUCONV_RNN_PERSISTENT_KERNELS"
 KERNEL_KINDS = ("fma", "mma")
-
-_precision: contextvars.ContextVar[str] = contextvars.ContextVar("gpuconv_rnn_precision",
-                                                                 default="fp32")
-
-
-@contextlib.contextmanager
-def precision(mode: str):
-    """``with precision("bf16"): ...``: the precision of the fused recurrent kernels on
-    float32 arrays inside the block ("fp32", "tf32", "bf16" or "fp16"; module docstring)."""
-    if mode not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {mode!r}")
-    token = _precision.set(mode)
-    try:
-        yield
-    finally:
-        _precision.reset(token)
-
-
-def precision_of(dtype) -> str:
-    """The precision the kernels use for arrays of ``dtype``."""
-    return "fp64" if np.dtype(dtype) == np.float64 else _precision.get()
 
 
 # --------------------------------------------------------------------------- GEMMs
