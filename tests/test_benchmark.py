@@ -127,12 +127,56 @@ def test_report_json_schema(tmp_path):
     assert {"environment", "ceilings", "suite", "dtype", "rows"} <= set(data)
     assert {"gpuconv", "numpy", "device", "date"} <= set(data["environment"])
     assert data["ceilings"]["copy_bytes_per_s"] > 0 and data["ceilings"]["gemm_flops_per_s"] > 0
+    # No tensor cores on the CPU: their ceilings and fractions are not applicable.
+    assert [data["ceilings"][f"{m}_gemm_flops_per_s"] for m in ("tf32", "bf16", "fp16")] == \
+        [None] * 3
     row = next(r for r in data["rows"] if r["impl"] == "numpy")
     for key in ("case", "pass", "median_ms", "min_ms", "max_ms", "runs", "flops", "bytes",
-                "tflops", "tbps", "fraction_of_floor", "rel_err", "correct",
-                "ratio_to_best_reference"):
+                "tflops", "tbps", "fraction_of_floor", "fraction_of_tensor_core_ceiling",
+                "rel_err", "correct", "ratio_to_best_reference"):
         assert key in row
     assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+    assert row["fraction_of_tensor_core_ceiling"] is None
+    assert "tensor-core GEMM not applicable" in benchmark.markdown(report)
+
+
+CEILINGS = {"copy_bytes_per_s": 3e12, "gemm_flops_per_s": 50e12, "tf32_gemm_flops_per_s": 450e12,
+            "bf16_gemm_flops_per_s": 900e12, "fp16_gemm_flops_per_s": 910e12}
+
+
+@pytest.mark.parametrize("dtype, ceiling", [("float32", 150e12), ("tf32", 450e12),
+                                            ("bfloat16", 900e12), ("float16", 910e12)])
+def test_gemm_rows_get_the_fraction_of_the_tensor_core_ceiling_of_their_precision(dtype,
+                                                                                  ceiling):
+    """fp32 (3xTF32) runs three tf32 products per term: a third of the tf32 rate."""
+    from gpuconv.benchmark.timing import Timing
+
+    case = {"label": "res_3x3_256", "N": 64, "C": 256, "H": 14, "W": 14, "K": 256, "R": 3,
+            "S": 3, "stride": 1, "pad": 1}
+    forward = conv_passes(case)[0]
+    timing = Timing(1.0, 1.0, 1.0, 1)
+    row = benchmark._row(case, forward, "gpuconv", "cuda_igemm", dtype, "cuda", timing, 0.0,
+                         CEILINGS, 2)
+    assert row["tensor_core_ceiling_flops_per_s"] == ceiling
+    assert row["fraction_of_tensor_core_ceiling"] == pytest.approx(forward.flops / 1e-3 /
+                                                                   ceiling)
+    # The compute floor is the fastest GEMM at that accuracy (3xTF32 beats SGEMM here).
+    assert row["floor_ms"] == pytest.approx(max(forward.flops / ceiling * 1e3,
+                                                forward.bytes(2) / 3e12 * 1e3))
+    assert f"{100 * row['fraction_of_tensor_core_ceiling']:.1f}% of TC" in \
+        benchmark.format_row(row)
+
+
+def test_a_pass_that_is_no_gemm_gets_no_tensor_core_fraction():
+    from gpuconv.benchmark.cases import pool_passes
+    from gpuconv.benchmark.timing import Timing
+
+    case = benchmark.load_suite("pool", "quick")[0]
+    p = pool_passes(case)[0]
+    row = benchmark._row(case, p, "gpuconv", "cuda", "float32", "cuda", Timing(1.0, 1.0, 1.0, 1),
+                         0.0, CEILINGS, 4)
+    assert row["fraction_of_tensor_core_ceiling"] is None
+    assert row["floor_ms"] == pytest.approx(max(p.flops / 50e12, p.bytes(4) / 3e12) * 1e3)
 
 
 def test_markdown_has_one_table_row_per_report_row():
@@ -240,10 +284,29 @@ def test_quick_gpu_run_checks_every_cuda_impl_and_the_cupy_reference():
     rows = report["rows"]
     assert all(r["correct"] for r in rows), [r for r in rows if not r["correct"]]
     conv_impls = {r["impl"] for r in rows if r["op"] == "conv2d" and r["source"] == "gpuconv"}
-    assert {"cuda_direct", "cuda_im2col"} <= conv_impls
+    assert {"cuda_direct", "cuda_im2col", "cuda_igemm"} <= conv_impls
+    igemm = [r for r in rows if r["impl"] == "cuda_igemm"]
+    assert all(r["fraction_of_tensor_core_ceiling"] > 0 for r in igemm)
+    assert "% of TC ceiling" in benchmark.markdown(report)
     assert {r["pass"] for r in rows if r["source"] == "cupy"} == {"forward", "grad_input",
                                                                   "grad_weight"}
     assert "cuda_runtime" in benchmark.markdown(report) and "driver" in benchmark.markdown(report)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy")
+def test_tensor_core_ceilings_are_measured_on_a_checked_gemm(monkeypatch):
+    from gpuconv.benchmark import timing
+
+    ceilings = timing.measure_ceilings("cuda", quick=True)
+    assert all(ceilings[f"{m}_gemm_flops_per_s"] > 0 for m in timing.TENSOR_CORE_GEMMS)
+    # A GEMM with its operands the wrong way round is caught, not timed as a ceiling.
+    cublas = backend.cupy_or_none().cuda.cublas
+    gemm = cublas.gemmEx
+    monkeypatch.setattr(cublas, "gemmEx", lambda h, ta, tb, *rest: gemm(h, 1 - ta, tb, *rest),
+                        raising=False)
+    with pytest.raises(RuntimeError, match="tf32 tensor-core GEMM .* is off by"):
+        timing.measure_ceilings("cuda", quick=True)
 
 
 def test_train_rows_time_an_epoch_of_gpuconv_on_the_cpu():

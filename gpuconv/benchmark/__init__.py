@@ -10,8 +10,11 @@ float64 on the CPU (the ``reference`` impl, or the ``numpy`` impl where the refe
 would take too long); a wrong result is marked and never counted as a win.
 
 Figures per row: median time and spread, achieved FLOP/s and bytes/s, the fraction of this
-device's floor (the larger of FLOPs / measured GEMM rate and bytes / measured copy
-bandwidth, over the measured time), the relative error, and the ratio to the best correct
+device's floor (the larger of FLOPs / measured GEMM rate at the run's precision and bytes /
+measured copy bandwidth, over the measured time), for GEMM-shaped passes on a GPU with
+tensor cores the fraction of the measured tensor-core GEMM ceiling of the run's precision
+(:func:`~gpuconv.benchmark.timing.tensor_core_ceiling`: what the issue's "60% of the
+tensor-core ceiling" goal reads), the relative error, and the ratio to the best correct
 reference (reference time / our time: above 1 is faster than the reference).
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .. import __version__, backend, kernels, precision
 from .._resources import bench_suite_dir
 from ..testing import TOL, rel_err
 from .cases import SUITE_PASSES, Pass
-from .timing import measure_ceilings, time_call
+from .timing import (TENSOR_CORE_GEMMS, gemm_ceiling, measure_ceilings, tensor_core_ceiling,
+                     time_call)
 
 __all__ = ["FAMILIES", "DTYPES", "load_suite", "run", "environment"]
 
@@ -116,13 +120,20 @@ def _row(case: dict, p: Pass, source: str, impl: str, dtype: str, device: str, t
          err: float, ceilings: dict, itemsize: int) -> dict:
     nbytes = p.bytes(itemsize)
     seconds = timing.median_ms * 1e-3
-    floor_s = max(p.flops / ceilings["gemm_flops_per_s"], nbytes / ceilings["copy_bytes_per_s"])
+    mode = RUN_PRECISION[dtype]
+    flop_rate = gemm_ceiling(ceilings, mode) if p.gemm else ceilings["gemm_flops_per_s"]
+    floor_s = max(p.flops / flop_rate, nbytes / ceilings["copy_bytes_per_s"])
+    tensor_core = tensor_core_ceiling(ceilings, mode) if p.gemm else None
     return {"case": case["label"], "pass": p.name, "op": p.op, "source": source, "impl": impl,
             "dtype": dtype, "device": device, "median_ms": timing.median_ms,
             "min_ms": timing.min_ms, "max_ms": timing.max_ms, "runs": timing.runs,
             "flops": p.flops, "bytes": nbytes, "tflops": p.flops / seconds / 1e12,
             "tbps": nbytes / seconds / 1e12, "floor_ms": floor_s * 1e3,
-            "fraction_of_floor": floor_s / seconds, "rel_err": err,
+            "fraction_of_floor": floor_s / seconds,
+            "tensor_core_ceiling_flops_per_s": tensor_core,
+            "fraction_of_tensor_core_ceiling": (p.flops / seconds / tensor_core
+                                                if tensor_core else None),
+            "rel_err": err,
             "correct": bool(err <= TOL[dtype])}
 
 
@@ -203,8 +214,7 @@ def run(families: Sequence[str] = ("conv",), *, impls: Sequence[str] = (), dtype
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     xp = backend.cupy_or_none() if device == "cuda" else np
     ceilings = measure_ceilings(device, quick)
-    log(f"ceilings on {device}: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
-        f"float32 GEMM {ceilings['gemm_flops_per_s'] / 1e12:.2f} TFLOP/s")
+    log(f"ceilings on {device}: {ceilings_text(ceilings)}")
     rows = []
     if any(f != "train" for f in families):
         log(HEADER)
@@ -252,10 +262,25 @@ def _run_pass(case, p, dtype, device, xp, impls, ceilings, quick, log) -> list:
 # The header of format_row's columns, printed once above the kernel rows.
 HEADER = (f"{'case':>22s} {'pass':>11s} {'impl':>18s} {'median time':>13s} "
           f"{'[fastest-slowest] ms':<21s} {'compute rate':>16s} {'memory rate':>13s} "
-          f"{'time at floor':>16s} {'rel. error':>11s} verdict\n"
+          f"{'time at floor':>16s} {'tensor cores':>15s} {'rel. error':>11s} verdict\n"
           "  time at floor: the floor (FLOPs at the measured GEMM rate or bytes at the measured "
-          "copy rate, the larger) as a share of the median; verdict: speed over the fastest "
+          "copy rate, the larger) as a share of the median; tensor cores: the achieved FLOP "
+          "rate as a share of the measured tensor-core GEMM ceiling of the run's precision "
+          "(GEMM-shaped passes on a GPU with tensor cores); verdict: speed over the fastest "
           "correct reference of the same case and pass (>1x is faster), or WRONG")
+
+
+def ceilings_text(ceilings: dict) -> str:
+    """The measured ceilings in one line."""
+    tensor_core = [f"{m} {ceilings[f'{m}_gemm_flops_per_s'] / 1e12:.3g}"
+                   for m in TENSOR_CORE_GEMMS if ceilings.get(f"{m}_gemm_flops_per_s")]
+    return (f"copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, float32 GEMM "
+            f"{ceilings['gemm_flops_per_s'] / 1e12:.3g} TFLOP/s, tensor-core GEMM "
+            + (f"{' / '.join(tensor_core)} TFLOP/s" if tensor_core else "not applicable"))
+
+
+def _percent(fraction) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
 
 
 def format_row(r: dict) -> str:
@@ -263,9 +288,12 @@ def format_row(r: dict) -> str:
     ratio = r.get("ratio_to_best_reference")
     verdict = "WRONG" if not r["correct"] else (f"{ratio:.2f}x ref" if ratio else "")
     spread = f"[{r['min_ms']:.3f}-{r['max_ms']:.3f}]"
+    tensor_core = r.get("fraction_of_tensor_core_ceiling")
+    tc = f"{100 * tensor_core:6.1f}% of TC" if tensor_core is not None else ""
     return (f"{r['case']:>22s} {r['pass']:>11s} {r['impl']:>18s} {r['median_ms']:10.3f} ms "
             f"{spread:<21s} {r['tflops']:8.3f} TFLOP/s {r['tbps'] * 1e3:8.1f} GB/s "
-            f"{100 * r['fraction_of_floor']:6.1f}% of floor err {r['rel_err']:.1e} {verdict}")
+            f"{100 * r['fraction_of_floor']:6.1f}% of floor {tc:>15s} err {r['rel_err']:.1e} "
+            f"{verdict}")
 
 
 def markdown(report: dict) -> str:
@@ -280,19 +308,19 @@ def markdown(report: dict) -> str:
              f"suite: {report['suite']}; CPU threads: {env.get('cpu_threads')}"
              + (f"; load average before: {' '.join(f'{x:.2f}' for x in load)}" if load else ""),
              f"- {versions}",
-             f"- measured ceilings: copy {ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s, float32 GEMM "
-             f"{ceil['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s", ""]
+             f"- measured ceilings: {ceilings_text(ceil)}", ""]
     kernel_rows = [r for r in report["rows"] if "median_ms" in r]
     if kernel_rows:
         lines += ["| case | pass | source | impl | median ms | min-max ms | GFLOP/s | % of floor "
-                  "| rel err | vs best ref |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| % of TC ceiling | rel err | vs best ref |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in kernel_rows:
             ratio = r["ratio_to_best_reference"]
             lines.append(
                 f"| {r['case']} | {r['pass']} | {r['source']} | {r['impl']} | "
                 f"{r['median_ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f} | "
                 f"{r['tflops'] * 1e3:.1f} | {100 * r['fraction_of_floor']:.0f}% | "
-                f"{r['rel_err']:.1e} | "
+                f"{_percent(r.get('fraction_of_tensor_core_ceiling'))} | {r['rel_err']:.1e} | "
                 f"{'WRONG' if not r['correct'] else f'{ratio:.2f}x' if ratio else '-'} |")
         lines.append("")
     train = [r for r in report["rows"] if "images_per_s" in r]

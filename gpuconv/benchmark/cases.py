@@ -32,6 +32,9 @@ class Pass:
     prepare: Callable[[tuple, str], tuple] | None = None
     # The dtype this pass is timed in, whatever the run's (None: the run's).
     dtype: str | None = None
+    # The FLOPs are a GEMM's (multiply-adds that tensor cores can run): the row gets its
+    # fraction of the tensor-core GEMM ceiling.
+    gemm: bool = False
     # gpuconv takes float32 arrays in every run dtype, computed in the precision setting of
     # the dtype (gpuconv.precision; the harness sets it for every pass).
     float32_arrays: bool = False
@@ -105,14 +108,16 @@ def conv_passes(c: dict) -> list[Pass]:
     return [
         Pass("conv2d", "forward", 2 * geo["macs"], geo["x"] + geo["w"] + geo["b"] + geo["y"], 0,
              make_fwd, lambda a, impl: F.conv2d(*a, *args, impl=impl), torch_fwd,
-             lambda a: im2col_gemm.conv2d(*a, *pairs), channels_last),
+             lambda a: im2col_gemm.conv2d(*a, *pairs), channels_last, gemm=True),
         Pass("conv2d_backward", "grad_input", 2 * geo["macs"], geo["y"] + geo["w"] + geo["x"], 0,
              make_bwd, grad((True, False, False)), torch_grad(slice(0, 1)),
-             lambda a: im2col_gemm.conv2d_grad_input(*a[:3], *pairs), channels_last),
+             lambda a: im2col_gemm.conv2d_grad_input(*a[:3], *pairs), channels_last,
+             gemm=True),
         Pass("conv2d_backward", "grad_weight", 2 * geo["macs"],
              geo["y"] + geo["x"] + geo["w"] + geo["b"], 0,
              make_bwd, grad((False, True, True)), torch_grad(slice(1, 3)),
-             lambda a: im2col_gemm.conv2d_grad_weight(*a[:3], *pairs), channels_last),
+             lambda a: im2col_gemm.conv2d_grad_weight(*a[:3], *pairs), channels_last,
+             gemm=True),
     ]
 
 
@@ -233,7 +238,7 @@ def lstm_passes(c: dict) -> list[Pass]:
         y, _ = m(leaf)
         return lambda: torch.autograd.grad(y, [leaf, *m.parameters()], gy, retain_graph=True)
 
-    extra = dict(dtype=c.get("dtype"), float32_arrays=True)
+    extra = dict(dtype=c.get("dtype"), float32_arrays=True, gemm=True)
     return [Pass(kind, "forward", 2 * T * step_macs, x_n + params_n + y_n + 2 * B * H, 0,
                  make_fwd, forward, torch_fwd, **extra),
             Pass(f"{kind}_backward", "backward", 4 * T * step_macs,

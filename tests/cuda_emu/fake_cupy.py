@@ -319,6 +319,7 @@ cuda = types.SimpleNamespace(
         runtimeGetVersion=lambda: _CUDA_VERSION,
         driverGetVersion=lambda: _CUDA_VERSION,
         getDeviceProperties=lambda device_id: occupancy.device_properties(DEVICE_NAME),
+        CUDA_R_32F=0, CUDA_R_16F=2, CUDA_R_16BF=14,  # library_types.h (cuBLAS's gemmEx)
     ),
     driver=types.SimpleNamespace(
         occupancyMaxActiveBlocksPerMultiprocessor=lambda func, threads, dynamic_smem:

@@ -28,6 +28,7 @@ forbids while a stream is being captured:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 from collections import Counter
 
@@ -36,7 +37,7 @@ import numpy as np
 COUNTED = ("sync", "d2h", "h2d", "h2d_pinned", "launch", "graph_launch", "capture")
 counters: Counter = Counter()
 # cuBLAS products, which a capture records only with a workspace set on the handle.
-CUBLAS_OPS = {"matmul", "dot", "tensordot", "einsum", "inner", "vdot"}
+CUBLAS_OPS = {"matmul", "dot", "tensordot", "einsum", "inner", "vdot", "gemmEx"}
 # What only allocates (no kernel, nothing to replay).
 ALLOCATIONS = (np.empty, np.empty_like)
 # Bytes that stand for memory a capture allocated and no replay has written yet.
@@ -305,15 +306,85 @@ def elapsed_ms(start: Event, end: Event) -> float:
 # --------------------------------------------------------------------------- cuBLAS
 
 class _Cublas:
-    """``cupy.cuda.cublas``: only what a capture needs, a workspace per handle."""
+    """``cupy.cuda.cublas``: what a capture needs (a workspace per handle), and ``gemmEx``
+    with host-pointer scalars, as the bench's tensor-core ceilings call it."""
 
     HANDLE = 1
+    # cublas_api.h's values, as CuPy exports them.
+    CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+    CUBLAS_POINTER_MODE_HOST, CUBLAS_POINTER_MODE_DEVICE = 0, 1
+    CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32 = 68, 77
+    CUBLAS_GEMM_DEFAULT = -1
+    # library_types.h's data types (cupy.cuda.runtime.CUDA_R_*) -> how the bits are read.
+    DATA_TYPES = {0: np.float32, 2: np.float16, 14: "bfloat16"}
 
     def __init__(self):
         self.workspace = None
+        self.pointer_mode = self.CUBLAS_POINTER_MODE_HOST
 
     def setWorkspace(self, handle: int, workspace: int, size: int) -> None:  # noqa: N802
         self.workspace = (int(workspace), int(size)) if size else None
+
+    def getPointerMode(self, handle: int) -> int:  # noqa: N802
+        return self.pointer_mode
+
+    def setPointerMode(self, handle: int, mode: int) -> None:  # noqa: N802
+        self.pointer_mode = mode
+
+    def gemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,  # noqa: N802
+               beta, C, Ctype, ldc, computeType, algo) -> None:
+        """C = alpha op(A) op(B) + beta C, column-major, as cublasGemmEx: operands of type
+        Atype/Btype read from their addresses (truncated to tf32 under FAST_TF32, as the
+        tensor cores ignore the low mantissa bits), exact products summed in float64, one
+        rounding to Ctype (float32 only)."""
+        if self.pointer_mode != self.CUBLAS_POINTER_MODE_HOST:
+            raise NotImplementedError("emulated cuBLAS: gemmEx with device-pointer scalars")
+        if Ctype != 0 or computeType not in (self.CUBLAS_COMPUTE_32F,
+                                            self.CUBLAS_COMPUTE_32F_FAST_TF32):
+            raise ValueError(f"emulated cuBLAS: CUBLAS_STATUS_NOT_SUPPORTED (Ctype {Ctype}, "
+                             f"computeType {computeType})")
+        rows = lambda trans, r, c: (r, c) if trans == self.CUBLAS_OP_N else (c, r)  # noqa: E731
+        (am, ak), (bk, bn) = rows(transa, m, k), rows(transb, k, n)
+        for name, ld, r in (("lda", lda, am), ("ldb", ldb, bk), ("ldc", ldc, m)):
+            if ld < max(1, r):
+                raise ValueError(f"emulated cuBLAS: CUBLAS_STATUS_INVALID_VALUE ({name} {ld} "
+                                 f"< {r} rows)")
+        a = _column_major(A, Atype, lda, am, ak, computeType)
+        b = _column_major(B, Btype, ldb, bk, bn, computeType)
+        a, b = (a if transa == self.CUBLAS_OP_N else a.T), (b if transb == self.CUBLAS_OP_N
+                                                             else b.T)
+        c = _host_view(C, np.float32, ldc * n).reshape(n, ldc).T[:m]
+        scalars = [float(_host_view(p, np.float32, 1)[0]) for p in (alpha, beta)]
+
+        def run():
+            prior = c.astype(np.float64) if scalars[1] != 0 else 0.0
+            c[...] = (scalars[0] * (a @ b) + scalars[1] * prior).astype(np.float32)
+
+        capture = issue("gemmEx")
+        if capture is not None:
+            record(capture, run)
+        else:
+            run()
+
+
+def _host_view(address: int, dtype, count: int) -> np.ndarray:
+    """``count`` elements of ``dtype`` at ``address`` (the emulated device is host memory)."""
+    nbytes = count * np.dtype(dtype).itemsize
+    return np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype)
+
+
+def _column_major(address: int, data_type: int, ld: int, r: int, c: int,
+                  compute_type: int) -> np.ndarray:
+    """The r x c column-major matrix at ``address`` (leading dimension ``ld``), float64."""
+    kind = _Cublas.DATA_TYPES[data_type]
+    if kind == "bfloat16":
+        bits = _host_view(address, np.uint16, ld * c).astype(np.uint32) << np.uint32(16)
+        values = bits.view(np.float32)
+    else:
+        values = _host_view(address, kind, ld * c).astype(np.float32)
+    if compute_type == _Cublas.CUBLAS_COMPUTE_32F_FAST_TF32:
+        values = (values.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+    return values.reshape(c, ld).T[:r].astype(np.float64)
 
 
 cublas = _Cublas()
