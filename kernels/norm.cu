@@ -20,6 +20,13 @@
 //   batch_norm_fwd_apply   thread = one element: y = (x - mean[c]) * inv_std[c] * w[c] + b[c].
 //                          Training feeds it the batch stats; evaluation the running stats'
 //                          inv_std, computed by the launcher (one elementwise pass).
+//   batch_norm_fwd_apply_add_relu
+//                          the same pass ending a ResNet block: y = max(bn(x) + residual, 0)
+//                          (residual == nullptr: max(bn(x), 0)), so the normalised values and
+//                          the sum never go through memory (3 element passes instead of 7).
+//   batch_norm_fold        thread = one channel: the affine map of an evaluation-mode batch
+//                          norm, scale[c] = w[c] / sqrt(var[c] + eps) and shift[c] = b[c] -
+//                          mean[c] * scale[c], which a convolution's epilogue applies.
 //   batch_norm_bwd_reduce  block = one channel: the statistics again (batch ones in training,
 //                          in the safe form, the running ones when running_mean != nullptr),
 //                          then one pass for sum(g) (grad_bias) and sum(g * (x - mean)) *
@@ -124,16 +131,32 @@ __device__ void batch_norm_fwd_stats(const T* __restrict__ x, T momentum, T eps,
     }
 }
 
+// relu: add residual[i] (when not nullptr) and clamp at 0.
 template <typename T>
 __device__ void batch_norm_fwd_apply(const T* __restrict__ x, const T* __restrict__ mean,
                                      const T* __restrict__ inv_std,
                                      const T* __restrict__ weight, const T* __restrict__ bias,
+                                     const T* __restrict__ residual, bool relu,
                                      T* __restrict__ y, int N, int C, long long S) {
     GPUCONV_GRID_STRIDE_LOOP(i, (long long)N * C * S) {
         const int c = (int)((i / S) % C);
         const T w = weight != nullptr ? weight[c] : T(1);
         const T b = bias != nullptr ? bias[c] : T(0);
-        y[i] = (x[i] - mean[c]) * inv_std[c] * w + b;
+        T v = (x[i] - mean[c]) * inv_std[c] * w + b;
+        if (residual != nullptr) v += residual[i];
+        // Not fmax: a NaN stays NaN, as relu(NaN) does.
+        y[i] = relu && v < T(0) ? T(0) : v;
+    }
+}
+
+template <typename T>
+__device__ void batch_norm_fold(const T* __restrict__ mean, const T* __restrict__ var,
+                                const T* __restrict__ weight, const T* __restrict__ bias, T eps,
+                                T* __restrict__ scale, T* __restrict__ shift, int C) {
+    GPUCONV_GRID_STRIDE_LOOP(c, (long long)C) {
+        const T s = (weight != nullptr ? weight[c] : T(1)) / sqrt(var[c] + eps);
+        scale[c] = s;
+        shift[c] = (bias != nullptr ? bias[c] : T(0)) - mean[c] * s;
     }
 }
 
@@ -276,7 +299,19 @@ __device__ void local_response_norm_bwd_spread(const T* __restrict__ x,
     extern "C" __global__ void batch_norm_fwd_apply_##SUFFIX(                                \
         const T* x, const T* mean, const T* inv_std, const T* weight, const T* bias, T* y,   \
         NORM_SHAPE_PARAMS) {                                                                 \
-        batch_norm_fwd_apply<T>(x, mean, inv_std, weight, bias, y, NORM_SHAPE_ARGS);         \
+        batch_norm_fwd_apply<T>(x, mean, inv_std, weight, bias, nullptr, false, y,           \
+                                NORM_SHAPE_ARGS);                                            \
+    }                                                                                        \
+    extern "C" __global__ void batch_norm_fwd_apply_add_relu_##SUFFIX(                       \
+        const T* x, const T* mean, const T* inv_std, const T* weight, const T* bias,         \
+        const T* residual, T* y, NORM_SHAPE_PARAMS) {                                        \
+        batch_norm_fwd_apply<T>(x, mean, inv_std, weight, bias, residual, true, y,           \
+                                NORM_SHAPE_ARGS);                                            \
+    }                                                                                        \
+    extern "C" __global__ void batch_norm_fold_##SUFFIX(                                     \
+        const T* mean, const T* var, const T* weight, const T* bias, T eps, T* scale,        \
+        T* shift, int C) {                                                                   \
+        batch_norm_fold<T>(mean, var, weight, bias, eps, scale, shift, C);                   \
     }                                                                                        \
     extern "C" __global__ void batch_norm_bwd_reduce_##SUFFIX(                               \
         const T* gy, const T* x, const T* running_mean, const T* running_var, T eps,         \

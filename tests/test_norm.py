@@ -176,6 +176,86 @@ def test_batch_norm_backward_leaves_running_stats_alone(impl):
     assert all(map(np.array_equal, running_stats(p), before))
 
 
+# batch_norm_relu (the end of a ResNet block) and batch_norm_fold (evaluation's affine map):
+# the oracle is the reference batch_norm, with the sum and clamp in NumPy.
+
+def _per_channel(a, ndim: int):
+    return a.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
+@pytest.mark.parametrize("name", BN_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("batch_norm_relu"))
+def test_batch_norm_relu_is_relu_of_batch_norm_plus_residual(impl, dtype, name, residual):
+    low, p64 = bn_in_dtype(bn_problem(name), dtype)
+    low = bn_on_device(low, impl, "batch_norm_relu")
+    out = F.batch_norm_relu(*low.arrays(), training=low.training, momentum=MOMENTUM,
+                            residual=low.grad_output if residual else None, impl=impl)
+    ref = bn_forward(p64, "reference") + (p64.grad_output if residual else 0)
+    check_against_reference(out, np.maximum(ref, 0), dtype)
+    if p64.running_mean is not None:  # updated in training, untouched in evaluation
+        assert_close(low.running_mean, p64.running_mean, dtype, "running_mean")
+        assert_close(low.running_var, p64.running_var, dtype, "running_var")
+
+
+def test_batch_norm_relu_residual_of_another_shape_is_value_error():
+    p = bn_problem("image-eval")
+    with pytest.raises(ValueError, match=r"batch_norm_relu: residual must have shape "
+                                          r"\(3, 4, 2, 3\), got \(3, 4, 2, 2\)"):
+        F.batch_norm_relu(*p.arrays(), residual=p.grad_output[..., :2])
+
+
+def test_batch_norm_relu_residual_of_another_dtype_is_type_error():
+    p = bn_problem("image-eval")
+    with pytest.raises(TypeError, match="batch_norm_relu: residual has dtype float32 but "
+                                        "input has dtype float64"):
+        F.batch_norm_relu(*p.arrays(), residual=p.grad_output.astype(np.float32))
+
+
+@pytest.mark.parametrize("impl", impl_params("batch_norm_relu"))
+def test_batch_norm_relu_of_an_empty_batch_is_empty(impl):
+    p = bn_problem("image-eval")
+    empty = np.zeros((0,) + p.x.shape[1:])
+    x, *stats, residual = on_device_of(impl, "batch_norm_relu", empty, *p.arrays()[1:], empty)
+    out = F.batch_norm_relu(x, *stats, residual=residual, impl=impl)
+    assert out.shape == empty.shape and out.dtype == empty.dtype
+    assert backend.device_of(out) == backend.device_of(x)
+
+
+EVAL_CASES = [n for n, c in BN_CASES.items() if not c.training]
+
+
+@pytest.mark.parametrize("name", EVAL_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("batch_norm_fold", include_reference=True))
+def test_batch_norm_fold_is_the_affine_map_of_evaluation(impl, dtype, name):
+    low, p64 = bn_in_dtype(bn_problem(name), dtype)
+    stats = on_device_of(impl, "batch_norm_fold", *low.arrays()[1:])
+    scale, shift = F.batch_norm_fold(*stats, eps=1e-5, impl=impl)
+    assert scale.dtype == shift.dtype == np.dtype(dtype)
+    x = p64.x
+    got = x * _per_channel(backend.to_numpy(scale), x.ndim) + \
+        _per_channel(backend.to_numpy(shift), x.ndim)
+    assert_close(got, bn_forward(p64, "reference"), dtype)
+
+
+def test_batch_norm_fold_without_running_var_is_value_error():
+    with pytest.raises(ValueError, match="batch_norm_fold: running_var is required"):
+        F.batch_norm_fold(np.zeros(3), None)
+
+
+def test_batch_norm_fold_weight_of_another_length_is_value_error():
+    with pytest.raises(ValueError, match=r"batch_norm_fold: weight must have shape \(3,\), "
+                                         r"got \(4,\)"):
+        F.batch_norm_fold(np.zeros(3), np.ones(3), np.ones(4))
+
+
+def test_batch_norm_fold_eps_of_zero_is_value_error():
+    with pytest.raises(ValueError, match="batch_norm_fold: eps must be > 0"):
+        F.batch_norm_fold(np.zeros(3), np.ones(3), eps=0.0)
+
+
 def negatively_strided(a):
     """A view with the values of ``a`` whose last axis steps backwards over gaps."""
     return None if a is None else np.repeat(a[..., ::-1], 2, axis=-1)[..., ::-2]

@@ -13,7 +13,8 @@ import numpy as np
 from .. import _checks as C, backend, kernels
 
 __all__ = [
-    "batch_norm", "batch_norm_backward", "local_response_norm", "local_response_norm_backward",
+    "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_fold",
+    "local_response_norm", "local_response_norm_backward",
 ]
 
 _BATCH_NORM_RANKS = (2, 3, 4, 5)
@@ -115,6 +116,58 @@ def batch_norm_backward(grad_output, input, running_mean, running_var, weight=No
                 None if bias is None else xp.zeros_like(bias))
     return kernels.dispatch(op, impl, grad_output, input, running_mean, running_var, weight,
                             bias, bool(training), eps)
+
+
+@backend.interop
+def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None,
+                    training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
+                    residual=None, impl: str | None = None):
+    """``relu(batch_norm(input, ...) + residual)`` in one pass over the data: the end of a
+    ResNet block (residual: the shortcut, shaped like input, or None for
+    ``relu(batch_norm(input))``). Arguments and the running-statistics update as
+    :func:`batch_norm`.
+
+    Its gradient needs no op of its own: with y the output, ``g = relu_backward(grad, y)``
+    (y > 0 exactly where the sum is) is the residual's gradient, and
+    ``batch_norm_backward(g, input, ...)`` gives the rest.
+    """
+    op = "batch_norm_relu"
+    eps = _check_batch_norm(op, input, running_mean, running_var, weight, bias, training, eps)
+    momentum = _check_momentum(op, momentum)
+    _check_writeable(op, training, running_mean=running_mean, running_var=running_var)
+    if residual is not None:
+        C.float_array(op, "residual", residual)
+        C.same_kind(op, "input", input, residual=residual)
+        C.shape_is(op, "residual", residual, input.shape)
+    if input.size == 0:  # as batch_norm: nothing to normalise, no statistics to update
+        return backend.array_module(input).zeros_like(input)
+    return kernels.dispatch(op, impl, input, running_mean, running_var, weight, bias,
+                            bool(training), momentum, eps, residual)
+
+
+@backend.interop
+def batch_norm_fold(running_mean, running_var, weight=None, bias=None, eps: float = 1e-5, *,
+                    impl: str | None = None):
+    """The per-channel affine map of an evaluation-mode :func:`batch_norm`: ``(scale, shift)``
+    with ``batch_norm(x, running_mean, running_var, weight, bias) == x * scale[c] +
+    shift[c]``, i.e. ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias -
+    running_mean * scale``. A convolution followed by that batch norm is
+    ``conv2d_bias_act(..., scale=scale, bias=shift)``.
+
+    running_mean, running_var, weight, bias: (C,) (weight/bias None mean 1/0); eps > 0.
+    """
+    op = "batch_norm_fold"
+    C.float_array(op, "running_mean", running_mean, 1)
+    for name, a in (("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if a is not None:
+            C.float_array(op, name, a, 1)
+            C.same_kind(op, "running_mean", running_mean, **{name: a})
+            C.shape_is(op, name, a, running_mean.shape)
+    if running_var is None:
+        raise ValueError(f"{op}: running_var is required (an array of shape "
+                         f"{tuple(running_mean.shape)})")
+    eps = C.finite_float(op, "eps", eps, low=0.0, low_open=True)
+    return kernels.dispatch(op, impl, running_mean, running_var, weight, bias, eps)
 
 
 # --------------------------------------------------------------------------- local response norm

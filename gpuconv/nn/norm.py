@@ -75,17 +75,41 @@ class _BatchNorm(Module):
         return self.momentum
 
     def forward(self, input):
+        return self._normalise(F.batch_norm, input)
+
+    def forward_relu(self, input, relu: Module, residual=None):
+        """``relu(self(input) + residual)`` (residual None: ``relu(self(input))``) in one
+        pass (:func:`~gpuconv.functional.batch_norm_relu`). Each module keeps what its
+        backward needs: this layer its input, ``relu`` its output as its input too (the sum
+        is positive exactly where the output is), so the backwards run unchanged and the
+        residual's gradient is ``relu.backward``'s."""
+        out = self._normalise(F.batch_norm_relu, input, residual=residual)
+        relu._save(out, out)
+        return out
+
+    def _normalise(self, op, input, **kwargs):
         if input.ndim not in self._ranks:
             want = " or ".join(f"{r}-d" for r in self._ranks)
             raise ValueError(f"{type(self).__name__}: expected {want} input, got shape "
                              f"{tuple(input.shape)}")
         use_batch_stats = self.training or not self.track_running_stats
-        out = F.batch_norm(input, self.running_mean, self.running_var, self._data("weight"),
-                           self._data("bias"), use_batch_stats, self._momentum(), self.eps)
+        out = op(input, self.running_mean, self.running_var, self._data("weight"),
+                 self._data("bias"), use_batch_stats, self._momentum(), self.eps, **kwargs)
         if self._updates_running_stats():
             self.num_batches_tracked += 1
         self._save(input, use_batch_stats)
         return out
+
+    def folds(self) -> bool:
+        """Whether this layer is an affine map per channel now (evaluation with running
+        statistics), which a convolution before it can apply (:meth:`fold`)."""
+        return not self.training and self.track_running_stats
+
+    def fold(self) -> tuple:
+        """``(scale, shift)`` with ``self(x) == x * scale[c] + shift[c]`` while :meth:`folds`
+        (:func:`~gpuconv.functional.batch_norm_fold`)."""
+        return F.batch_norm_fold(self.running_mean, self.running_var, self._data("weight"),
+                                 self._data("bias"), self.eps)
 
     def backward(self, grad_output):
         input, use_batch_stats = self._saved()

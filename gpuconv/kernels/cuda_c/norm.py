@@ -57,9 +57,9 @@ def _batch_stats(x, running_mean, running_var, momentum, eps):
     return mean, inv_std
 
 
-@register("batch_norm", "cuda", device="cuda", dtypes=DTYPES, priority=10)
-@gpu_op("batch_norm")
-def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def _normalise(x, running_mean, running_var, weight, bias, training, momentum, eps,
+               apply: str, extra: tuple = ()):
+    """The statistics (batch ones, or the running ones), then one ``apply`` pass."""
     cp = backend.cupy_or_none()
     x, w, b = _contiguous(x, weight, bias)
     if training:
@@ -68,8 +68,34 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         (mean,) = _contiguous(running_mean)
         inv_std = 1 / cp.sqrt(running_var + x.dtype.type(eps))
     y = backend.empty(x.shape, x.dtype, cp)
-    _run("batch_norm_fwd_apply", x.dtype, y.size, (x, mean, inv_std, w, b, y, *_shape_args(x)))
+    _run(apply, x.dtype, y.size, (x, mean, inv_std, w, b, *extra, y, *_shape_args(x)))
     return y
+
+
+@register("batch_norm", "cuda", device="cuda", dtypes=DTYPES, priority=10)
+@gpu_op("batch_norm")
+def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    return _normalise(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                      "batch_norm_fwd_apply")
+
+
+@register("batch_norm_relu", "cuda", device="cuda", dtypes=DTYPES, priority=10)
+@gpu_op("batch_norm_relu")
+def batch_norm_relu(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                    residual):
+    return _normalise(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                      "batch_norm_fwd_apply_add_relu", _contiguous(residual))
+
+
+@register("batch_norm_fold", "cuda", device="cuda", dtypes=DTYPES, priority=10)
+@gpu_op("batch_norm_fold")
+def batch_norm_fold(running_mean, running_var, weight, bias, eps):
+    cp = backend.cupy_or_none()
+    mean, var, w, b = _contiguous(running_mean, running_var, weight, bias)
+    scale, shift = (backend.empty(mean.shape, mean.dtype, cp) for _ in range(2))
+    _run("batch_norm_fold", mean.dtype, mean.size,
+         (mean, var, w, b, mean.dtype.type(eps), scale, shift, np.int32(mean.size)))
+    return scale, shift
 
 
 @register("batch_norm_backward", "cuda", device="cuda", dtypes=DTYPES, priority=10)

@@ -17,6 +17,14 @@ Python numbers for the scalars.
     ``fn(grad_y, x, running_mean, running_var, weight, bias, training, eps)
     -> (grad_x, grad_weight, grad_bias)``, grad_weight/grad_bias None where weight/bias are
     None; never touches the running stats.
+``"batch_norm_relu"``
+    ``fn(x, running_mean, running_var, weight, bias, training, momentum, eps, residual) -> y``
+    = ``max(batch_norm(x, ...) + residual, 0)`` (residual None: no sum), the running stats
+    updated as batch_norm does. "reference" composes the reference batch_norm, "composed" the
+    registry's pick (the CPU fallback).
+``"batch_norm_fold"``
+    ``fn(running_mean, running_var, weight, bias, eps) -> (scale, shift)``, all (C,):
+    ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``.
 ``"local_response_norm"``
     ``fn(x, size, alpha, beta, k) -> y`` with ``x: (N, C, *spatial)``, ``size >= 1``,
     ``alpha >= 0``, ``k > 0``.
@@ -113,6 +121,29 @@ def batch_norm_backward(grad_y, x, running_mean, running_var, weight, bias, trai
         else:
             grad_x[:, c] = grad_xhat * inv_std
     return (grad_x, None if weight is None else grad_w, None if bias is None else grad_b)
+
+
+def _batch_norm_relu(bn_impl):
+    def fn(x, running_mean, running_var, weight, bias, training, momentum, eps, residual):
+        from ...functional import batch_norm as public_batch_norm
+        y = public_batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
+                              eps, impl=bn_impl)
+        if residual is not None:
+            y = y + residual
+        return np.maximum(y, 0).astype(x.dtype)
+    return fn
+
+
+register("batch_norm_relu", "reference", priority=-100)(_batch_norm_relu("reference"))
+register("batch_norm_relu", "composed", priority=0)(_batch_norm_relu(None))
+
+
+@register("batch_norm_fold", "reference", priority=-100)
+def batch_norm_fold(running_mean, running_var, weight, bias, eps):
+    one, zero = np.ones((), running_mean.dtype), np.zeros((), running_mean.dtype)
+    scale = (one if weight is None else weight) / np.sqrt(running_var + eps)
+    shift = (zero if bias is None else bias) - running_mean * scale
+    return scale.astype(running_mean.dtype), shift.astype(running_mean.dtype)
 
 
 def _window(c: int, size: int, channels: int) -> range:
