@@ -139,6 +139,23 @@ def check_grads(loss, analytic: dict, inputs: dict, tol: float = FD_TOL) -> None
         assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol:.0e}"
 
 
+def check_module_grads(module, x: np.ndarray, grad_output: np.ndarray,
+                       params: list[str] | None = None) -> None:
+    """A module's backward against central finite differences of
+    ``sum(module(x) * grad_output)``: the gradients of the named parameters (default: all)
+    and the input's where the backward returns one (not for integer inputs such as token
+    ids). Checking the first layer's weights covers every layer's backward on the way."""
+    module(x)
+    grad_x = module.backward(grad_output)
+    named = dict(module.named_parameters())
+    chosen = {n: named[n] for n in (params or named)}
+    analytic = {n: p.grad for n, p in chosen.items()}
+    inputs = {n: p.data for n, p in chosen.items()}
+    if grad_x is not None:
+        analytic["input"], inputs["input"] = grad_x, x
+    check_grads(lambda: float(np.sum(module(x) * grad_output)), analytic, inputs)
+
+
 def rng_for(*key) -> np.random.Generator:
     """A generator seeded from the test's parameters, so each case is reproducible."""
     return np.random.default_rng(zlib.crc32(repr(key).encode()))

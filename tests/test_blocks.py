@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import assert_close, check_grads, device_counts, rng_for
+from support import assert_close, check_module_grads, device_counts, rng_for
 
 import gpuconv.functional as F
 from gpuconv import backend, nn
@@ -100,14 +100,7 @@ def test_fused_block_matches_its_layers_one_by_one_in_float64(kind, training):
 def test_fused_backward_matches_finite_differences(kind, training):
     """The training forward moves the running statistics at each call, which its output
     (batch statistics) does not read."""
-    x, grad = _data(kind)
-    block = _block(kind, training, True)
-    block(x)
-    gx = block.backward(grad)
-    params = dict(block.named_parameters())
-    check_grads(lambda: float(np.sum(block(x) * grad)),
-                {"input": gx, **{n: p.grad for n, p in params.items()}},
-                {"input": x, **{n: p.data for n, p in params.items()}})
+    check_module_grads(_block(kind, training, True), *_data(kind))
 
 
 @pytest.mark.parametrize("device, dtype", [("cpu", "float64"),

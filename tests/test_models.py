@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpuconv import backend, models, nn
-from support import FD_TOL, assert_close, check_grads, numerical_grad, rel_err, rng_for
+from support import FD_TOL, assert_close, check_module_grads, numerical_grad, rel_err, rng_for
 
 # (name, factory kwargs, input shape); small widths keep the CPU steps fast.
 MODELS = [
@@ -123,13 +123,7 @@ def test_rnn_classifier_backward_matches_finite_differences(factory, kwargs):
     model = factory(num_classes=3, dtype=np.float64, **kwargs)
     rng = rng_for("rnn-classifier", factory.__name__, sorted(kwargs.items()))
     x = rng.standard_normal((2, kwargs.get("input_size", 1), 5))
-    g = rng.standard_normal((2, 3))
-    model(x)
-    gx = model.backward(g)
-    params = dict(model.named_parameters())
-    check_grads(lambda: float(np.sum(model(x) * g)),
-                {"input": gx, **{n: p.grad for n, p in params.items()}},
-                {"input": x, **{n: p.data for n, p in params.items()}})
+    check_module_grads(model, x, rng.standard_normal((2, 3)))
 
 
 def test_resnet_input_gradient_matches_finite_differences():
@@ -143,27 +137,12 @@ def test_resnet_input_gradient_matches_finite_differences():
     assert rel_err(gx, numerical_grad(lambda: float(np.sum(model(x) * g)), x)) <= FD_TOL
 
 
-def _check_model_grads(model, x, g, params=None) -> None:
-    """The gradients of the named parameters (default: all), and the input's when x is a
-    float array, against central finite differences of sum(model(x) * g). Checking the
-    first layer's weights covers every layer's backward on the way there."""
-    model(x)
-    grad_x = model.backward(g)
-    named = dict(model.named_parameters())
-    chosen = {n: named[n] for n in (params or named)}
-    analytic = {n: p.grad for n, p in chosen.items()}
-    inputs = {n: p.data for n, p in chosen.items()}
-    if grad_x is not None:
-        analytic["input"], inputs["input"] = grad_x, x
-    check_grads(lambda: float(np.sum(model(x) * g)), analytic, inputs)
-
-
 def test_alexnet_small_backward_matches_finite_differences():
     # Training mode without dropout (its masks would change between evaluations).
     model = models.alexnet_small(num_classes=3, in_channels=1, widths=(2, 3, 2, 2, 2),
                                  hidden=3, dropout=0.0, input_size=7, dtype=np.float64)
     rng = rng_for("alexnet-fd")
-    _check_model_grads(model, rng.standard_normal((1, 1, 7, 7)), rng.standard_normal((1, 3)),
+    check_module_grads(model, rng.standard_normal((1, 1, 7, 7)), rng.standard_normal((1, 3)),
                        ["features.conv1.weight", "features.conv1.bias",
                         "classifier.fc3.weight"])
 
@@ -250,7 +229,7 @@ def test_inception_small_backward_matches_finite_differences():
                                    blocks=((1, 1, 2, 1, 1, 1), (1, 1, 1, 1, 1, 1)),
                                    dtype=np.float64).eval()
     rng = rng_for("inception-fd")
-    _check_model_grads(model, rng.standard_normal((2, 1, 5, 5)), rng.standard_normal((2, 2)),
+    check_module_grads(model, rng.standard_normal((2, 1, 5, 5)), rng.standard_normal((2, 2)),
                        ["stem.conv.weight", "inception1.branch3.1.conv.weight", "fc.weight"])
 
 
@@ -270,7 +249,7 @@ def test_embedding_lstm_backward_matches_finite_differences():
                                   hidden_size=3, dtype=np.float64)
     rng = rng_for("embedding-lstm-fd")
     tokens = rng.integers(1, 6, (3, 4))     # no padding token: its row gets no gradient
-    _check_model_grads(model, tokens, rng.standard_normal((3, 3)))
+    check_module_grads(model, tokens, rng.standard_normal((3, 3)))
 
 
 def test_embedding_lstm_padding_row_gets_no_gradient():
