@@ -213,14 +213,17 @@ def test_batch_norm_relu_residual_of_another_dtype_is_type_error():
         F.batch_norm_relu(*p.arrays(), residual=p.grad_output.astype(np.float32))
 
 
+@pytest.mark.parametrize("name", ["image-eval", "volume-train"])
 @pytest.mark.parametrize("impl", impl_params("batch_norm_relu"))
-def test_batch_norm_relu_of_an_empty_batch_is_empty(impl):
-    p = bn_problem("image-eval")
+def test_batch_norm_relu_of_an_empty_batch_is_empty_and_keeps_the_running_stats(impl, name):
+    p = bn_problem(name)
     empty = np.zeros((0,) + p.x.shape[1:])
     x, *stats, residual = on_device_of(impl, "batch_norm_relu", empty, *p.arrays()[1:], empty)
-    out = F.batch_norm_relu(x, *stats, residual=residual, impl=impl)
+    before = [backend.to_numpy(a).copy() for a in stats[:2]]
+    out = F.batch_norm_relu(x, *stats, training=p.training, residual=residual, impl=impl)
     assert out.shape == empty.shape and out.dtype == empty.dtype
     assert backend.device_of(out) == backend.device_of(x)
+    assert all(np.array_equal(backend.to_numpy(a), b) for a, b in zip(stats[:2], before))
 
 
 EVAL_CASES = [n for n, c in BN_CASES.items() if not c.training]

@@ -247,6 +247,24 @@ def _loss_and_norm_cases():
                       lambda x, impl: F.batch_norm(x, None, None, training=True, impl=impl),
                       lambda torch, x: torch.nn.functional.batch_norm(x, None, None,
                                                                       training=True)))
+    # The end of a ResNet block: relu(batch_norm(x) + residual), with a NaN and a -inf in
+    # the residual, and an inf meeting a -inf (NaN).
+    residual = rng.standard_normal(xb.shape)
+    residual[2, 0, 1], residual[3, 2, 0], residual[1, 1, 1] = NAN, -INF, -INF
+    cases.append(Case("batch_norm_relu-eval", "batch_norm_relu", (xb, mean, var, residual),
+                      lambda x, m, v, r, impl: F.batch_norm_relu(x, m, v, residual=r, impl=impl),
+                      lambda torch, x, m, v, r: torch.relu(
+                          torch.nn.functional.batch_norm(x, m, v) + r)))
+    cases.append(Case("batch_norm_relu-train", "batch_norm_relu", (xb, residual),
+                      lambda x, r, impl: F.batch_norm_relu(x, None, None, training=True,
+                                                           residual=r, impl=impl),
+                      lambda torch, x, r: torch.relu(torch.nn.functional.batch_norm(
+                          x, None, None, training=True) + r)))
+    # Evaluation's affine map: an infinite mean and variance, a NaN weight, a zero variance.
+    cases.append(Case("batch_norm_fold", "batch_norm_fold",
+                      (np.array([INF, 0.5, 1.0, -2.0]), np.array([1.0, INF, 2.0, 0.0]),
+                       np.array([1.0, 2.0, NAN, 3.0])),
+                      lambda m, v, w, impl: F.batch_norm_fold(m, v, w, impl=impl), None))
     xl = rng.standard_normal((2, 6, 3))
     xl[0, 2, 1] = NAN
     xl[1, 4, 0] = INF
