@@ -64,14 +64,14 @@ def test_version(capsys):
 
 
 def test_train_help_lists_the_models_the_datasets_and_every_default(capsys):
-    from gpuconv.cli import DATASETS, IMAGE_MODELS, SIGNAL_MODELS
+    from gpuconv.cli import DATASETS, IMAGE_MODELS, SIGNAL_MODELS, TEXT_MODELS
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name in IMAGE_MODELS + SIGNAL_MODELS + DATASETS:
+    for name in IMAGE_MODELS + SIGNAL_MODELS + TEXT_MODELS + DATASETS:
         assert name in text, name
-    for default in ("(default: lenet5)", "(default: digits)", "digits: 30", "mnist1d: 60",
+    for default in ("(default: lenet5)", "(default: digits;", "else shapes", "digits: 30", "mnist1d: 60",
                     "others: 10", "digits: 32", "digits: 0.002", "(default: 0.0)",
                     "(default: auto)", "(default: 0)", "runs/MODEL-DATASET"):
         assert default in text, default
