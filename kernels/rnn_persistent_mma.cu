@@ -195,8 +195,9 @@ struct Operands16 {
                   pair(hi.v[2], hi.v[3])}};
     }
     __device__ __forceinline__ static B b(const W* w, bool valid) {
-        const u32x2 v = valid ? *reinterpret_cast<const u32x2*>(w) : u32x2{0u, 0u};
-        return B{{v.lo, v.hi}};
+        // No named local: NVRTC 12.0 warns (#177) that one is never referenced here.
+        const u32x2* pair_of = reinterpret_cast<const u32x2*>(w);
+        return valid ? B{{pair_of->lo, pair_of->hi}} : B{{0u, 0u}};
     }
     __device__ __forceinline__ static void mma(float (&d)[4], const A& a, const B& b) {
         if (BF16) {
