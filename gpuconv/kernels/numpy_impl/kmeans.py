@@ -12,8 +12,8 @@ import numpy as np
 from numba import njit
 
 from ... import backend
-from .. import register
 from .._kmeans_rows import nearest_centre
+from . import register
 
 # Dot products per GEMM block (64 MiB of float64 at most).
 _BLOCK_ELEMENTS = 1 << 23
@@ -28,7 +28,6 @@ def _nearest(dots, c_sq_norms, x_sq_norms, labels, sq_dist):
         labels[i], sq_dist[i] = _nearest_centre(dots, c_sq_norms, x_sq_norms, i)
 
 
-# numba has no float16 on the CPU; other dtypes fall back to the reference.
 @register("kmeans_assign", "numpy", dtypes=("float32", "float64"))
 def kmeans_assign(x, centers, x_sq_norms):
     n, k = x.shape[0], centers.shape[0]
@@ -52,7 +51,6 @@ def _cluster_sums(x, labels, sums, counts):
             sums[j, f] += x[i, f]
 
 
-# numba has no float16 on the CPU; other dtypes fall back to the reference.
 @register("kmeans_update", "numpy", dtypes=("float32", "float64"))
 def kmeans_update(x, labels, k):
     sums = np.zeros((k, x.shape[1]), np.float64)
