@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import shutil
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,21 +254,3 @@ def assert_same_values(out, ref, dtype, what: str = "") -> None:
         err = testing.rel_err(out[finite], ref[finite])
         assert err <= TOL[key], f"{what}: finite values differ, relative error {err:.2e}"
 
-
-def ptxas_path() -> str | None:
-    """ptxas, on PATH or beside nvcc (None without the CUDA toolkit)."""
-    nvcc = shutil.which("nvcc")
-    return shutil.which("ptxas") or (nvcc and str(Path(nvcc).parent / "ptxas"))
-
-
-def run_real_numba_cuda_compile(script: str, expected_lines: int) -> None:
-    """Run ``script`` (python -c, ptxas's path as argv[1]) with numba's real CUDA target, not
-    the simulator; it prints one line per compiled kernel signature. Skips where numba-cuda
-    finds no libNVVM."""
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    result = subprocess.run([sys.executable, "-c", script, ptxas_path()], env=env,
-                            capture_output=True, text=True)
-    if "NvvmSupportError" in result.stderr or "libNVVM cannot be found" in result.stderr:
-        pytest.skip("numba-cuda cannot find libNVVM here")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(result.stdout.splitlines()) == expected_lines, result.stdout

@@ -20,8 +20,7 @@ import shutil
 
 import numpy as np
 import pytest
-from support import (assert_close, check_against_reference, on_device_of, ptxas_path, rng_for,
-                     run_real_numba_cuda_compile)
+from support import assert_close, check_against_reference, on_device_of, rng_for
 
 from gpuconv import backend, kernels, models
 from gpuconv._resources import cuda_source_dir
@@ -555,7 +554,7 @@ def test_the_numba_twin_under_the_simulator_matches_reference(c, units, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not numba_cuda.is_available(), reason="needs a GPU with numba-cuda")
-def test_the_numba_twin_on_a_gpu_matches_reference():
+def test_the_numba_cuda_twin_on_a_gpu_matches_reference():
     from gpuconv.kernels.numba_cuda import rnn_persistent as N
 
     c = dict(T=3, B=4, I=3, H=40, L=2, bidirectional=True)
@@ -565,57 +564,6 @@ def test_the_numba_twin_on_a_gpu_matches_reference():
                  [backend.to_device(q.astype(np.float32), "cuda") for q in params], 2, True, None)
     for j, (o, r) in enumerate(zip(out, ref, strict=True)):
         check_against_reference(o, r, "float32", f"numba twin on a GPU[{j}]")
-
-
-# Compiled by numba-cuda's real compiler (NVVM) for the argument types the launcher passes, then
-# by nvJitLink where it is installed (numba-cuda[cu13]: the same CUDA release as its NVVM, as a
-# launch links), else by ptxas; no GPU: the device query of device-function compilation
-# answers sm_90.
-REAL_COMPILE = """
-import shutil, subprocess, sys, tempfile, types
-import numba, numpy as np
-from numba import cuda
-from numba.cuda import dispatcher
-def link(ptx):
-    from numba.cuda.cuda_paths import get_cuda_paths
-    devrt = f"{get_cuda_paths()['static_cudalib_dir'].info}/libcudadevrt.a"
-    try:
-        from cuda.bindings import nvjitlink
-        handle = nvjitlink.create(1, ["-arch=sm_90"])
-    except Exception:
-        return False
-    nvjitlink.add_data(handle, nvjitlink.InputType.PTX, ptx.encode(), len(ptx), "k.ptx")
-    nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, devrt)  # the grid sync
-    nvjitlink.complete(handle)
-    nvjitlink.destroy(handle)
-    return True
-dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
-from gpuconv.kernels.numba_cuda import rnn_persistent as N
-from gpuconv.kernels.numba_cuda._rnn_persistent_kernels import lstm_fwd_persistent
-for dtype in (np.float32, np.float64):
-    for bias in (True, False):
-        T, B, I, H = 2, 1, 3, 4
-        z = lambda *s: np.zeros(s, dtype)
-        b = z(4 * H) if bias else None
-        args, _ = N.kernel_arguments(z(T, B, I), z(B, H), z(B, H), z(4 * H, I), z(4 * H, H),
-                                     b, b, 2)
-        sig = tuple(numba.typeof(a) for a in args)
-        ptx, _ = cuda.compile_ptx(lstm_fwd_persistent(dtype).py_func, sig, cc=(9, 0))
-        assert "cudaCGSynchronize" in ptx, "no grid sync in the PTX"
-        if not link(ptx):
-            with tempfile.TemporaryDirectory() as d:
-                path = f"{d}/k.ptx"
-                open(path, "w").write(ptx)
-                r = subprocess.run([sys.argv[1], "-arch=sm_90", "-c", path, "-o", f"{d}/k.o"],
-                                   capture_output=True, text=True)
-                assert r.returncode == 0, r.stderr
-        print(np.dtype(dtype).name, bias, ", ".join(map(str, sig)))
-"""
-
-
-@pytest.mark.skipif(not ptxas_path(), reason="needs ptxas (the CUDA toolkit)")
-def test_the_numba_twin_compiles_with_the_real_numba_cuda_compiler():
-    run_real_numba_cuda_compile(REAL_COMPILE, 4)
 
 
 # --------------------------------------------------------------------------- the bench suite

@@ -95,6 +95,13 @@ def _marshal(ty, value) -> None:
     ParamHolder(kernel_args)
 
 
+def _cudadevrt() -> str:
+    """libcudadevrt.a, where numba-cuda finds it."""
+    from numba.cuda.cuda_paths import get_cuda_paths
+
+    return f"{get_cuda_paths()['static_cudalib_dir'].info}/libcudadevrt.a"
+
+
 def _assemble(ptx: str, cc: tuple[int, int]) -> str | None:
     """PTX -> cubin with nvJitLink (what numba-cuda links with); None where it is missing."""
     try:
@@ -107,6 +114,8 @@ def _assemble(ptx: str, cc: tuple[int, int]) -> str | None:
         return None
     try:
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, ptx.encode(), len(ptx), "kernel.ptx")
+        if "cudaCGSynchronize" in ptx:  # a grid sync: numba-cuda links the device runtime
+            nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, _cudadevrt())
         nvjitlink.complete(handle)
     except Exception as exc:
         size = nvjitlink.get_error_log_size(handle)
@@ -207,6 +216,11 @@ def defined_kernels() -> list[str]:
 
 RECORDER = Recorder()
 _numba.launch = RECORDER.launch
+# No device to ask: an H100's answers (132 SMs, one block of a persistent kernel resident per
+# SM), so that launchers which size their grid by the device reach the launch.
+H100_SMS = 132
+_numba.multiprocessor_count = lambda: H100_SMS
+_numba.cooperative_grid_blocks = lambda kernel, args, threads, shared_mem: H100_SMS
 
 
 def pytest_runtest_setup(item):
