@@ -102,7 +102,7 @@ __device__ __forceinline__ T block_inv_std(ScaledSquares<T> part, long long coun
     const T S = gpuconv_block_sum(part.m);
     const T r = part.m / S;
     const T v = gpuconv_block_sum(part.q * r * r) / T(count);
-    *var = S * S * v;
+    *var = (S * v) * S;  // not S * S * v: S * S overflows first when v is small
     return T(1) / (S * sqrt(v + eps / S / S));
 }
 
