@@ -388,3 +388,23 @@ def test_no_intermediate_overflow_where_the_float32_result_is_representable(case
     representable = np.abs(want) > np.finfo(np.float32).tiny
     assert np.all(np.isfinite(got)), f"{case.id}: inf or NaN at scale {scale}"
     assert_same_values(got[representable], want[representable], "float32", case.id)
+
+
+def _running_var_after_a_step(x, impl):
+    """batch_norm's running variance after one training step from ones (momentum 0.1)."""
+    from gpuconv import backend
+    rm, rv = (np.full(x.shape[1], v, x.dtype) for v in (0.0, 1.0))
+    if backend.device_of(x) == "cuda":
+        rm, rv = backend.to_device(rm, "cuda"), backend.to_device(rv, "cuda")
+    F.batch_norm(x, rm, rv, training=True, momentum=0.1, impl=impl)
+    return rv
+
+
+@pytest.mark.parametrize("impl", every_impl_params("batch_norm"))
+def test_batch_norm_running_variance_is_finite_while_the_variance_is(impl):
+    # Deviations of 1e18: the variance (1e36) is a float32, its partial products need not be.
+    x = _large(1e18, (4, 3, 5, 5))
+    want = _running_var_after_a_step(x.astype(np.float64), "reference")
+    got = run_impl(impl, "batch_norm", _running_var_after_a_step, x)
+    assert np.all(np.isfinite(got)), got
+    assert_same_values(got, want, "float32", "running_var")
