@@ -381,42 +381,40 @@ def _check_sizes(g: Geometry) -> None:
 
 # --------------------------------------------------------------------------- the three passes
 
+def _implicit_gemm(entry: str, pass_: str, a, b, out_shape: tuple, geo: Geometry, mode: str,
+                   choice: Choice | None, vec_c: int, vec_k: int, epilogue: tuple):
+    """out (NHWC, a's dtype) = the ``pass_`` GEMM of operands a and b by kernel ``entry``,
+    its epilogue arguments (scale, bias, residual, activation, param) after the geometry."""
+    out = backend.empty(out_shape, a.dtype, backend.cupy_or_none())
+    if out.size == 0:
+        return out
+    problem = geo.problem(pass_, mode)
+    choice = choice or choose(problem)
+    M, Ng, _ = problem.gemm
+    grid = _tiles_of(choice.tile, M, Ng) * geo.groups
+    _launch(entry, problem, choice, vec_c, vec_k, a.dtype.itemsize, grid,
+            (a, b, out, *geo.args(), *epilogue))
+    return out
+
+
 def fprop(x_nhwc, w_krsc, geo: Geometry, mode: str, *, scale=None, bias=None, residual=None,
           activation: str = "identity", param: float = 0.0, choice: Choice | None = None):
     """y (N, P, Q, K) NHWC = act(scale * conv(x, w) + bias + residual)."""
-    cp = backend.cupy_or_none()
-    y = backend.empty((geo.N, geo.P, geo.Q, geo.K), x_nhwc.dtype, cp)
-    if y.size == 0:
-        return y
-    problem = geo.problem("fprop", mode)
-    choice = choice or choose(problem)
-    M, Ng, _ = problem.gemm
-    itemsize = x_nhwc.dtype.itemsize
-    vec_c = _vec(itemsize, (geo.C, geo.C // geo.groups), (x_nhwc, w_krsc))
-    grid = _tiles_of(choice.tile, M, Ng) * geo.groups
-    _launch("conv2d_fwd_igemm", problem, choice, vec_c, 1, itemsize, grid,
-            (x_nhwc, w_krsc, y, *geo.args(), _ptr(scale), _ptr(bias), _ptr(residual),
-             np.int32(ACTIVATIONS.index(activation)), np.float32(param)))
-    return y
+    vec_c = _vec(x_nhwc.dtype.itemsize, (geo.C, geo.C // geo.groups), (x_nhwc, w_krsc))
+    return _implicit_gemm("conv2d_fwd_igemm", "fprop", x_nhwc, w_krsc,
+                          (geo.N, geo.P, geo.Q, geo.K), geo, mode, choice, vec_c, 1,
+                          (_ptr(scale), _ptr(bias), _ptr(residual),
+                           np.int32(ACTIVATIONS.index(activation)), np.float32(param)))
 
 
 def dgrad(dy_nhwc, w_krsc, geo: Geometry, mode: str, *, bias=None, choice: Choice | None = None):
     """dx (N, H, W, C) NHWC = the gradient of conv(x, w) for grad dy, plus bias."""
-    cp = backend.cupy_or_none()
-    dx = backend.empty((geo.N, geo.H, geo.W, geo.C), dy_nhwc.dtype, cp)
-    if dx.size == 0:
-        return dx
-    problem = geo.problem("dgrad", mode)
-    choice = choice or choose(problem)
-    M, Ng, _ = problem.gemm
     itemsize = dy_nhwc.dtype.itemsize
     vec_c = _vec(itemsize, (geo.C // geo.groups,), (w_krsc,))
     vec_k = _vec(itemsize, (geo.K, geo.K // geo.groups), (dy_nhwc,))
-    grid = _tiles_of(choice.tile, M, Ng) * geo.groups
-    _launch("conv2d_dgrad_igemm", problem, choice, vec_c, vec_k, itemsize, grid,
-            (dy_nhwc, w_krsc, dx, *geo.args(), NULL, _ptr(bias), NULL, np.int32(0),
-             np.float32(0.0)))
-    return dx
+    return _implicit_gemm("conv2d_dgrad_igemm", "dgrad", dy_nhwc, w_krsc,
+                          (geo.N, geo.H, geo.W, geo.C), geo, mode, choice, vec_c, vec_k,
+                          (NULL, _ptr(bias), NULL, np.int32(0), np.float32(0.0)))
 
 
 def wgrad(dy_nhwc, x_nhwc, geo: Geometry, mode: str, choice: Choice | None = None):
