@@ -3,8 +3,10 @@
 One step is explicit, with no autograd tape::
 
     out = model(x); loss = loss_fn(out, y)
-    model.backward(loss_fn.backward())      # accumulates every parameter's .grad
+    model.backward_params(loss_fn.backward())   # adds into every parameter's .grad
     optimizer.step(); optimizer.zero_grad()
+
+(``backward_params`` is ``backward`` without the gradient of the data, which nothing needs.)
 
 Checkpoints are ``.npz`` files of named arrays (model state, optimizer state, and a JSON
 string of metadata), written to a temporary file in the same folder and then renamed, so a
@@ -318,7 +320,7 @@ class _Trainer:
 
         out = self.model(x)
         loss = self.loss_fn(out, y)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward_params(self.loss_fn.backward())   # x is data: no grad_input
         if self.clip is not None:
             clip_grad_norm_(self.model.parameters(), self.clip)
         self.optimizer.step()

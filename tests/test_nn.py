@@ -455,6 +455,45 @@ def test_accumulation_never_writes_into_the_callers_gradient():
     np.testing.assert_array_equal(layer.shift.grad, 2 * np.ones(3))
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=F64), nn.ReLU(),
+                           nn.Conv2d(3, 2, 3, stride=2, bias=False, dtype=F64)), (2, 2, 5, 5)),
+    (lambda: nn.Sequential(nn.ReLU(), nn.Dropout(0.0), nn.Conv1d(2, 3, 2, dtype=F64)),
+     (2, 2, 4)),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(8, 3, dtype=F64), nn.Tanh()), (2, 2, 2, 2)),
+    (lambda: nn.Conv2d(2, 3, 3, dtype=F64), (2, 2, 5, 5)),
+], ids=["conv-relu-conv", "parameter-free-first", "linear", "conv"])
+def test_backward_params_gives_backwards_parameter_gradients(make, shape):
+    """backward_params (no input gradient) adds exactly what backward adds to each .grad."""
+    rng = rng_for("backward-params")
+    model = make()
+    x = _randn(rng, shape)
+    g = _randn(rng, model(x).shape)
+    model.zero_grad()
+    model.backward(g)
+    expected = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(x)
+    assert model.backward_params(g) is None
+    for n, p in model.named_parameters():
+        np.testing.assert_array_equal(p.grad, expected[n], err_msg=n)
+
+
+def test_conv_backward_params_skips_the_input_gradient():
+    masks = []
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("output_mask"))
+        return F.conv2d_backward(*args, **kwargs)
+
+    for bias in (True, False):
+        layer = nn.Conv2d(2, 3, 3, bias=bias, dtype=F64)
+        layer._backward_op = spy
+        layer(np.ones((1, 2, 4, 4)))
+        layer.backward_params(np.ones((1, 3, 2, 2)))
+    assert masks == [(False, True, True), (False, True, False)]
+
+
 def test_zero_grad_sets_none_or_zeros():
     layer = nn.Linear(3, 2)
     layer(np.ones((1, 3), np.float32))

@@ -156,10 +156,11 @@ def _pool_cases():
 # --------------------------------------------------------------------------- convolution
 
 # (H, kernel, stride, padding, dilation, groups, C): windows that skip the last row and
-# column (where the inf is), with padding, dilation, groups and depthwise.
+# column (where the inf is), with padding, dilation, groups and depthwise; and a depthwise
+# case with unit stride, whose windows read every pixel (the CPU's long-run depthwise paths).
 CONV = [(5, 2, 2, 0, 1, 1, 4), (6, 3, 2, 0, 1, 1, 4), (7, 3, 3, 1, 1, 1, 4),
         (9, 3, 4, 0, 2, 1, 4), (6, 2, 2, 0, 1, 2, 4), (6, 2, 2, 0, 1, 4, 4),
-        (8, 3, 3, 1, 1, 1, 3)]
+        (8, 3, 3, 1, 1, 1, 3), (6, 3, 1, 1, 1, 4, 4)]
 
 
 def _conv_cases():

@@ -88,6 +88,16 @@ class _Conv(_ConvNd):
     def _op_args(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
+    def backward_params(self, grad_output) -> None:
+        """The weight's and bias's gradients only (``output_mask`` without grad_input)."""
+        (input,) = self._saved()
+        _, gw, gb = self._backward_op(grad_output, input, self.weight.data, self._bias_data(),
+                                      *self._op_args(),
+                                      output_mask=(False, True, self.bias is not None))
+        accumulate_grad(self.weight, gw)
+        if self.bias is not None:
+            accumulate_grad(self.bias, gb)
+
 
 class Conv1d(_Conv):
     """1-d convolution over (N, C_in, L) -> (N, C_out, OL); weight (C_out, C_in/groups, K),

@@ -310,6 +310,14 @@ class Module:
     def backward(self, grad_output):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
+    def backward_params(self, grad_output) -> None:
+        """``backward`` for an input that needs no gradient (a network's data, as a torch
+        tensor with ``requires_grad=False``): each parameter's gradient is added into
+        ``.grad`` as by ``backward``, and the gradient with respect to the input is skipped
+        where the module can skip it (a convolution's grad_input, a large part of a first
+        layer's backward). Returns None. This version runs ``backward`` and drops its result."""
+        self.backward(grad_output)
+
     def _save(self, *values) -> None:
         """Keep what backward needs from the latest forward."""
         object.__setattr__(self, "_ctx", values)
@@ -386,6 +394,19 @@ class Sequential(Module):
         for m in reversed(list(self)):
             grad_output = m.backward(grad_output)
         return grad_output
+
+    def backward_params(self, grad_output) -> None:
+        """As ``backward``, without the input's gradient: the first module that holds
+        parameters runs its ``backward_params``, and the modules before it (which have none,
+        so their backward would only carry the input's gradient) do not run."""
+        modules = list(self)
+        first = next((i for i, m in enumerate(modules)
+                      if next(m.parameters(), None) is not None), None)
+        if first is None:
+            return
+        for m in reversed(modules[first + 1:]):
+            grad_output = m.backward(grad_output)
+        modules[first].backward_params(grad_output)
 
 
 class ModuleList(Module):

@@ -27,9 +27,10 @@ straight through row ends, so with ``sh == 1`` each ``(c, r, s, n)`` block is on
 strided run that NumPy copies at memory speed (short ``OW``-long rows would not be). The
 ``Wq - OW`` extra columns per row are computed by the GEMM and dropped; in the backward
 ``gy`` carries zeros there, and the extra columns of the im2col matrix (for ``gw``) and of
-the column gradient (for ``gx``) are zeroed before use, so that an inf or NaN in an input
-pixel no window reads, or in the weight, never reaches a gradient as ``0 * inf``: every
-result reads exactly the elements PyTorch's definition reads.
+the column gradient (for ``gx``) are zeroed before use when the input, resp. the weight,
+holds an inf or NaN (one scan each per call), so that such a value in a pixel no window
+reads, or in the weight, never reaches a gradient as ``0 * inf``: every result reads exactly
+the elements PyTorch's definition reads. (With finite values those products are zeros.)
 The price is GEMM work in proportion ``Wq / OW`` (1.06 for 32x32 with 3x3, 1.4 for 14x14
 with 5x5 and no padding).
 The columns are viewed as ``(groups, C/groups * R * S, n * OH * Wq)``, so one batched matmul
@@ -60,7 +61,10 @@ _BAND_PER_HALO = 4
 # Tasks per pool thread: a thread that another process delays leaves its second task to
 # the others.
 _TASKS_PER_THREAD = 2
-_REDUCE = {"reassoc", "contract"}   # lets LLVM vectorise the dot-product loops
+# Depthwise grad_weight: lanes per tap of about this many elements (they stay in L1), added
+# into float64 every _LANE_FLUSH images.
+_LANE_SPAN = 256
+_LANE_FLUSH = 8
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -102,17 +106,35 @@ def _scatter_axpy(dst, d0, step, a, src, s0, count):
             dst[_u(d0 + i * step)] += a * src[_u(s0 + i)]
 
 
-@njit(cache=True, nogil=True, fastmath=_REDUCE)
-def _dot(a, a0, b, b0, step, count):
-    """sum_i a[a0 + i] * b[b0 + i*step] for i in [0, count), accumulated in float64."""
-    acc = 0.0
+@njit(cache=True, nogil=True)
+def _mul_add(dst, d0, a, a0, b, b0, step, count):
+    """dst[d0 + i] += a[a0 + i] * b[b0 + i*step] for i in [0, count)."""
     if step == 1:
         for i in range(count):
-            acc += a[_u(a0 + i)] * b[_u(b0 + i)]
+            dst[_u(d0 + i)] += a[_u(a0 + i)] * b[_u(b0 + i)]
     else:
         for i in range(count):
-            acc += a[_u(a0 + i)] * b[_u(b0 + i * step)]
-    return acc
+            dst[_u(d0 + i)] += a[_u(a0 + i)] * b[_u(b0 + i * step)]
+
+
+@njit(cache=True, nogil=True)
+def _all_finite(a):
+    """Whether the 1-d array ``a`` holds no inf or NaN (no temporary, unlike NumPy's)."""
+    for i in range(a.size):
+        if not np.isfinite(a[i]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _zero_columns(a, q0):
+    """a[..., q0:] = 0 for a C-contiguous array (NumPy's slice assignment walks the short
+    row ends one by one, as slowly as a GEMM on the whole array)."""
+    width = a.shape[-1]
+    flat = a.reshape(-1)
+    zero = flat.dtype.type(0)
+    for row in range(flat.size // width):
+        _fill(flat, row * width + q0, (row + 1) * width, zero)
 
 
 @njit(cache=True, nogil=True)
@@ -205,9 +227,12 @@ def _from_wide_kernel(wide, base, y, row0):
 
 # Depthwise kernels: channel k of y reads channel k // m of x (m = K / C). Each x plane is
 # loaded once into a zero-bordered scratch plane and each gy plane into a wide scratch
-# (zeros past OW), so every tap (r, s) of the forward is a few long runs, as in the GEMM
-# path. The backward kernels walk only the OW real columns of each row: a product with the
-# zeros past OW would turn an inf in an unread pixel or in the weight into NaN.
+# (zeros past OW), so that with unit strides every tap (r, s) is one long run over whole
+# wide rows, as in the GEMM path. Nothing the wide layout adds may reach a result as
+# 0 * inf = NaN: the forward crops its extra columns; grad_input takes long runs only when
+# the weight is finite (then w * 0 = 0), else it walks the OW real columns of each row;
+# grad_weight sums into lanes, one per wide-row element of a block of rows, and adds up only
+# the lanes of real columns (an inf in an unread pixel stays in a lane never added).
 
 @njit(cache=True, nogil=True)
 def _dw_scratch(h, w, oh_n, s_n, sw, ph, pw, dw, like):
@@ -255,6 +280,9 @@ def _dw_grad_input_kernel(gy, w, base, gx, c0, c1, sh, sw, ph, pw, dh, dw):
     oh_n, ow_n = gy.shape[2], gy.shape[3]
     m = k_n // c_n
     padded, gy_wide, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, gx)
+    rows, run = _runs(oh_n, wq, sh, sw)
+    if not _all_finite(w.reshape(-1)[c0 * m * r_n * s_n:c1 * m * r_n * s_n]):
+        rows, run = oh_n, ow_n
     zero = padded.dtype.type(0)
     gyf, gxf = gy.reshape(-1), gx.reshape(-1)
     for b in range(n):
@@ -265,22 +293,33 @@ def _dw_grad_input_kernel(gy, w, base, gx, c0, c1, sh, sw, ph, pw, dh, dw):
                              0, 0, wq)
                 for r in range(r_n):
                     for s in range(s_n):
-                        for oh in range(oh_n):
+                        for oh in range(rows):
                             _scatter_axpy(padded, (oh * sh + r * dh) * pitch + s * dw, sw,
-                                          w[k, r, s], gy_wide, oh * wq, ow_n)
+                                          w[k, r, s], gy_wide, oh * wq, run)
             _store_cropped(padded, 0, pitch, ph, pw, h, wd, base[c], gxf, (b * c_n + c) * h * wd)
 
 
 @njit(cache=True, nogil=True)
 def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
     """Depthwise gw[k, r, s] = sum_{b, oh, ow} gy[b, k, oh, ow] * x_pad[b, k // m, ...], for
-    the output channels k of input channels c0 <= c < c1."""
+    the output channels k of input channels c0 <= c < c1.
+
+    Each tap sums into lanes, one per element of a block of ``blk`` wide rows (Wq each):
+    element-wise multiply-adds over long runs, which vectorise, instead of a reduction per
+    row. The lanes go into float64 every ``_LANE_FLUSH`` images; at the end each tap adds
+    the lanes of its OW real columns."""
     n, c_n, h, wd = x.shape
     k_n, r_n, s_n = gw.shape
     oh_n, ow_n = gy.shape[2], gy.shape[3]
     m = k_n // c_n
-    padded, gy_wide, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, gw)
-    acc = np.zeros((k_n, r_n, s_n))
+    taps = r_n * s_n
+    padded, gy_wide, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, gy)
+    blk = max(1, min(oh_n, _LANE_SPAN // wq))
+    span = blk * wq
+    unit = sh == 1 and sw == 1
+    lo, hi = c0 * m * taps * span, c1 * m * taps * span
+    lanes = np.zeros(hi, gy.dtype)
+    total = np.zeros(hi)
     gyf, xf = gy.reshape(-1), x.reshape(-1)
     for b in range(n):
         for c in range(c0, c1):
@@ -288,15 +327,31 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
             for k in range(c * m, (c + 1) * m):
                 _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
                              0, 0, wq)
-                for r in range(r_n):
-                    for s in range(s_n):
-                        for oh in range(oh_n):
-                            acc[k, r, s] += _dot(gy_wide, oh * wq, padded,
-                                                 (oh * sh + r * dh) * pitch + s * dw, sw, ow_n)
+                for oh0 in range(0, oh_n, blk):
+                    rows = min(blk, oh_n - oh0)
+                    for r in range(r_n):
+                        for s in range(s_n):
+                            d0 = ((k * r_n + r) * s_n + s) * span
+                            if unit:   # the block's rows line up in gy_wide and padded
+                                _mul_add(lanes, d0, gy_wide, oh0 * wq, padded,
+                                         (oh0 + r * dh) * pitch + s * dw, 1, rows * wq)
+                                continue
+                            for i in range(rows):
+                                _mul_add(lanes, d0 + i * wq, gy_wide, (oh0 + i) * wq, padded,
+                                         ((oh0 + i) * sh + r * dh) * pitch + s * dw, sw, ow_n)
+        if (b + 1) % _LANE_FLUSH == 0 or b == n - 1:
+            for i in range(lo, hi):
+                total[_u(i)] += lanes[_u(i)]
+                lanes[_u(i)] = 0
     for k in range(c0 * m, c1 * m):
         for r in range(r_n):
             for s in range(s_n):
-                gw[k, r, s] = acc[k, r, s]
+                t0 = ((k * r_n + r) * s_n + s) * span
+                acc = 0.0
+                for i in range(blk):
+                    for j in range(ow_n):
+                        acc += total[_u(t0 + i * wq + j)]
+                gw[k, r, s] = acc
 
 
 # --------------------------------------------------------------------------- conv view
@@ -409,9 +464,14 @@ def _gx_rows(tile: _Tile) -> int:
 
 class _Buffers:
     """One task's scratch for :func:`_gemm_pass`: a zero-bordered input buffer and the
-    column matrix (im2col), the wide grad_output, output and column-gradient matrices."""
+    column matrix (im2col), the wide grad_output, output and column-gradient matrices.
+    ``zero_cols``, ``zero_dcols``: whether the extra columns of the column matrix (read by
+    grad_weight) and of the column gradient (scattered by grad_input) must be zeroed, as
+    they must when ``x``, resp. the weight, holds an inf or NaN (else the products with gy's
+    zero columns are zeros already)."""
 
-    def __init__(self, v: _View, tiles: list[_Tile], dtype, x, gy, y, gx):
+    def __init__(self, v: _View, tiles: list[_Tile], dtype, x, gy, y, gx, zero_cols: bool,
+                 zero_dcols: bool):
         n = max(_images(t) for t in tiles)
         rows = max(t.rows for t in tiles)
         gx_rows = max(_gx_rows(t) for t in tiles)
@@ -422,6 +482,7 @@ class _Buffers:
         self.gy = np.empty(v.k * n * gx_rows * v.wq, dtype) if gy is not None else None
         self.y = np.empty(v.k * n * rows * v.wq, dtype) if y is not None else None
         self.dcols = np.empty(v.crs * n * gx_rows * v.wq, dtype) if gx is not None else None
+        self.zero_cols, self.zero_dcols = zero_cols, zero_dcols
 
     def im2col(self, x, tile: _Tile, zero_extra: bool = False):
         """The wide columns of ``tile`` of ``x: (N, C, H, W)``, as ``(groups, C/groups*R*S,
@@ -445,7 +506,7 @@ class _Buffers:
         cols = self.cols[:v.crs * n * rows * v.wq].reshape(windows.shape)
         np.copyto(cols, windows)
         if zero_extra:
-            cols[..., v.ow:] = 0
+            _zero_columns(cols, v.ow)
         return v.grouped(cols, v.crs // v.groups)
 
 
@@ -469,9 +530,12 @@ def _gemm_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
     partials = [gw] + [np.empty_like(gw) for _ in runs[1:]] if gw is not None else []
     if gw is not None and not tiles:
         gw.fill(0)
+    zero_cols = gw is not None and not _all_finite(x.reshape(-1))
+    zero_dcols = gx is not None and not _all_finite(w.reshape(-1))
 
     def task(t: int) -> None:
-        bufs = _Buffers(v, [tiles[i] for i in runs[t]], dtype, x, gy, y, gx)
+        bufs = _Buffers(v, [tiles[i] for i in runs[t]], dtype, x, gy, y, gx, zero_cols,
+                        zero_dcols)
         for i in runs[t]:
             _tile_pass(v, tiles[i], bufs, w3, x, gy, y, y_bias,
                        partials[t] if gw is not None else None, i == runs[t].start, gx,
@@ -490,7 +554,7 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
     kg, crs_g = v.k // v.groups, v.crs // v.groups
     width = n * tile.rows * v.wq
     if x is not None:
-        cols = bufs.im2col(x, tile, zero_extra=gw is not None)
+        cols = bufs.im2col(x, tile, zero_extra=gw is not None and bufs.zero_cols)
     if gy is not None:
         gy_wide = bufs.gy[:v.k * n * gy_rows * v.wq].reshape(v.k, n, gy_rows, v.wq)
         _to_wide_kernel(gy[tile.images], tile.gx_row0, gy_wide)
@@ -511,7 +575,8 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
         dcols = v.grouped(bufs.dcols[:v.crs * n * gy_rows * v.wq], crs_g)
         np.matmul(w3.transpose(0, 2, 1), v.grouped(gy_wide, kg), out=dcols)
         dcols = dcols.reshape(v.c, v.r, v.s, n, gy_rows, v.wq)
-        dcols[..., v.ow:] = 0  # W^T times gy's zero padding: NaN where W holds an inf
+        if bufs.zero_dcols:   # W^T times gy's zero columns: NaN where W holds an inf
+            _zero_columns(dcols, v.ow)
         _col2im_kernel(dcols, gx_base, gx[tile.images], tile.gx_row0, tile.own0, tile.own1,
                        *v.geometry)
 
