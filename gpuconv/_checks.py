@@ -65,6 +65,18 @@ def shape_is(op: str, name: str, x: Any, shape: tuple) -> None:
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
 
 
+def shown(value: Any) -> str:
+    """``value`` as an error message shows it: an array by its shape and dtype (its repr
+    could fill the screen), anything else by a repr cut to a line."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and getattr(value, "ndim", 0) > 0:
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 3] + "..."
+
+
+_SHOWN_CHARS = 80
+
+
 def ntuple(op: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
     """Normalise an int or a length-``n`` sequence of ints, each ``>= minimum``."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -73,15 +85,16 @@ def ntuple(op: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tuple
           and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
         values = tuple(int(v) for v in value)
     else:
-        raise TypeError(f"{op}: {name} must be an int or a sequence of {n} ints, got {value!r}")
+        raise TypeError(f"{op}: {name} must be an int or a sequence of {n} ints, "
+                        f"got {shown(value)}")
     if any(v < minimum for v in values):
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {shown(value)}")
     return values
 
 
 def positive_int(op: str, name: str, value: Any) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
+        raise ValueError(f"{op}: {name} must be a positive int, got {shown(value)}")
     return int(value)
 
 
@@ -91,11 +104,13 @@ def finite_float(op: str, name: str, value: Any, *, low: float | None = None,
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a real number, got {value!r}") from None
+        raise TypeError(f"{op}: {name} must be a real number, got {shown(value)}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{op}: {name} must be finite, got {value!r}")
+        raise ValueError(f"{op}: {name} must be finite, got {shown(value)}")
     if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{op}: {name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+        raise ValueError(f"{op}: {name} must be {'>' if low_open else '>='} {low}, "
+                         f"got {shown(value)}")
     if high is not None and (v > high or (high_open and v == high)):
-        raise ValueError(f"{op}: {name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+        raise ValueError(f"{op}: {name} must be {'<' if high_open else '<='} {high}, "
+                         f"got {shown(value)}")
     return v

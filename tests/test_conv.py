@@ -615,6 +615,10 @@ INVALID = [
     ("dilated-kernel-larger", lambda: conv2d(X, np.zeros((6, 4, 3, 3)), padding=1, dilation=4),
      ValueError, "spans more than the padded input"),
     ("stride-zero", lambda: conv2d(X, W, stride=0, groups=2), ValueError, "stride must be >= 1"),
+    # An array where an int belongs is named by its shape, not printed whole.
+    ("stride-an-array", lambda: conv2d(X, W, stride=np.ones((40, 40), np.int64), groups=2),
+     TypeError, r"stride must be an int or a sequence of 2 ints, got an array of shape "
+                r"\(40, 40\) and dtype int64$"),
     ("dilation-zero", lambda: conv2d(X, W, dilation=(1, 0), groups=2), ValueError,
      "dilation must be >= 1"),
     ("negative-padding", lambda: conv2d(X, W, padding=-1, groups=2), ValueError,
