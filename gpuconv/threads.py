@@ -323,9 +323,16 @@ def split(total: int, min_size: int, tasks_per_thread: int = 1) -> list[range]:
 
 
 # ----------------------------------------------------------------------------- helpers
-# Work below these sizes stays one task: a handover costs about 10-30 microseconds.
+# Work below these sizes stays one task. A handover costs about 10-30 microseconds on a
+# bare machine, but 150-200 per parallel call on the 2-core development machine, a virtual
+# machine where a sleeping thread takes 70-90 microseconds to wake (once for the worker,
+# once for the caller); bench/NOTES.md, 2026-12-07.
 MIN_TASK_ELEMENTS = 1 << 16      # elementwise work: elements per task
 MIN_TASK_MACS = 1 << 21          # GEMMs: multiply-adds per task
+# Work at memory speed (a scatter into a zeroed plane, a sum): a few times less time per
+# element than the elementwise kernels, so a task needs this many elements to pay for its
+# handover (with MIN_TASK_ELEMENTS, pooling backwards ran slower on two threads than on one).
+MIN_TASK_STREAM_ELEMENTS = 1 << 19
 
 
 def elementwise(fn: Callable, out, *arrays, **params):

@@ -29,6 +29,7 @@ def small_tasks(monkeypatch):
     """Tasks far smaller than the production thresholds, so small test arrays split."""
     monkeypatch.setattr(threads, "MIN_TASK_ELEMENTS", 16)
     monkeypatch.setattr(threads, "MIN_TASK_MACS", 16)
+    monkeypatch.setattr(threads, "MIN_TASK_STREAM_ELEMENTS", 16)
 
 
 # --------------------------------------------------------------------------- thread count

@@ -643,7 +643,7 @@ def _bias_grad(grad_out, has_bias):
         return None
     n, k = grad_out.shape[:2]
     plane = max(1, grad_out[:1].size)
-    ranges = threads.split(n, -(-threads.MIN_TASK_ELEMENTS // plane))
+    ranges = threads.split(n, -(-threads.MIN_TASK_STREAM_ELEMENTS // plane))
     partials = np.zeros((max(1, len(ranges)), k))
     threads.parallel_for(len(ranges), lambda t: np.sum(
         grad_out[ranges[t].start:ranges[t].stop], axis=(0, 2, 3), dtype=np.float64,

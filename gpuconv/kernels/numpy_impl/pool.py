@@ -2,7 +2,8 @@
 
 Max and average pooling are numba loops over (n, c) planes, run on gpuconv's thread pool in
 ranges of planes (:mod:`gpuconv.threads`; a range holds at least ``MIN_TASK_ELEMENTS``
-input elements, so small calls stay on the calling thread). The
+input elements, ``MIN_TASK_STREAM_ELEMENTS`` in the backward passes, which run at memory
+speed, so small calls stay on the calling thread). The
 window bounds along each axis are tabulated once per call (first input position, first and
 last tap inside the input), so the loops do no division and need no separate border code.
 
@@ -28,10 +29,12 @@ from . import register
 _FLOATS = ("float32", "float64")
 
 
-def _by_planes(kernel, plane_size: int, planar: tuple, *shared) -> None:
+def _by_planes(kernel, plane_size: int, planar: tuple, *shared, streaming: bool = False) -> None:
     """``kernel(*(a[r] for a in planar), *shared)`` for ranges ``r`` of the planes (the
-    leading axis of every ``planar`` array), on the thread pool."""
-    min_planes = -(-threads.MIN_TASK_ELEMENTS // max(1, plane_size))
+    leading axis of every ``planar`` array), on the thread pool; ``streaming``: the kernel
+    runs at memory speed (a backward pass), so ranges are longer."""
+    min_elements = threads.MIN_TASK_STREAM_ELEMENTS if streaming else threads.MIN_TASK_ELEMENTS
+    min_planes = -(-min_elements // max(1, plane_size))
     ranges = threads.split(planar[0].shape[0], min_planes)
     threads.parallel_for(len(ranges), lambda t: kernel(
         *(a[ranges[t].start:ranges[t].stop] for a in planar), *shared))
@@ -155,7 +158,8 @@ def max_pool2d(x, kernel, stride, padding, dilation, out_size):
 def max_pool2d_backward(grad_out, indices, input_shape, kernel, stride, padding, dilation):
     N, C, H, W = input_shape
     grad = backend.empty((N * C, H * W), grad_out.dtype)
-    _by_planes(_max_unpool_planes, H * W, (_planes(grad_out), _planes(indices), grad))
+    _by_planes(_max_unpool_planes, H * W, (_planes(grad_out), _planes(indices), grad),
+               streaming=True)
     return grad.reshape(input_shape)
 
 
@@ -190,7 +194,8 @@ def avg_pool2d_backward(grad_out, input_shape, kernel, stride, padding, count_in
     tables = _avg_tables(input_shape, kernel, stride, padding, grad_out.shape[2:],
                          count_include_pad, divisor_override)
     grad = backend.empty((N * C, H * W), grad_out.dtype)
-    _by_planes(_avg_unpool_planes, H * W, (_planes(grad_out), grad), W, *tables)
+    _by_planes(_avg_unpool_planes, H * W, (_planes(grad_out), grad), W, *tables,
+               streaming=True)
     return grad.reshape(input_shape)
 
 
@@ -222,5 +227,5 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
     N, C, H, W = input_shape
     grad = backend.empty((N * C, H * W), grad_out.dtype)
     _by_planes(_avg_unpool_planes, H * W, (_planes(grad_out), grad), W,
-               *_adaptive_tables(grad_out.shape[2:], (H, W)))
+               *_adaptive_tables(grad_out.shape[2:], (H, W)), streaming=True)
     return grad.reshape(input_shape)
