@@ -3,9 +3,14 @@
     .venv/bin/python bench/cpu_threads.py [--wait-quiet 0.5] [--max-wait 3600] [--out DIR]
 
 1. ``gpuconv bench conv pool lstm train --impl numpy`` at ``--threads 1``, ``--threads 2``
-   and the default (no flag: the cores this process may use), each run writing its JSON
-   and Markdown (``results_cpu_t1``, ``_t2``, ``_tdefault`` under DIR): gpuconv's numpy
-   impl and LeNet-5 training against PyTorch on the same threads;
+   and the default (no flag: the cores this process may use), in ``--rounds`` rounds
+   (1, 2, default, 1, 2, default, ...), the first round's runs writing their JSON and
+   Markdown (``results_cpu_t1``, ``_t2``, ``_tdefault`` under DIR): gpuconv's numpy impl and
+   LeNet-5 training against PyTorch on the same threads. Every ratio is a median over the
+   rounds: a ratio to torch within each run, and gpuconv's 2-thread over 1-thread speed from
+   the two runs of the same round, so that a machine whose speed drifts from minute to
+   minute (the 2-core development machine's serial code ran 1.5x slower in one run than in
+   the run before) does not decide the comparison of two runs far apart;
 2. ``gpuconv train`` (LeNet-5 on digits) with the default threads and with ``--threads 1``,
    twice each, alternating;
 3. the peak memory of one conv2d forward on a (1, 3, 2048, 2048) image with a 3x3 kernel
@@ -65,7 +70,7 @@ def wait_quiet(limit: float, max_wait: float, log) -> dict:
         time.sleep(120)
 
 
-def run_bench(threads: str, out: Path, quick: bool, log) -> dict:
+def run_bench(threads: str, out: Path, quick: bool, log, round_: int = 0) -> dict:
     stem = out / f"results_cpu_t{threads}"
     # Only gpuconv's numpy impl beside the references: the goals compare it with torch.
     cmd = GPUCONV + ["bench", "conv", "pool", "lstm", "train", "--impl", "numpy",
@@ -74,9 +79,9 @@ def run_bench(threads: str, out: Path, quick: bool, log) -> dict:
     if threads != "default":
         cmd += ["--threads", threads]
     load = loadavg()
-    log(f"[load {load}] {' '.join(cmd[2:])}")
+    log(f"[load {load}] (round {round_ + 1}) {' '.join(cmd[2:])}")
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return {"threads": threads, "loadavg_before": load,
+    return {"threads": threads, "round": round_, "loadavg_before": load,
             "report": json.loads(Path(f"{stem}.json").read_text())}
 
 
@@ -126,6 +131,15 @@ def _training(report: dict) -> dict:
             if "images_per_s" in r and r["impl"].endswith("eager")}
 
 
+def _median(values: list):
+    """The median of the values that are not None (None when there are none)."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def _table(header: list, rows: list) -> list:
     """Markdown lines of a table."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
@@ -136,39 +150,54 @@ def _x(ratio) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
+def _rounds(by_t: dict) -> int:
+    return min(len(runs) for runs in by_t.values())
+
+
 def _training_section(by_t: dict) -> tuple[dict, dict, list]:
-    """Images/s per thread count, the rates over the 1-thread run's, and their lines."""
-    train = {t: _training(by_t[t]["report"]) for t in THREADS if t in by_t}
-    rows = [(f"{t} ({by_t[t]['report']['environment']['cpu_threads']})",
-             f"{by_t[t]['loadavg_before'][0]:.2f}", f"{r['gpuconv']:.0f}",
-             f"{r['torch']:.0f}", _x(r["gpuconv"] / r["torch"]))
+    """Median images/s per thread count and framework, the median ratio to torch and the
+    median rate over the same round's 1-thread rate, and their lines."""
+    per_round = {t: [_training(b["report"]) for b in by_t[t]] for t in THREADS if t in by_t}
+    train = {t: {k: _median([r[k] for r in runs]) for k in runs[0]}
+             for t, runs in per_round.items()}
+    vs_torch = {t: _median([r["gpuconv"] / r["torch"] for r in runs])
+                for t, runs in per_round.items()}
+    rows = [(f"{t} ({by_t[t][0]['report']['environment']['cpu_threads']})",
+             " ".join(f"{b['loadavg_before'][0]:.2f}" for b in by_t[t]),
+             f"{r['gpuconv']:.0f}", f"{r['torch']:.0f}", _x(vs_torch[t]))
             for t, r in train.items()]
-    lines = _table(["threads", "load before", "gpuconv images/s", "torch images/s",
-                    "vs torch"], rows)
-    scaling = {t: {k: train[t][k] / train["1"][k] for k in train[t]}
-               for t in ("2", "default") if t in train and "1" in train}
+    lines = _table(["threads", "load before each round", "gpuconv images/s (median)",
+                    "torch images/s (median)", "vs torch (median of the rounds' ratios)"],
+                   rows)
+    scaling = {t: {k: _median([a[k] / b[k] for a, b in zip(per_round[t], per_round["1"])])
+                   for k in per_round[t][0]}
+               for t in ("2", "default") if t in per_round and "1" in per_round}
     if scaling:
-        lines += ["", "Training rate over the 1-thread run's: " + "; ".join(
+        lines += ["", "Training rate over the same round's 1-thread rate (median): " + "; ".join(
             f"{t} threads: gpuconv {_x(s['gpuconv'])}, torch {_x(s['torch'])}"
             for t, s in scaling.items())]
+    for t in train:
+        train[t]["vs_torch"] = vs_torch[t]
     return train, scaling, lines
 
 
 def _kernel_section(by_t: dict) -> tuple[dict, list, list]:
-    """Each kernel row's ratio to torch per thread count and its 2-over-1-thread speed-up;
-    the geomeans and the rows slower on two threads."""
-    medians = {t: _kernel_medians(by_t[t]["report"]) for t in THREADS if t in by_t}
+    """Each kernel row's median ratio to torch per thread count and its median 2-over-1-thread
+    speed-up (runs of the same round); the geomeans and the rows slower on two threads."""
+    medians = {t: [_kernel_medians(b["report"]) for b in by_t[t]] for t in THREADS if t in by_t}
     ratios: dict = {t: [] for t in medians}
     rows, slower = [], []
-    for key in sorted({k for m in medians.values() for k in m}):
+    keys = sorted({k for runs in medians.values() for m in runs for k in m})
+    for key in keys:
         cells = []
-        for t in medians:
-            m = medians[t].get(key, {})
-            ratio = m["torch"] / m["numpy"] if "torch" in m and "numpy" in m else None
+        for t, runs in medians.items():
+            ratio = _median([m[key]["torch"] / m[key]["numpy"] for m in runs
+                             if {"torch", "numpy"} <= set(m.get(key, {}))])
             ratios[t] += [ratio] if ratio else []
             cells.append(_x(ratio))
-        one, two = medians.get("1", {}).get(key, {}), medians.get("2", {}).get(key, {})
-        speedup = one["numpy"] / two["numpy"] if "numpy" in one and "numpy" in two else None
+        pairs = zip(medians.get("1", []), medians.get("2", []))
+        speedup = _median([one[key]["numpy"] / two[key]["numpy"] for one, two in pairs
+                           if "numpy" in one.get(key, {}) and "numpy" in two.get(key, {})])
         if speedup is not None and speedup < 1:
             slower.append({"case": key[0], "pass": key[1], "speedup": speedup})
         rows.append((*key, *cells, _x(speedup)))
@@ -209,8 +238,8 @@ def _goals(train: dict, scaling: dict, geomean: dict, slower: list, trains: list
     two = scaling.get("2", {}).get("gpuconv")
     return [
         ("training >= 1.0x torch at every thread count",
-         ", ".join(f"{t}: {_x(r['gpuconv'] / r['torch'])}" for t, r in train.items()),
-         bool(train) and all(r["gpuconv"] >= r["torch"] for r in train.values())),
+         ", ".join(f"{t}: {_x(r['vs_torch'])}" for t, r in train.items()),
+         bool(train) and all(r["vs_torch"] >= 1.0 for r in train.values())),
         ("gpuconv training on 2 threads >= 1.7x its 1-thread rate", _x(two),
          two is not None and two >= 1.7),
         ("the default uses every core", f"default threads {cores}",
@@ -232,7 +261,9 @@ def _goals(train: dict, scaling: dict, geomean: dict, slower: list, trains: list
 def summarise(benches: list, trains: list, memory: list, quiet: dict | None,
               when: str | None = None) -> tuple[dict, str]:
     """The summary JSON and its Markdown tables; ``when``: the date of the run (now)."""
-    by_t = {b["threads"]: b for b in benches}
+    by_t: dict = {}
+    for b in benches:
+        by_t.setdefault(b["threads"], []).append(b)
     load = [s["loadavg_before"][0] for s in benches + trains + memory]
     when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"Measured by `bench/cpu_threads.py` on {when}"
@@ -240,12 +271,14 @@ def summarise(benches: list, trains: list, memory: list, quiet: dict | None,
              + ("" if quiet is None else
                 f"; machine quiet before the start: {quiet['quiet']} (1-minute load "
                 f"{quiet['load']:.2f} after waiting {quiet['waited_s']} s)")
+             + f"; {_rounds(by_t)} round(s) of the bench runs, each figure a median over them"
              + ". Timings on shared cores say little about scaling: check the load column.",
              ""]
     train, scaling, train_lines = _training_section(by_t)
     geomean, slower, kernel_lines = _kernel_section(by_t)
     mem_ratio, mem_lines = _memory_section(memory)
-    cores = by_t["default"]["report"]["environment"]["cpu_threads"] if "default" in by_t else None
+    cores = (by_t["default"][0]["report"]["environment"]["cpu_threads"] if "default" in by_t
+             else None)
     goals = _goals(train, scaling, geomean, slower, trains, mem_ratio, cores)
     lines += _table(["goal", "measured", "met"],
                     [(g, m, "yes" if ok else "**no**") for g, m, ok in goals]) + [""]
@@ -264,7 +297,11 @@ def summarise(benches: list, trains: list, memory: list, quiet: dict | None,
                "training": train, "training_scaling": scaling,
                "kernel_geomean_vs_torch": geomean, "slower_on_two_threads": slower,
                "train_digits": trains, "memory": memory, "memory_ratio": mem_ratio,
-               "benches": [{k: v for k, v in b.items() if k != "report"} for b in benches]}
+               "benches": [{**{k: v for k, v in b.items() if k != "report"},
+                            "training": _training(b["report"]),
+                            "kernels_ms": {f"{c} {p}": m for (c, p), m in
+                                           _kernel_medians(b["report"]).items()}}
+                           for b in benches]}
     return summary, "\n".join(lines) + "\n"
 
 
@@ -291,6 +328,8 @@ def main() -> int:
                    help="folder for the JSON, the Markdown and RESULTS.md's section (bench)")
     p.add_argument("--wait-quiet", type=float, help="wait for a 1-minute load average below this")
     p.add_argument("--max-wait", type=float, default=3600)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of the three bench runs; ratios are medians over them (3)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: tiny shapes, one epoch once per thread count, a 256x256 "
                         "image")
@@ -301,9 +340,13 @@ def main() -> int:
     quiet = wait_quiet(args.wait_quiet, args.max_wait, log) if args.wait_quiet else None
     if args.quick:
         MEMORY_SHAPE["x"] = (1, 3, 256, 256)
-    benches = [run_bench(t, out, args.quick, log) for t in THREADS]
-    rounds = 1 if args.quick else 2
-    trains = [run_train(t, args.quick, log) for _ in range(rounds) for t in ("default", "1")]
+    rounds = 1 if args.quick else max(1, args.rounds)
+    with tempfile.TemporaryDirectory() as later:   # the later rounds' JSON: summarised only
+        benches = [run_bench(t, out if r == 0 else Path(later), args.quick, log, r)
+                   for r in range(rounds) for t in THREADS]
+    digits_rounds = 1 if args.quick else 2
+    trains = [run_train(t, args.quick, log) for _ in range(digits_rounds)
+              for t in ("default", "1")]
     cores = benches[-1]["report"]["environment"]["cpu_threads"]
     memory = [run_memory(which, n, log) for n in sorted({1, cores}) for which in ("numpy", "torch")]
     summary, text = summarise(benches, trains, memory, quiet)

@@ -359,6 +359,38 @@ def test_cpu_threads_replaces_its_results_section_and_keeps_the_rest(tmp_path):
     assert text.index("kept") < text.index(ct.BEGIN) < text.index(ct.END) < text.index("also kept")
 
 
+def _fake_bench(threads: str, round_: int, numpy_ms: float, torch_ms: float,
+                gpuconv_ips: float, torch_ips: float) -> dict:
+    rows = [{"case": "c", "pass": "forward", "source": "gpuconv", "impl": "numpy",
+             "median_ms": numpy_ms, "correct": True},
+            {"case": "c", "pass": "forward", "source": "torch", "impl": "torch_cpu",
+             "median_ms": torch_ms, "correct": True},
+            {"case": "t", "pass": "epoch", "source": "gpuconv", "impl": "gpuconv_eager",
+             "images_per_s": gpuconv_ips, "correct": True},
+            {"case": "t", "pass": "epoch", "source": "torch", "impl": "torch_eager",
+             "images_per_s": torch_ips, "correct": True}]
+    return {"threads": threads, "round": round_, "loadavg_before": [0.1, 0.1, 0.1],
+            "report": {"rows": rows, "environment": {"cpu_threads": 2}}}
+
+
+def test_cpu_threads_compares_runs_of_the_same_round_and_takes_medians():
+    """Round 2 runs everything twice as slowly (a machine whose speed drifts): the 2-thread
+    speed-up and the ratios to torch come from runs of one round, then the median."""
+    ct = _cpu_threads_module()
+    benches = []
+    for r, slow in enumerate((1.0, 2.0, 1.0)):
+        benches += [_fake_bench("1", r, 4.0 * slow, 4.0 * slow, 100 / slow, 50 / slow),
+                    _fake_bench("2", r, 2.0 * slow, 1.0 * slow, 180 / slow, 200 / slow),
+                    _fake_bench("default", r, 2.0 * slow, 1.0 * slow, 180 / slow, 200 / slow)]
+    summary, text = ct.summarise(benches, [], [], None, when="now")
+    assert summary["slower_on_two_threads"] == []
+    assert summary["kernel_geomean_vs_torch"] == {"1": 1.0, "2": 0.5, "default": 0.5}
+    assert summary["training"]["1"]["vs_torch"] == 2.0
+    assert summary["training"]["2"]["vs_torch"] == 0.9
+    assert summary["training_scaling"]["2"]["gpuconv"] == 1.8
+    assert "3 round(s)" in text and "| c | forward | 1.00x | 0.50x | 0.50x | 2.00x |" in text
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_cpu_threads_quick_run_writes_every_table_with_its_load(tmp_path):
