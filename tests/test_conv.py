@@ -14,7 +14,7 @@ from support import assert_close, check_grads, impl_params, on_device_of, rng_fo
 
 from gpuconv import backend
 from gpuconv.functional import (conv1d, conv1d_backward, conv2d, conv2d_backward,
-                                conv_transpose2d, conv_transpose2d_backward)
+                                conv2d_bias_act, conv_transpose2d, conv_transpose2d_backward)
 
 DTYPES = ("float64", "float32")
 
@@ -149,6 +149,23 @@ def test_conv2d_matches_reference(impl, dtype, case):
     out = conv2d(*on_device_of(impl, "conv2d", x, w, b), **case.args(), impl=impl)
     assert out.dtype == np.dtype(dtype)
     assert_close(out, _reference_in_float64(conv2d, x, w, b, **case.args()), dtype)
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity", "tanh"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impl_params("conv2d_bias_act", devices=("cpu",)))
+def test_conv2d_bias_act_matches_reference_on_the_cpu(impl, dtype, case, activation):
+    """The CPU impls of the fused op (the numpy impl clamps for relu as it stores the
+    output, and composes other activations); a NaN input pixel stays NaN through relu."""
+    x, w, b = case.arrays(dtype)
+    x[0, 0, 0, 0] = np.nan
+    out = conv2d_bias_act(x, w, b, **case.args(), activation=activation, impl=impl)
+    ref = _reference_in_float64(conv2d_bias_act, x, w, b, **case.args(), activation=activation)
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    finite = ~np.isnan(ref)
+    assert_close(np.where(finite, out, 0), np.where(finite, ref, 0), dtype)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))

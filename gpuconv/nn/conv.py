@@ -116,7 +116,8 @@ class Conv2d(_Conv):
     On a GPU, a :class:`~gpuconv.nn.Sequential` runs a Conv2d followed by an activation
     whose derivative follows from its output (ReLU, LeakyReLU with a slope >= 0, Sigmoid,
     Tanh) as one :func:`~gpuconv.functional.conv2d_bias_act` call: one kernel launch, no
-    intermediate array (:meth:`fused_activation`, :meth:`forward_fused`)."""
+    intermediate array (:meth:`fused_activation`, :meth:`forward_fused`); on the CPU, a
+    Conv2d and a ReLU (the numpy impl clamps as it stores the output)."""
 
     _n = 2
     _forward_op = staticmethod(F.conv2d)
@@ -124,12 +125,13 @@ class Conv2d(_Conv):
 
     def fused_activation(self, activation: Module, input) -> tuple[str, float] | None:
         """``(name, param)`` of ``activation`` for the fused epilogue when this layer and it
-        can run as one call on ``input``, else None (CPU arrays, other activations)."""
+        can run as one call on ``input``, else None (other activations; on the CPU, all but
+        ReLU)."""
         from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 
-        if backend.device_of(input) != "cuda":
-            return None
         kind = type(activation)
+        if backend.device_of(input) != "cuda":
+            return ("relu", 0.0) if kind is ReLU else None
         if kind is LeakyReLU and activation.negative_slope >= 0:
             return "leaky_relu", activation.negative_slope
         names = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}

@@ -50,6 +50,7 @@ from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
 from . import register
+from ..reference.conv import _conv_bias_act
 from ... import backend, threads
 
 _CHUNK_BYTES = 1 << 21
@@ -147,11 +148,14 @@ def _load_padded(src, s0, src_w, h, w, dst, d0, ph, pw, pitch):
 
 
 @njit(cache=True, nogil=True)
-def _store_cropped(src, s0, pitch, ph, pw, h, w, base, dst, d0):
-    """dst[d0 + i*w + j] = base + src[s0 + (i + ph) * pitch + j + pw]: the inverse."""
+def _store_cropped(src, s0, pitch, ph, pw, h, w, base, dst, d0, relu=False):
+    """dst[d0 + i*w + j] = base + src[s0 + (i + ph) * pitch + j + pw]: the inverse; with
+    ``relu``, negative sums store 0 (a NaN stays NaN, as in torch.relu)."""
+    zero = dst.dtype.type(0)
     for i in range(h):
         for j in range(w):
-            dst[_u(d0 + i * w + j)] = base + src[_u(s0 + (i + ph) * pitch + j + pw)]
+            v = base + src[_u(s0 + (i + ph) * pitch + j + pw)]
+            dst[_u(d0 + i * w + j)] = zero if relu and v < 0 else v
 
 
 @njit(cache=True, nogil=True)
@@ -214,15 +218,16 @@ def _to_wide_kernel(gy, row0, wide):
 
 
 @njit(cache=True, nogil=True)
-def _from_wide_kernel(wide, base, y, row0):
-    """y[b, k, row0 + i, j] = base[k] + wide[k, b, i, j] (the first OW of each wide row)."""
+def _from_wide_kernel(wide, base, y, row0, relu):
+    """y[b, k, row0 + i, j] = base[k] + wide[k, b, i, j] (the first OW of each wide row),
+    through a ReLU when ``relu``."""
     n, k_n, oh_n, ow_n = y.shape
     rows, wq = wide.shape[2], wide.shape[3]
     wf, yf = wide.reshape(-1), y.reshape(-1)
     for b in range(n):
         for k in range(k_n):
             _store_cropped(wf, (k * n + b) * rows * wq, wq, 0, 0, rows, ow_n, base[k], yf,
-                           ((b * k_n + k) * oh_n + row0) * ow_n)
+                           ((b * k_n + k) * oh_n + row0) * ow_n, relu)
 
 
 # Depthwise kernels: channel k of y reads channel k // m of x (m = K / C). Each x plane is
@@ -246,9 +251,9 @@ def _dw_scratch(h, w, oh_n, s_n, sw, ph, pw, dw, like):
 
 
 @njit(cache=True, nogil=True)
-def _dw_forward_kernel(x, w, base, y, c0, c1, sh, sw, ph, pw, dh, dw):
+def _dw_forward_kernel(x, w, base, y, relu, c0, c1, sh, sw, ph, pw, dh, dw):
     """Depthwise y[b, k] = base[k] + sum_{r,s} w[k, r, s] * x_pad[b, k // m, ...], for the
-    output channels k of input channels c0 <= c < c1."""
+    output channels k of input channels c0 <= c < c1, through a ReLU when ``relu``."""
     n, c_n, h, wd = x.shape
     k_n, r_n, s_n = w.shape
     oh_n, ow_n = y.shape[2], y.shape[3]
@@ -268,7 +273,7 @@ def _dw_forward_kernel(x, w, base, y, c0, c1, sh, sw, ph, pw, dh, dw):
                             _gather_axpy(acc, oh * wq, w[k, r, s], padded,
                                          (oh * sh + r * dh) * pitch + s * dw, sw, run)
                 _store_cropped(acc, 0, wq, 0, 0, oh_n, ow_n, base[k], yf,
-                               (b * k_n + k) * oh_n * ow_n)
+                               (b * k_n + k) * oh_n * ow_n, relu)
 
 
 @njit(cache=True, nogil=True)
@@ -372,6 +377,7 @@ class _View:
         self.slack = (self.s - 1) * dilation[1] + stride[1]
         # Output rows before a band whose windows reach the band's first input rows.
         self.halo = (self.r - 1) * dilation[0] // stride[0]
+        self.relu = False   # the forward's output goes through a ReLU (conv2d_bias_act)
 
     @property
     def depthwise(self) -> bool:
@@ -564,7 +570,7 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
         y3 = v.grouped(bufs.y[:v.k * width], kg)
         np.matmul(w3, cols, out=y3)
         _from_wide_kernel(y3.reshape(v.k, n, tile.rows, v.wq), y_bias, y[tile.images],
-                          tile.row0)
+                          tile.row0, v.relu)
     if gw is not None:
         gw3 = v.grouped(gw, kg)
         if first:
@@ -602,7 +608,7 @@ def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
         i, j = divmod(t, len(channels))
         b, c = slice(images[i].start, images[i].stop), channels[j]
         if y is not None:
-            _dw_forward_kernel(x[b], w3, y_bias, y[b], c.start, c.stop, *v.geometry)
+            _dw_forward_kernel(x[b], w3, y_bias, y[b], v.relu, c.start, c.stop, *v.geometry)
         if gx is not None:
             _dw_grad_input_kernel(gy[b], w3, gx_base, gx[b], c.start, c.stop, *v.geometry)
         if gw is not None:
@@ -657,13 +663,29 @@ _DTYPES = ("float32", "float64")
 
 
 @register("conv2d", "numpy", dtypes=_DTYPES)
-def conv2d(x, weight, bias, stride, padding, dilation, groups):
+def conv2d(x, weight, bias, stride, padding, dilation, groups, relu: bool = False):
     out_hw = tuple(_out_size(size, k, s, p, d) for size, k, s, p, d in
                    zip(x.shape[2:], weight.shape[2:], stride, padding, dilation))
     v = _View(x.shape, weight.shape, stride, padding, dilation, groups, out_hw)
+    v.relu = relu
     y = backend.empty((v.n, v.k) + out_hw, x.dtype)
     _pass(v, weight, x=x, y=y, y_bias=bias)
     return y
+
+
+_compose_bias_act = _conv_bias_act(None)
+
+
+@register("conv2d_bias_act", "numpy", dtypes=_DTYPES, priority=1)
+def conv2d_bias_act(x, weight, bias, stride, padding, dilation, groups, activation, param,
+                    residual, scale):
+    """The ReLU (or none) of ``conv2d(x) + bias`` applied as the output is stored; other
+    activations, a residual or a scale: conv2d, then the composed epilogue."""
+    if activation in ("relu", "identity") and residual is None and scale is None:
+        return conv2d(x, weight, bias, stride, padding, dilation, groups,
+                      relu=activation == "relu")
+    return _compose_bias_act(x, weight, bias, stride, padding, dilation, groups, activation,
+                             param, residual, scale)
 
 
 @register("conv2d_backward", "numpy", dtypes=_DTYPES)
