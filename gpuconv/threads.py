@@ -335,15 +335,18 @@ MIN_TASK_MACS = 1 << 21          # GEMMs: multiply-adds per task
 MIN_TASK_STREAM_ELEMENTS = 1 << 19
 
 
-def elementwise(fn: Callable, out, *arrays, **params):
+def elementwise(fn: Callable, out, *arrays, streaming: bool = False, **params):
     """``fn(*arrays, out=out, **params)`` in flat ranges on the pool when every array has
     ``out``'s shape and all are C-contiguous (one call otherwise); returns ``out``.
+    ``streaming``: ``fn`` runs at memory speed (relu), so the ranges are longer
+    (``MIN_TASK_STREAM_ELEMENTS``).
 
     ``fn`` computes each element from the same element of its inputs and writes only
     ``out``, so any cut of the ranges gives the same result.
     """
     flat = all(a.shape == out.shape and a.flags.c_contiguous for a in (out, *arrays))
-    ranges = split(out.size, MIN_TASK_ELEMENTS) if flat else []
+    minimum = MIN_TASK_STREAM_ELEMENTS if streaming else MIN_TASK_ELEMENTS
+    ranges = split(out.size, minimum) if flat else []
     if len(ranges) <= 1:
         fn(*arrays, out=out, **params)
         return out

@@ -31,8 +31,10 @@ def _out(like):
 
 def _map(kernel, like, *arrays, **params):
     """``kernel(*arrays, out=..., **params)`` into a new array shaped like ``like``, in
-    ranges on the thread pool (:func:`gpuconv.threads.elementwise`)."""
-    return threads.elementwise(kernel, _out(like), *arrays, **params)
+    ranges on the thread pool (:func:`gpuconv.threads.elementwise`); relu's two kernels
+    run at memory speed and take the longer ranges of streaming work."""
+    streaming = kernel in (_relu, _relu_backward)
+    return threads.elementwise(kernel, _out(like), *arrays, streaming=streaming, **params)
 
 
 def _select_factor(out, keep_one, other_mask, other):
