@@ -329,10 +329,11 @@ def split(total: int, min_size: int, tasks_per_thread: int = 1) -> list[range]:
 # once for the caller); bench/NOTES.md, 2026-12-07.
 MIN_TASK_ELEMENTS = 1 << 16      # elementwise work: elements per task
 MIN_TASK_MACS = 1 << 21          # GEMMs: multiply-adds per task
-# Work at memory speed (a scatter into a zeroed plane, a sum): a few times less time per
-# element than the elementwise kernels, so a task needs this many elements to pay for its
-# handover (with MIN_TASK_ELEMENTS, pooling backwards ran slower on two threads than on one).
-MIN_TASK_STREAM_ELEMENTS = 1 << 19
+# Work at memory speed (a scatter into a zeroed plane, a sum, relu): a few times less time
+# per element than the elementwise kernels, so a task needs this many elements to pay for
+# its handover: with MIN_TASK_ELEMENTS, and still with 512K, pooling backwards ran slower on
+# two threads than on one (lenet_max_2x2 backward, 1.2M elements: 0.89x).
+MIN_TASK_STREAM_ELEMENTS = 1 << 20
 
 
 def elementwise(fn: Callable, out, *arrays, streaming: bool = False, **params):
