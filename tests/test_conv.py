@@ -261,6 +261,29 @@ def test_numpy_conv_in_bands_of_one_image_matches_the_reference(case, threads_n,
         threads.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads_n", [1, 3])
+def test_numpy_depthwise_grad_weight_over_row_blocks_flushes_and_tasks(threads_n, monkeypatch):
+    """The depthwise grad_weight sums lanes over blocks of wide rows (a partial last block
+    here: 70 wide rows of 72, blocks of 3), moves them to float64 every few images (13
+    images: several flushes), on channel ranges split between tasks (multiplier 2), in both
+    the unit-stride runs and the strided rows."""
+    from gpuconv import threads
+    monkeypatch.setattr(threads, "MIN_TASK_MACS", 16)
+    before = threads.get_num_threads()
+    threads.set_num_threads(threads_n)
+    try:
+        for stride in (1, 2):
+            case = ConvCase(f"dw-blocks-s{stride}", 13, 3, (70, 70), 6, (3, 3), stride, 1, 1, 3)
+            x, w, _ = case.arrays("float64")
+            gy = conv2d(x, w, None, **case.args(), impl="reference")
+            gy = rng_for(case.id, "gy").standard_normal(gy.shape)
+            got = conv2d_backward(gy, x, w, None, **case.args(), impl="numpy")
+            want = conv2d_backward(gy, x, w, None, **case.args(), impl="reference")
+            _assert_grads_close(got, want, "float64")
+    finally:
+        threads.set_num_threads(before)
+
+
 def test_numpy_conv_on_several_threads_is_deterministic():
     """Each tile writes its own rows and the grad_weight partials are added in task order:
     the same call twice on three threads gives the same bits."""

@@ -56,12 +56,20 @@ def _conv_cases():
     xt, wt = _r(2, 3, 4, 4), _r(3, 2, 3, 3)
     gyt = _r(2, 2, 12, 12)
     geo = dict(stride=2, padding=1, groups=2)
+    wd = _r(8, 1, 3, 3)   # depthwise (one input channel per group), multiplier 2
+    gyd = _r(2, 8, 3, 3)
+    depthwise = dict(stride=2, padding=1, groups=4)
     return [
         Case("conv2d", "conv2d", (x, w, b), lambda x, w, b, impl: F.conv2d(
             x, w, b, **geo, impl=impl), (0, None, None), (0,)),
         Case("conv2d_backward", "conv2d_backward", (gy, x, w, b),
              lambda g, x, w, b, impl: F.conv2d_backward(g, x, w, b, **geo, impl=impl),
              (0, 0, None, None), (0, None, None)),
+        Case("conv2d-depthwise", "conv2d", (x, wd), lambda x, w, impl: F.conv2d(
+            x, w, **depthwise, impl=impl), (0, None), (0,)),
+        Case("conv2d_backward-depthwise", "conv2d_backward", (gyd, x, wd),
+             lambda g, x, w, impl: F.conv2d_backward(g, x, w, **depthwise, impl=impl),
+             (0, 0, None), (0, None, None)),
         Case("conv1d", "conv1d", (x1, w1), lambda x, w, impl: F.conv1d(
             x, w, stride=2, padding="valid", impl=impl), (0, None), (0,)),
         Case("conv1d_backward", "conv1d_backward", (_r(2, 3, 3), x1, w1),

@@ -479,6 +479,14 @@ def test_backward_params_gives_backwards_parameter_gradients(make, shape):
         np.testing.assert_array_equal(p.grad, expected[n], err_msg=n)
 
 
+def test_sequential_of_conv_and_relu_takes_an_unbatched_input():
+    """An unbatched (C, H, W) input runs the layers unfused and gives the batched result."""
+    rng = rng_for("unbatched-sequential")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, dtype=F64), nn.ReLU())
+    x = _randn(rng, (3, 3, 8))   # H equal to C: a mix-up of axes would pass the checks
+    np.testing.assert_allclose(model(x), model(x[None])[0], rtol=1e-12)
+
+
 def test_conv_backward_params_skips_the_input_gradient():
     masks = []
 

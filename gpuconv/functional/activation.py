@@ -49,7 +49,7 @@ def _saved_output(op: str, output, input) -> None:
 def _dim(op: str, dim, input) -> int:
     """``dim`` as a non-negative axis of ``input`` (negative counts from the end)."""
     if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
-        raise TypeError(f"{op}: dim must be an int, got {dim!r}")
+        raise TypeError(f"{op}: dim must be an int, got {C.shown(dim)}")
     ndim = input.ndim
     if ndim == 0:
         raise ValueError(f"{op}: input must have at least 1 dimension, got shape ()")
@@ -71,10 +71,10 @@ def _dropout_args(op: str, input, p, training, seed, offset, offset_delta
                   ) -> tuple[float, bool, int, int]:
     p = C.finite_float(op, "p", p, low=0.0, high=1.0)
     if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"{op}: training must be a bool, got {training!r}")
+        raise TypeError(f"{op}: training must be a bool, got {C.shown(training)}")
     for name, value in (("seed", seed), ("offset", offset)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+            raise TypeError(f"{op}: {name} must be an int, got {C.shown(value)}")
         if not 0 <= value < _SEED_LIMIT:
             raise ValueError(f"{op}: {name} must be in [0, 2**64), got {value}")
     if offset_delta is not None:
@@ -298,7 +298,7 @@ def _bias_act_args(op: str, input, bias, activation, param) -> float:
                          f"bias {tuple(bias.shape)} and input {tuple(input.shape)}")
     if activation not in BIAS_ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of {', '.join(BIAS_ACTIVATIONS)}, "
-                         f"got {activation!r}")
+                         f"got {C.shown(activation)}")
     return C.finite_float(op, "param", param)
 
 

@@ -114,7 +114,7 @@ def _conv_geometry(op: str, input, weight, stride, padding, dilation, groups, n:
             pad, extra = _same_padding(op, stride, dilation, kernel)
         else:
             raise ValueError(f"{op}: padding must be an int, a sequence of {n} ints, "
-                             f"'valid' or 'same', got {padding!r}")
+                             f"'valid' or 'same', got {C.shown(padding)}")
     else:
         pad, extra = C.ntuple(op, "padding", padding, n, minimum=0), (0,) * n
     groups = _check_groups(op, groups, {"input channels": input.shape[1],
@@ -184,7 +184,7 @@ def _check_output_mask(op: str, output_mask) -> tuple[bool, bool, bool]:
     if (not isinstance(output_mask, (tuple, list)) or len(output_mask) != 3
             or not all(isinstance(m, (bool, np.bool_)) for m in output_mask)):
         raise ValueError(f"{op}: output_mask must be three bools (input, weight, bias), "
-                         f"got {output_mask!r}")
+                         f"got {C.shown(output_mask)}")
     return tuple(bool(m) for m in output_mask)
 
 
@@ -269,7 +269,8 @@ def _validated_conv_transpose(op: str, input, weight, bias, stride, padding, out
     dilation = C.ntuple(op, "dilation", dilation, 2)
     if isinstance(padding, str):
         raise ValueError(f"{op}: padding must be an int or a pair of ints "
-                         f"(no 'same'/'valid' for a transposed convolution), got {padding!r}")
+                         "(no 'same'/'valid' for a transposed convolution), "
+                         f"got {C.shown(padding)}")
     padding = C.ntuple(op, "padding", padding, 2, minimum=0)
     output_padding = C.ntuple(op, "output_padding", output_padding, 2, minimum=0)
     if any(op_ >= s and op_ >= d for op_, s, d in zip(output_padding, stride, dilation)):
@@ -347,7 +348,7 @@ def conv2d_bias_act(input, weight, bias=None, stride: IntOrPair = 1, padding: Pa
     geo = _validated_conv(op, input, weight, bias, stride, padding, dilation, groups, 2)
     if activation not in CONV_ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of {', '.join(CONV_ACTIVATIONS)}, "
-                         f"got {activation!r}")
+                         f"got {C.shown(activation)}")
     param = C.finite_float(op, "param", param)
     if scale is not None:
         C.float_array(op, "scale", scale, 1)

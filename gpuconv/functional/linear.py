@@ -78,7 +78,7 @@ def _embedding_args(op: str, input, weight, padding_idx):
     if padding_idx is None:
         return indices, None
     if not isinstance(padding_idx, (int, np.integer)) or isinstance(padding_idx, bool):
-        raise TypeError(f"{op}: padding_idx must be an int or None, got {padding_idx!r}")
+        raise TypeError(f"{op}: padding_idx must be an int or None, got {C.shown(padding_idx)}")
     if not -num_embeddings <= padding_idx < num_embeddings:
         raise ValueError(f"{op}: padding_idx must lie in [{-num_embeddings}, {num_embeddings}) "
                          f"for weight of shape {tuple(weight.shape)}, got {padding_idx}")

@@ -31,7 +31,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 def _check_reduction(op: str, reduction) -> None:
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', "
+                         f"got {C.shown(reduction)}")
 
 
 def _check_grad_output(op: str, grad_output, input, reduction: str, per_position: tuple) -> None:
@@ -84,7 +85,7 @@ def _class_targets(op: str, input, target, weight, ignore_index, reduction, impl
             raise ValueError(f"{op}: weight must have shape ({n_classes},), one weight per class "
                              f"of input {tuple(input.shape)}, got {tuple(weight.shape)}")
     if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
-        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+        raise TypeError(f"{op}: ignore_index must be an int, got {C.shown(ignore_index)}")
     _check_reduction(op, reduction)
     target = target.astype(np.int64, copy=False)
     if device_checks.on_host(op, impl, input):

@@ -43,7 +43,7 @@ def _check_batch_norm(op: str, input, running_mean, running_var, weight, bias, t
             raise ValueError(f"{op}: {name} must have shape ({channels},), one value per "
                              f"channel of input {tuple(input.shape)}, got {tuple(a.shape)}")
     if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"{op}: training must be a bool, got {training!r}")
+        raise TypeError(f"{op}: training must be a bool, got {C.shown(training)}")
     values_per_channel = input.shape[0] * math.prod(input.shape[2:])
     if training and values_per_channel == 1:
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got "

@@ -118,7 +118,8 @@ def _divisor(op: str, divisor_override) -> Optional[int]:
     if divisor_override is None:
         return None
     if not isinstance(divisor_override, (int, np.integer)) or isinstance(divisor_override, bool):
-        raise TypeError(f"{op}: divisor_override must be an int or None, got {divisor_override!r}")
+        raise TypeError(f"{op}: divisor_override must be an int or None, "
+                        f"got {C.shown(divisor_override)}")
     if divisor_override == 0:
         raise ValueError(f"{op}: divisor_override must be non-zero")
     return int(divisor_override)
@@ -131,11 +132,11 @@ def _adaptive_size(op: str, output_size, shape: tuple, dims: int) -> tuple:
     elif isinstance(output_size, (tuple, list)):
         if len(output_size) != dims:
             raise ValueError(f"{op}: output_size must be an int or a sequence of {dims}, "
-                             f"got {output_size!r}")
+                             f"got {C.shown(output_size)}")
         sizes = tuple(output_size)
     else:
         raise TypeError(f"{op}: output_size must be an int or a sequence of {dims}, "
-                        f"got {output_size!r}")
+                        f"got {C.shown(output_size)}")
     in_sizes = tuple(shape[4 - dims:])
     if min(in_sizes) < 1:
         raise ValueError(f"{op}: input of shape {shape} has an empty spatial axis")
@@ -144,9 +145,10 @@ def _adaptive_size(op: str, output_size, shape: tuple, dims: int) -> tuple:
         if size is None:
             size = in_size
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool):
-            raise TypeError(f"{op}: output_size entries must be ints or None, got {output_size!r}")
+            raise TypeError(f"{op}: output_size entries must be ints or None, "
+                            f"got {C.shown(output_size)}")
         if size < 1:
-            raise ValueError(f"{op}: output_size must be >= 1, got {output_size!r}")
+            raise ValueError(f"{op}: output_size must be >= 1, got {C.shown(output_size)}")
         out.append(int(size))
     return (1,) * (2 - dims) + tuple(out)
 

@@ -125,11 +125,13 @@ class Conv2d(_Conv):
 
     def fused_activation(self, activation: Module, input) -> tuple[str, float] | None:
         """``(name, param)`` of ``activation`` for the fused epilogue when this layer and it
-        can run as one call on ``input``, else None (other activations; on the CPU, all but
-        ReLU)."""
+        can run as one call on ``input``, else None (an unbatched input, other activations;
+        on the CPU, all but ReLU)."""
         from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 
         kind = type(activation)
+        if getattr(input, "ndim", 0) != 4:   # conv2d_bias_act takes batched input only
+            return None
         if backend.device_of(input) != "cuda":
             return ("relu", 0.0) if kind is ReLU else None
         if kind is LeakyReLU and activation.negative_slope >= 0:

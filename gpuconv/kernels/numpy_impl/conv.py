@@ -63,9 +63,9 @@ _BAND_PER_HALO = 4
 # the others.
 _TASKS_PER_THREAD = 2
 # Depthwise grad_weight: lanes per tap of about this many elements (they stay in L1), added
-# into float64 every _LANE_FLUSH images.
+# into float64 after about _LANE_ADDS additions each (8 LeNet images of 4 row blocks).
 _LANE_SPAN = 256
-_LANE_FLUSH = 8
+_LANE_ADDS = 32
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -311,8 +311,8 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
 
     Each tap sums into lanes, one per element of a block of ``blk`` wide rows (Wq each):
     element-wise multiply-adds over long runs, which vectorise, instead of a reduction per
-    row. The lanes go into float64 every ``_LANE_FLUSH`` images; at the end each tap adds
-    the lanes of its OW real columns."""
+    row. The lanes go into float64 after about ``_LANE_ADDS`` additions each; at the end
+    each tap adds the lanes of its OW real columns."""
     n, c_n, h, wd = x.shape
     k_n, r_n, s_n = gw.shape
     oh_n, ow_n = gy.shape[2], gy.shape[3]
@@ -322,6 +322,7 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
     blk = max(1, min(oh_n, _LANE_SPAN // wq))
     span = blk * wq
     unit = sh == 1 and sw == 1
+    flush = max(1, _LANE_ADDS // -(-oh_n // blk))   # images between flushes
     lo, hi = c0 * m * taps * span, c1 * m * taps * span
     lanes = np.zeros(hi, gy.dtype)
     total = np.zeros(hi)
@@ -344,7 +345,7 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
                             for i in range(rows):
                                 _mul_add(lanes, d0 + i * wq, gy_wide, (oh0 + i) * wq, padded,
                                          ((oh0 + i) * sh + r * dh) * pitch + s * dw, sw, ow_n)
-        if (b + 1) % _LANE_FLUSH == 0 or b == n - 1:
+        if (b + 1) % flush == 0 or b == n - 1:
             for i in range(lo, hi):
                 total[_u(i)] += lanes[_u(i)]
                 lanes[_u(i)] = 0
@@ -597,6 +598,10 @@ def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
     """The same contract as :func:`_gemm_pass`, by direct loops (one input channel per
     group), on the thread pool in blocks of (images, input channels). grad_weight sums each
     block of images into its own float64 partial; the partials are added in block order."""
+    if v.n == 0:   # no images: no tasks, and a zero weight gradient
+        if gw is not None:
+            gw.fill(0)
+        return
     w3 = w.reshape(v.k, v.r, v.s)
     tasks = min(threads.get_num_threads() * _TASKS_PER_THREAD,
                 max(1, v.macs // threads.MIN_TASK_MACS))
