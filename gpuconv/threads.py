@@ -324,15 +324,16 @@ def split(total: int, min_size: int, tasks_per_thread: int = 1) -> list[range]:
 
 # ----------------------------------------------------------------------------- helpers
 # Work below these sizes stays one task. A handover costs about 10-30 microseconds on a
-# bare machine, but 150-200 per parallel call on the 2-core development machine, a virtual
-# machine where a sleeping thread takes 70-90 microseconds to wake (once for the worker,
-# once for the caller); bench/NOTES.md, 2026-12-07.
+# bare machine, but more on the 2-core development machine, a virtual machine: there a call
+# with two 100-microsecond tasks took 259 on two threads (the worker started after 89, the
+# caller woke 69 after the last task ended); bench/NOTES.md, 2026-12-07.
 MIN_TASK_ELEMENTS = 1 << 16      # elementwise work: elements per task
 MIN_TASK_MACS = 1 << 21          # GEMMs: multiply-adds per task
 # Work at memory speed (a scatter into a zeroed plane, a sum, relu): a few times less time
-# per element than the elementwise kernels, so a task needs this many elements to pay for
-# its handover: with MIN_TASK_ELEMENTS, and still with 512K, pooling backwards ran slower on
-# two threads than on one (lenet_max_2x2 backward, 1.2M elements: 0.89x).
+# per element than the elementwise kernels, so a task needs this many elements (0.2-0.5
+# ms of such work here) to pay for its handover. With MIN_TASK_ELEMENTS, cifar_max_3x3_s2's
+# backward (524K elements, split in two) took 0.30-0.36 ms on two threads against 0.24-0.32
+# on one, timed in one process.
 MIN_TASK_STREAM_ELEMENTS = 1 << 20
 
 

@@ -157,17 +157,25 @@ GPU_MODELS = {
 }
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy (or the emulator)")
-@pytest.mark.parametrize("name", GPU_MODELS)
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not backend.gpu_available(),
+                                               reason="needs a GPU with CuPy (or the emulator)")]
+
+
+def _gpu_model_and_input(name: str, tag: str, batch: int, **model_kwargs):
+    """A GPU_MODELS configuration (seed 0), a random input batch of it, and the rng."""
+    kwargs, shape = GPU_MODELS[name]
+    nn.manual_seed(0)
+    model = models.get_model(name, num_classes=3, **model_kwargs, **kwargs)
+    rng = rng_for(tag, name)
+    return model, _input(name, kwargs, (batch,) + shape[1:], rng), rng
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=ON_GPU) for n in GPU_MODELS])
 def test_new_model_on_the_gpu_matches_the_cpu(name):
     # float64 on both sides: the kernels' arithmetic is checked, not float32's rounding
     # (a BatchNorm weight's gradient is a sum that cancels).
-    kwargs, shape = GPU_MODELS[name]
-    nn.manual_seed(0)
-    model = models.get_model(name, num_classes=3, dtype=np.float64, **kwargs)
-    rng = rng_for("gpu-model", name)
-    x = _input(name, kwargs, shape, rng)
+    shape = GPU_MODELS[name][1]
+    model, x, rng = _gpu_model_and_input(name, "gpu-model", shape[0], dtype=np.float64)
     x = x if name in TEXT_MODELS else x.astype(np.float64)
     g = rng.standard_normal((shape[0], 3))
     out, grad_x = model(x), model.backward(g)
@@ -184,20 +192,15 @@ def test_new_model_on_the_gpu_matches_the_cpu(name):
         assert_close(p.grad, grads[n], "float64", n)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not backend.gpu_available(), reason="needs a GPU with CuPy (or the emulator)")
-@pytest.mark.parametrize("name", GPU_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=ON_GPU) for n in GPU_MODELS])
 def test_new_model_trains_with_fit_on_the_gpu(name):
     # fit captures the step as a CUDA graph where it can (alexnet_small, inception_small)
     # and runs it eagerly where it cannot (embedding_lstm: Embedding checks on the host).
     from gpuconv import data, optim
     from gpuconv.train import fit
 
-    kwargs, shape = GPU_MODELS[name]
-    nn.manual_seed(0)
-    model = models.get_model(name, num_classes=3, **kwargs).to("cuda")
-    rng = rng_for("gpu-fit", name)
-    x = _input(name, kwargs, (32,) + shape[1:], rng)
+    model, x, rng = _gpu_model_and_input(name, "gpu-fit", 32)
+    model.to("cuda")
     train_set = data.ArrayDataset(x, rng.integers(0, 3, 32))
     history = fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3),
                   data.DataLoader(train_set, 8, shuffle=True, seed=0, device="cuda"),

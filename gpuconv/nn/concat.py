@@ -27,12 +27,7 @@ class Concat(Module):
 
     def __init__(self, *branches: Module | OrderedDict, dim: int = 1):
         super().__init__()
-        if len(branches) == 1 and isinstance(branches[0], OrderedDict):
-            for name, m in branches[0].items():
-                self.add_module(name, m)
-        else:
-            for i, m in enumerate(branches):
-                self.add_module(str(i), m)
+        self._add_children(branches)
         if not self._modules:
             raise ValueError("Concat: needs at least one branch")
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):

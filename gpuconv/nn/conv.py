@@ -58,9 +58,14 @@ class _ConvNd(Module):
         return self._forward_op(input, self.weight.data, self._bias_data(), *self._op_args())
 
     def backward(self, grad_output):
+        return self._backward(grad_output)
+
+    def _backward(self, grad_output, **options):
+        """Add the weight's and bias's gradients into ``.grad``; return grad_input (None
+        when ``options`` ask the op not to compute it)."""
         (input,) = self._saved()
         gx, gw, gb = self._backward_op(grad_output, input, self.weight.data, self._bias_data(),
-                                       *self._op_args())
+                                       *self._op_args(), **options)
         accumulate_grad(self.weight, gw)
         if self.bias is not None:
             accumulate_grad(self.bias, gb)
@@ -90,13 +95,7 @@ class _Conv(_ConvNd):
 
     def backward_params(self, grad_output) -> None:
         """The weight's and bias's gradients only (``output_mask`` without grad_input)."""
-        (input,) = self._saved()
-        _, gw, gb = self._backward_op(grad_output, input, self.weight.data, self._bias_data(),
-                                      *self._op_args(),
-                                      output_mask=(False, True, self.bias is not None))
-        accumulate_grad(self.weight, gw)
-        if self.bias is not None:
-            accumulate_grad(self.bias, gb)
+        self._backward(grad_output, output_mask=(False, True, self.bias is not None))
 
 
 class Conv1d(_Conv):

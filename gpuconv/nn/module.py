@@ -145,6 +145,16 @@ class Module:
         self._unregister(name)
         self._modules[name] = module
 
+    def _add_children(self, modules: tuple) -> None:
+        """Register ``modules`` as "0", "1", ..., or, when the one argument is an
+        OrderedDict, under its names (the constructors of Sequential and Concat)."""
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for i, m in enumerate(modules):
+                self.add_module(str(i), m)
+
     # ------------------------------------------------------------------ traversal
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
@@ -351,12 +361,7 @@ class Sequential(Module):
 
     def __init__(self, *modules: Module | OrderedDict):
         super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
-            for name, m in modules[0].items():
-                self.add_module(name, m)
-        else:
-            for i, m in enumerate(modules):
-                self.add_module(str(i), m)
+        self._add_children(modules)
 
     def __len__(self) -> int:
         return len(self._modules)

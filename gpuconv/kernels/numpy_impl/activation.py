@@ -29,11 +29,10 @@ def _out(like):
     return backend.empty(like.shape, like.dtype)
 
 
-def _map(kernel, like, *arrays, **params):
+def _map(kernel, like, *arrays, streaming: bool = False, **params):
     """``kernel(*arrays, out=..., **params)`` into a new array shaped like ``like``, in
-    ranges on the thread pool (:func:`gpuconv.threads.elementwise`); relu's two kernels
-    run at memory speed and take the longer ranges of streaming work."""
-    streaming = kernel in (_relu, _relu_backward)
+    ranges on the thread pool (:func:`gpuconv.threads.elementwise`; ``streaming``: the
+    kernel runs at memory speed and takes longer ranges)."""
     return threads.elementwise(kernel, _out(like), *arrays, streaming=streaming, **params)
 
 
@@ -123,12 +122,12 @@ def _tanh_backward(g, y, out):
 
 @register("relu", "numpy")
 def relu(x):
-    return _map(_relu, x, x)
+    return _map(_relu, x, x, streaming=True)
 
 
 @register("relu_backward", "numpy")
 def relu_backward(g, x):
-    return _map(_relu_backward, g, g, x)
+    return _map(_relu_backward, g, g, x, streaming=True)
 
 
 @register("leaky_relu", "numpy")
