@@ -28,6 +28,15 @@ waits at a barrier for a thread another process has descheduled. LeNet-5 trainin
 at two threads made a LeNet convolution 6x slower, because its worker spins through the
 serial numba work between GEMMs.
 
+Training steps: processes, not threads
+---------------------------------------
+``fit``'s step on the CPU may instead run as shards of the batch in worker processes, one
+per thread (:mod:`gpuconv.data_parallel`), every kernel in each process serial (in the
+caller through :func:`serial`, in the workers on one thread): still one level, now over the
+batch. A step is dozens of short kernels with Python between them, and two threads each
+running half of it wait for each other's GIL dozens of times per step; two processes do
+not wait at all.
+
 The number of threads
 ---------------------
 ``set_num_threads(n)`` (or ``gpuconv.set_num_threads``), else ``GPUCONV_NUM_THREADS``,
@@ -45,6 +54,7 @@ from the heap).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -53,7 +63,7 @@ from queue import SimpleQueue
 from typing import Callable, Sequence
 
 __all__ = ["set_num_threads", "get_num_threads", "default_threads", "available_cores",
-           "cgroup_cpu_limit", "parallel_for", "split", "elementwise", "matmul"]
+           "cgroup_cpu_limit", "parallel_for", "serial", "split", "elementwise", "matmul"]
 
 
 # ----------------------------------------------------------------------------- thread count
@@ -291,8 +301,10 @@ def _the_pool() -> _Pool:
 
 
 def get_num_threads() -> int:
-    """The threads gpuconv's CPU kernels use (configuring the default on first use)."""
-    return _the_pool().size
+    """The threads gpuconv's CPU kernels use (configuring the default on first use): 1
+    inside a task or a :func:`serial` block, where they run on the calling thread."""
+    size = _the_pool().size
+    return 1 if getattr(_local, "in_task", False) else size
 
 
 def parallel_for(n: int, fn: Callable[[int], None]) -> None:
@@ -309,6 +321,20 @@ def parallel_for(n: int, fn: Callable[[int], None]) -> None:
             fn(i)
         return
     pool.run(fn, n)
+
+
+@contextlib.contextmanager
+def serial():
+    """Within the block, :func:`parallel_for` on this thread runs its calls in order here, as
+    inside a task: for work that is already one of several running side by side (a shard of
+    fit's data-parallel step, whose other shards run in worker processes on the other
+    cores)."""
+    was = getattr(_local, "in_task", False)
+    _local.in_task = True
+    try:
+        yield
+    finally:
+        _local.in_task = was
 
 
 def split(total: int, min_size: int, tasks_per_thread: int = 1) -> list[range]:

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from . import backend, device_checks, graphs
+from . import backend, data_parallel, device_checks, graphs
 from .data.download import atomic_write
 
 __all__ = ["History", "fit", "evaluate", "save_checkpoint", "load_checkpoint", "read_checkpoint",
@@ -214,10 +214,14 @@ class _Stats:
         if self.on_device:
             _accumulate_on_device(self.device, loss, out, y)
             return
-        xp = backend.array_module(out)
-        self.correct += int(xp.sum(xp.argmax(out, axis=1) == y))
+        self.add_counts(loss, data_parallel.correct_count(out, y), int(y.shape[0]))
+
+    def add_counts(self, loss, correct: int, samples: int) -> None:
+        """Count a batch of ``samples`` on the CPU from its mean ``loss`` (or None) and its
+        number of ``correct`` predictions."""
+        self.correct += correct
         if loss is not None:
-            self.loss_sum += float(loss) * int(y.shape[0])
+            self.loss_sum += float(loss) * samples
 
     def read(self) -> tuple[float, int]:
         """``(loss_sum, correct)`` so far: on the GPU one device-to-host copy, which also
@@ -279,7 +283,10 @@ class _Trainer:
     """The training step of :func:`fit`, eager or replayed from a CUDA graph.
 
     A step is forward, loss, backward, optional clipping, the optimizer step and the
-    statistics update, with no host synchronisation on the GPU. In graph mode the first
+    statistics update, with no host synchronisation on the GPU. On the CPU with more than
+    one thread, forward, loss and backward run as a data-parallel step when the model allows
+    (:mod:`gpuconv.data_parallel`: the batch in shards, one per worker process); ``close``
+    stops its workers. In graph mode the first
     batch of the static shape runs eagerly (it makes the optimizer's state and compiles every
     kernel), the second is copied into static input buffers and captured (nothing runs), and
     that and every later batch of the same shape is copied in and replayed: one launch per
@@ -288,13 +295,15 @@ class _Trainer:
     """
 
     def __init__(self, model, loss_fn, optimizer, clip_grad_norm, use_graph: bool,
-                 last_batch: str):
+                 last_batch: str, shard: bool | None = None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.shard = shard     # fit's data_parallel
         self.clip, self.use_graph, self.last_batch = clip_grad_norm, use_graph, last_batch
         self.shape = None      # the (x, y) shapes of the first batch: the static shape
         self.eager_steps = 0
         self.graph = self.static = None
         self.stats: _Stats | None = None
+        self.cpu_step = None    # the data-parallel choice, made by the first CPU step
 
     def run(self, x, y) -> bool:
         """Train on one batch; False when it was dropped."""
@@ -303,6 +312,9 @@ class _Trainer:
             self.shape = shape
         if self.stats is None:
             self.stats = _Stats(x)
+            if not self.use_graph and not self.stats.on_device and self.shard is not False:
+                self.cpu_step = data_parallel.start(self.model, self.loss_fn, x, y,
+                                                    always=bool(self.shard))
         if shape != self.shape:
             if self.last_batch == "drop":
                 return False
@@ -315,17 +327,33 @@ class _Trainer:
         self.stats.samples += int(y.shape[0])
         return True
 
-    def _step(self, x, y) -> None:
-        from .optim import clip_grad_norm_
+    def close(self) -> None:
+        """Stop the data-parallel step's workers, if any."""
+        if self.cpu_step is not None:
+            self.cpu_step.close()
 
+    def _forward_backward(self, x, y):
+        """The batch's loss and output; every parameter's gradient added into ``.grad``."""
         out = self.model(x)
         loss = self.loss_fn(out, y)
         self.model.backward_params(self.loss_fn.backward())   # x is data: no grad_input
+        return loss, out
+
+    def _step(self, x, y) -> None:
+        from .optim import clip_grad_norm_
+
+        if self.cpu_step is not None:
+            loss, correct = self.cpu_step.run(x, y, self._forward_backward)
+        else:
+            loss, out = self._forward_backward(x, y)
         if self.clip is not None:
             clip_grad_norm_(self.model.parameters(), self.clip)
         self.optimizer.step()
         self.optimizer.zero_grad()
-        self.stats.add(loss, out, y)
+        if self.cpu_step is not None:
+            self.stats.add_counts(loss, correct, int(y.shape[0]))
+        else:
+            self.stats.add(loss, out, y)
 
     def _replay(self, x, y) -> None:
         if self.graph is None:
@@ -427,7 +455,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
         checkpoint_meta: dict | None = None, progress: bool = True,
         cuda_graph: bool | None = None, last_batch: str = "eager",
         progress_every: int | None = None, verbose: bool | None = None,
-        plot_title: str | None = None) -> History:
+        plot_title: str | None = None, data_parallel: bool | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs and return the :class:`History`.
 
     - ``val_loader``: evaluated after every epoch; the best validation accuracy is what
@@ -450,6 +478,12 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
       every N steps (each read is a synchronisation on the GPU); None: a few times a second.
     - ``progress``: a progress bar per epoch (tqdm, when installed); ``verbose``: one line
       per epoch (default: as ``progress``); ``plot_title``: the title of ``plot_path``.
+    - ``data_parallel``: on the CPU with more than one thread, run each step's forward and
+      backward as shards of the batch in worker processes, one per thread, where the model
+      treats samples independently (:mod:`gpuconv.data_parallel`). None (the default)
+      times the first steps both ways and keeps the faster; True shards every step it can;
+      False never does. Sharded and unsharded steps differ only in rounding (the order in
+      which the shards' gradients are added).
 
     On the GPU the loop never waits for the device inside an epoch: the loss sums, correct
     counts and value-check flags stay on the device and are read once per epoch (and at the
@@ -469,10 +503,11 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     params = list(model.parameters())
     on_gpu = bool(params) and backend.device_of(params[0].data) == "cuda"
     trainer = _Trainer(model, loss_fn, optimizer, clip_grad_norm,
-                       _use_graph(model, cuda_graph, on_gpu), last_batch)
+                       _use_graph(model, cuda_graph, on_gpu), last_batch, data_parallel)
     if on_gpu:  # the same cuBLAS workspace, so the same GEMM algorithms, eager or captured
         graphs.prepare_cublas()
-    with graphs.side_stream() if on_gpu else contextlib.nullcontext():
+    with graphs.side_stream() if on_gpu else contextlib.nullcontext(), \
+            contextlib.closing(trainer):
         return _fit_epochs(trainer, train_loader, val_loader, epochs, scheduler,
                            early_stopping, checkpoint, resume, history_path, plot_path,
                            checkpoint_meta, progress, progress_every,

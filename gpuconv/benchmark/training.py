@@ -28,6 +28,8 @@ from . import _torch
 
 LR = 0.01
 MOMENTUM = 0.9
+# Warm-up steps at most while fit chooses its CPU step (its workers start in about a second).
+MAX_CHOICE_STEPS = 1000
 # Eager steps before torch's capture, on a side stream (torch's documented recipe).
 TORCH_WARMUP_STEPS = 3
 
@@ -54,8 +56,15 @@ def _gpuconv_epoch(x, y, batch: int, device: str, graph: bool) -> float:
     batches = _batches(x, y, batch, lambda a: backend.to_device(a, device))
     trainer = _Trainer(model, nn.CrossEntropyLoss(), opt, None, graph, "eager")
     on_gpu = device == "cuda"
-    with graphs.side_stream() if on_gpu else contextlib.nullcontext():
+    with graphs.side_stream() if on_gpu else contextlib.nullcontext(), \
+            contextlib.closing(trainer):
         for _ in range(2):  # the eager warm-up step; in graph mode the capture and a replay
+            trainer.run(*batches[0])
+        # On the CPU, until fit has timed its data-parallel step against the plain one and
+        # chosen (gpuconv.data_parallel): the epoch measures the step fit settles on.
+        for _ in range(MAX_CHOICE_STEPS):
+            if trainer.cpu_step is None or trainer.cpu_step.chosen is not None:
+                break
             trainer.run(*batches[0])
         trainer.stats.read()
         t0 = time.perf_counter()

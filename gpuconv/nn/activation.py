@@ -19,6 +19,7 @@ class _Activation(Module):
     _op = None
     _op_backward = None
     _pass_output = False
+    samples_independent = True
 
     def _args(self) -> tuple:
         return ()
@@ -97,6 +98,11 @@ class _AlongDim(_Activation):
         super().__init__()
         self.dim = dim
 
+    @property
+    def samples_independent(self) -> bool:
+        """Along an axis after the batch's (the last one, for batched input)."""
+        return self.dim >= 1 or self.dim == -1
+
     def _args(self) -> tuple:
         return (self.dim,)
 
@@ -134,6 +140,11 @@ class Dropout(Module):
         self.p = C.finite_float("Dropout", "p", p, low=0.0, high=1.0)
         self.inplace = inplace
         self._philox = None if seed is None else graphs.PhiloxStream(seed)
+
+    @property
+    def samples_independent(self) -> bool:
+        """Only as the identity: a mask is one draw for the whole batch."""
+        return not (self.training and self.p > 0)
 
     def forward(self, input):
         training = self.training and self.p > 0

@@ -6,7 +6,7 @@ from typing import Any
 from .. import backend, functional as F
 from .activation import ReLU
 from .conv import Conv2d
-from .module import Module, Sequential, accumulate_grad
+from .module import Module, Sequential, _children_independent, accumulate_grad
 from .norm import BatchNorm2d
 
 __all__ = ["BasicBlock"]
@@ -61,6 +61,11 @@ class BasicBlock(Module):
         # arrays (where the fused epilogue saves passes over memory), True on any array,
         # False never.
         self.fold_batch_norm: bool | None = None
+
+    @property
+    def samples_independent(self) -> bool:
+        """As its layers (the residual sum is per sample): with batch norm in eval mode."""
+        return _children_independent(self)
 
     def forward(self, input):
         if not (isinstance(self.relu1, ReLU) and isinstance(self.relu2, ReLU)):

@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import backend
-from .module import Module
+from .module import Module, _children_independent
 
 __all__ = ["Concat"]
 
@@ -39,6 +39,11 @@ class Concat(Module):
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
+
+    @property
+    def samples_independent(self) -> bool:
+        """Joined along an axis after the batch's, of independent branches."""
+        return self.dim >= 1 and _children_independent(self)
 
     def _axis(self, ndim: int) -> int:
         if not -ndim <= self.dim < ndim:

@@ -16,6 +16,7 @@ class _ConvNd(Module):
 
     _n: int
     _transposed = False
+    samples_independent = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding,
                  dilation, groups: int, bias: bool, padding_mode: str, dtype: Any,

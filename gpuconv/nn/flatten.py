@@ -16,6 +16,10 @@ class Flatten(Module):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
+    @property
+    def samples_independent(self) -> bool:
+        return self.start_dim >= 1
+
     def forward(self, input):
         shape = tuple(input.shape)
         ndim = max(len(shape), 1)

@@ -14,6 +14,8 @@ class Linear(Module):
     """y = x W^T + b over the last axis: (*, in_features) -> (*, out_features); weight
     (out_features, in_features), bias (out_features,)."""
 
+    samples_independent = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: Any = None):
         super().__init__()
         self.in_features = C.positive_int("Linear", "in_features", in_features)
@@ -51,6 +53,8 @@ class Embedding(Module):
     (num_embeddings, embedding_dim) drawn from N(0, 1) with the ``padding_idx`` row zeroed,
     as torch. The padding row gets no gradient. ``backward`` returns None: indices have no
     gradient."""
+
+    samples_independent = True
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  dtype: Any = None):

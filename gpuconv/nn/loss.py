@@ -44,6 +44,12 @@ class _Loss(Module):
         grad = xp.asarray(grad_output, dtype=input.dtype)
         return self._grad_input(grad)
 
+    def mean_divisor(self, target) -> float:
+        """What ``reduction="mean"`` divides the summed loss of ``target`` by: here the number
+        of target elements. A batch cut into shards has the batch's mean loss as the sum of
+        the shards' ``"sum"`` losses over the batch's divisor (gpuconv.data_parallel)."""
+        return float(target.size)
+
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
 
@@ -58,6 +64,14 @@ class _ClassLoss(_Loss):
 
     def _args(self) -> tuple:
         return self.weight, self.ignore_index, self.reduction
+
+    def mean_divisor(self, target) -> float:
+        """The total weight of the targets that are not ``ignore_index`` (each counts 1
+        without class weights)."""
+        kept = target[target != self.ignore_index]
+        if self.weight is None:
+            return float(kept.size)
+        return float(self.weight[kept].astype(float).sum())
 
 
 class CrossEntropyLoss(_ClassLoss):

@@ -328,6 +328,14 @@ class Module:
         layer's backward). Returns None. This version runs ``backward`` and drops its result."""
         self.backward(grad_output)
 
+    # Whether the forward and backward in the current mode treat the samples along the
+    # input's axis 0 separately: each sample's output and parameter gradients depend on that
+    # sample alone, so a batch cut into shards gives the batch's output, and its parameter
+    # gradients as the shards' sum (fit's data-parallel step, gpuconv.data_parallel). False
+    # unless a layer declares it: a layer that mixes samples (batch statistics, a mask drawn
+    # per call) must not be sharded.
+    samples_independent = False
+
     def _save(self, *values) -> None:
         """Keep what backward needs from the latest forward."""
         object.__setattr__(self, "_ctx", values)
@@ -350,6 +358,11 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _children_independent(module: Module) -> bool:
+    """A container's ``samples_independent``: every child's."""
+    return all(m.samples_independent for m in module.children())
 
 
 class Sequential(Module):
@@ -378,6 +391,10 @@ class Sequential(Module):
     def append(self, module: Module) -> Sequential:
         self.add_module(str(len(self)), module)
         return self
+
+    @property
+    def samples_independent(self) -> bool:
+        return _children_independent(self)
 
     def forward(self, input):
         modules = list(self)
@@ -417,6 +434,10 @@ class Sequential(Module):
 class ModuleList(Module):
     """A list of modules that registers them (names "0", "1", ...); it has no forward."""
 
+    @property
+    def samples_independent(self) -> bool:
+        return _children_independent(self)
+
     def __init__(self, modules: Iterable[Module] | None = None):
         super().__init__()
         for m in modules or ():
@@ -443,6 +464,8 @@ class ModuleList(Module):
 
 class Identity(Module):
     """Returns its input; backward returns its grad_output."""
+
+    samples_independent = True
 
     def forward(self, input):
         return input

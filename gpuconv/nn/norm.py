@@ -64,6 +64,11 @@ class _BatchNorm(Module):
         p = self._parameters[name]
         return None if p is None else p.data
 
+    @property
+    def samples_independent(self) -> bool:
+        """With running statistics (eval mode) each sample is normalised on its own."""
+        return not self.training and self.track_running_stats
+
     def _updates_running_stats(self) -> bool:
         return self.training and self.track_running_stats
 
@@ -141,6 +146,8 @@ class BatchNorm2d(_BatchNorm):
 class LocalResponseNorm(Module):
     """Local response normalisation across channels (AlexNet), torch's formula; see
     :func:`gpuconv.functional.local_response_norm`."""
+
+    samples_independent = True
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         super().__init__()

@@ -11,6 +11,8 @@ __all__ = ["MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1
 class _Pool(Module):
     """y = op(x, *args); backward calls op_backward(grad, x, *args)."""
 
+    samples_independent = True
+
     _op = None
     _op_backward = None
 

@@ -1,0 +1,280 @@
+"""fit's data-parallel CPU step (gpuconv.data_parallel): shards of a batch in worker processes
+give the whole batch's loss, correct count and gradients; what may be sharded; a worker's
+error reaches the caller; the workers stop when the step is closed."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from support import assert_close
+
+from gpuconv import data, data_parallel, models, nn, optim, threads
+from gpuconv.train import fit
+
+BATCH = 100   # two shards of 50, or three of 33-34 (>= MIN_SHARD_SAMPLES)
+
+
+def _model(dtype=np.float64):
+    nn.manual_seed(0)
+    return nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(1, 4, 3, padding=1, dtype=dtype)), ("relu", nn.ReLU()),
+        ("pool", nn.MaxPool2d(2)), ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(4 * 4 * 4, 5, dtype=dtype))]))
+
+
+def _batch(n=BATCH, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 8, 8)), rng.integers(0, 5, n)
+
+
+def _unsharded(model, loss_fn, x, y):
+    out = model(x)
+    loss = float(loss_fn(out, y))
+    model.backward_params(loss_fn.backward())
+    grads = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    return loss, int((out.argmax(axis=1) == y).sum()), grads
+
+
+@pytest.fixture
+def sharded():
+    """``make(model, loss_fn, x, y, shards)``: a started ShardedStep, closed after the test."""
+    made = []
+
+    def make(model, loss_fn, x, y, shards=2):
+        step = data_parallel.ShardedStep(model, loss_fn, shards, x, y)
+        made.append(step)
+        while not step.ready():
+            pass
+        return step
+    yield make
+    for step in made:
+        step.close()
+
+
+_LOSSES = {
+    "cross_entropy_mean": lambda: nn.CrossEntropyLoss(),
+    "cross_entropy_sum": lambda: nn.CrossEntropyLoss(reduction="sum"),
+    "weighted_ignore_smoothing": lambda: nn.CrossEntropyLoss(
+        weight=np.linspace(0.5, 2.0, 5), ignore_index=2, label_smoothing=0.1),
+    "nll_mean": lambda: nn.NLLLoss(),
+}
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+@pytest.mark.parametrize("loss", list(_LOSSES))
+def test_shards_give_the_batch_loss_correct_count_and_gradients(sharded, loss, shards):
+    model, loss_fn = _model(), _LOSSES[loss]()
+    x, y = _batch()
+    ref_loss, ref_correct, ref_grads = _unsharded(model, loss_fn, x, y)
+    step = sharded(model, loss_fn, x, y, shards)
+    got_loss, got_correct = step.step(x, y)
+    assert got_correct == ref_correct
+    assert_close(np.asarray(got_loss), np.asarray(ref_loss), np.float64, "loss")
+    for p, ref in zip(model.parameters(), ref_grads):
+        assert_close(p.grad, ref, np.float64, "gradient")
+
+
+def test_mse_loss_shards_add_up_to_the_mean(sharded):
+    model, loss_fn = _model(), nn.MSELoss()
+    x, _ = _batch()
+    y = np.random.default_rng(1).standard_normal((BATCH, 5))
+    out = model(x)
+    ref_loss = float(loss_fn(out, y))
+    model.backward_params(loss_fn.backward())
+    ref_grads = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    got_loss, _ = sharded(model, loss_fn, x, y).step(x, y)
+    assert_close(np.asarray(got_loss), np.asarray(ref_loss), np.float64, "loss")
+    for p, ref in zip(model.parameters(), ref_grads):
+        assert_close(p.grad, ref, np.float64, "gradient")
+
+
+def test_workers_see_the_parameters_of_each_step(sharded):
+    """The caller's optimizer updates its parameters; the next step's shards use them."""
+    model, loss_fn = _model(), nn.CrossEntropyLoss()
+    x, y = _batch()
+    step = sharded(model, loss_fn, x, y)
+    opt = optim.SGD(model.parameters(), lr=0.5)
+    step.step(x, y)
+    opt.step()
+    opt.zero_grad()
+    _, _, ref_grads = _unsharded(model, loss_fn, x, y)
+    step.step(x, y)
+    for p, ref in zip(model.parameters(), ref_grads):
+        assert_close(p.grad, ref, np.float64, "gradient after an update")
+
+
+@pytest.mark.parametrize("x_shape, y_len", [
+    ((2 * data_parallel.MIN_SHARD_SAMPLES - 1, 1, 8, 8), None),   # too few samples per shard
+    ((BATCH + 10, 1, 8, 8), None),                                 # past the buffers' size
+    ((BATCH, 1, 9, 9), None),                                      # another image shape
+    ((BATCH, 1, 8, 8), BATCH - 1),                                 # targets of another length
+])
+def test_a_batch_the_buffers_do_not_take_runs_unsharded(sharded, x_shape, y_len):
+    model, loss_fn = _model(), nn.CrossEntropyLoss()
+    step = sharded(model, loss_fn, *_batch())
+    x = np.zeros(x_shape)
+    y = np.zeros(x_shape[0] if y_len is None else y_len, np.int64)
+    assert step.step(x, y) is None
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_workers_error_is_raised_and_the_next_step_runs(sharded):
+    model, loss_fn = _model(), nn.CrossEntropyLoss()
+    x, y = _batch()
+    step = sharded(model, loss_fn, x, y)
+    bad = y.copy()
+    bad[-1] = 7   # out of range, in the worker's shard only
+    with pytest.raises(ValueError, match="target") as info:
+        step.step(x, bad)
+    assert "data-parallel worker 1" in str(info.value.__cause__)
+    model.zero_grad()
+    _, _, ref_grads = _unsharded(model, loss_fn, x, y)
+    step.step(x, y)
+    for p, ref in zip(model.parameters(), ref_grads):
+        assert_close(p.grad, ref, np.float64, "gradient after a worker's error")
+
+
+def test_close_stops_the_workers_and_frees_the_shared_block(sharded):
+    from multiprocessing.shared_memory import SharedMemory
+
+    step = sharded(_model(), nn.CrossEntropyLoss(), *_batch())
+    processes, name = [w.process for w in step.workers], step._shm.name
+    step.close()
+    assert all(p.poll() is not None for p in processes)
+    with pytest.raises(FileNotFoundError):
+        SharedMemory(name=name)
+    step.close()   # a second close does nothing
+
+
+# --------------------------------------------------------------------------- what may be sharded
+
+@pytest.mark.parametrize("module, training, independent", [
+    (lambda: models.lenet5(), True, True),
+    (lambda: nn.BatchNorm2d(3), True, False),
+    (lambda: nn.BatchNorm2d(3), False, True),
+    (lambda: nn.Dropout(0.5), True, False),
+    (lambda: nn.Dropout(0.5), False, True),
+    (lambda: nn.Softmax(dim=0), True, False),
+    (lambda: nn.Softmax(dim=1), True, True),
+    (lambda: nn.Flatten(start_dim=0), True, False),
+    (lambda: nn.Concat(nn.ReLU(), nn.Identity(), dim=0), True, False),
+    (lambda: nn.Concat(nn.ReLU(), nn.Identity(), dim=1), True, True),
+    (lambda: nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), True, False),
+    (lambda: models.resnet_small(), False, True),
+    (lambda: nn.LSTM(3, 4), True, False),     # its axis 0 is time, not the batch
+    (lambda: type("Custom", (nn.Module,), {})(), True, False),   # undeclared: not sharded
+])
+def test_samples_independent_says_whether_a_module_may_be_sharded(module, training,
+                                                                   independent):
+    m = module()
+    m.train(training)
+    assert m.samples_independent is independent
+
+
+@pytest.fixture
+def two_threads():
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    yield
+    threads.set_num_threads(before)
+
+
+def test_blockers_name_what_prevents_sharding(two_threads):
+    assert data_parallel.blockers(_model(), nn.CrossEntropyLoss()) == []
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    assert any("mixes samples" in r for r in data_parallel.blockers(bn, nn.CrossEntropyLoss()))
+    assert any("reduced by mean or sum" in r for r in data_parallel.blockers(
+        _model(), nn.CrossEntropyLoss(reduction="none")))
+    threads.set_num_threads(1)
+    assert data_parallel.blockers(_model(), nn.CrossEntropyLoss()) == ["one gpuconv thread"]
+
+
+@pytest.mark.parametrize("loss_fn, target", [
+    (nn.CrossEntropyLoss(), np.array([0, 1, 2, 1])),
+    (nn.CrossEntropyLoss(ignore_index=1), np.array([0, 1, 2, 1])),
+    (nn.NLLLoss(weight=np.array([1.0, 2.0, 4.0]), ignore_index=0), np.array([0, 1, 2, 1])),
+    (nn.MSELoss(), np.zeros((4, 3))),
+])
+def test_mean_divisor_is_the_sum_loss_over_the_mean_loss(loss_fn, target):
+    x = np.random.default_rng(2).standard_normal((4, 3))
+    if target.ndim == 1 and isinstance(loss_fn, nn.NLLLoss):
+        x = np.log(np.exp(x) / np.exp(x).sum(axis=1, keepdims=True))
+    mean = float(loss_fn(x, target))
+    loss_fn.reduction = "sum"
+    total = float(loss_fn(x, target))
+    loss_fn.reduction = "mean"
+    assert loss_fn.mean_divisor(target) == pytest.approx(total / mean)
+
+
+def test_serial_runs_the_pools_calls_on_this_thread(two_threads):
+    import threading
+
+    seen = []
+    with threads.serial():
+        assert threads.get_num_threads() == 1
+        threads.parallel_for(4, lambda i: seen.append((i, threading.get_ident())))
+    assert [i for i, _ in seen] == [0, 1, 2, 3]
+    assert {t for _, t in seen} == {threading.get_ident()}
+    assert threads.get_num_threads() == 2
+
+
+# --------------------------------------------------------------------------- through fit
+
+def _fit(data_parallel_mode, epochs=2):
+    nn.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 1, 8, 8))
+    y = rng.integers(0, 5, 256)
+    model = _model()
+    loader = data.DataLoader(data.ArrayDataset(x, y), batch_size=96)  # a last batch of 64
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    h = fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=epochs, progress=False,
+            data_parallel=data_parallel_mode)
+    return model, h
+
+
+def test_fit_with_shards_follows_fit_without(two_threads):
+    sharded, h_sharded = _fit(True)
+    plain, h_plain = _fit(False)
+    for (name, a), b in zip(sharded.state_dict().items(), plain.state_dict().values()):
+        assert_close(a, b, np.float64, name)
+    assert_close(np.array(h_sharded.train_loss), np.array(h_plain.train_loss), np.float64,
+                 "training loss")
+    assert h_sharded.train_accuracy == h_plain.train_accuracy
+
+
+def test_fit_with_shards_is_reproducible(two_threads):
+    first, _ = _fit(True)
+    second, _ = _fit(True)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_the_chosen_step_times_both_kinds_then_keeps_one(two_threads, monkeypatch):
+    monkeypatch.setattr(data_parallel, "TRIAL_STEPS", 2)
+    model, loss_fn = _model(), nn.CrossEntropyLoss()
+    x, y = _batch()
+    chosen = data_parallel.start(model, loss_fn, x, y)
+    assert chosen is not None and chosen.chosen is None
+
+    def unsharded(xb, yb):
+        out = model(xb)
+        loss = loss_fn(out, yb)
+        model.backward_params(loss_fn.backward())
+        return loss, out
+
+    try:
+        for _ in range(1000):
+            if chosen.chosen is not None:
+                break
+            chosen.run(x, y, unsharded)
+            model.zero_grad()
+        assert chosen.chosen is not None
+        assert min(len(t) for t in chosen.times.values()) == data_parallel.TRIAL_STEPS + 1
+        assert (chosen.sharded is None) is (not chosen.chosen)
+    finally:
+        chosen.close()
