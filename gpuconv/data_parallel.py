@@ -1,12 +1,12 @@
-"""fit's data-parallel training step on the CPU: the batch cut into shards, one per core, each
-run by its own process.
+"""fit's data-parallel training step on the CPU: the batch cut into shards, each run by its
+own process.
 
 Why processes, not the thread pool: a training step is dozens of short kernels with Python
 between them. Two threads each running half of LeNet-5's step (each kernel serial) ran
-1.0-1.2x one thread: each shard waited for the GIL some 40 times per step, and on the 2-core
-development machine (a virtual machine) every such wake took 0.1-0.7 ms. Two processes, each
-training on 64 images, ran 1.7-1.9x the images/s of one process on 128 (bench/NOTES.md,
-2026-12-07). So a step with ``k = threads.get_num_threads()`` shards is:
+1.0-1.3x one thread: each shard waited for the GIL some 20-40 times per step, and on the
+2-core development machine (a virtual machine) every such wake took 0.1-0.7 ms. Two
+processes, each training on 64 images, ran 1.7-1.9x the images/s of one process on 128
+(bench/NOTES.md, 2026-12-07). So a step with ``k`` shards is:
 
 - the caller copies the parameters into shared memory, which the ``k - 1`` workers' models
   use as their parameters, and each worker's shard of the batch into that worker's input
@@ -20,26 +20,33 @@ training on 64 images, ran 1.7-1.9x the images/s of one process on 128 (bench/NO
   the batch's loss is the shards' sum over the divisor.
 
 The result is the unsharded step's up to rounding (the shards' sums are added in another
-order). One level of parallelism holds: inside each process every kernel runs on one thread.
+order), and the same from run to run. One level of parallelism holds: inside each process
+every kernel runs on one thread. ``k`` is the gpuconv thread count, or fewer so that each
+shard has at least ``MIN_SHARD_SAMPLES`` samples of the first batch.
 
-Which steps are sharded (else the step runs as before, on the thread pool): on a POSIX
-system with more than one gpuconv thread, a model whose ``samples_independent`` is true (no
-batch statistics, no dropout mask: :attr:`gpuconv.nn.Module.samples_independent`), a
-gpuconv loss with reduction "mean" or "sum", NumPy arrays, and a batch of at least
-``MIN_SHARD_SAMPLES`` samples per shard whose trailing shape and dtypes are the first
-batch's (the workers' buffers are sized by it; a larger batch also runs unsharded).
+Which steps may be sharded (:func:`blockers`; else the step runs on the thread pool as
+before): on a POSIX system with more than one gpuconv thread, a model whose
+``samples_independent`` is true (no batch statistics, no dropout mask:
+:attr:`gpuconv.nn.Module.samples_independent`) with float32 or float64 NumPy parameters, a
+gpuconv loss with reduction "mean" or "sum", and a batch whose trailing shape and dtypes are
+the first batch's and which fits the workers' buffers (sized by the first batch).
 
-The workers are ``python -m gpuconv.data_parallel`` processes started by the first step
-(``start``), each handed its end of a socket pair, the model (its structure and layers,
-pickled: the same gpuconv classes on both sides) and the loss; they exit when the step is
-closed (``ShardedStep.close``, which fit calls) or when their socket closes, as it does when
-the calling process exits. A worker's error is raised by the caller, with the worker's
-traceback as its cause.
+The workers are Python processes started by :func:`start` with the caller's ``sys.path``,
+each handed its end of a socket pair, the model and the loss (pickled once, without their
+parameter arrays, which the workers map from the shared block, and without any saved
+forward); they ignore Ctrl-C, and exit when the step is closed (``close``, which fit calls)
+or when their socket closes, as it does when the calling process exits. A worker's error is
+raised by the caller, with the worker's traceback as its cause, and the step's gradients
+are left as they were before it.
 """
 from __future__ import annotations
 
 import copy
+import io
+import json
 import os
+import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -47,8 +54,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections import OrderedDict
-from multiprocessing import resource_tracker
+from multiprocessing import resource_tracker, spawn
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
@@ -56,20 +62,30 @@ import numpy as np
 
 from . import threads
 
-__all__ = ["ShardedStep", "ChosenStep", "start", "MIN_SHARD_SAMPLES", "TRIAL_STEPS"]
+__all__ = ["ShardedStep", "ChosenStep", "start", "blockers", "correct_count",
+           "MIN_SHARD_SAMPLES", "TRIAL_STEPS"]
 
-# Fewer samples per shard than this: the step runs unsharded. A LeNet-5 step has about 3 ms
-# of cost per step whatever the batch (8 images: 3.3 ms; 64: 11.4 ms on one thread) and a
-# sharded step adds about 1.5 ms (copies, handover, the optimizer alone), so a shard of
-# fewer than 32 such images cannot gain; above it, the first steps' timing decides.
+# Fewer samples per shard than this: no sharding. A LeNet-5 step costs about 3 ms whatever
+# the batch (8 images: 3.3 ms; 64: 11.4 ms on one thread) and a sharded step adds about
+# 1 ms (copies, handover, the optimizer alone), so a shard of fewer than 32 such images
+# cannot gain; above it, the first steps' timing decides.
 MIN_SHARD_SAMPLES = 32
-# How long a worker may take to start (import gpuconv, load the model) before fit gives up
-# on sharding and trains in one process.
+# How long the workers may take to start (import gpuconv, map the block, load the model,
+# one warm-up step) before fit gives up on sharding and trains in one process.
 STARTUP_SECONDS = 120.0
-# Steps of each kind timed before fit chooses between them.
+# Steps of each kind timed before fit chooses between them (the first of each not counted).
 TRIAL_STEPS = 5
+# How long a closing worker may take to exit before it is killed.
+CLOSE_SECONDS = 10.0
 _POLL_SECONDS = 0.005
 _ALIGN = 64
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# The worker's start: the caller's sys.path (so that it imports the same gpuconv and the
+# model's modules), then the serve loop on the socket whose descriptor is argv[1].
+_PATH_VARIABLE = "GPUCONV_WORKER_SYS_PATH"
+_BOOTSTRAP = ("import json, os, sys; "
+              f"sys.path[:] = json.loads(os.environ.pop({_PATH_VARIABLE!r})); "
+              "from gpuconv.data_parallel import _serve; _serve(int(sys.argv[1]))")
 
 
 # --------------------------------------------------------------------------- shared arrays
@@ -88,38 +104,78 @@ def _views(buf, offsets: dict) -> dict[str, np.ndarray]:
             for name, (offset, shape, dtype) in offsets.items()}
 
 
-def _fresh_copy(module):
-    """``module``'s structure with its own Parameter objects (sharing the arrays) and no
-    saved forward: what is pickled for a worker (its arrays are replaced there)."""
-    from .nn.module import Parameter
+def _reserve(shm: SharedMemory) -> None:
+    """Allocate the block's pages now (Linux), so that a full /dev/shm is an error here and
+    not a SIGBUS at the first copy into it."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(shm._fd, 0, shm.size)   # noqa: SLF001 (no public descriptor)
 
-    clone = copy.copy(module)
-    state = clone.__dict__
-    state["_parameters"] = OrderedDict(
-        (k, None if p is None else Parameter(p.data)) for k, p in module._parameters.items())
-    state["_buffers"] = OrderedDict(module._buffers)
-    state["_modules"] = OrderedDict(
-        (k, None if m is None else _fresh_copy(m)) for k, m in module._modules.items())
-    state["_ctx"] = None
-    return clone
+
+def _attach(name: str) -> SharedMemory:
+    """Map the caller's block without handing it to a resource tracker: before Python 3.13
+    every SharedMemory opened is registered with one (a tracker process per worker), which
+    unlinks it when the process exits; the caller owns and unlinks the block."""
+    if sys.version_info >= (3, 13):
+        return SharedMemory(name=name, track=False)
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None
+    try:
+        return SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register
+
+
+# --------------------------------------------------------------------------- what travels
+
+class _SetupPickler(pickle.Pickler):
+    """Pickles the model and loss with each parameter array as ``("param", i)`` and each
+    module's saved forward as ``("dropped",)``: the worker maps its arrays from the block,
+    and object identity (tied weights, layers referred to twice) is kept."""
+
+    def __init__(self, file, arrays: dict[int, int], dropped: set[int]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._arrays, self._dropped = arrays, dropped
+
+    def persistent_id(self, obj):
+        i = self._arrays.get(id(obj))
+        if i is not None:
+            return ("param", i)
+        if id(obj) in self._dropped:
+            return ("dropped",)
+        return None
+
+
+class _SetupUnpickler(pickle.Unpickler):
+    def __init__(self, file, arrays: list):
+        super().__init__(file)
+        self._arrays = arrays
+
+    def persistent_load(self, pid):
+        return self._arrays[pid[1]] if pid[0] == "param" else None
+
+
+def _setup_bytes(model, loss_fn, params: list) -> bytes:
+    arrays = {id(p.data): i for i, p in enumerate(params)}
+    dropped = {id(m._ctx) for m in (*model.modules(), loss_fn) if m._ctx is not None}
+    buf = io.BytesIO()
+    _SetupPickler(buf, arrays, dropped).dump((model, loss_fn))
+    return buf.getvalue()
 
 
 def _summing(loss_fn):
     """A copy of ``loss_fn`` that sums (shards of a mean are sums over the batch's divisor)."""
-    summing = _fresh_copy(loss_fn)
+    summing = copy.copy(loss_fn)
     summing.reduction = "sum"
+    object.__setattr__(summing, "_ctx", None)
     return summing
 
 
 def correct_count(out, y) -> int:
-    """How many samples of scores ``out`` (N, C, ...) have their largest score at their
-    class: ``y`` holds class indices (N, ...), or scores of ``out``'s shape (one-hot or
-    soft targets: their largest); 0 for other targets (a regression's)."""
+    """How many samples of scores ``out`` (N, C, ...) have their largest score at their class
+    ``y`` (N, ...); 0 when ``y`` is not integer class indices (a regression's targets)."""
     guess = np.argmax(out, axis=1)
     if np.issubdtype(y.dtype, np.integer) and y.shape == guess.shape:
         return int(np.sum(guess == y))
-    if y.shape == out.shape:
-        return int(np.sum(guess == np.argmax(y, axis=1)))
     return 0
 
 
@@ -134,89 +190,97 @@ def blockers(model, loss_fn) -> list[str]:
         reasons.append("one gpuconv thread")
     if os.name != "posix":
         reasons.append("not a POSIX system")
+    if getattr(sys, "frozen", False) or not spawn.get_executable():
+        reasons.append("no Python interpreter to start workers with")
     if not model.samples_independent:
         reasons.append("the model mixes samples (batch norm in training, dropout, or a layer "
                        "that does not declare samples_independent)")
     if not isinstance(loss_fn, _Loss) or loss_fn.reduction not in ("mean", "sum"):
         reasons.append("the loss is not a gpuconv loss reduced by mean or sum")
     params = list(model.parameters())
-    if not params or not all(isinstance(p.data, np.ndarray) for p in params):
-        reasons.append("the parameters are not NumPy arrays")
+    if not params or not all(isinstance(p.data, np.ndarray) and p.data.dtype in _DTYPES
+                             for p in params):
+        reasons.append("the parameters are not float32 or float64 NumPy arrays")
     return reasons
 
 
 class _Worker:
-    """One worker process, its connection and its views of the shared block."""
+    """One worker process and its connection."""
 
-    def __init__(self, index: int, setup: dict):
+    def __init__(self, index: int):
         here, there = socket.socketpair()
         env = dict(os.environ, GPUCONV_NUM_THREADS="1")
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
-                                                          env.get("PYTHONPATH")]))
+        env[_PATH_VARIABLE] = json.dumps(sys.path)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gpuconv.data_parallel", str(there.fileno())],
+                [spawn.get_executable(), "-c", _BOOTSTRAP, str(there.fileno())],
                 pass_fds=(there.fileno(),), env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL)
+        except BaseException:
+            here.close()
+            raise
         finally:
             there.close()
         self.index = index
         self.conn = Connection(here.detach())
-        self.conn.send({**setup, "worker": index})
-
-    def check_ready(self) -> None:
-        """Read the worker's answer to its setup: "ready", or its error raised here."""
-        reply = self.result()
-        if reply[0] != "ready":
-            raise RuntimeError(f"data-parallel worker {self.index} answered {reply[0]!r}")
 
     def result(self):
-        """The worker's reply to a step: ("done", loss_sum, correct, has_grad) or an error
-        raised here."""
+        """The worker's next reply; its error, or its exit, raised here."""
         try:
             reply = self.conn.recv()
         except (EOFError, OSError):
-            code = self.process.poll()
-            raise RuntimeError(f"data-parallel worker {self.index} exited during a training "
-                               f"step (exit code {code})") from None
+            try:
+                code = self.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RuntimeError(f"data-parallel worker {self.index} exited "
+                               f"(exit code {code})") from None
         if reply[0] == "error":
             _, exc, text = reply
             raise exc from RuntimeError(f"in data-parallel worker {self.index}:\n{text}")
         return reply
 
-    def close(self) -> None:
+
+def _shutdown(pid: int, workers: list, shm: SharedMemory) -> None:
+    """Stop the workers (all told first, then waited for against one deadline) and free the
+    block; nothing in a forked child, whose parent owns both."""
+    if os.getpid() != pid:
+        return
+    for w in workers:
         try:
-            self.conn.send(("close",))
+            w.conn.send(("close",))
         except OSError:
             pass
-        self.conn.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def _shutdown(workers: list, shm: SharedMemory) -> None:
+        w.conn.close()
+    deadline = time.monotonic() + CLOSE_SECONDS
     for w in workers:
-        w.close()
+        try:
+            w.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.process.kill()
+            w.process.wait()
     try:
         shm.close()
     except BufferError:   # a view is still alive somewhere; the mapping goes with it
         pass
-    shm.unlink()
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass
 
 
 class ShardedStep:
-    """The data-parallel step of one model and loss (see the module's docstring); made by
-    :func:`start`. ``step(x, y)`` returns ``(loss, correct)`` or None (run it unsharded);
-    ``close()`` stops the workers (also done when the object is collected)."""
+    """The data-parallel step of one model and loss in ``shards`` shards (see the module's
+    docstring), its buffers sized by the first batch ``(x, y)``. The workers start at once;
+    ``ready()`` says when they have. ``step(x, y)`` returns ``(loss, correct)``, or None
+    when the batch does not fit (run it unsharded); ``close()`` stops the workers (also done
+    when the object is collected)."""
 
     def __init__(self, model, loss_fn, shards: int, x, y):
         self.model, self.loss_fn, self.shards = model, loss_fn, shards
         self.summing = _summing(loss_fn)
         self.params = list(model.parameters())
+        setup = _setup_bytes(model, loss_fn, self.params)   # before any process exists
         self.capacity = -(-len(x) // shards)       # samples per worker shard
         self.x_like = (tuple(x.shape[1:]), x.dtype)
         self.y_like = (tuple(y.shape[1:]), y.dtype)
@@ -229,25 +293,33 @@ class ShardedStep:
         offsets, size = _layout(arrays)
         self._shm = SharedMemory(create=True, size=size)
         self.views = _views(self._shm.buf, offsets)
-        setup = {"model": _fresh_copy(model), "loss": self.summing, "shm": self._shm.name,
-                 "offsets": offsets, "params": len(self.params)}
         self.workers: list[_Worker] = []
-        self._finalizer = weakref.finalize(self, _shutdown, self.workers, self._shm)
+        self._finalizer = weakref.finalize(self, _shutdown, os.getpid(), self.workers,
+                                           self._shm)
         self._started = time.monotonic()
-        self._waiting = []
+        self._broken = False
         try:
+            _reserve(self._shm)
             for j in range(1, shards):
-                self.workers.append(_Worker(j, setup))
+                self.workers.append(_Worker(j))
+            for w in self.workers:
+                w.conn.send({"shm": self._shm.name, "offsets": offsets, "worker": w.index,
+                             "params": len(self.params)})
+                w.conn.send_bytes(setup)
         except BaseException:
             self.close()
             raise
         self._waiting = list(self.workers)
 
     def ready(self) -> bool:
-        """Whether every worker has started (without waiting); raises a worker's setup
+        """Whether every worker has started (without waiting); raises a worker's start-up
         error, or TimeoutError after ``STARTUP_SECONDS``."""
         while self._waiting and self._waiting[0].conn.poll():
-            self._waiting.pop(0).check_ready()
+            reply = self._waiting[0].result()
+            if reply[0] != "ready":
+                raise RuntimeError(f"data-parallel worker {self._waiting[0].index} answered "
+                                   f"{reply[0]!r} to its start")
+            self._waiting.pop(0)
         if self._waiting and time.monotonic() - self._started > STARTUP_SECONDS:
             raise TimeoutError(f"a worker did not start in {STARTUP_SECONDS:.0f} s")
         return not self._waiting
@@ -258,7 +330,7 @@ class ShardedStep:
         self._finalizer()
 
     def _takes(self, x, y) -> bool:
-        return (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+        return (not self._broken and isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
                 and x.ndim >= 2 and y.ndim >= 1 and len(y) == len(x)
                 and len(x) >= self.shards * MIN_SHARD_SAMPLES
                 and -(-len(x) // self.shards) <= self.capacity
@@ -277,33 +349,37 @@ class ShardedStep:
     def step(self, x, y):
         """Forward, loss and backward of the batch ``(x, y)``, shard by shard; the
         parameters' ``.grad`` get the batch's gradients. Returns ``(loss, correct)`` (the
-        batch's loss and the number of rows of the output whose largest score is at class
-        ``y``), or None when this batch is not sharded."""
+        batch's loss and :func:`correct_count`), or None when this batch is not sharded.
+        On an error (the caller's shard's or a worker's) the gradients stay as they were
+        and the error is raised."""
         if not self._takes(x, y) or (divisor := self._divisor(y)) is None:
             return None
         n, k = len(x), self.shards
         bounds = [n * j // k for j in range(k + 1)]
+        before = ([None if p.grad is None else p.grad.copy() for p in self.params]
+                  if any(p.grad is not None for p in self.params) else None)
         for i, p in enumerate(self.params):
             np.copyto(self.views[f"param{i}"], p.data)
-        for j, w in enumerate(self.workers, 1):
-            size = bounds[j + 1] - bounds[j]
-            np.copyto(self.views[f"x{j}"][:size], x[bounds[j]:bounds[j + 1]])
-            np.copyto(self.views[f"y{j}"][:size], y[bounds[j]:bounds[j + 1]])
-            w.conn.send(("step", size, divisor))
+        self._start_workers(x, y, bounds, divisor)
+        error = None
         try:
             with threads.serial():
                 out = self.model(x[:bounds[1]])
                 total = float(self.summing(out, y[:bounds[1]]))
                 self.model.backward_params(self.summing.backward(1.0 / divisor))
             correct = correct_count(out, y[:bounds[1]])
+        except Exception as exc:   # raised below, once every worker has answered
+            error = exc
         finally:
-            replies = [_reply_or_error(w) for w in self.workers]
+            replies = self._replies()
+        error = error or next((r for r in replies if isinstance(r, BaseException)), None)
+        if error is not None:
+            for p, g in zip(self.params, before or [None] * len(self.params)):
+                p.grad = g
+            raise error
         from .nn.module import accumulate_grad
 
-        for w, reply in zip(self.workers, replies):
-            if isinstance(reply, BaseException):
-                raise reply
-            _, loss_sum, count, has_grad = reply
+        for w, (_, loss_sum, count, has_grad) in zip(self.workers, replies):
             total += loss_sum
             correct += count
             for i, p in enumerate(self.params):
@@ -311,86 +387,102 @@ class ShardedStep:
                     accumulate_grad(p, self.views[f"grad{w.index}.{i}"])
         return total / divisor, correct
 
+    def _start_workers(self, x, y, bounds: list, divisor: float) -> None:
+        try:
+            for j, w in enumerate(self.workers, 1):
+                size = bounds[j + 1] - bounds[j]
+                np.copyto(self.views[f"x{j}"][:size], x[bounds[j]:bounds[j + 1]])
+                np.copyto(self.views[f"y{j}"][:size], y[bounds[j]:bounds[j + 1]])
+                w.conn.send(("step", size, divisor))
+        except BaseException:   # some workers are running a step no one will read
+            self._break()
+            raise
 
-def _reply_or_error(worker: _Worker):
-    """The worker's reply, or the error it raised (so that every worker is heard from
-    before any error is raised, and the next step starts in step)."""
-    try:
-        return worker.result()
-    except Exception as exc:   # re-raised by step after every worker has answered
-        return exc
+    def _replies(self) -> list:
+        """Every worker's reply (or the error it raised), so that none is left unread."""
+        replies = []
+        try:
+            for w in self.workers:
+                try:
+                    replies.append(w.result())
+                except Exception as exc:   # re-raised by step
+                    replies.append(exc)
+        except BaseException:   # interrupted: replies left unread, the workers out of step
+            self._break()
+            raise
+        return replies
+
+    def _break(self) -> None:
+        self._broken = True
+        self.close()
 
 
 def _not_started(exc: BaseException) -> None:
     warnings.warn(f"fit: the data-parallel step's worker processes did not start "
                   f"({type(exc).__name__}: {exc}); training runs in this process",
-                  RuntimeWarning, stacklevel=4)
-
-
-def _median(times: list) -> float:
-    return float(np.median(times[-TRIAL_STEPS:]))
+                  RuntimeWarning, stacklevel=2)
 
 
 class ChosenStep:
     """fit's CPU step, sharded or not (``run``).
 
-    With ``always`` false the choice is measured: the workers start beside the first steps,
-    which run unsharded; then steps of the first batch's shape are timed, ``TRIAL_STEPS``
-    unsharded and ``TRIAL_STEPS`` sharded (after one more sharded step, in which each
-    worker loads its kernels), and whichever has the smaller median runs from then on (the
-    workers stop if it is the unsharded step). Both give the same gradients up to rounding.
-    With ``always`` the first step waits for the workers and every step that can be sharded
-    is.
+    With ``always`` false the choice is measured: while the workers start (beside the first
+    steps, which run unsharded) nothing is timed; then steps of the first batch's shape
+    alternate between the two kinds, each timed, until each kind has ``TRIAL_STEPS`` after
+    its first, and whichever has the smaller median runs from then on (the workers stop if
+    it is the unsharded step). With ``always`` the first step waits for the workers and
+    every step that can be sharded is.
     """
 
     def __init__(self, sharded: ShardedStep, x, y, always: bool):
-        self.sharded, self.always = sharded, always
+        self.sharded = sharded
         self.shape = (tuple(x.shape), tuple(y.shape))
         self.times: dict[bool, list] = {False: [], True: []}
-        self.chosen: bool | None = None   # True: sharded; None: still measuring
+        self.chosen: bool | None = True if always else None   # None: still measuring
+        if always:
+            self._wait()
 
     def run(self, x, y, unsharded):
         """The step's forward and backward of ``(x, y)``: ``(loss, correct)``. ``unsharded(x,
         y)`` runs them in this process and returns ``(loss, out)``."""
-        sharded = self.sharded is not None and self._sharding(x, y)
+        timed = self.chosen is None and self._ready() and (
+            (tuple(x.shape), tuple(y.shape)) == self.shape)
         t0 = time.perf_counter()
-        done = self.sharded.step(x, y) if sharded else None
+        done = None
+        if self.sharded is not None and (self.chosen or timed and self._sharded_next()):
+            done = self.sharded.step(x, y)
+        ran_sharded = done is not None
         if done is None:
             loss, out = unsharded(x, y)
             done = loss, correct_count(out, y)
-        if self.chosen is None and (tuple(x.shape), tuple(y.shape)) == self.shape:
-            self.times[sharded].append(time.perf_counter() - t0)
+        if timed:
+            self.times[ran_sharded].append(time.perf_counter() - t0)
             self._choose()
         return done
 
-    def _sharding(self, x, y) -> bool:
-        """Whether this step runs sharded."""
-        if self.always or self.chosen:
-            if self.always and not self.sharded.ready():
-                self._wait()
-            return True
+    def _ready(self) -> bool:
+        if self.sharded is None:
+            return False
         try:
-            ready = self.sharded.ready()
+            return self.sharded.ready()
         except Exception as exc:
             _not_started(exc)
             self._stop()
             return False
-        # While measuring: sharded once the workers are ready, until it has its trials
-        # (the first step of each kind, which loads kernels, is not counted).
-        return ready and len(self.times[True]) <= TRIAL_STEPS
+
+    def _sharded_next(self) -> bool:
+        """Alternate, the kind with fewer timed steps first."""
+        return len(self.times[True]) <= len(self.times[False])
 
     def _wait(self) -> None:
-        try:
-            while not self.sharded.ready():
-                time.sleep(_POLL_SECONDS)
-        except Exception as exc:
-            _not_started(exc)
-            self._stop()
+        while self.sharded is not None and not self._ready():
+            time.sleep(_POLL_SECONDS)
 
     def _choose(self) -> None:
-        if self.always or min(len(t) for t in self.times.values()) <= TRIAL_STEPS:
+        if min(len(t) for t in self.times.values()) <= TRIAL_STEPS:
             return
-        self.chosen = _median(self.times[True]) < _median(self.times[False])
+        median = {kind: float(np.median(t[1:])) for kind, t in self.times.items()}
+        self.chosen = median[True] < median[False]
         if not self.chosen:
             self._stop()
 
@@ -405,38 +497,43 @@ class ChosenStep:
 
 
 def start(model, loss_fn, x, y, always: bool = False) -> ChosenStep | None:
-    """The CPU step for ``model`` and ``loss_fn`` (:class:`ChosenStep`; its workers' buffers
-    sized by the first batch ``(x, y)``), or None when it cannot be sharded
-    (:func:`blockers`, or a first batch of fewer than ``MIN_SHARD_SAMPLES`` per shard) or
+    """The CPU step for ``model`` and ``loss_fn`` (:class:`ChosenStep`), its workers'
+    buffers sized by the first batch ``(x, y)``; None when it cannot be sharded
+    (:func:`blockers`, or a first batch of fewer than ``2 * MIN_SHARD_SAMPLES`` samples) or
     its workers do not start (a warning says why; training goes on in one process)."""
-    shards = threads.get_num_threads()
-    if (blockers(model, loss_fn) or not isinstance(x, np.ndarray) or x.ndim < 2
-            or len(x) < shards * MIN_SHARD_SAMPLES):
+    if blockers(model, loss_fn) or not isinstance(x, np.ndarray) or x.ndim < 2:
+        return None
+    shards = min(threads.get_num_threads(), len(x) // MIN_SHARD_SAMPLES)
+    if shards < 2:
         return None
     try:
         sharded = ShardedStep(model, loss_fn, shards, x, y)
     except Exception as exc:
         _not_started(exc)
         return None
-    return ChosenStep(sharded, x, y, always)
+    chosen = ChosenStep(sharded, x, y, always)
+    return chosen if chosen.sharded is not None else None
 
 
 # --------------------------------------------------------------------------- the worker's side
 
-def _serve(conn: Connection) -> None:
-    setup = conn.recv()
+def _serve(fd: int) -> None:
+    """A worker's life: map the block, load the model, warm up, then run steps until told
+    to close or until the socket closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the caller decides when workers stop
+    conn = Connection(fd)
     try:
+        meta = conn.recv()
         threads.set_num_threads(1)
-        model, loss_fn = setup["model"], setup["loss"]
-        shm = SharedMemory(name=setup["shm"])
-        # The caller created the block and unlinks it; this process only maps it (Python
-        # 3.11's SharedMemory would otherwise unlink it when this process exits).
-        resource_tracker.unregister(shm._name, "shared_memory")
-        views = _views(shm.buf, setup["offsets"])
+        shm = _attach(meta["shm"])
+        views = _views(shm.buf, meta["offsets"])
+        arrays = [views[f"param{i}"] for i in range(meta["params"])]
+        model, loss_fn = _SetupUnpickler(io.BytesIO(conn.recv_bytes()), arrays).load()
+        loss_fn.reduction = "sum"
         params = list(model.parameters())
-        for i, p in enumerate(params):
-            p.data = views[f"param{i}"]
-        j = setup["worker"]
+        if len(params) != len(arrays) or any(p.data is not a for p, a in zip(params, arrays)):
+            raise RuntimeError("the model's parameters did not come back as the caller's")
+        j = meta["worker"]
         grads = [views[f"grad{j}.{i}"] for i in range(len(params))]
         x_all, y_all = views[f"x{j}"], views[f"y{j}"]
     except Exception as exc:
@@ -462,12 +559,12 @@ def _serve(conn: Connection) -> None:
                 has_grad.append(p.grad is not None)
                 if p.grad is not None:
                     np.copyto(g, p.grad)
-                    p.grad = None
             conn.send(("done", loss_sum, correct_count(out, y), has_grad))
         except Exception as exc:
+            _send_error(conn, exc)
+        finally:
             for p in params:
                 p.grad = None
-            _send_error(conn, exc)
     # The block stays mapped until the process exits: the model's arrays are views of it.
 
 
@@ -491,7 +588,3 @@ def _send_error(conn: Connection, exc: Exception) -> None:
         conn.send(("error", exc, text))
     except Exception:
         conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), text))
-
-
-if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])))

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from . import backend, data_parallel, device_checks, graphs
+from . import backend, data_parallel as _data_parallel, device_checks, graphs
 from .data.download import atomic_write
 
 __all__ = ["History", "fit", "evaluate", "save_checkpoint", "load_checkpoint", "read_checkpoint",
@@ -214,7 +214,7 @@ class _Stats:
         if self.on_device:
             _accumulate_on_device(self.device, loss, out, y)
             return
-        self.add_counts(loss, data_parallel.correct_count(out, y), int(y.shape[0]))
+        self.add_counts(loss, _data_parallel.correct_count(out, y), int(y.shape[0]))
 
     def add_counts(self, loss, correct: int, samples: int) -> None:
         """Count a batch of ``samples`` on the CPU from its mean ``loss`` (or None) and its
@@ -234,7 +234,8 @@ class _Stats:
 
 def _accumulate_on_device(stats, loss, out, y) -> None:
     """``stats += [loss * N, correct]``: the fused kernel when the targets are class indices
-    of ``out``'s rows, CuPy operations otherwise (e.g. a regression's float targets)."""
+    of ``out``'s rows, CuPy operations otherwise (e.g. a regression's float targets, which
+    count no correct predictions, as on the CPU)."""
     xp = backend.array_module(out)
     n = int(y.shape[0])
     if loss is None:
@@ -248,7 +249,8 @@ def _accumulate_on_device(stats, loss, out, y) -> None:
                              y.astype(np.int64, copy=False))
     else:
         stats[0] += loss.astype(np.float64) * n
-        stats[1] += xp.sum(xp.argmax(out, axis=1) == y)
+        if is_class:
+            stats[1] += xp.sum(xp.argmax(out, axis=1) == y)
 
 
 def evaluate(model, loader: Iterable, loss_fn=None) -> dict:
@@ -313,7 +315,7 @@ class _Trainer:
         if self.stats is None:
             self.stats = _Stats(x)
             if not self.use_graph and not self.stats.on_device and self.shard is not False:
-                self.cpu_step = data_parallel.start(self.model, self.loss_fn, x, y,
+                self.cpu_step = _data_parallel.start(self.model, self.loss_fn, x, y,
                                                     always=bool(self.shard))
         if shape != self.shape:
             if self.last_batch == "drop":

@@ -122,7 +122,44 @@ def test_a_batch_the_buffers_do_not_take_runs_unsharded(sharded, x_shape, y_len)
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_a_workers_error_is_raised_and_the_next_step_runs(sharded):
+class _Routed(nn.Module):
+    """Layers reached through a list outside the registries, and one weight in two layers."""
+
+    samples_independent = True
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, dtype=np.float64)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(2 * 8 * 8, 2 * 8 * 8, dtype=np.float64)
+        self.tied = nn.Linear(2 * 8 * 8, 2 * 8 * 8, dtype=np.float64)
+        self.tied.weight = self.fc.weight
+        self.out = nn.Linear(2 * 8 * 8, 5, dtype=np.float64)
+        self.path = [self.conv, self.flat, self.fc, self.tied, self.out]
+
+    def forward(self, x):
+        for m in self.path:
+            x = m(x)
+        return x
+
+    def backward(self, grad):
+        for m in reversed(self.path):
+            grad = m.backward(grad)
+        return grad
+
+
+def test_layers_outside_the_registries_and_tied_weights_reach_the_workers(sharded):
+    nn.manual_seed(0)
+    model, loss_fn = _Routed(), nn.CrossEntropyLoss()
+    x, y = _batch()
+    ref_loss, _, ref_grads = _unsharded(model, loss_fn, x, y)
+    got_loss, _ = sharded(model, loss_fn, x, y).step(x, y)
+    assert_close(np.asarray(got_loss), np.asarray(ref_loss), np.float64, "loss")
+    for p, ref in zip(model.parameters(), ref_grads):
+        assert_close(p.grad, ref, np.float64, "gradient")
+
+
+def test_a_workers_error_is_raised_and_leaves_the_gradients_as_they_were(sharded):
     model, loss_fn = _model(), nn.CrossEntropyLoss()
     x, y = _batch()
     step = sharded(model, loss_fn, x, y)
@@ -131,7 +168,7 @@ def test_a_workers_error_is_raised_and_the_next_step_runs(sharded):
     with pytest.raises(ValueError, match="target") as info:
         step.step(x, bad)
     assert "data-parallel worker 1" in str(info.value.__cause__)
-    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
     _, _, ref_grads = _unsharded(model, loss_fn, x, y)
     step.step(x, y)
     for p, ref in zip(model.parameters(), ref_grads):
@@ -167,6 +204,9 @@ def test_close_stops_the_workers_and_frees_the_shared_block(sharded):
     (lambda: models.resnet_small(), False, True),
     (lambda: nn.LSTM(3, 4), True, False),     # its axis 0 is time, not the batch
     (lambda: type("Custom", (nn.Module,), {})(), True, False),   # undeclared: not sharded
+    (lambda: type("OwnForward", (nn.Sequential,), {"forward": lambda self, x: x})(
+        nn.ReLU()), True, False),                 # a container's subclass with its forward
+    (lambda: type("OnlyInit", (nn.Sequential,), {})(nn.ReLU()), True, True),
 ])
 def test_samples_independent_says_whether_a_module_may_be_sharded(module, training,
                                                                    independent):
@@ -189,6 +229,8 @@ def test_blockers_name_what_prevents_sharding(two_threads):
     assert any("mixes samples" in r for r in data_parallel.blockers(bn, nn.CrossEntropyLoss()))
     assert any("reduced by mean or sum" in r for r in data_parallel.blockers(
         _model(), nn.CrossEntropyLoss(reduction="none")))
+    assert any("float32 or float64" in r for r in data_parallel.blockers(
+        _model(np.float16), nn.CrossEntropyLoss()))
     threads.set_num_threads(1)
     assert data_parallel.blockers(_model(), nn.CrossEntropyLoss()) == ["one gpuconv thread"]
 
@@ -268,13 +310,23 @@ def test_the_chosen_step_times_both_kinds_then_keeps_one(two_threads, monkeypatc
         return loss, out
 
     try:
-        for _ in range(1000):
+        for _ in range(10000):
             if chosen.chosen is not None:
                 break
             chosen.run(x, y, unsharded)
             model.zero_grad()
         assert chosen.chosen is not None
-        assert min(len(t) for t in chosen.times.values()) == data_parallel.TRIAL_STEPS + 1
+        assert [len(chosen.times[k]) for k in (True, False)] == [3, 3]   # alternated
         assert (chosen.sharded is None) is (not chosen.chosen)
     finally:
         chosen.close()
+
+
+def test_fit_trains_in_one_process_when_the_workers_cannot_start(two_threads):
+    model = _model()
+    model.note = lambda: None   # cannot be pickled for a worker
+    loader = data.DataLoader(data.ArrayDataset(*_batch(192)), batch_size=96)
+    with pytest.warns(RuntimeWarning, match="did not start"):
+        h = fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), loader,
+                epochs=1, progress=False, data_parallel=True)
+    assert len(h.train_loss) == 1 and np.isfinite(h.train_loss[0])

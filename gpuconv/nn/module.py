@@ -360,9 +360,12 @@ class Module:
         return head + "\n  " + "\n  ".join(lines) + "\n)"
 
 
-def _children_independent(module: Module) -> bool:
-    """A container's ``samples_independent``: every child's."""
-    return all(m.samples_independent for m in module.children())
+def _children_independent(module: Module, container: type) -> bool:
+    """``samples_independent`` of a ``container`` class's instance: every child's, unless a
+    subclass has its own forward or backward (which may mix samples: it must say so)."""
+    cls = type(module)
+    return (cls.forward is container.forward and cls.backward is container.backward
+            and all(m.samples_independent for m in module.children()))
 
 
 class Sequential(Module):
@@ -394,7 +397,7 @@ class Sequential(Module):
 
     @property
     def samples_independent(self) -> bool:
-        return _children_independent(self)
+        return _children_independent(self, Sequential)
 
     def forward(self, input):
         modules = list(self)
@@ -436,7 +439,7 @@ class ModuleList(Module):
 
     @property
     def samples_independent(self) -> bool:
-        return _children_independent(self)
+        return _children_independent(self, ModuleList)
 
     def __init__(self, modules: Iterable[Module] | None = None):
         super().__init__()
