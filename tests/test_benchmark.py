@@ -316,6 +316,24 @@ def test_train_rows_time_an_epoch_of_gpuconv_on_the_cpu():
     ours = next(r for r in rows if r["impl"] == "gpuconv_eager")
     assert ours["seconds"] > 0 and ours["images_per_s"] == 24 / ours["seconds"]
     assert not any(r["impl"].endswith("_graph") for r in rows)  # graphs need a GPU
+    assert ours["processes"] == 1   # batches of 8: too small to shard
+
+
+def test_train_rows_say_when_the_step_ran_in_several_processes(monkeypatch):
+    from gpuconv import data_parallel, threads
+    from gpuconv.benchmark.training import train_rows
+
+    monkeypatch.setattr(data_parallel, "TRIAL_STEPS", 1)
+    monkeypatch.setattr(data_parallel.ChosenStep, "_choose", lambda self: setattr(
+        self, "chosen", True) if min(map(len, self.times.values())) > 1 else None)
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    try:
+        rows = train_rows([{"label": "t", "images": 128, "batch": 64}], "cpu", True,
+                          lambda s: None)
+    finally:
+        threads.set_num_threads(before)
+    assert next(r for r in rows if r["impl"] == "gpuconv_eager")["processes"] == 2
 
 
 @pytest.mark.gpu

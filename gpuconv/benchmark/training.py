@@ -46,7 +46,9 @@ def _batches(x, y, batch: int, to_device) -> list:
             for i in range(0, len(x), batch)]
 
 
-def _gpuconv_epoch(x, y, batch: int, device: str, graph: bool) -> float:
+def _gpuconv_epoch(x, y, batch: int, device: str, graph: bool) -> tuple[float, int]:
+    """Seconds for one epoch, and the processes each step ran in (fit's choice on the CPU:
+    more than 1 when it shards the batch, gpuconv.data_parallel)."""
     from .. import graphs, models, nn, optim
     from ..train import _Trainer
 
@@ -73,7 +75,9 @@ def _gpuconv_epoch(x, y, batch: int, device: str, graph: bool) -> float:
             for xb, yb in batches:
                 trainer.run(xb, yb)
         trainer.stats.read()  # fit's one read per epoch; waits for the last step
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        sharded = trainer.cpu_step.sharded if trainer.cpu_step is not None else None
+        return seconds, sharded.shards if sharded is not None else 1
 
 
 def _no_sync(on_gpu: bool):
@@ -148,10 +152,12 @@ def _torch_sync(torch, device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _row(case: dict, impl: str, source: str, seconds: float, device: str) -> dict:
+def _row(case: dict, impl: str, source: str, seconds: float, device: str,
+         processes: int | None = None) -> dict:
     return {"case": case["label"], "pass": "epoch", "op": "train_lenet5", "source": source,
             "impl": impl, "dtype": "float32", "device": device, "seconds": seconds,
-            "images_per_s": case["images"] / seconds, "correct": True}
+            "images_per_s": case["images"] / seconds, "correct": True,
+            "processes": processes}
 
 
 def train_rows(cases: list, device: str, quick: bool, log) -> list:
@@ -162,9 +168,11 @@ def train_rows(cases: list, device: str, quick: bool, log) -> list:
     torch = _torch(device)
     for case in cases:
         x, y = _data(case["images"])
-        case_rows = [_row(case, f"gpuconv_{mode}", "gpuconv",
-                          _gpuconv_epoch(x, y, case["batch"], device, graph), device)
-                     for mode, graph in modes]
+        case_rows = []
+        for mode, graph in modes:
+            seconds, processes = _gpuconv_epoch(x, y, case["batch"], device, graph)
+            case_rows.append(_row(case, f"gpuconv_{mode}", "gpuconv", seconds, device,
+                                  processes))
         if torch is not None:
             case_rows += [_row(case, f"torch_{mode}", "torch",
                                _torch_epoch(torch, x, y, case["batch"], device, graph), device)
@@ -177,6 +185,8 @@ def train_rows(cases: list, device: str, quick: bool, log) -> list:
                 r[f"ratio_to_{impl}"] = r["images_per_s"] / ips
             log(f"{r['case']:>22s} {r['impl']:>14s} {r['seconds']:8.3f} s/epoch "
                 f"{r['images_per_s']:10.0f} images/s"
-                + "".join(f"  {r[f'ratio_to_{impl}']:.2f}x {impl}" for impl in refs))
+                + "".join(f"  {r[f'ratio_to_{impl}']:.2f}x {impl}" for impl in refs)
+                + (f"  (batch in {r['processes']} processes)" if (r["processes"] or 1) > 1
+                   else ""))
         rows += case_rows
     return rows
