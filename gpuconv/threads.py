@@ -30,8 +30,8 @@ serial numba work between GEMMs.
 
 Training steps: processes, not threads
 ---------------------------------------
-``fit``'s step on the CPU may instead run as shards of the batch in worker processes, one
-per thread (:mod:`gpuconv.data_parallel`), every kernel in each process serial (in the
+``fit``'s step on the CPU may instead run as shards of the batch in worker processes, at
+most one per thread (:mod:`gpuconv.data_parallel`), every kernel in each process serial (in the
 caller through :func:`serial`, in the workers on one thread): still one level, now over the
 batch. A step is dozens of short kernels with Python between them, and two threads each
 running half of it wait for each other's GIL dozens of times per step; two processes do

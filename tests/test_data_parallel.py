@@ -30,12 +30,24 @@ def _batch(n=BATCH, seed=0):
 
 
 def _unsharded(model, loss_fn, x, y):
+    """The oracle: the batch's loss, output and parameter gradients in one forward/backward."""
     out = model(x)
     loss = float(loss_fn(out, y))
     model.backward_params(loss_fn.backward())
     grads = [p.grad.copy() for p in model.parameters()]
     model.zero_grad()
-    return loss, int((out.argmax(axis=1) == y).sum()), grads
+    return loss, out, grads
+
+
+def _assert_step_is_unsharded(step, model, loss_fn, x, y):
+    """``step.step(x, y)`` gives the batch's loss and gradients; returns its correct count
+    and the oracle's output."""
+    ref_loss, out, ref_grads = _unsharded(model, loss_fn, x, y)
+    got_loss, correct = step.step(x, y)
+    assert_close(np.asarray(got_loss), np.asarray(ref_loss), np.float64, "loss")
+    for p, ref in zip(model.parameters(), ref_grads):
+        assert_close(p.grad, ref, np.float64, "gradient")
+    return correct, out
 
 
 @pytest.fixture
@@ -68,28 +80,17 @@ _LOSSES = {
 def test_shards_give_the_batch_loss_correct_count_and_gradients(sharded, loss, shards):
     model, loss_fn = _model(), _LOSSES[loss]()
     x, y = _batch()
-    ref_loss, ref_correct, ref_grads = _unsharded(model, loss_fn, x, y)
-    step = sharded(model, loss_fn, x, y, shards)
-    got_loss, got_correct = step.step(x, y)
-    assert got_correct == ref_correct
-    assert_close(np.asarray(got_loss), np.asarray(ref_loss), np.float64, "loss")
-    for p, ref in zip(model.parameters(), ref_grads):
-        assert_close(p.grad, ref, np.float64, "gradient")
+    correct, out = _assert_step_is_unsharded(sharded(model, loss_fn, x, y, shards), model,
+                                             loss_fn, x, y)
+    assert correct == int((out.argmax(axis=1) == y).sum())
 
 
 def test_mse_loss_shards_add_up_to_the_mean(sharded):
     model, loss_fn = _model(), nn.MSELoss()
     x, _ = _batch()
     y = np.random.default_rng(1).standard_normal((BATCH, 5))
-    out = model(x)
-    ref_loss = float(loss_fn(out, y))
-    model.backward_params(loss_fn.backward())
-    ref_grads = [p.grad.copy() for p in model.parameters()]
-    model.zero_grad()
-    got_loss, _ = sharded(model, loss_fn, x, y).step(x, y)
-    assert_close(np.asarray(got_loss), np.asarray(ref_loss), np.float64, "loss")
-    for p, ref in zip(model.parameters(), ref_grads):
-        assert_close(p.grad, ref, np.float64, "gradient")
+    correct, _ = _assert_step_is_unsharded(sharded(model, loss_fn, x, y), model, loss_fn, x, y)
+    assert correct == 0   # a regression's targets count no correct predictions
 
 
 def test_workers_see_the_parameters_of_each_step(sharded):
@@ -101,10 +102,7 @@ def test_workers_see_the_parameters_of_each_step(sharded):
     step.step(x, y)
     opt.step()
     opt.zero_grad()
-    _, _, ref_grads = _unsharded(model, loss_fn, x, y)
-    step.step(x, y)
-    for p, ref in zip(model.parameters(), ref_grads):
-        assert_close(p.grad, ref, np.float64, "gradient after an update")
+    _assert_step_is_unsharded(step, model, loss_fn, x, y)
 
 
 @pytest.mark.parametrize("x_shape, y_len", [
@@ -152,11 +150,7 @@ def test_layers_outside_the_registries_and_tied_weights_reach_the_workers(sharde
     nn.manual_seed(0)
     model, loss_fn = _Routed(), nn.CrossEntropyLoss()
     x, y = _batch()
-    ref_loss, _, ref_grads = _unsharded(model, loss_fn, x, y)
-    got_loss, _ = sharded(model, loss_fn, x, y).step(x, y)
-    assert_close(np.asarray(got_loss), np.asarray(ref_loss), np.float64, "loss")
-    for p, ref in zip(model.parameters(), ref_grads):
-        assert_close(p.grad, ref, np.float64, "gradient")
+    _assert_step_is_unsharded(sharded(model, loss_fn, x, y), model, loss_fn, x, y)
 
 
 def test_a_workers_error_is_raised_and_leaves_the_gradients_as_they_were(sharded):
@@ -169,10 +163,7 @@ def test_a_workers_error_is_raised_and_leaves_the_gradients_as_they_were(sharded
         step.step(x, bad)
     assert "data-parallel worker 1" in str(info.value.__cause__)
     assert all(p.grad is None for p in model.parameters())
-    _, _, ref_grads = _unsharded(model, loss_fn, x, y)
-    step.step(x, y)
-    for p, ref in zip(model.parameters(), ref_grads):
-        assert_close(p.grad, ref, np.float64, "gradient after a worker's error")
+    _assert_step_is_unsharded(step, model, loss_fn, x, y)   # and the next step runs
 
 
 def test_close_stops_the_workers_and_frees_the_shared_block(sharded):
