@@ -20,22 +20,24 @@ processes, each training on 64 images, ran 1.7-1.9x the images/s of one process 
   the batch's loss is the shards' sum over the divisor.
 
 The result is the unsharded step's up to rounding (the shards' sums are added in another
-order), and the same from run to run. One level of parallelism holds: inside each process
-every kernel runs on one thread. ``k`` is the gpuconv thread count, or fewer so that each
-shard has at least ``MIN_SHARD_SAMPLES`` samples of the first batch.
+order), and the same from run to run (the split is fixed). One level of parallelism holds:
+inside each process every kernel runs on one thread. ``k`` is the gpuconv thread count,
+or fewer so that each shard has at least ``MIN_SHARD_SAMPLES`` samples of the first batch.
 
 Which steps may be sharded (:func:`blockers`; else the step runs on the thread pool as
 before): on a POSIX system with more than one gpuconv thread, a model whose
-``samples_independent`` is true (no batch statistics, no dropout mask:
-:attr:`gpuconv.nn.Module.samples_independent`) with float32 or float64 NumPy parameters, a
-gpuconv loss with reduction "mean" or "sum", and a batch whose trailing shape and dtypes are
-the first batch's and which fits the workers' buffers (sized by the first batch).
+``samples_independent`` is true as its code declares it (no batch statistics, no dropout
+mask, no subclass computing otherwise: :func:`gpuconv.nn.module.independent`), no class
+from ``__main__`` (a worker cannot import it), float32 or float64 NumPy parameters with an
+array each, a gpuconv loss with reduction "mean" or "sum", and a batch whose trailing shape
+and dtypes are the first batch's and which fits the workers' buffers (sized by it).
 
 The workers are Python processes started by :func:`start` with the caller's ``sys.path``,
 each handed its end of a socket pair, the model and the loss (pickled once, without their
 parameter arrays, which the workers map from the shared block, and without any saved
-forward); they ignore Ctrl-C, and exit when the step is closed (``close``, which fit calls)
-or when their socket closes, as it does when the calling process exits. A worker's error is
+forward); they run in a session of their own (a terminal's Ctrl-C does not reach them), and
+exit when the step is closed (``close``, which fit calls; one still starting is killed) or
+when their socket closes, as it does when the calling process exits. A worker's error is
 raised by the caller, with the worker's traceback as its cause, and the step's gradients
 are left as they were before it.
 """
@@ -63,7 +65,7 @@ import numpy as np
 from . import threads
 
 __all__ = ["ShardedStep", "ChosenStep", "start", "blockers", "correct_count",
-           "MIN_SHARD_SAMPLES", "TRIAL_STEPS"]
+           "is_class_target", "MIN_SHARD_SAMPLES", "TRIAL_STEPS"]
 
 # Fewer samples per shard than this: no sharding. A LeNet-5 step costs about 3 ms whatever
 # the batch (8 images: 3.3 ms; 64: 11.4 ms on one thread) and a sharded step adds about
@@ -176,13 +178,22 @@ def _summing(loss_fn):
     return summing
 
 
-def correct_count(out, y) -> int:
+def is_class_target(out, y) -> bool:
+    """Whether ``y`` holds integer class indices (N, ...) for scores ``out`` (N, C, ...)."""
+    return (np.issubdtype(np.dtype(y.dtype), np.integer) and out.ndim >= 2
+            and tuple(y.shape) == (out.shape[0],) + tuple(out.shape[2:]))
+
+
+def correct_count(out, y) -> int | None:
     """How many samples of scores ``out`` (N, C, ...) have their largest score at their class
-    ``y`` (N, ...); 0 when ``y`` is not integer class indices (a regression's targets)."""
-    guess = np.argmax(out, axis=1)
-    if np.issubdtype(y.dtype, np.integer) and y.shape == guess.shape:
-        return int(np.sum(guess == y))
-    return 0
+    ``y`` (N, ...); None when ``y`` is not class indices (nothing to count)."""
+    if not is_class_target(out, y):
+        return None
+    return int(np.sum(np.argmax(out, axis=1) == y))
+
+
+def _add_counts(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
 
 
 # --------------------------------------------------------------------------- the caller's side
@@ -190,6 +201,7 @@ def correct_count(out, y) -> int:
 def blockers(model, loss_fn) -> list[str]:
     """Why the training step of ``model`` and ``loss_fn`` cannot be sharded (empty: it can)."""
     from .nn.loss import _Loss
+    from .nn.module import independent
 
     reasons = []
     if threads.get_num_threads() < 2:
@@ -198,15 +210,21 @@ def blockers(model, loss_fn) -> list[str]:
         reasons.append("not a POSIX system")
     if getattr(sys, "frozen", False) or not spawn.get_executable():
         reasons.append("no Python interpreter to start workers with")
-    if not model.samples_independent:
+    if not independent(model):
         reasons.append("the model mixes samples (batch norm in training, dropout, or a layer "
-                       "that does not declare samples_independent)")
-    if not isinstance(loss_fn, _Loss) or loss_fn.reduction not in ("mean", "sum"):
+                       "or subclass that does not declare samples_independent)")
+    if not (isinstance(loss_fn, _Loss) and independent(loss_fn)
+            and loss_fn.reduction in ("mean", "sum")):
         reasons.append("the loss is not a gpuconv loss reduced by mean or sum")
+    if any(type(m).__module__ == "__main__" for m in (*model.modules(), loss_fn)):
+        reasons.append("a module's class is defined in __main__ (a script or notebook), "
+                       "which a worker cannot import")
     params = list(model.parameters())
     if not params or not all(isinstance(p.data, np.ndarray) and p.data.dtype in _DTYPES
                              for p in params):
         reasons.append("the parameters are not float32 or float64 NumPy arrays")
+    if len({id(p.data) for p in params}) != len(params):
+        reasons.append("two parameters share one array")
     return reasons
 
 
@@ -221,7 +239,7 @@ class _Worker:
             self.process = subprocess.Popen(
                 [spawn.get_executable(), "-c", _BOOTSTRAP, str(there.fileno())],
                 pass_fds=(there.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             here.close()
             raise
@@ -248,16 +266,20 @@ class _Worker:
         return reply
 
 
-def _shutdown(pid: int, workers: list, shm: SharedMemory) -> None:
-    """Stop the workers (all told first, then waited for against one deadline) and free the
-    block; nothing in a forked child, whose parent owns both."""
+def _shutdown(pid: int, workers: list, starting: list, shm: SharedMemory) -> None:
+    """Stop the workers (all told first, then waited for against one deadline; those still
+    starting, which read nothing yet, killed) and free the block; nothing in a forked
+    child, whose parent owns both."""
     if os.getpid() != pid:
         return
     for w in workers:
-        try:
-            w.conn.send(("close",))
-        except OSError:
-            pass
+        if w in starting:
+            w.process.kill()
+        else:
+            try:
+                w.conn.send(("close",))
+            except OSError:
+                pass
         w.conn.close()
     deadline = time.monotonic() + CLOSE_SECONDS
     for w in workers:
@@ -279,8 +301,9 @@ def _shutdown(pid: int, workers: list, shm: SharedMemory) -> None:
 class ShardedStep:
     """The data-parallel step of one model and loss in ``shards`` shards (see the module's
     docstring), its buffers sized by the first batch ``(x, y)``. The workers start at once;
-    ``ready()`` says when they have. ``step(x, y)`` returns ``(loss, correct)``, or None
-    when the batch does not fit (run it unsharded); ``close()`` stops the workers (also done
+    ``ready()`` says when they have. ``step(x, y)`` returns ``(loss, correct)`` (correct None
+    for targets that are not class indices), or None when the batch does not fit (run it
+    unsharded); ``close()`` stops the workers (also done
     when the object is collected)."""
 
     def __init__(self, model, loss_fn, shards: int, x, y):
@@ -301,8 +324,9 @@ class ShardedStep:
         self._shm = SharedMemory(create=True, size=size)
         self.views = _views(self._shm.buf, offsets)
         self.workers: list[_Worker] = []
+        self._waiting: list[_Worker] = []   # started, not yet ready
         self._finalizer = weakref.finalize(self, _shutdown, os.getpid(), self.workers,
-                                           self._shm)
+                                           self._waiting, self._shm)
         self._started = time.monotonic()
         self._broken = False
         self.spin = SPIN_SECONDS
@@ -310,6 +334,7 @@ class ShardedStep:
             _reserve(self._shm)
             for j in range(1, shards):
                 self.workers.append(_Worker(j))
+                self._waiting.append(self.workers[-1])
             for w in self.workers:
                 w.conn.send({"shm": self._shm.name, "offsets": offsets, "worker": w.index,
                              "params": len(self.params), "spin": self.spin})
@@ -317,7 +342,6 @@ class ShardedStep:
         except BaseException:
             self.close()
             raise
-        self._waiting = list(self.workers)
 
     def ready(self) -> bool:
         """Whether every worker has started (without waiting); raises a worker's start-up
@@ -389,7 +413,7 @@ class ShardedStep:
 
         for w, (_, loss_sum, count, has_grad) in zip(self.workers, replies):
             total += loss_sum
-            correct += count
+            correct = _add_counts(correct, count)
             for i, p in enumerate(self.params):
                 if has_grad[i]:
                     accumulate_grad(p, self.views[f"grad{w.index}.{i}"])
@@ -519,7 +543,11 @@ def start(model, loss_fn, x, y, always: bool = False) -> ChosenStep | None:
     except Exception as exc:
         _not_started(exc)
         return None
-    chosen = ChosenStep(sharded, x, y, always)
+    try:
+        chosen = ChosenStep(sharded, x, y, always)
+    except BaseException:   # interrupted while waiting for the workers
+        sharded.close()
+        raise
     return chosen if chosen.sharded is not None else None
 
 
@@ -527,9 +555,16 @@ def start(model, loss_fn, x, y, always: bool = False) -> ChosenStep | None:
 
 def _serve(fd: int) -> None:
     """A worker's life: map the block, load the model, warm up, then run steps until told
-    to close or until the socket closes."""
+    to close or until the socket closes (then quietly: the caller has stopped)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the caller decides when workers stop
     conn = Connection(fd)
+    try:
+        _work(conn)
+    except (EOFError, OSError):
+        pass
+
+
+def _work(conn: Connection) -> None:
     try:
         meta = conn.recv()
         threads.set_num_threads(1)
@@ -551,10 +586,7 @@ def _serve(fd: int) -> None:
     conn.send(("ready",))
     while True:
         _spin(conn, meta["spin"])
-        try:
-            message = conn.recv()
-        except EOFError:
-            break
+        message = conn.recv()
         if message[0] == "close":
             break
         _, size, divisor = message
@@ -603,6 +635,7 @@ def _send_error(conn: Connection, exc: Exception) -> None:
     pickled)."""
     text = traceback.format_exc()
     try:
-        conn.send(("error", exc, text))
+        pickle.loads(pickle.dumps(exc))   # an exception the caller could not rebuild
     except Exception:
-        conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), text))
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    conn.send(("error", exc, text))

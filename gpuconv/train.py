@@ -214,14 +214,16 @@ class _Stats:
         if self.on_device:
             _accumulate_on_device(self.device, loss, out, y)
             return
-        self.add_counts(loss, _data_parallel.correct_count(out, y), int(y.shape[0]))
+        self.add_counts(loss, _data_parallel.correct_count(out, y), y)
 
-    def add_counts(self, loss, correct: int, samples: int) -> None:
-        """Count a batch of ``samples`` on the CPU from its mean ``loss`` (or None) and its
-        number of ``correct`` predictions."""
+    def add_counts(self, loss, correct: int | None, y) -> None:
+        """Count a batch of targets ``y`` on the CPU from its mean ``loss`` (or None) and its
+        number of ``correct`` predictions (None: ``y`` is not class indices, an error)."""
+        if correct is None:
+            raise _no_accuracy(y)
         self.correct += correct
         if loss is not None:
-            self.loss_sum += float(loss) * samples
+            self.loss_sum += float(loss) * int(y.shape[0])
 
     def read(self) -> tuple[float, int]:
         """``(loss_sum, correct)`` so far: on the GPU one device-to-host copy, which also
@@ -232,25 +234,30 @@ class _Stats:
         return self.loss_sum, self.correct
 
 
+def _no_accuracy(y) -> ValueError:
+    return ValueError(f"fit and evaluate count correct predictions of integer class-index "
+                      f"targets (N, ...) for scores (N, C, ...); got targets of shape "
+                      f"{tuple(y.shape)} and dtype {y.dtype}")
+
+
 def _accumulate_on_device(stats, loss, out, y) -> None:
-    """``stats += [loss * N, correct]``: the fused kernel when the targets are class indices
-    of ``out``'s rows, CuPy operations otherwise (e.g. a regression's float targets, which
-    count no correct predictions, as on the CPU)."""
+    """``stats += [loss * N, correct]`` for class-index targets (a clear error for others,
+    as on the CPU): the fused kernel for float32/float64 scores, CuPy operations
+    otherwise."""
+    if not _data_parallel.is_class_target(out, y):
+        raise _no_accuracy(y)
     xp = backend.array_module(out)
     n = int(y.shape[0])
     if loss is None:
         loss = xp.zeros((), out.dtype)
-    is_class = (np.issubdtype(np.dtype(y.dtype), np.integer) and out.ndim >= 2
-                and tuple(y.shape) == (out.shape[0],) + tuple(out.shape[2:]))
-    if is_class and out.dtype in (np.float32, np.float64):
+    if out.dtype in (np.float32, np.float64):
         from .kernels.cuda_c.loss import classification_stats
 
         classification_stats(stats, xp.ascontiguousarray(loss, dtype=out.dtype), out,
                              y.astype(np.int64, copy=False))
     else:
         stats[0] += loss.astype(np.float64) * n
-        if is_class:
-            stats[1] += xp.sum(xp.argmax(out, axis=1) == y)
+        stats[1] += xp.sum(xp.argmax(out, axis=1) == y)
 
 
 def evaluate(model, loader: Iterable, loss_fn=None) -> dict:
@@ -353,7 +360,7 @@ class _Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad()
         if self.cpu_step is not None:
-            self.stats.add_counts(loss, correct, int(y.shape[0]))
+            self.stats.add_counts(loss, correct, y)
         else:
             self.stats.add(loss, out, y)
 
@@ -485,7 +492,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
       treats samples independently (:mod:`gpuconv.data_parallel`). None (the default)
       times the first steps both ways and keeps the faster; True shards every step it can;
       False never does. Sharded and unsharded steps differ only in rounding (the order in
-      which the shards' gradients are added).
+      which the shards' gradients are added), so with None, whose choice is a timing, two
+      runs of the same seed may differ in the last bits; True and False repeat exactly.
 
     On the GPU the loop never waits for the device inside an epoch: the loss sums, correct
     counts and value-check flags stay on the device and are read once per epoch (and at the

@@ -3,6 +3,7 @@ give the whole batch's loss, correct count and gradients; what may be sharded; a
 error reaches the caller; the workers stop when the step is closed."""
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from support import assert_close
 
 from gpuconv import data, data_parallel, models, nn, optim, threads
+from gpuconv.nn.module import independent as module_independent
 from gpuconv.train import fit
 
 BATCH = 100   # two shards of 50, or three of 33-34 (>= MIN_SHARD_SAMPLES)
@@ -59,7 +61,7 @@ def sharded():
         step = data_parallel.ShardedStep(model, loss_fn, shards, x, y)
         made.append(step)
         while not step.ready():
-            pass
+            time.sleep(0.01)
         return step
     yield make
     for step in made:
@@ -90,7 +92,7 @@ def test_mse_loss_shards_add_up_to_the_mean(sharded):
     x, _ = _batch()
     y = np.random.default_rng(1).standard_normal((BATCH, 5))
     correct, _ = _assert_step_is_unsharded(sharded(model, loss_fn, x, y), model, loss_fn, x, y)
-    assert correct == 0   # a regression's targets count no correct predictions
+    assert correct is None   # a regression's targets: no correct predictions to count
 
 
 def test_workers_see_the_parameters_of_each_step(sharded):
@@ -166,6 +168,14 @@ def test_a_workers_error_is_raised_and_leaves_the_gradients_as_they_were(sharded
     _assert_step_is_unsharded(step, model, loss_fn, x, y)   # and the next step runs
 
 
+def test_close_right_after_the_start_does_not_wait_for_the_workers():
+    step = data_parallel.ShardedStep(_model(), nn.CrossEntropyLoss(), 2, *_batch())
+    t0 = time.perf_counter()
+    step.close()
+    assert time.perf_counter() - t0 < data_parallel.CLOSE_SECONDS / 2
+    assert all(w.process.poll() is not None for w in step.workers)
+
+
 def test_close_stops_the_workers_and_frees_the_shared_block(sharded):
     from multiprocessing.shared_memory import SharedMemory
 
@@ -198,12 +208,17 @@ def test_close_stops_the_workers_and_frees_the_shared_block(sharded):
     (lambda: type("OwnForward", (nn.Sequential,), {"forward": lambda self, x: x})(
         nn.ReLU()), True, False),                 # a container's subclass with its forward
     (lambda: type("OnlyInit", (nn.Sequential,), {})(nn.ReLU()), True, True),
+    (lambda: type("OwnLinear", (nn.Linear,), {"forward": lambda self, x: x})(2, 2), True,
+     False),                                      # a layer's subclass with its forward
+    (lambda: type("Redeclared", (nn.Linear,), {"forward": lambda self, x: x,
+                                                "samples_independent": True})(2, 2), True,
+     True),                                       # ... that says it keeps samples apart
 ])
 def test_samples_independent_says_whether_a_module_may_be_sharded(module, training,
                                                                    independent):
     m = module()
     m.train(training)
-    assert m.samples_independent is independent
+    assert module_independent(m) is independent
 
 
 @pytest.fixture
@@ -216,6 +231,13 @@ def two_threads():
 
 def test_blockers_name_what_prevents_sharding(two_threads):
     assert data_parallel.blockers(_model(), nn.CrossEntropyLoss()) == []
+    own_loss = type("OwnLoss", (nn.MSELoss,), {"forward": lambda self, x, t: x.sum()})()
+    assert any("gpuconv loss" in r for r in data_parallel.blockers(_model(), own_loss))
+    in_main = type("Net", (nn.Sequential,), {"__module__": "__main__"})(nn.Linear(2, 2))
+    assert any("__main__" in r for r in data_parallel.blockers(in_main, nn.MSELoss()))
+    tied = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    tied[1].weight = nn.Parameter(tied[0].weight.data)   # two Parameters, one array
+    assert "two parameters share one array" in data_parallel.blockers(tied, nn.MSELoss())
     bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     assert any("mixes samples" in r for r in data_parallel.blockers(bn, nn.CrossEntropyLoss()))
     assert any("reduced by mean or sum" in r for r in data_parallel.blockers(
@@ -311,6 +333,16 @@ def test_the_chosen_step_times_both_kinds_then_keeps_one(two_threads, monkeypatc
         assert (chosen.sharded is None) is (not chosen.chosen)
     finally:
         chosen.close()
+
+
+def test_fit_names_targets_whose_accuracy_it_cannot_count(two_threads):
+    x, _ = _batch(128)
+    loader = data.DataLoader(data.ArrayDataset(x, np.zeros((128, 5))), batch_size=64)
+    model = _model()
+    for mode in (True, False):
+        with pytest.raises(ValueError, match=r"class-index targets.*\(64, 5\) and dtype float64"):
+            fit(model, nn.MSELoss(), optim.SGD(model.parameters(), lr=0.1), loader, epochs=1,
+                progress=False, data_parallel=mode)
 
 
 def test_fit_trains_in_one_process_when_the_workers_cannot_start(two_threads):

@@ -65,7 +65,7 @@ class BasicBlock(Module):
     @property
     def samples_independent(self) -> bool:
         """As its layers (the residual sum is per sample): with batch norm in eval mode."""
-        return _children_independent(self, BasicBlock)
+        return _children_independent(self)
 
     def forward(self, input):
         if not (isinstance(self.relu1, ReLU) and isinstance(self.relu2, ReLU)):

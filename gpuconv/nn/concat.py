@@ -43,7 +43,7 @@ class Concat(Module):
     @property
     def samples_independent(self) -> bool:
         """Joined along an axis after the batch's, of independent branches."""
-        return self.dim >= 1 and _children_independent(self, Concat)
+        return self.dim >= 1 and _children_independent(self)
 
     def _axis(self, ndim: int) -> int:
         if not -ndim <= self.dim < ndim:

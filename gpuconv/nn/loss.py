@@ -44,6 +44,10 @@ class _Loss(Module):
         grad = xp.asarray(grad_output, dtype=input.dtype)
         return self._grad_input(grad)
 
+    # Per-position losses, summed or averaged over mean_divisor: shards of a batch add up to
+    # the batch's loss (gpuconv.data_parallel).
+    samples_independent = True
+
     def mean_divisor(self, target) -> float:
         """What ``reduction="mean"`` divides the summed loss of ``target`` by: here the number
         of target elements. A batch cut into shards has the batch's mean loss as the sum of

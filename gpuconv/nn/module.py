@@ -360,12 +360,35 @@ class Module:
         return head + "\n  " + "\n  ".join(lines) + "\n)"
 
 
-def _children_independent(module: Module, container: type) -> bool:
-    """``samples_independent`` of a ``container`` class's instance: every child's, unless a
-    subclass has its own forward or backward (which may mix samples: it must say so)."""
+# What a module computes with: a subclass that redefines one of these below the class that
+# declared samples_independent may mix samples, and must declare it again to be trusted.
+_COMPUTING = ("forward", "backward", "backward_params", "forward_fused", "fused_activation",
+              "_grad_input", "_args", "mean_divisor")
+
+
+def declared_by_its_code(module: Module) -> bool:
+    """Whether ``module``'s class computes with the code that declared its
+    ``samples_independent``: every method of ``_COMPUTING`` comes from that class, a class
+    above it, or gpuconv itself (a user's subclass of ``Linear`` with its own ``forward``
+    does not inherit ``Linear``'s word)."""
     cls = type(module)
-    return (cls.forward is container.forward and cls.backward is container.backward
-            and all(m.samples_independent for m in module.children()))
+    declaring = next(c for c in cls.__mro__ if "samples_independent" in c.__dict__)
+    for name in _COMPUTING:
+        owner = next((c for c in cls.__mro__ if name in c.__dict__), None)
+        if owner is not None and owner not in declaring.__mro__ \
+                and not owner.__module__.startswith("gpuconv."):
+            return False
+    return True
+
+
+def independent(module: Module) -> bool:
+    """``module.samples_independent``, trusted only as declared by its code."""
+    return declared_by_its_code(module) and module.samples_independent
+
+
+def _children_independent(module: Module) -> bool:
+    """A container's ``samples_independent``: every child's (as declared by its code)."""
+    return all(independent(m) for m in module.children())
 
 
 class Sequential(Module):
@@ -397,7 +420,7 @@ class Sequential(Module):
 
     @property
     def samples_independent(self) -> bool:
-        return _children_independent(self, Sequential)
+        return _children_independent(self)
 
     def forward(self, input):
         modules = list(self)
@@ -439,7 +462,7 @@ class ModuleList(Module):
 
     @property
     def samples_independent(self) -> bool:
-        return _children_independent(self, ModuleList)
+        return _children_independent(self)
 
     def __init__(self, modules: Iterable[Module] | None = None):
         super().__init__()
