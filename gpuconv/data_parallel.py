@@ -63,6 +63,8 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from . import threads
+from .nn.loss import _Loss
+from .nn.module import accumulate_grad, independent
 
 __all__ = ["ShardedStep", "ChosenStep", "start", "blockers", "correct_count",
            "is_class_target", "MIN_SHARD_SAMPLES", "TRIAL_STEPS"]
@@ -200,9 +202,6 @@ def _add_counts(a: int | None, b: int | None) -> int | None:
 
 def blockers(model, loss_fn) -> list[str]:
     """Why the training step of ``model`` and ``loss_fn`` cannot be sharded (empty: it can)."""
-    from .nn.loss import _Loss
-    from .nn.module import independent
-
     reasons = []
     if threads.get_num_threads() < 2:
         reasons.append("one gpuconv thread")
@@ -409,8 +408,6 @@ class ShardedStep:
             for p, g in zip(self.params, before or [None] * len(self.params)):
                 p.grad = g
             raise error
-        from .nn.module import accumulate_grad
-
         for w, (_, loss_sum, count, has_grad) in zip(self.workers, replies):
             total += loss_sum
             correct = _add_counts(correct, count)

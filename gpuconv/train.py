@@ -488,10 +488,10 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     - ``progress``: a progress bar per epoch (tqdm, when installed); ``verbose``: one line
       per epoch (default: as ``progress``); ``plot_title``: the title of ``plot_path``.
     - ``data_parallel``: on the CPU with more than one thread, run each step's forward and
-      backward as shards of the batch in worker processes, one per thread, where the model
-      treats samples independently (:mod:`gpuconv.data_parallel`). None (the default)
-      times the first steps both ways and keeps the faster; True shards every step it can;
-      False never does. Sharded and unsharded steps differ only in rounding (the order in
+      backward as shards of the batch in worker processes (at most one per thread, each of
+      at least 32 samples of the first batch), where the model treats samples
+      independently (:mod:`gpuconv.data_parallel`). None (the default) times the first
+      steps both ways and keeps the faster; True shards every step it can; False never does. Sharded and unsharded steps differ only in rounding (the order in
       which the shards' gradients are added), so with None, whose choice is a timing, two
       runs of the same seed may differ in the last bits; True and False repeat exactly.
 
