@@ -65,6 +65,11 @@ CONV_CASES = [
     ConvCase("valid-kernel-fills-input", 2, 3, (5, 6), 4, (5, 6), 1, "valid"),
     ConvCase("stride-skips-last-rows", 2, 2, (8, 9), 3, (2, 2), 3, 0, 1, 1),
     ConvCase("one-input-channel", 3, 1, (9, 8), 6, (3, 3), 1, 1),
+    # Kernel rows of four taps and more: the numpy impl's depthwise loops take them four
+    # at a time (with a remainder), row stride 2 and column dilation included.
+    ConvCase("one-input-channel-5x5", 2, 1, (12, 11), 6, (5, 5), 1, 2),
+    ConvCase("depthwise-wide-kernel-rowstride2", 2, 3, (9, 14), 6, (3, 6), (2, 1), (1, 2),
+             (1, 2), 3),
 ]
 
 SMALL_CONV_CASES = [

@@ -53,7 +53,10 @@ from . import register
 from ..reference.conv import _conv_bias_act
 from ... import backend, threads
 
-_CHUNK_BYTES = 1 << 21
+# A tile's column matrices (the im2col columns, and the column gradient when it computes
+# grad_input) take about this much: together they stay in a 2 MiB L2 cache (LeNet's second
+# layer: 1 MiB tiles ran its forward 10% and its backward 9% faster than 2 MiB ones).
+_CHUNK_BYTES = 1 << 20
 # An image whose column matrix is larger than this is cut into bands of output rows.
 _BAND_ABOVE_BYTES = 1 << 24
 # A band computing grad_input is at least this many times its halo rows, whose columns it
@@ -66,6 +69,10 @@ _TASKS_PER_THREAD = 2
 # into float64 after about _LANE_ADDS additions each (8 LeNet images of 4 row blocks).
 _LANE_SPAN = 256
 _LANE_ADDS = 32
+# grad_weight multiplies the columns by grad_output's transpose (not grad_output by the
+# columns' transpose) when the columns are at least this many times as wide as they are
+# tall (_grad_weight_product).
+_GW_TRANSPOSED_WIDTH = 2
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -97,6 +104,19 @@ def _gather_axpy(dst, d0, a, src, s0, step, count):
 
 
 @njit(cache=True, nogil=True)
+def _gather_axpy4(dst, d0, a, a0, src, s0, tap, count):
+    """dst[d0 + i] += a[a0] * src[s0 + i] + ... + a[a0 + 3] * src[s0 + i + 3*tap] for i in
+    [0, count), the four products added in that order: four taps of a kernel row in one
+    pass over dst (five loads and a store per four multiply-adds, not twelve memory
+    operations as four _gather_axpy calls take)."""
+    w0, w1, w2, w3 = a[_u(a0)], a[_u(a0 + 1)], a[_u(a0 + 2)], a[_u(a0 + 3)]
+    for i in range(count):
+        j = s0 + i
+        dst[_u(d0 + i)] = (((dst[_u(d0 + i)] + w0 * src[_u(j)]) + w1 * src[_u(j + tap)])
+                           + w2 * src[_u(j + 2 * tap)]) + w3 * src[_u(j + 3 * tap)]
+
+
+@njit(cache=True, nogil=True)
 def _scatter_axpy(dst, d0, step, a, src, s0, count):
     """dst[d0 + i*step] += a * src[s0 + i] for i in [0, count)."""
     if step == 1:
@@ -116,6 +136,17 @@ def _mul_add(dst, d0, a, a0, b, b0, step, count):
     else:
         for i in range(count):
             dst[_u(d0 + i)] += a[_u(a0 + i)] * b[_u(b0 + i * step)]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _dot(a, a0, b, b0, count):
+    """sum_i a[a0 + i] * b[b0 + i] for i in [0, count), in a's dtype. Reassociation lets
+    LLVM split the sum over vector lanes (one sequential sum does not vectorise); an inf or
+    NaN still propagates (no ``nnan``/``ninf`` flags)."""
+    acc = a.dtype.type(0)
+    for i in range(count):
+        acc += a[_u(a0 + i)] * b[_u(b0 + i)]
+    return acc
 
 
 @njit(cache=True, nogil=True)
@@ -261,14 +292,20 @@ def _dw_forward_kernel(x, w, base, y, relu, c0, c1, sh, sw, ph, pw, dh, dw):
     padded, acc, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, y)
     rows, run = _runs(oh_n, wq, sh, sw)
     zero = acc.dtype.type(0)
-    xf, yf = x.reshape(-1), y.reshape(-1)
+    xf, yf, wf = x.reshape(-1), y.reshape(-1), w.reshape(-1)
     for b in range(n):
         for c in range(c0, c1):
             _load_padded(xf, (b * c_n + c) * h * wd, wd, h, wd, padded, 0, ph, pw, pitch)
             for k in range(c * m, (c + 1) * m):
                 _fill(acc, 0, acc.size, zero)
                 for r in range(r_n):
-                    for s in range(s_n):
+                    s = 0
+                    while sw == 1 and s + 4 <= s_n:   # unit column stride: four taps at once
+                        for oh in range(rows):
+                            _gather_axpy4(acc, oh * wq, wf, (k * r_n + r) * s_n + s, padded,
+                                          (oh * sh + r * dh) * pitch + s * dw, dw, run)
+                        s += 4
+                    for s in range(s, s_n):
                         for oh in range(rows):
                             _gather_axpy(acc, oh * wq, w[k, r, s], padded,
                                          (oh * sh + r * dh) * pitch + s * dw, sw, run)
@@ -319,6 +356,9 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
     m = k_n // c_n
     taps = r_n * s_n
     padded, gy_wide, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, gy)
+    if sh == 1 and sw == 1 and _all_finite(x.reshape(-1)):
+        _dw_grad_weight_dots(gy, x, gw, c0, c1, ph, pw, dh, dw, padded, gy_wide, wq, pitch)
+        return
     blk = max(1, min(oh_n, _LANE_SPAN // wq))
     span = blk * wq
     unit = sh == 1 and sw == 1
@@ -358,6 +398,35 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
                     for j in range(ow_n):
                         acc += total[_u(t0 + i * wq + j)]
                 gw[k, r, s] = acc
+
+
+@njit(cache=True, nogil=True)
+def _dw_grad_weight_dots(gy, x, gw, c0, c1, ph, pw, dh, dw, padded, gy_wide, wq, pitch):
+    """:func:`_dw_grad_weight_kernel` with unit strides and a finite ``x``: each tap of each
+    image is one dot product of the wide gy plane with the padded x plane shifted by the
+    tap, over whole wide rows (gy's zero columns meet finite pixels: zero products), in
+    x's dtype; the images' dots add up in float64. 2.5x faster than the lanes on LeNet's
+    first layer: two loads per multiply-add, against three and a store."""
+    n, c_n, h, wd = x.shape
+    k_n, r_n, s_n = gw.shape
+    oh_n, ow_n = gy.shape[2], gy.shape[3]
+    m = k_n // c_n
+    total = np.zeros((k_n, r_n, s_n))
+    gyf, xf = gy.reshape(-1), x.reshape(-1)
+    for b in range(n):
+        for c in range(c0, c1):
+            _load_padded(xf, (b * c_n + c) * h * wd, wd, h, wd, padded, 0, ph, pw, pitch)
+            for k in range(c * m, (c + 1) * m):
+                _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
+                             0, 0, wq)
+                for r in range(r_n):
+                    for s in range(s_n):
+                        total[k, r, s] += _dot(gy_wide, 0, padded, r * dh * pitch + s * dw,
+                                               oh_n * wq)
+    for k in range(c0 * m, c1 * m):
+        for r in range(r_n):
+            for s in range(s_n):
+                gw[k, r, s] = total[k, r, s]
 
 
 # --------------------------------------------------------------------------- conv view
@@ -418,16 +487,17 @@ class _Tile(NamedTuple):
     own1: int
 
 
-def _tiles(v: _View, itemsize: int, with_gx: bool) -> list[_Tile]:
+def _tiles(v: _View, itemsize: int, with_x: bool, with_gx: bool) -> list[_Tile]:
     """The batch cut into tiles for :func:`_gemm_pass`: groups of whole images whose column
-    matrix is about ``_CHUNK_BYTES`` (so the im2col copy, the GEMM reading it and the
-    col2im scattering its gradient work in cache), or, when one image's columns pass
+    matrices (the columns with ``with_x``, their gradient with ``with_gx``) are about
+    ``_CHUNK_BYTES`` (so the im2col copy, the GEMM reading it and the col2im scattering
+    its gradient work in cache), or, when one image's columns pass
     ``_BAND_ABOVE_BYTES`` or there are fewer images than tasks, bands of output rows of one
     image (so memory stays bounded on a large image). The count is a multiple of the
     pool's task count where the work allows, so that each thread gets as many tiles."""
     if v.n == 0:
         return []
-    per_row = max(1, v.crs * v.wq * itemsize)
+    per_row = max(1, v.crs * v.wq * itemsize * (int(with_x) + int(with_gx)))
     tasks = min(threads.get_num_threads() * _TASKS_PER_THREAD,
                 max(1, v.macs // threads.MIN_TASK_MACS))
     if v.oh * per_row <= _BAND_ABOVE_BYTES:
@@ -532,7 +602,7 @@ def _gemm_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
     dtype = w.dtype
     kg, crs_g = v.k // v.groups, v.crs // v.groups
     w3 = v.grouped(w, kg)
-    tiles = _tiles(v, dtype.itemsize, gx is not None)
+    tiles = _tiles(v, dtype.itemsize, x is not None, gx is not None)
     runs = threads.split(len(tiles), 1, _TASKS_PER_THREAD)
     partials = [gw] + [np.empty_like(gw) for _ in runs[1:]] if gw is not None else []
     if gw is not None and not tiles:
@@ -573,11 +643,7 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
         _from_wide_kernel(y3.reshape(v.k, n, tile.rows, v.wq), y_bias, y[tile.images],
                           tile.row0, v.relu)
     if gw is not None:
-        gw3 = v.grouped(gw, kg)
-        if first:
-            np.matmul(gy3, cols.transpose(0, 2, 1), out=gw3)
-        else:
-            gw3 += np.matmul(gy3, cols.transpose(0, 2, 1))
+        _grad_weight_product(v.grouped(gw, kg), gy3, cols, first)
     if gx is not None:
         dcols = v.grouped(bufs.dcols[:v.crs * n * gy_rows * v.wq], crs_g)
         np.matmul(w3.transpose(0, 2, 1), v.grouped(gy_wide, kg), out=dcols)
@@ -586,6 +652,27 @@ def _tile_pass(v: _View, tile: _Tile, bufs: _Buffers, w3, x, gy, y, y_bias, gw, 
             _zero_columns(dcols, v.ow)
         _col2im_kernel(dcols, gx_base, gx[tile.images], tile.gx_row0, tile.own0, tile.own1,
                        *v.geometry)
+
+
+def _grad_weight_product(gw3, gy3, cols, first: bool) -> None:
+    """``gw3 = gy3 @ cols^T`` (``first``) or ``gw3 += gy3 @ cols^T``, per group: ``gy3`` is
+    ``(groups, K/groups, width)``, ``cols`` ``(groups, C/groups*R*S, width)``.
+
+    With few output channels and many columns (LeNet's second layer: 16 x 3,360 times
+    3,360 x 150 per tile) OpenBLAS runs the transposed product ``cols @ gy3^T`` on a
+    transposed copy of ``gy3`` (cheap: K rows) 1.4-1.7x faster than ``gy3 @ cols^T``,
+    which it reads as a transposed operand; with fewer columns than about twice the rows of
+    ``cols`` (deep layers, small images) the direct product is faster, up to 5x
+    (bench/NOTES.md, 2026-12-07 fourth pass). Both sum the same terms per element."""
+    if cols.shape[2] >= _GW_TRANSPOSED_WIDTH * cols.shape[1]:
+        product = np.matmul(cols, np.ascontiguousarray(gy3.transpose(0, 2, 1)))
+        product = product.transpose(0, 2, 1)
+    else:
+        product = np.matmul(gy3, cols.transpose(0, 2, 1))
+    if first:
+        np.copyto(gw3, product)
+    else:
+        gw3 += product
 
 
 def _even(total: int, count: int) -> list[range]:
