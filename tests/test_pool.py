@@ -198,14 +198,17 @@ def test_max_pool2d_backward_is_bitwise_reproducible(impl):
 # --------------------------------------------------------------------------- PyTorch's rules
 
 def _ties_and_nans():
-    """Few distinct values (many ties), some NaN, and a row of -inf."""
+    """Few distinct values (many ties), some NaN, a row of -inf, and zeros of both signs
+    (equal, so the first of them wins)."""
     x = rng_for("ties").integers(0, 3, (2, 2, 9, 9)).astype(np.float64)
-    x[0, 0, 1, 1] = x[0, 0, 2, 2] = x[0, 1, 3, 4] = np.nan
+    x[0, 0, 1, 1] = x[0, 0, 2, 2] = x[0, 1, 3, 4] = x[0, 1, 0, 5] = np.nan
+    x[1, 0, :2, :4] = [[-0.0, 0.0, 0.0, -0.0], [0.0, -0.0, -0.0, 0.0]]
     x[1, 1, 4:6, :] = -np.inf
     return x
 
 
-TIE_WINDOWS = [dict(kernel_size=2, stride=1, padding=1), dict(kernel_size=3, stride=2, padding=1),
+TIE_WINDOWS = [dict(kernel_size=2), dict(kernel_size=2, stride=1, padding=1),
+               dict(kernel_size=3, stride=2, padding=1),
                dict(kernel_size=3, stride=1, dilation=2, ceil_mode=True)]
 
 

@@ -99,6 +99,35 @@ def _max_pool_planes(x, out, idx, W, rows, cols, dh, dw):
 
 
 @njit(cache=True, nogil=True)
+def _max_pool_2x2_planes(x, out, idx, W, OH, OW):
+    """:func:`_max_pool_planes` for 2x2 windows at stride 2 that lie inside the plane
+    (LeNet's pooling and most CNNs'), with the same results, twice as fast on LeNet's
+    planes. The maximum is the same strict ``>`` chain; the index is computed rather than
+    carried through selects (LLVM turns those integer selects into branches, which random
+    data mispredicts): the first tap equal to the maximum (only an earlier tap can tie
+    with a later one that won a strict comparison: none can), unless a tap is NaN, then
+    the last NaN. Taps k = 0..3 are (0, 0), (0, 1), (1, 0), (1, 1)."""
+    for p in range(x.shape[0]):
+        xp, op, ip = x[p], out[p], idx[p]
+        for oh in range(OH):
+            for ow in range(OW):
+                a = 2 * (oh * W + ow)
+                v0, v1, v2, v3 = xp[a], xp[a + 1], xp[a + W], xp[a + W + 1]
+                m = v1 if v1 > v0 else v0
+                m = v2 if v2 > m else m
+                m = v3 if v3 > m else m
+                e0, e1, e2 = np.int64(v0 == m), np.int64(v1 == m), np.int64(v2 == m)
+                k = (1 - e0) * (1 + (1 - e1) * (2 - e2))
+                n0, n1 = np.int64(v0 != v0), np.int64(v1 != v1)
+                n2, n3 = np.int64(v2 != v2), np.int64(v3 != v3)
+                last_nan = 3 * n3 + (1 - n3) * (2 * n2 + (1 - n2) * n1)
+                k += (n0 | n1 | n2 | n3) * (last_nan - k)
+                at = a + (k & 1) + (k >> 1) * W
+                ip[oh * OW + ow] = at
+                op[oh * OW + ow] = xp[at]
+
+
+@njit(cache=True, nogil=True)
 def _max_unpool_planes(g, idx, grad):
     for p in range(g.shape[0]):
         gp = grad[p]
@@ -145,12 +174,16 @@ def _avg_unpool_planes(g, grad, W, rows, cols, scale):
 def max_pool2d(x, kernel, stride, padding, dilation, out_size):
     N, C, H, W = x.shape
     OH, OW = out_size
-    rows = _windows(OH, stride[0], padding[0], dilation[0], kernel[0], H)
-    cols = _windows(OW, stride[1], padding[1], dilation[1], kernel[1], W)
     out = backend.empty((N * C, OH * OW), x.dtype)
     idx = backend.empty((N * C, OH * OW), np.int64)
-    _by_planes(_max_pool_planes, H * W, (_planes(x), out, idx), W, rows, cols, dilation[0],
-               dilation[1])
+    planar = (_planes(x), out, idx)
+    if (tuple(kernel) == tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
+            and tuple(dilation) == (1, 1) and 2 * OH <= H and 2 * OW <= W):
+        _by_planes(_max_pool_2x2_planes, H * W, planar, W, OH, OW)
+        return out.reshape(N, C, OH, OW), idx.reshape(N, C, OH, OW)
+    rows = _windows(OH, stride[0], padding[0], dilation[0], kernel[0], H)
+    cols = _windows(OW, stride[1], padding[1], dilation[1], kernel[1], W)
+    _by_planes(_max_pool_planes, H * W, planar, W, rows, cols, dilation[0], dilation[1])
     return out.reshape(N, C, OH, OW), idx.reshape(N, C, OH, OW)
 
 
