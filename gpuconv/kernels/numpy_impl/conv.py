@@ -159,13 +159,16 @@ def _dot(a, a0, b, b0, count):
     return acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _all_finite(a):
-    """Whether the 1-d array ``a`` holds no inf or NaN (no temporary, unlike NumPy's)."""
+    """Whether the 1-d array ``a`` holds no inf or NaN (no temporary, unlike NumPy's):
+    ``inf * 0`` and ``NaN * 0`` are NaN, a finite value times 0 is a zero, so the sum of
+    ``a * 0`` is 0 exactly when every element is finite. Summed without an early exit, it
+    vectorises: 5x faster than testing ``isfinite`` element by element."""
+    acc = a.dtype.type(0)
     for i in range(a.size):
-        if not np.isfinite(a[i]):
-            return False
-    return True
+        acc += a[_u(i)] * 0
+    return acc == 0
 
 
 @njit(cache=True, nogil=True)
@@ -766,18 +769,35 @@ def _out_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _channel_sums(g, out):
+    """out[k] += the sum of every plane g[b, k] (g: (n, K, H, W) C-contiguous), each plane
+    summed in float64. Reassociation lets the sum vectorise: 4x faster than NumPy's
+    ``sum(axis=(0, 2, 3), dtype=float64)``, which converts through a buffer."""
+    n, k_n = g.shape[0], g.shape[1]
+    plane = g.shape[2] * g.shape[3]
+    gf = g.reshape(-1)
+    for b in range(n):
+        for k in range(k_n):
+            acc = 0.0
+            base = (b * k_n + k) * plane
+            for i in range(plane):
+                acc += gf[_u(base + i)]
+            out[k] += acc
+
+
 def _bias_grad(grad_out, has_bias):
     """grad_out summed over (N, H, W) per channel, by ranges of images on the thread pool
     (float64 partials, added in range order)."""
     if not has_bias:
         return None
+    grad_out = np.ascontiguousarray(grad_out)
     n, k = grad_out.shape[:2]
     plane = max(1, grad_out[:1].size)
     ranges = threads.split(n, -(-threads.MIN_TASK_STREAM_ELEMENTS // plane))
     partials = np.zeros((max(1, len(ranges)), k))
-    threads.parallel_for(len(ranges), lambda t: np.sum(
-        grad_out[ranges[t].start:ranges[t].stop], axis=(0, 2, 3), dtype=np.float64,
-        out=partials[t]))
+    threads.parallel_for(len(ranges), lambda t: _channel_sums(
+        grad_out[ranges[t].start:ranges[t].stop], partials[t]))
     return partials.sum(axis=0).astype(grad_out.dtype)
 
 
