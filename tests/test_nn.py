@@ -479,6 +479,34 @@ def test_backward_params_gives_backwards_parameter_gradients(make, shape):
         np.testing.assert_array_equal(p.grad, expected[n], err_msg=n)
 
 
+@pytest.mark.parametrize("pool, shape", [
+    (lambda: nn.MaxPool2d(2), (2, 3, 6, 7)),
+    (lambda: nn.MaxPool2d(3, stride=1, padding=1), (2, 2, 5, 6)),   # overlapping windows
+    (lambda: nn.MaxPool2d(3, stride=2, ceil_mode=True), (1, 2, 8, 7)),
+    (lambda: nn.MaxPool1d(2, stride=1), (2, 3, 9)),
+], ids=["2x2", "3x3-overlapping", "3x3-ceil", "1d"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_then_max_pool_backward_equals_the_two_backwards(pool, shape, dtype):
+    """Sequential runs a ReLU's backward and the max pooling's after it as one; the
+    gradient is the reference relu_backward of the reference max-pool backward, element
+    for element, with ties, zeros of both signs and NaN in the input and in the gradient."""
+    rng = rng_for("relu-max-pool")
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    x.flat[::7] = -0.0
+    x.flat[5] = np.nan
+    model = nn.Sequential(nn.ReLU(), pool())
+    out = model(x)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    g.flat[1] = np.nan
+    p = model[1]
+    args = dict(kernel_size=p.kernel_size, stride=p.stride, padding=p.padding,
+                dilation=p.dilation, ceil_mode=p.ceil_mode, impl="reference")
+    backward = F.max_pool2d_backward if x.ndim == 4 else F.max_pool1d_backward
+    expected = F.relu_backward(backward(g, F.relu(x, impl="reference"), **args), x,
+                               impl="reference")
+    np.testing.assert_array_equal(model.backward(g), expected)
+
+
 def test_sequential_of_conv_and_relu_takes_an_unbatched_input():
     """An unbatched (C, H, W) input runs the layers unfused and gives the batched result."""
     rng = rng_for("unbatched-sequential")

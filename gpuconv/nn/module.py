@@ -363,7 +363,7 @@ class Module:
 # What a module computes with: a subclass that redefines one of these below the class that
 # declared samples_independent may mix samples, and must declare it again to be trusted.
 _COMPUTING = ("forward", "backward", "backward_params", "forward_fused", "fused_activation",
-              "_grad_input", "_args", "mean_divisor")
+              "takes_backward_of", "backward_through", "_grad_input", "_args", "mean_divisor")
 
 
 def declared_by_its_code(module: Module) -> bool:
@@ -439,9 +439,7 @@ class Sequential(Module):
         return input
 
     def backward(self, grad_output):
-        for m in reversed(list(self)):
-            grad_output = m.backward(grad_output)
-        return grad_output
+        return _backward_chain(list(self), grad_output)
 
     def backward_params(self, grad_output) -> None:
         """As ``backward``, without the input's gradient: the first module that holds
@@ -452,9 +450,24 @@ class Sequential(Module):
                       if next(m.parameters(), None) is not None), None)
         if first is None:
             return
-        for m in reversed(modules[first + 1:]):
+        modules[first].backward_params(_backward_chain(modules[first + 1:], grad_output))
+
+
+def _backward_chain(modules: list, grad_output):
+    """``grad_output`` through the backward of ``modules``, last to first; a module whose
+    ``takes_backward_of`` accepts the module before it runs both backwards as one (a max
+    pooling after a ReLU: :meth:`gpuconv.nn.MaxPool2d.backward_through`)."""
+    i = len(modules) - 1
+    while i >= 0:
+        m, before = modules[i], modules[i - 1] if i > 0 else None
+        takes = getattr(m, "takes_backward_of", None)
+        if before is not None and takes is not None and takes(before):
+            grad_output = m.backward_through(grad_output, before)
+            i -= 2
+        else:
             grad_output = m.backward(grad_output)
-        modules[first].backward_params(grad_output)
+            i -= 1
+    return grad_output
 
 
 class ModuleList(Module):
