@@ -159,6 +159,22 @@ def _dot(a, a0, b, b0, count):
     return acc
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _dot4(a, a0, b, b0, tap, count):
+    """The four sums of :func:`_dot` with ``b`` read from ``b0``, ``b0 + tap``,
+    ``b0 + 2*tap`` and ``b0 + 3*tap``: four taps of a kernel row against one run of ``a``
+    (five loads per four multiply-adds, not eight)."""
+    s0 = s1 = s2 = s3 = a.dtype.type(0)
+    for i in range(count):
+        v = a[_u(a0 + i)]
+        j = b0 + i
+        s0 += v * b[_u(j)]
+        s1 += v * b[_u(j + tap)]
+        s2 += v * b[_u(j + 2 * tap)]
+        s3 += v * b[_u(j + 3 * tap)]
+    return s0, s1, s2, s3
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _all_finite(a):
     """Whether the 1-d array ``a`` holds no inf or NaN (no temporary, unlike NumPy's):
@@ -467,7 +483,13 @@ def _dw_grad_weight_dots(gy, x, gw, c0, c1, ph, pw, dh, dw, padded, gy_wide, wq,
                 _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
                              0, 0, wq)
                 for r in range(r_n):
-                    for s in range(s_n):
+                    s = 0
+                    while s + 4 <= s_n:   # four taps of the row at once
+                        d = _dot4(gy_wide, 0, padded, r * dh * pitch + s * dw, dw, oh_n * wq)
+                        for t in range(4):
+                            total[k, r, s + t] += d[t]
+                        s += 4
+                    for s in range(s, s_n):
                         total[k, r, s] += _dot(gy_wide, 0, padded, r * dh * pitch + s * dw,
                                                oh_n * wq)
     for k in range(c0 * m, c1 * m):
