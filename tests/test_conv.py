@@ -70,6 +70,7 @@ CONV_CASES = [
     ConvCase("one-input-channel-5x5", 2, 1, (12, 11), 6, (5, 5), 1, 2),
     ConvCase("depthwise-wide-kernel-rowstride2", 2, 3, (9, 14), 6, (3, 6), (2, 1), (1, 2),
              (1, 2), 3),
+    ConvCase("depthwise-wide-kernel-dilated", 2, 2, (7, 16), 4, (2, 5), 1, (0, 2), (1, 2), 2),
 ]
 
 SMALL_CONV_CASES = [
@@ -233,6 +234,9 @@ BAND_CASES = [
     ConvCase("bands-stride2-dilation2-groups2", 1, 4, (15, 11), 6, (3, 2), 2, 2, 2, 2),
     ConvCase("bands-1x1-stride3-skips-rows", 1, 2, (14, 7), 3, (1, 1), 3, 0),
     ConvCase("bands-5x5-stride1-pad0", 1, 2, (12, 12), 3, (5, 5), 1, 0, (2, 1)),
+    # Padding wider than the kernel's reach: some bands hold no input row at all.
+    ConvCase("bands-1x1-pad3", 1, 2, (5, 6), 3, (1, 1), 1, 3),
+    ConvCase("bands-3x3-pad4-stride2", 2, 3, (4, 5), 2, (3, 3), 2, 4),
 ]
 
 
@@ -271,20 +275,28 @@ def test_numpy_depthwise_grad_weight_over_row_blocks_flushes_and_tasks(threads_n
     """The depthwise grad_weight sums lanes over blocks of wide rows (a partial last block
     here: 70 wide rows of 72, blocks of 3), moves them to float64 every few images (13
     images: several flushes), on channel ranges split between tasks (multiplier 2), in both
-    the unit-stride runs and the strided rows."""
+    the unit-stride runs (which take the lanes when the input holds an inf; here in the
+    last channel, whose weight gradient is inf or NaN) and the strided rows; with unit
+    strides and a finite input, it sums dot products over runs of the planes."""
     from gpuconv import threads
     monkeypatch.setattr(threads, "MIN_TASK_MACS", 16)
     before = threads.get_num_threads()
     threads.set_num_threads(threads_n)
     try:
-        for stride in (1, 2):
+        for stride, inf in ((1, False), (1, True), (2, False)):
             case = ConvCase(f"dw-blocks-s{stride}", 13, 3, (70, 70), 6, (3, 3), stride, 1, 1, 3)
             x, w, _ = case.arrays("float64")
+            if inf:
+                x[5, 2, 30, 40] = np.inf
             gy = conv2d(x, w, None, **case.args(), impl="reference")
             gy = rng_for(case.id, "gy").standard_normal(gy.shape)
-            got = conv2d_backward(gy, x, w, None, **case.args(), impl="numpy")
-            want = conv2d_backward(gy, x, w, None, **case.args(), impl="reference")
-            _assert_grads_close(got, want, "float64")
+            (_, got), (_, want) = (
+                conv2d_backward(gy, x, w, None, **case.args(), output_mask=(False, True, False),
+                                impl=impl)[:2] for impl in ("numpy", "reference"))
+            finite = slice(0, 4) if inf else slice(None)   # (0, 4): input channels 0, 1
+            assert_close(got[finite], want[finite], "float64")
+            np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     finally:
         threads.set_num_threads(before)
 

@@ -507,6 +507,17 @@ def test_relu_then_max_pool_backward_equals_the_two_backwards(pool, shape, dtype
     np.testing.assert_array_equal(model.backward(g), expected)
 
 
+def test_a_max_pooling_subclass_with_its_own_backward_runs_it_after_a_relu():
+    class ClippedPool(nn.MaxPool2d):
+        def backward(self, grad_output):
+            return super().backward(np.clip(grad_output, -0.1, 0.1))
+
+    x = np.abs(rng_for("clipped-pool").standard_normal((1, 1, 4, 4))) + 1
+    model = nn.Sequential(nn.ReLU(), ClippedPool(2))
+    g = np.ones(model(x).shape)
+    assert model.backward(g).max() == 0.1
+
+
 def test_sequential_of_conv_and_relu_takes_an_unbatched_input():
     """An unbatched (C, H, W) input runs the layers unfused and gives the batched result."""
     rng = rng_for("unbatched-sequential")

@@ -57,13 +57,16 @@ class _MaxPool(_Pool):
         return (out, indices) if self.return_indices else out
 
     def backward(self, grad_output):
-        input, indices, _ = self._saved()
+        input, indices = self._saved()[:2]
         return type(self)._op_backward(grad_output, input, *self._args(), indices=indices)
 
     def takes_backward_of(self, before: Module) -> bool:
         """Whether :meth:`backward_through` can run the backward of ``before`` (the module
-        whose output this layer pooled) with this one: a ReLU."""
-        return type(before) is ReLU
+        whose output this layer pooled) with this one: a ReLU, and this layer computing as
+        gpuconv's max pooling does (a subclass with its own forward or backward runs them)."""
+        cls = type(self)
+        return (type(before) is ReLU and cls.forward is _MaxPool.forward
+                and cls.backward is _MaxPool.backward)
 
     def backward_through(self, grad_output, before: Module):
         """The gradient with respect to the input of ``before``, a ReLU whose output this

@@ -10,9 +10,10 @@ Three products cover all four ops:
 - ``gw = d<y, gy>/dw``: ``gy @ cols^T``;
 - ``gx = conv^T(gy, w)``: ``W^T @ gy``, then col2im.
 
-*Tiles and threads.* The batch runs in tiles: groups of images whose column matrix is about
-``_CHUNK_BYTES``, so the im2col copy, the GEMM reading it and the col2im scattering its
-gradient work on data still in cache; or, for an image whose columns alone pass
+*Tiles and threads.* The batch runs in tiles: groups of images whose column matrices (the
+columns, and their gradient when grad_input is asked for) are about ``_CHUNK_BYTES``, so
+the im2col copy, the GEMM reading it and the col2im scattering its gradient work on data
+still in cache; or, for an image whose columns alone pass
 ``_BAND_ABOVE_BYTES``, bands of its output rows, so a large image never needs its whole
 column matrix (memory beside the output stays a few chunks per thread). The tiles are
 split into equal runs, one task each on gpuconv's thread pool (:mod:`gpuconv.threads`),
@@ -54,7 +55,8 @@ from ... import backend, threads
 
 # A tile's column matrices (the im2col columns, and the column gradient when it computes
 # grad_input) take about this much: together they stay in a 2 MiB L2 cache (LeNet's second
-# layer: 1 MiB tiles ran its forward 10% and its backward 9% faster than 2 MiB ones).
+# layer at batch 128: 1 MiB tiles ran its forward 10% and its backward 6% faster than
+# 2 MiB ones; bench/NOTES.md, 2026-12-07 fourth pass).
 _CHUNK_BYTES = 1 << 20
 # An image whose column matrix is larger than this is cut into bands of output rows.
 _BAND_ABOVE_BYTES = 1 << 24
@@ -64,8 +66,13 @@ _BAND_PER_HALO = 4
 # Tasks per pool thread: a thread that another process delays leaves its second task to
 # the others.
 _TASKS_PER_THREAD = 2
-# Depthwise grad_weight: lanes per tap of about this many elements (they stay in L1), added
-# into float64 after about _LANE_ADDS additions each (8 LeNet images of 4 row blocks).
+# Depthwise grad_weight with unit strides and a finite input: dot products over runs of at
+# most this many elements (a LeNet plane's 896 in one), each added into float64, so that a
+# large plane's sum does not grow in float32.
+_DOT_SPAN = 1024
+# Depthwise grad_weight otherwise: lanes per tap of about this many elements (they stay in
+# L1), added into float64 after about _LANE_ADDS additions each (8 LeNet images of 4 row
+# blocks).
 _LANE_SPAN = 256
 _LANE_ADDS = 32
 # grad_weight multiplies the columns by grad_output's transpose (not grad_output by the
@@ -239,7 +246,10 @@ def _im2col_kernel(x, image0, p0, ph, pw, buf, cols, plane, pitch, sh, sw, dh, d
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
     r_n, s_n, n, rows, wq = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
     in_rows = plane // pitch
-    top, bottom = max(0, ph - p0), min(in_rows, ph + h - p0)   # rows holding input
+    # Rows holding input: none when the tile's rows lie all in the padding (a band of a
+    # padding wider than the kernel's reach).
+    top = min(in_rows, max(0, ph - p0))
+    bottom = max(top, min(in_rows, ph + h - p0))
     zero = buf.dtype.type(0)
     xf, cf = x.reshape(-1), cols.reshape(-1)
     for b in range(n):
@@ -468,12 +478,14 @@ def _dw_grad_weight_dots(gy, x, gw, c0, c1, ph, pw, dh, dw, padded, gy_wide, wq,
     """:func:`_dw_grad_weight_kernel` with unit strides and a finite ``x``: each tap of each
     image is one dot product of the wide gy plane with the padded x plane shifted by the
     tap, over whole wide rows (gy's zero columns meet finite pixels: zero products), in
-    x's dtype; the images' dots add up in float64. 2.5x faster than the lanes on LeNet's
-    first layer: two loads per multiply-add, against three and a store."""
+    x's dtype over runs of ``_DOT_SPAN``, the runs' and images' dots added up in float64.
+    2.5x faster than the lanes on LeNet's first layer: two loads per multiply-add (five per
+    four, four taps at once), against three and a store."""
     n, c_n, h, wd = x.shape
     k_n, r_n, s_n = gw.shape
     oh_n, ow_n = gy.shape[2], gy.shape[3]
     m = k_n // c_n
+    size = oh_n * wq
     total = np.zeros((k_n, r_n, s_n))
     gyf, xf = gy.reshape(-1), x.reshape(-1)
     for b in range(n):
@@ -482,16 +494,19 @@ def _dw_grad_weight_dots(gy, x, gw, c0, c1, ph, pw, dh, dw, padded, gy_wide, wq,
             for k in range(c * m, (c + 1) * m):
                 _load_padded(gyf, (b * k_n + k) * oh_n * ow_n, ow_n, oh_n, ow_n, gy_wide, 0,
                              0, 0, wq)
-                for r in range(r_n):
-                    s = 0
-                    while s + 4 <= s_n:   # four taps of the row at once
-                        d = _dot4(gy_wide, 0, padded, r * dh * pitch + s * dw, dw, oh_n * wq)
-                        for t in range(4):
-                            total[k, r, s + t] += d[t]
-                        s += 4
-                    for s in range(s, s_n):
-                        total[k, r, s] += _dot(gy_wide, 0, padded, r * dh * pitch + s * dw,
-                                               oh_n * wq)
+                for i0 in range(0, size, _DOT_SPAN):
+                    run = min(_DOT_SPAN, size - i0)
+                    for r in range(r_n):
+                        s = 0
+                        while s + 4 <= s_n:   # four taps of the row at once
+                            d = _dot4(gy_wide, i0, padded, r * dh * pitch + s * dw + i0, dw,
+                                      run)
+                            for t in range(4):
+                                total[k, r, s + t] += d[t]
+                            s += 4
+                        for s in range(s, s_n):
+                            total[k, r, s] += _dot(gy_wide, i0, padded,
+                                                   r * dh * pitch + s * dw + i0, run)
     for k in range(c0 * m, c1 * m):
         for r in range(r_n):
             for s in range(s_n):
@@ -719,7 +734,7 @@ def _grad_weight_product(gw3, gy3, cols, first: bool) -> None:
     3,360 x 150 per tile) OpenBLAS runs the transposed product ``cols @ gy3^T`` on a
     transposed copy of ``gy3`` (cheap: K rows) 1.4-1.7x faster than ``gy3 @ cols^T``,
     which it reads as a transposed operand; with fewer columns than about twice the rows of
-    ``cols`` (deep layers, small images) the direct product is faster, up to 5x
+    ``cols`` (deep layers, small images) the direct product is faster, up to 20x
     (bench/NOTES.md, 2026-12-07 fourth pass). Both sum the same terms per element."""
     if cols.shape[2] >= _GW_TRANSPOSED_WIDTH * cols.shape[1]:
         product = np.matmul(cols, np.ascontiguousarray(gy3.transpose(0, 2, 1)))

@@ -4,10 +4,10 @@ Max and average pooling are numba loops over (n, c) planes, run on gpuconv's thr
 ranges of planes (:mod:`gpuconv.threads`; a range holds at least ``MIN_TASK_ELEMENTS``
 input elements, ``MIN_TASK_STREAM_ELEMENTS`` in max pooling's backward, a scatter at
 memory speed, so small calls stay on the calling thread; average pooling's backward loops
-over windows as its forward does, and on two threads took 0.50 ms where one took 0.82 on
-CIFAR-sized 2x2 windows). The
-window bounds along each axis are tabulated once per call (first input position, first and
-last tap inside the input), so the loops do no division and need no separate border code.
+over windows as its forward does, and on two threads took 0.49 ms where one took 0.77-0.82
+on CIFAR-sized 2x2 windows). The window bounds along each axis are tabulated once per call
+(first input position, first and last tap inside the input), so the loops do no division
+and need no separate border code.
 
 Max pooling keeps the running maximum in registers with branch-free selects: a strict
 ``v > best`` keeps the first of equal maxima, and the last NaN seen, if any, overrides the
