@@ -335,6 +335,23 @@ def test_the_chosen_step_times_both_kinds_then_keeps_one(two_threads, monkeypatc
         chosen.close()
 
 
+@pytest.mark.parametrize("sharded, unsharded, expected", [
+    # Three of five sharded steps disturbed: the best of each kind decides, not the median.
+    ([9.0, 14.1, 10.9, 11.0, 6.0, 6.1], [9.6, 10.0, 10.2, 10.0, 9.9, 9.6], True),
+    ([9.0, 7.0, 7.1, 7.2, 7.0, 7.3], [9.6, 5.0, 9.2, 9.1, 9.0, 9.3], False),
+    # The first step of each kind is not counted.
+    ([1.0, 8.0, 8.0, 8.0, 8.0, 8.0], [9.0, 7.0, 7.0, 7.0, 7.0, 7.0], False),
+], ids=["disturbed-shards", "the-best-step-decides", "first-steps-dropped"])
+def test_the_chosen_step_is_the_kind_with_the_faster_best_step(sharded, unsharded, expected,
+                                                              monkeypatch):
+    monkeypatch.setattr(data_parallel, "TRIAL_STEPS", 5)
+    step = object.__new__(data_parallel.ChosenStep)
+    step.sharded, step.chosen = None, None
+    step.times = {True: sharded, False: unsharded}
+    step._choose()
+    assert step.chosen is expected
+
+
 def test_fit_names_targets_whose_accuracy_it_cannot_count(two_threads):
     x, _ = _batch(128)
     loader = data.DataLoader(data.ArrayDataset(x, np.zeros((128, 5))), batch_size=64)
