@@ -462,8 +462,8 @@ class ChosenStep:
     it is the unsharded step). The best, not the median: another process or the other
     kind's threads only ever slow a step down, and in a bench run at two threads three of
     five sharded steps took 10-14 ms against 6-7 for the rest, so that the median once chose
-    the unsharded step at two-thirds of the sharded speed. With ``always`` the first step waits for the workers and
-    every step that can be sharded is.
+    the unsharded step at two-thirds of the sharded speed. With ``always`` the first step
+    waits for the workers and every step that can be sharded is.
     """
 
     def __init__(self, sharded: ShardedStep, x, y, always: bool):

@@ -432,11 +432,11 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
     dots = sh == 1 and sw == 1 and _all_finite(x.reshape(-1))
     blk = max(1, min(oh_n, _LANE_SPAN // wq))
     span = blk * wq
-    flush = max(1, _LANE_ADDS // -(-oh_n // blk))   # images between flushes
+    flush = max(1, _LANE_ADDS // max(1, -(-oh_n // blk)))   # images between flushes
     lo, hi = (0, 0) if dots else (c0 * m * r_n * s_n * span, c1 * m * r_n * s_n * span)
     lanes = np.zeros(hi, gy.dtype)
     total = np.zeros(hi)
-    tap_sums = np.zeros((k_n, r_n, s_n))
+    tap_sums = np.zeros((k_n if dots else 0, r_n, s_n))
     gyf, xf = gy.reshape(-1), x.reshape(-1)
     for b in range(n):
         for c in range(c0, c1):
