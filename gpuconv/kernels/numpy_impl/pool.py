@@ -106,9 +106,9 @@ def _max_pool_2x2_planes(x, out, idx, W, OH, OW):
     (LeNet's pooling and most CNNs'), with the same results, twice as fast on LeNet's
     planes. The maximum is the same strict ``>`` chain; the index is computed rather than
     carried through selects (LLVM turns those integer selects into branches, which random
-    data mispredicts): the first tap equal to the maximum (only an earlier tap can tie
-    with a later one that won a strict comparison: none can), unless a tap is NaN, then
-    the last NaN. Taps k = 0..3 are (0, 0), (0, 1), (1, 0), (1, 1)."""
+    data mispredicts): the first tap equal to the maximum (a tap that won a strict
+    comparison is greater than every tap before it, so none of those equals it), unless a
+    tap is NaN, then the last NaN. Taps k = 0..3 are (0, 0), (0, 1), (1, 0), (1, 1)."""
     for p in range(x.shape[0]):
         xp, op, ip = x[p], out[p], idx[p]
         for oh in range(OH):
