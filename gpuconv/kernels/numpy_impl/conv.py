@@ -340,8 +340,10 @@ def _from_wide_kernel(wide, base, y, row0, relu):
 # wide rows, as in the GEMM path. Nothing the wide layout adds may reach a result as
 # 0 * inf = NaN: the forward crops its extra columns; grad_input takes long runs only when
 # the weight is finite (then w * 0 = 0), else it walks the OW real columns of each row;
-# grad_weight sums into lanes, one per wide-row element of a block of rows, and adds up only
-# the lanes of real columns (an inf in an unread pixel stays in a lane never added).
+# grad_weight, when x is finite and the strides are 1, takes dot products over whole wide
+# rows (gy's zero columns meet finite pixels: zero products), else sums into lanes, one per
+# wide-row element of a block of rows, and adds up only the lanes of real columns (an inf
+# in an unread pixel stays in a lane never added).
 
 @njit(cache=True, nogil=True)
 def _dw_scratch(h, w, oh_n, s_n, sw, ph, pw, dw, like):
@@ -415,11 +417,11 @@ def _dw_grad_input_kernel(gy, w, base, gx, c0, c1, sh, sw, ph, pw, dh, dw):
 
 
 @njit(cache=True, nogil=True)
-def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
+def _dw_grad_weight_kernel(gy, x, x_finite, gw, c0, c1, sh, sw, ph, pw, dh, dw):
     """Depthwise gw[k, r, s] = sum_{b, oh, ow} gy[b, k, oh, ow] * x_pad[b, k // m, ...], for
     the output channels k of input channels c0 <= c < c1, summed in float64 over images.
 
-    With unit strides and a finite ``x``, each tap of each (image, channel) is a dot product
+    With unit strides and ``x_finite`` (x holds no inf or NaN), each tap of each (image, channel) is a dot product
     of the wide gy plane with the padded x plane shifted by the tap (:func:`_tap_dots`);
     otherwise each tap sums into lanes, one per element of a block of ``blk`` wide rows
     (:func:`_tap_lanes`), which go into float64 after about ``_LANE_ADDS`` additions each;
@@ -429,7 +431,7 @@ def _dw_grad_weight_kernel(gy, x, gw, c0, c1, sh, sw, ph, pw, dh, dw):
     oh_n, ow_n = gy.shape[2], gy.shape[3]
     m = k_n // c_n
     padded, gy_wide, wq, pitch = _dw_scratch(h, wd, oh_n, s_n, sw, ph, pw, dw, gy)
-    dots = sh == 1 and sw == 1 and _all_finite(x.reshape(-1))
+    dots = sh == 1 and sw == 1 and x_finite
     blk = max(1, min(oh_n, _LANE_SPAN // wq))
     span = blk * wq
     flush = max(1, _LANE_ADDS // max(1, -(-oh_n // blk)))   # images between flushes
@@ -764,6 +766,7 @@ def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
     images = _even(v.n, min(v.n, tasks))
     channels = _even(v.c, min(v.c, -(-tasks // max(1, len(images)))))
     partials = np.zeros((len(images), v.k, v.r, v.s)) if gw is not None else None
+    x_finite = gw is not None and _all_finite(x.reshape(-1))   # one scan, not one per task
 
     def task(t: int) -> None:
         i, j = divmod(t, len(channels))
@@ -773,7 +776,8 @@ def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
         if gx is not None:
             _dw_grad_input_kernel(gy[b], w3, gx_base, gx[b], c.start, c.stop, *v.geometry)
         if gw is not None:
-            _dw_grad_weight_kernel(gy[b], x[b], partials[i], c.start, c.stop, *v.geometry)
+            _dw_grad_weight_kernel(gy[b], x[b], x_finite, partials[i], c.start, c.stop,
+                                   *v.geometry)
 
     threads.parallel_for(len(images) * len(channels), task)
     if gw is not None:
