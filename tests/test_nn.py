@@ -486,25 +486,30 @@ def test_backward_params_gives_backwards_parameter_gradients(make, shape):
     (lambda: nn.MaxPool1d(2, stride=1), (2, 3, 9)),
 ], ids=["2x2", "3x3-overlapping", "3x3-ceil", "1d"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_relu_then_max_pool_backward_equals_the_two_backwards(pool, shape, dtype):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not backend.gpu_available(),
+                                        reason="needs a GPU with CuPy")])])
+def test_relu_then_max_pool_backward_equals_the_two_backwards(pool, shape, dtype, device):
     """Sequential runs a ReLU's backward and the max pooling's after it as one; the
     gradient is the reference relu_backward of the reference max-pool backward, element
-    for element, with ties, zeros of both signs and NaN in the input and in the gradient."""
+    for element, with ties, zeros of both signs and NaN in the input and in the gradient,
+    on NumPy and on CuPy arrays."""
     rng = rng_for("relu-max-pool")
     x = rng.integers(-2, 3, shape).astype(dtype)
     x.flat[::7] = -0.0
     x.flat[5] = np.nan
     model = nn.Sequential(nn.ReLU(), pool())
-    out = model(x)
+    out = model(backend.to_device(x, device))
     g = rng.standard_normal(out.shape).astype(dtype)
     g.flat[1] = np.nan
+    got = backend.to_numpy(model.backward(backend.to_device(g, device)))
     p = model[1]
     args = dict(kernel_size=p.kernel_size, stride=p.stride, padding=p.padding,
                 dilation=p.dilation, ceil_mode=p.ceil_mode, impl="reference")
     backward = F.max_pool2d_backward if x.ndim == 4 else F.max_pool1d_backward
     expected = F.relu_backward(backward(g, F.relu(x, impl="reference"), **args), x,
                                impl="reference")
-    np.testing.assert_array_equal(model.backward(g), expected)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_a_max_pooling_subclass_with_its_own_backward_runs_it_after_a_relu():
