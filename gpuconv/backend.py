@@ -48,8 +48,10 @@ def gpu_available() -> bool:
 
 
 def _is_cupy(x: Any) -> bool:
-    # Checked by module name so that no CuPy import happens for NumPy arrays.
-    return type(x).__module__.split(".")[0] == "cupy"
+    # Checked by module name so that no CuPy import happens for NumPy arrays; NumPy's own
+    # array type first, because every op asks this of its arguments several times.
+    t = type(x)
+    return t is not np.ndarray and t.__module__.split(".")[0] == "cupy"
 
 
 def array_module(x: Any):
@@ -202,7 +204,7 @@ def export_array(a: Any, kind: str):
 
 
 def _is_foreign_array(x: Any) -> bool:
-    if isinstance(x, np.ndarray) or _is_cupy(x):
+    if x is None or isinstance(x, (np.ndarray, int, float, str)) or _is_cupy(x):
         return False
     return hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__")
 
