@@ -71,6 +71,11 @@ CONV_CASES = [
     ConvCase("depthwise-wide-kernel-rowstride2", 2, 3, (9, 14), 6, (3, 6), (2, 1), (1, 2),
              (1, 2), 3),
     ConvCase("depthwise-wide-kernel-dilated", 2, 2, (7, 16), 4, (2, 5), 1, (0, 2), (1, 2), 2),
+    # 16 and 32 output channels: the numpy impl's direct forward (one or two SIMD vectors
+    # of channels), with its pixel blocks of 5 and 10 cut short at the row's end.
+    ConvCase("16-channels-stride-pad-dilation", 2, 3, (9, 23), 16, (3, 2), 2, (1, 2), (1, 2)),
+    ConvCase("16-channels-batch1-odd", 1, 5, (7, 13), 16, (3, 3), 1, 1),
+    ConvCase("32-channels-5x5", 2, 6, (14, 12), 32, (5, 5), 1, (0, 1)),
 ]
 
 SMALL_CONV_CASES = [
@@ -227,6 +232,54 @@ def test_numpy_conv2d_chunking_does_not_change_results(monkeypatch):
                    *conv2d_backward(gy, x, w, b, **case.args(), impl="numpy"))
         for got, want in zip(chunked, whole):
             assert_close(got, want, "float64")
+
+
+DIRECT_CASES = [c for c in CONV_CASES if c.id.endswith(("channels-stride-pad-dilation",
+                                                         "channels-batch1-odd", "channels-5x5"))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numpy_direct_forward_takes_the_cases_meant_for_it(dtype):
+    """The 16-channel cases run the numpy impl's direct forward in both dtypes, the
+    32-channel one in float32 (two vectors; four in float64, which take the GEMM path),
+    so that the reference comparisons above cover it."""
+    from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    for case in DIRECT_CASES:
+        x, w, _ = case.arrays(dtype)
+        y = conv2d(x, w, None, **case.args(), impl="reference")
+        pairs = [(a, a) if isinstance(a, int) else a
+                 for a in (case.stride, case.padding, case.dilation)]
+        view = numpy_conv._View(x.shape, w.shape, *pairs, 1, y.shape[2:])
+        direct = numpy_conv._direct_fits(view, np.dtype(dtype))
+        assert direct == (case.k == 16 or dtype == "float32"), case.id
+
+
+@pytest.mark.parametrize("threads_n", [1, 3])
+def test_numpy_direct_forward_keeps_inf_and_nan_where_the_windows_put_them(threads_n):
+    """An inf in the last row and column, which stride-2 windows skip, stays out of the
+    output; a NaN reaches exactly the outputs whose windows read it; the pixels a row's
+    last block computes past OW are never stored. Compared with the reference, NaN for
+    NaN, on one thread and on three (images split between tasks)."""
+    from gpuconv import threads
+    rng = rng_for("direct-special")
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    x[:, :, -1, :] = np.inf
+    x[:, :, :, -1] = np.inf
+    x[1, 2, 3, 4] = np.nan
+    w = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    before = threads.get_num_threads()
+    threads.set_num_threads(threads_n)
+    try:
+        got = conv2d(x, w, b, stride=2, padding=1, impl="numpy")
+    finally:
+        threads.set_num_threads(before)
+    want = conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                  stride=2, padding=1, impl="reference")
+    assert np.isnan(want).any() and not np.isinf(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert_close(got[ok], want[ok], "float32")
 
 
 BAND_CASES = [
