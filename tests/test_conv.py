@@ -254,12 +254,20 @@ def test_numpy_direct_forward_takes_the_cases_meant_for_it(dtype):
         assert direct == (case.k == 16 or dtype == "float32"), case.id
 
 
+def _assert_same_nans_and_close(got, want, dtype, what):
+    assert np.isnan(want).any() and not np.isinf(want).any(), what
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=what)
+    ok = ~np.isnan(want)
+    assert_close(got[ok], want[ok], dtype, what)
+
+
 @pytest.mark.parametrize("threads_n", [1, 3])
-def test_numpy_direct_forward_keeps_inf_and_nan_where_the_windows_put_them(threads_n):
-    """An inf in the last row and column, which stride-2 windows skip, stays out of the
-    output; a NaN reaches exactly the outputs whose windows read it; the pixels a row's
-    last block computes past OW are never stored. Compared with the reference, NaN for
-    NaN, on one thread and on three (images split between tasks)."""
+def test_numpy_direct_paths_keep_inf_and_nan_where_the_windows_put_them(threads_n):
+    """An inf in the last row and column, which stride-2 windows skip, reaches neither the
+    output nor the weight gradient; a NaN reaches exactly the outputs and weight-gradient
+    taps whose windows read it; the pixels a row's last block computes past OW are never
+    stored. Compared with the reference, NaN for NaN, on one thread and on three (images
+    split between tasks)."""
     from gpuconv import threads
     rng = rng_for("direct-special")
     x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
@@ -268,18 +276,21 @@ def test_numpy_direct_forward_keeps_inf_and_nan_where_the_windows_put_them(threa
     x[1, 2, 3, 4] = np.nan
     w = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
+    gy = rng.standard_normal((3, 16, 4, 4)).astype(np.float32)
     before = threads.get_num_threads()
     threads.set_num_threads(threads_n)
     try:
-        got = conv2d(x, w, b, stride=2, padding=1, impl="numpy")
+        y = conv2d(x, w, b, stride=2, padding=1, impl="numpy")
+        _, gw, _ = conv2d_backward(gy, x, w, b, stride=2, padding=1,
+                                   output_mask=(False, True, False), impl="numpy")
     finally:
         threads.set_num_threads(before)
-    want = conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
-                  stride=2, padding=1, impl="reference")
-    assert np.isnan(want).any() and not np.isinf(want).any()
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-    ok = ~np.isnan(want)
-    assert_close(got[ok], want[ok], "float32")
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    want_y = conv2d(x64, w64, b.astype(np.float64), stride=2, padding=1, impl="reference")
+    _, want_gw, _ = conv2d_backward(gy.astype(np.float64), x64, w64, None, stride=2,
+                                    padding=1, impl="reference")
+    _assert_same_nans_and_close(y, want_y, "float32", "y")
+    _assert_same_nans_and_close(gw, want_gw, "float32", "grad_weight")
 
 
 BAND_CASES = [

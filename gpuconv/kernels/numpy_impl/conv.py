@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit
 
 from . import register
-from .simd import lanes, vfma, vlanes, vload, vstore, vzero
+from .simd import lanes, vadd, vfma, vlanes, vload, vstore, vzero
 from ..reference.conv import _conv_bias_act
 from ... import backend, threads
 
@@ -95,6 +95,7 @@ _GW_TRANSPOSED_WIDTH = 2
 # 0.7-0.9x on three with K = 4L, where OpenBLAS's 64-row GEMMs run well (bench/NOTES.md,
 # fifth pass).
 _DIRECT_PIXELS = 5
+_DIRECT_TAPS = 10                 # the weight gradient's taps per register block
 _DIRECT_MAX_WEIGHT_BYTES = 36 << 10
 _DIRECT_MAX_IMAGE_BYTES = 1 << 22
 
@@ -353,11 +354,11 @@ def _from_wide_kernel(wide, base, y, row0, relu):
 
 
 @njit(cache=True, nogil=True)
-def _direct_forward_kernel(x, wp, base, y, relu, buf, pitch, r_n, s_n, sh, sw, ph, pw, dh,
-                           dw):
-    """y[b, k, oh, ow] = base[k] + sum over (c, r, s) of
-    wp[(c*R + r)*S + s, k] * x_pad[b, c, oh*sh + r*dh, ow*sw + s*dw], through a ReLU when
-    ``relu``: a direct convolution for K a multiple of the vector lanes L.
+def _direct_forward_kernel(x, wp, base, y, relu, buf, taps, pitch, sh, sw, ph, pw):
+    """y[b, k, oh, ow] = base[k] + sum over taps t = (c, r, s) of
+    wp[t, k] * x_pad[b, c, oh*sh + r*dh, ow*sw + s*dw], through a ReLU when ``relu``: a
+    direct convolution for K a multiple of the vector lanes L. ``taps[t]`` is tap t's
+    offset in ``buf`` from its window's corner (:func:`_direct_taps`).
 
     Algorithm: each image's planes are copied into ``buf``, zero-padded planes of
     ``pitch``-long rows (the borders and the columns past the padded width are zeros from
@@ -382,12 +383,6 @@ def _direct_forward_kernel(x, wp, base, y, relu, buf, pitch, r_n, s_n, sh, sw, p
     # The second set: (channel offset, pixel offset).
     dk, dp = (lane_n, 0) if k_n % (2 * lane_n) == 0 else (0, px)
     xf, wf, yf = x.reshape(-1), wp.reshape(-1), y.reshape(-1)
-    # Tap (c, r, s)'s offset in buf from its window's corner: one loop over all taps.
-    taps = np.empty(c_n * r_n * s_n, np.int64)
-    for c in range(c_n):
-        for r in range(r_n):
-            for s in range(s_n):
-                taps[(c * r_n + r) * s_n + s] = c * plane + r * dh * pitch + s * dw
     pixels = np.empty(oh_n * ow_n * k_n, buf.dtype)    # one image's y, channels-last
     zero = buf.dtype.type(0)
     for b in range(n):
@@ -398,7 +393,7 @@ def _direct_forward_kernel(x, wp, base, y, relu, buf, pitch, r_n, s_n, sh, sw, p
                 for ow0 in range(0, ow_n, px + dp):
                     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = vzero(buf)
                     corner = oh * sh * pitch + ow0 * sw
-                    for t in range(taps.size):
+                    for t in range(wp.shape[0]):
                         wv, wv2 = vload(wf, t * k_n + k0), vload(wf, t * k_n + k0 + dk)
                         at = corner + taps[t]
                         at2 = at + dp * sw
@@ -423,6 +418,61 @@ def _direct_forward_kernel(x, wp, base, y, relu, buf, pitch, r_n, s_n, sh, sw, p
             for q in range(oh_n * ow_n):
                 v = base[k] + pixels[_u(q * k_n + k)]
                 yf[_u(out + q)] = zero if relu and v < 0 else v
+
+
+@njit(cache=True, nogil=True)
+def _direct_grad_weight_kernel(x, gy, partial, buf, taps, pitch, sh, sw, ph, pw):
+    """partial[t, k] += sum over images b and output pixels (oh, ow) of
+    gy[b, k, oh, ow] * x_pad[b, c, oh*sh + r*dh, ow*sw + s*dw], for each tap t = (c, r, s)
+    whose offset in a padded image is ``taps[t]`` (taps past C*R*S, up to a multiple of
+    _DIRECT_TAPS, point at offset 0 and are computed and dropped): the weight gradient,
+    channels-last, for K a multiple of the vector lanes L.
+
+    Algorithm: each image's planes are copied into ``buf`` as in the direct forward and
+    its grad_output transposed to channels-last (a vector of L channels per pixel). For
+    each block of _DIRECT_TAPS taps and each vector of L channels, ten vector accumulators
+    (one per tap) live in registers through all the image's output pixels: per pixel one
+    vector load of grad_output and ten fused multiply-adds with the broadcast input pixels
+    the taps read. The accumulators are then added into ``partial``. Sums run over the
+    pixels in order, image by image.
+    """
+    n, k_n, oh_n, ow_n = gy.shape
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    plane = buf.size // c_n
+    lane_n = vlanes(buf)
+    xf, gf, pf = x.reshape(-1), gy.reshape(-1), partial.reshape(-1)
+    gyc = np.empty(oh_n * ow_n * k_n, buf.dtype)      # one image's gy, channels-last
+    for b in range(n):
+        for c in range(c_n):
+            _load_padded(xf, (b * c_n + c) * h * w, w, h, w, buf, c * plane, ph, pw, pitch)
+        for k in range(k_n):
+            for q in range(oh_n * ow_n):
+                gyc[_u(q * k_n + k)] = gf[_u((b * k_n + k) * oh_n * ow_n + q)]
+        for t0 in range(0, taps.size, _DIRECT_TAPS):
+            o0, o1, o2, o3, o4 = (taps[t0], taps[t0 + 1], taps[t0 + 2], taps[t0 + 3],
+                                  taps[t0 + 4])
+            o5, o6, o7, o8, o9 = (taps[t0 + 5], taps[t0 + 6], taps[t0 + 7], taps[t0 + 8],
+                                  taps[t0 + 9])
+            for k0 in range(0, k_n, lane_n):
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = vzero(buf)
+                for oh in range(oh_n):
+                    for ow in range(ow_n):
+                        g = vload(gyc, (oh * ow_n + ow) * k_n + k0)
+                        at = oh * sh * pitch + ow * sw
+                        a0 = vfma(a0, buf[_u(at + o0)], g)
+                        a1 = vfma(a1, buf[_u(at + o1)], g)
+                        a2 = vfma(a2, buf[_u(at + o2)], g)
+                        a3 = vfma(a3, buf[_u(at + o3)], g)
+                        a4 = vfma(a4, buf[_u(at + o4)], g)
+                        a5 = vfma(a5, buf[_u(at + o5)], g)
+                        a6 = vfma(a6, buf[_u(at + o6)], g)
+                        a7 = vfma(a7, buf[_u(at + o7)], g)
+                        a8 = vfma(a8, buf[_u(at + o8)], g)
+                        a9 = vfma(a9, buf[_u(at + o9)], g)
+                accs = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
+                for i in range(_DIRECT_TAPS):
+                    at = (t0 + i) * k_n + k0
+                    vstore(pf, at, vadd(vload(pf, at), accs[i]))
 
 
 # Depthwise kernels: channel k of y reads channel k // m of x (m = K / C). Each x plane is
@@ -892,21 +942,57 @@ def _direct_fits(v: _View, dtype) -> bool:
             and image_bytes <= _DIRECT_MAX_IMAGE_BYTES)
 
 
-def _direct_pass(v: _View, w, x, y, y_bias) -> None:
-    """``y = conv(x, w) + y_bias`` by :func:`_direct_forward_kernel`, ranges of images on
-    the thread pool, each task with its own padded planes."""
-    wp = np.ascontiguousarray(w.reshape(v.k, v.crs).T)          # (C*R*S, K)
+def _direct_taps(v: _View, pitch: int) -> np.ndarray:
+    """Each tap (c, r, s)'s offset from its window's corner in an image of padded planes
+    with rows of ``pitch``, in (c, r, s) order, followed by zeros up to a multiple of
+    _DIRECT_TAPS (the weight gradient's blocks)."""
+    plane = (v.h + 2 * v.padding[0]) * pitch
+    c, r, s = np.meshgrid(np.arange(v.c), np.arange(v.r), np.arange(v.s), indexing="ij")
+    offsets = c * plane + r * v.dilation[0] * pitch + s * v.dilation[1]
+    taps = np.zeros(-(-v.crs // _DIRECT_TAPS) * _DIRECT_TAPS, np.int64)
+    taps[:v.crs] = offsets.reshape(-1)
+    return taps
+
+
+def _direct_images(v: _View, dtype, run) -> list:
+    """``run(images, buf, taps, pitch)`` for ranges of images on the thread pool, each task
+    with its own zero-padded planes ``buf`` of ``dtype``; returns the results in range
+    order."""
     pitch = _direct_pitch(v)
+    taps = _direct_taps(v, pitch)
     image_macs = max(1, v.macs // max(1, v.n))
     ranges = threads.split(v.n, -(-threads.MIN_TASK_MACS // image_macs))
+    results: list = [None] * len(ranges)
 
     def task(t: int) -> None:
-        images = slice(ranges[t].start, ranges[t].stop)
-        buf = np.zeros(v.c * (v.h + 2 * v.padding[0]) * pitch, w.dtype)
-        _direct_forward_kernel(x[images], wp, y_bias, y[images], v.relu, buf, pitch, v.r,
-                               v.s, *v.geometry)
+        buf = np.zeros(v.c * (v.h + 2 * v.padding[0]) * pitch, dtype)
+        results[t] = run(slice(ranges[t].start, ranges[t].stop), buf, taps, pitch)
 
     threads.parallel_for(len(ranges), task)
+    return results
+
+
+def _direct_forward(v: _View, w, x, y, y_bias) -> None:
+    """``y = conv(x, w) + y_bias`` by :func:`_direct_forward_kernel`."""
+    wp = np.ascontiguousarray(w.reshape(v.k, v.crs).T)          # (C*R*S, K)
+    _direct_images(v, w.dtype, lambda images, buf, taps, pitch: _direct_forward_kernel(
+        x[images], wp, y_bias, y[images], v.relu, buf, taps, pitch, *v.stride, *v.padding))
+
+
+def _direct_grad_weight(v: _View, x, gy, gw) -> None:
+    """``gw = d<conv(x, w), gy>/dw`` by :func:`_direct_grad_weight_kernel`: each range of
+    images sums into its own channels-last partial, the partials added in range order."""
+    def run(images, buf, taps, pitch):
+        partial = np.zeros((taps.size, v.k), gw.dtype)
+        _direct_grad_weight_kernel(x[images], gy[images], partial, buf, taps, pitch,
+                                   *v.stride, *v.padding)
+        return partial
+
+    partials = _direct_images(v, gw.dtype, run)
+    total = partials[0] if partials else np.zeros((v.crs, v.k), gw.dtype)
+    for p in partials[1:]:
+        total += p
+    gw[...] = total[:v.crs].T.reshape(gw.shape)
 
 
 def _contiguous(a):
@@ -925,7 +1011,11 @@ def _pass(v: _View, w, *, x=None, gy=None, y=None, y_bias=None, gw=None, gx=None
     if v.depthwise:
         _depthwise_pass(v, w, x, gy, y, y_bias, gw, gx, gx_base)
     elif y is not None and gy is None and _direct_fits(v, w.dtype):
-        _direct_pass(v, w, x, y, y_bias)
+        _direct_forward(v, w, x, y, y_bias)
+    elif gw is not None and y is None and _direct_fits(v, w.dtype):
+        _direct_grad_weight(v, x, gy, gw)
+        if gx is not None:
+            _gemm_pass(v, w, None, gy, None, None, None, gx, gx_base)
     else:
         _gemm_pass(v, w, x, gy, y, y_bias, gw, gx, gx_base)
 

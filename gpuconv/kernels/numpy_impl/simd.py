@@ -1,5 +1,5 @@
 """SIMD vectors for the numba CPU kernels: a value of 64 bytes of lanes (16 float32 or 8
-float64) that numba keeps in a vector register, and the four operations the register-blocked
+float64) that numba keeps in a vector register, and the operations the register-blocked
 kernels need.
 
 Why: numba's loops over arrays do not become register-blocked vector code. A block of
@@ -16,6 +16,7 @@ reduction loop, and every multiply-add is one ``llvm.fma`` on the whole vector.
 - ``vload(a, i)``: ``a[i : i + L]`` of a 1-D C-contiguous array (unaligned; the caller keeps
   ``i + L <= a.size``);
 - ``vstore(a, i, v)``: ``a[i : i + L] = v``;
+- ``vadd(u, v)``: ``u + v``, lane by lane;
 - ``vfma(acc, s, w)``: ``acc + s * w`` for a scalar ``s`` broadcast to every lane, fused
   (one rounding), in lane order.
 
@@ -113,6 +114,16 @@ def vstore(typingctx, a, index, v):
         builder.store(args[2], ptr, align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(a, index, v), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    if not (isinstance(a, Vec) and b == a):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return a(a, b), codegen
 
 
 @intrinsic
