@@ -239,10 +239,11 @@ DIRECT_CASES = [c for c in CONV_CASES if c.id.endswith(("channels-stride-pad-dil
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_numpy_direct_forward_takes_the_cases_meant_for_it(dtype):
-    """The 16-channel cases run the numpy impl's direct forward in both dtypes, the
-    32-channel one in float32 (two vectors; four in float64, which take the GEMM path),
-    so that the reference comparisons above cover it."""
+def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
+    """The 16-channel cases run the numpy impl's direct forward and weight gradient in
+    both dtypes; the 32-channel one both in float32 (two vectors) and only the weight
+    gradient in float64 (four vectors, 150 taps), so that the reference comparisons above
+    cover every path."""
     from gpuconv.kernels.numpy_impl import conv as numpy_conv
     for case in DIRECT_CASES:
         x, w, _ = case.arrays(dtype)
@@ -252,6 +253,7 @@ def test_numpy_direct_forward_takes_the_cases_meant_for_it(dtype):
         view = numpy_conv._View(x.shape, w.shape, *pairs, 1, y.shape[2:])
         direct = numpy_conv._direct_fits(view, np.dtype(dtype))
         assert direct == (case.k == 16 or dtype == "float32"), case.id
+        assert numpy_conv._direct_fits(view, np.dtype(dtype), grad_weight=True), case.id
 
 
 def _assert_same_nans_and_close(got, want, dtype, what):

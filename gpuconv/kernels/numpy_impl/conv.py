@@ -98,6 +98,10 @@ _DIRECT_PIXELS = 5
 _DIRECT_TAPS = 10                 # the weight gradient's taps per register block
 _DIRECT_MAX_WEIGHT_BYTES = 36 << 10
 _DIRECT_MAX_IMAGE_BYTES = 1 << 22
+# The direct weight gradient also takes K = 4L and more when the taps are at least this
+# many times K: CIFAR's 64 -> 64 3x3 layer (576 taps) 1.55x faster than the GEMM path,
+# 64 channels from 16 or 3 (144 or 27 taps) 0.95x and 0.72x (bench/NOTES.md, fifth pass).
+_DIRECT_GW_TAPS_PER_CHANNEL = 4
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -933,13 +937,20 @@ def _direct_pitch(v: _View) -> int:
     return max(v.w + 2 * v.padding[1], last + 1)
 
 
-def _direct_fits(v: _View, dtype) -> bool:
-    """Whether the direct forward computes this view: no groups, K one or two vectors of
-    lanes, the weights and an image's padded planes within their budgets."""
+def _direct_fits(v: _View, dtype, grad_weight: bool = False) -> bool:
+    """Whether the direct kernels compute this view's forward (or, with ``grad_weight``,
+    its weight gradient): no groups, K a multiple of the vector lanes L, an image's padded
+    planes within their budget; the forward for K = L or 2L with weights within theirs,
+    the weight gradient for K = L or 2L or when C*R*S >= _DIRECT_GW_TAPS_PER_CHANNEL * K
+    (the transpose of grad_output per image costs in proportion K / (C*R*S))."""
     image_bytes = v.c * (v.h + 2 * v.padding[0]) * _direct_pitch(v) * dtype.itemsize
-    return (v.groups == 1 and v.k in (lanes(dtype), 2 * lanes(dtype)) and v.oh > 0
-            and v.ow > 0 and v.crs * v.k * dtype.itemsize <= _DIRECT_MAX_WEIGHT_BYTES
-            and image_bytes <= _DIRECT_MAX_IMAGE_BYTES)
+    lane_n = lanes(dtype)
+    if not (v.groups == 1 and v.k % lane_n == 0 and v.oh > 0 and v.ow > 0
+            and image_bytes <= _DIRECT_MAX_IMAGE_BYTES):
+        return False
+    if grad_weight:
+        return v.k <= 2 * lane_n or v.crs >= _DIRECT_GW_TAPS_PER_CHANNEL * v.k
+    return v.k <= 2 * lane_n and v.crs * v.k * dtype.itemsize <= _DIRECT_MAX_WEIGHT_BYTES
 
 
 def _direct_taps(v: _View, pitch: int) -> np.ndarray:
@@ -1012,7 +1023,7 @@ def _pass(v: _View, w, *, x=None, gy=None, y=None, y_bias=None, gw=None, gx=None
         _depthwise_pass(v, w, x, gy, y, y_bias, gw, gx, gx_base)
     elif y is not None and gy is None and _direct_fits(v, w.dtype):
         _direct_forward(v, w, x, y, y_bias)
-    elif gw is not None and y is None and _direct_fits(v, w.dtype):
+    elif gw is not None and y is None and _direct_fits(v, w.dtype, grad_weight=True):
         _direct_grad_weight(v, x, gy, gw)
         if gx is not None:
             _gemm_pass(v, w, None, gy, None, None, None, gx, gx_base)
