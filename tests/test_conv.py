@@ -242,8 +242,8 @@ DIRECT_CASES = [c for c in CONV_CASES if c.id.endswith(("channels-stride-pad-dil
 def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
     """The 16-channel cases run the numpy impl's direct forward and weight gradient in
     both dtypes; the 32-channel one both in float32 (two vectors) and only the weight
-    gradient in float64 (four vectors, 150 taps), so that the reference comparisons above
-    cover every path."""
+    gradient in float64 (four vectors, 150 taps); those with unit strides the direct
+    grad_input too; so that the reference comparisons above cover every path."""
     from gpuconv.kernels.numpy_impl import conv as numpy_conv
     for case in DIRECT_CASES:
         x, w, _ = case.arrays(dtype)
@@ -254,6 +254,8 @@ def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
         direct = numpy_conv._direct_fits(view, np.dtype(dtype))
         assert direct == (case.k == 16 or dtype == "float32"), case.id
         assert numpy_conv._direct_fits(view, np.dtype(dtype), grad_weight=True), case.id
+        unit_strides = case.stride == 1
+        assert numpy_conv._direct_grad_input_fits(view, np.dtype(dtype)) == unit_strides
 
 
 def _assert_same_nans_and_close(got, want, dtype, what):
@@ -295,6 +297,33 @@ def test_numpy_direct_paths_keep_inf_and_nan_where_the_windows_put_them(threads_
     _assert_same_nans_and_close(gw, want_gw, "float32", "grad_weight")
 
 
+@pytest.mark.parametrize("where", ["x", "w", "gy"])
+def test_numpy_conv_with_unit_strides_puts_inf_and_nan_where_the_reference_does(where):
+    """A stride-1 convolution whose weight gradient and grad_input take the direct
+    kernels where the values are finite: an inf or NaN in x, in the weight or in
+    grad_output reaches exactly the outputs and gradients the reference's does (an inf
+    weight must not meet grad_output's zero border)."""
+    rng = rng_for("direct-special-unit-" + where)
+    x = rng.standard_normal((2, 4, 9, 17)).astype(np.float32)
+    w = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 9, 17)).astype(np.float32)
+    arrays = {"x": x, "w": w, "gy": gy}
+    arrays[where][0, 1, 2, 2] = np.inf
+    arrays[where][1, 2, 1, 0] = np.nan
+    with np.errstate(invalid="ignore"):   # NumPy's matmul warns of the NaN it makes
+        got = (conv2d(x, w, None, padding=1, impl="numpy"),
+               *conv2d_backward(gy, x, w, None, padding=1, impl="numpy")[:2])
+        want = (conv2d(*(a.astype(np.float64) for a in (x, w)), None, padding=1,
+                       impl="reference"),
+                *conv2d_backward(*(a.astype(np.float64) for a in (gy, x, w)), None,
+                                 padding=1, impl="reference")[:2])
+    for name, g, r in zip(("y", "grad_input", "grad_weight"), got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(r), err_msg=name)
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(r), err_msg=name)
+        finite = np.isfinite(r)
+        assert_close(g[finite], r[finite], "float32", name)
+
+
 BAND_CASES = [
     ConvCase("bands-3x3-pad1", 2, 3, (13, 9), 4, (3, 3), 1, 1),
     ConvCase("bands-stride2-dilation2-groups2", 1, 4, (15, 11), 6, (3, 2), 2, 2, 2, 2),
@@ -314,6 +343,7 @@ def test_numpy_conv_in_bands_of_one_image_matches_the_reference(case, threads_n,
     on one thread and on three."""
     from gpuconv import threads
     from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    monkeypatch.setattr(numpy_conv, "_DIRECT_MAX_IMAGE_BYTES", 0)  # the GEMM path, in bands
     monkeypatch.setattr(numpy_conv, "_CHUNK_BYTES", 1)       # bands of one output row ...
     monkeypatch.setattr(numpy_conv, "_BAND_ABOVE_BYTES", 1)  # ... for every image
     monkeypatch.setattr(numpy_conv, "_BAND_PER_HALO", 1)     # (grad_input: as many as its halo)
