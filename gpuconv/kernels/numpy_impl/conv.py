@@ -49,6 +49,7 @@ Signatures follow the registry contract in :mod:`gpuconv.kernels.reference.conv`
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -87,22 +88,23 @@ _LANE_ADDS = 32
 # tall (_grad_weight_product).
 _GW_TRANSPOSED_WIDTH = 2
 # The direct forward (_direct_forward_kernel): output pixels per set of its two sets of
-# register accumulators (5: LeNet's rows of 10 split without waste). It runs a conv with
-# one or two vectors of output channels (K = L or 2L: one pass over the channels) whose
-# weights take at most _DIRECT_MAX_WEIGHT_BYTES (they stay in L1 through the pass) and
-# whose image's zero-padded planes take at most _DIRECT_MAX_IMAGE_BYTES (a larger image
-# goes through the banded GEMM path, whose memory stays bounded). Against the GEMM path on
-# one thread, float32: 1.3-2.9x faster on six such shapes (LeNet's second layer 2.9x),
-# 0.7-0.9x on three with K = 4L, where OpenBLAS's 64-row GEMMs run well (bench/NOTES.md,
-# fifth pass).
+# register accumulators (5: LeNet's rows of 10 split without waste). The direct kernels take
+# an image whose zero-padded planes fit in _DIRECT_MAX_IMAGE_BYTES (a larger image goes
+# through the banded GEMM path, whose memory stays bounded) and K of one or two vectors of
+# lanes, or wider layers with at least _DIRECT_TAPS_PER_CHANNEL taps per output channel
+# (the forward: twice that, and K <= 4L). Against the GEMM path on one thread, float32
+# (bench/NOTES.md, fifth pass): forward 1.4-3.3x faster with K <= 2L (LeNet's second layer
+# 3.3x), 1.27x on CIFAR's 64 -> 64 3x3 (576 taps), 0.96x with 288 taps for 64 channels,
+# 0.71-0.91x with K = 128 and 256; weight gradient 1.3-3.7x with K <= 2L, 1.07-1.55x with
+# 64-256 channels and 576-2,304 taps, 0.72-0.95x with 27 or 144 taps for 64.
 _DIRECT_PIXELS = 5
+# The direct forward's passes over an image each take the taps whose weight vectors fit in
+# this many bytes, so that those stay in L1 through the pass; the partial sums wait in a
+# channels-last copy of the output between passes.
+_DIRECT_CHUNK_BYTES = 16 << 10
 _DIRECT_TAPS = 10                 # the weight gradient's taps per register block
-_DIRECT_MAX_WEIGHT_BYTES = 36 << 10
 _DIRECT_MAX_IMAGE_BYTES = 1 << 22
-# The direct weight gradient also takes K = 4L and more when the taps are at least this
-# many times K: CIFAR's 64 -> 64 3x3 layer (576 taps) 1.55x faster than the GEMM path,
-# 64 channels from 16 or 3 (144 or 27 taps) 0.95x and 0.72x (bench/NOTES.md, fifth pass).
-_DIRECT_GW_TAPS_PER_CHANNEL = 4
+_DIRECT_TAPS_PER_CHANNEL = 4
 # The direct grad_input (unit strides): input channels per register block, each with two
 # rows of vectors (twelve accumulators). It takes rows of at least half a vector and
 # weights up to _DIRECT_GX_MAX_WEIGHT_BYTES: against the GEMM path on one thread, float32,
@@ -394,42 +396,66 @@ def _direct_forward_kernel(x, wp, base, y, relu, buf, taps, pitch, sh, sw, ph, p
     px = _DIRECT_PIXELS
     # The second set: (channel offset, pixel offset).
     dk, dp = (lane_n, 0) if k_n % (2 * lane_n) == 0 else (0, px)
+    # Taps per pass over the image: their weight vectors stay in L1 through the pass.
+    chunk = max(1, _DIRECT_CHUNK_BYTES // ((lane_n + dk) * buf.itemsize))
+    taps_n = wp.shape[0]
+    ow_pad = -(-ow_n // (px + dp)) * (px + dp)
     xf, wf, yf = x.reshape(-1), wp.reshape(-1), y.reshape(-1)
-    pixels = np.empty(oh_n * ow_n * k_n, buf.dtype)    # one image's y, channels-last
+    # One image's y, channels-last, each row padded to whole blocks of pixels.
+    pixels = np.empty(oh_n * ow_pad * k_n, buf.dtype)
     zero = buf.dtype.type(0)
     for b in range(n):
         for c in range(c_n):
             _load_padded(xf, (b * c_n + c) * h * w, w, h, w, buf, c * plane, ph, pw, pitch)
         for k0 in range(0, k_n, lane_n + dk):
-            for oh in range(oh_n):
-                for ow0 in range(0, ow_n, px + dp):
-                    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = vzero(buf)
-                    corner = oh * sh * pitch + ow0 * sw
-                    for t in range(wp.shape[0]):
-                        wv, wv2 = vload(wf, t * k_n + k0), vload(wf, t * k_n + k0 + dk)
-                        at = corner + taps[t]
-                        at2 = at + dp * sw
-                        a0 = vfma(a0, buf[_u(at)], wv)
-                        a1 = vfma(a1, buf[_u(at + sw)], wv)
-                        a2 = vfma(a2, buf[_u(at + 2 * sw)], wv)
-                        a3 = vfma(a3, buf[_u(at + 3 * sw)], wv)
-                        a4 = vfma(a4, buf[_u(at + 4 * sw)], wv)
-                        a5 = vfma(a5, buf[_u(at2)], wv2)
-                        a6 = vfma(a6, buf[_u(at2 + sw)], wv2)
-                        a7 = vfma(a7, buf[_u(at2 + 2 * sw)], wv2)
-                        a8 = vfma(a8, buf[_u(at2 + 3 * sw)], wv2)
-                        a9 = vfma(a9, buf[_u(at2 + 4 * sw)], wv2)
-                    accs = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
-                    for half in range(2):
-                        for p in range(min(px, ow_n - ow0 - half * dp)):
-                            at = (oh * ow_n + ow0 + half * dp + p) * k_n + k0 + half * dk
-                            vstore(pixels, at, accs[half * px + p])
-        # Channels-last to y's planes, with the bias and the ReLU.
+            for t0 in range(0, taps_n, chunk):
+                for oh in range(oh_n):
+                    for ow0 in range(0, ow_n, px + dp):
+                        p0 = (oh * ow_pad + ow0) * k_n + k0   # the first set's first sum
+                        p1 = p0 + dp * k_n + dk               # the second set's
+                        if t0 == 0:
+                            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = vzero(buf)
+                        else:
+                            a0, a1 = vload(pixels, p0), vload(pixels, p0 + k_n)
+                            a2, a3 = vload(pixels, p0 + 2 * k_n), vload(pixels, p0 + 3 * k_n)
+                            a4, a5 = vload(pixels, p0 + 4 * k_n), vload(pixels, p1)
+                            a6, a7 = vload(pixels, p1 + k_n), vload(pixels, p1 + 2 * k_n)
+                            a8, a9 = vload(pixels, p1 + 3 * k_n), vload(pixels, p1 + 4 * k_n)
+                        corner = oh * sh * pitch + ow0 * sw
+                        for t in range(t0, min(taps_n, t0 + chunk)):
+                            wv, wv2 = vload(wf, t * k_n + k0), vload(wf, t * k_n + k0 + dk)
+                            at = corner + taps[t]
+                            at2 = at + dp * sw
+                            a0 = vfma(a0, buf[_u(at)], wv)
+                            a1 = vfma(a1, buf[_u(at + sw)], wv)
+                            a2 = vfma(a2, buf[_u(at + 2 * sw)], wv)
+                            a3 = vfma(a3, buf[_u(at + 3 * sw)], wv)
+                            a4 = vfma(a4, buf[_u(at + 4 * sw)], wv)
+                            a5 = vfma(a5, buf[_u(at2)], wv2)
+                            a6 = vfma(a6, buf[_u(at2 + sw)], wv2)
+                            a7 = vfma(a7, buf[_u(at2 + 2 * sw)], wv2)
+                            a8 = vfma(a8, buf[_u(at2 + 3 * sw)], wv2)
+                            a9 = vfma(a9, buf[_u(at2 + 4 * sw)], wv2)
+                        vstore(pixels, p0, a0)
+                        vstore(pixels, p0 + k_n, a1)
+                        vstore(pixels, p0 + 2 * k_n, a2)
+                        vstore(pixels, p0 + 3 * k_n, a3)
+                        vstore(pixels, p0 + 4 * k_n, a4)
+                        vstore(pixels, p1, a5)
+                        vstore(pixels, p1 + k_n, a6)
+                        vstore(pixels, p1 + 2 * k_n, a7)
+                        vstore(pixels, p1 + 3 * k_n, a8)
+                        vstore(pixels, p1 + 4 * k_n, a9)
+        # Channels-last to y's planes, with the bias and the ReLU; rows of whole blocks
+        # as one run.
+        rows, run = (1, oh_n * ow_n) if ow_pad == ow_n else (oh_n, ow_n)
         for k in range(k_n):
             out = (b * k_n + k) * oh_n * ow_n
-            for q in range(oh_n * ow_n):
-                v = base[k] + pixels[_u(q * k_n + k)]
-                yf[_u(out + q)] = zero if relu and v < 0 else v
+            for oh in range(rows):
+                src, dst = oh * ow_pad * k_n + k, out + oh * ow_n
+                for ow in range(run):
+                    v = base[k] + pixels[_u(src + ow * k_n)]
+                    yf[_u(dst + ow)] = zero if relu and v < 0 else v
 
 
 @njit(cache=True, nogil=True)
@@ -1011,18 +1037,21 @@ def _direct_pitch(v: _View) -> int:
 
 def _direct_fits(v: _View, dtype, grad_weight: bool = False) -> bool:
     """Whether the direct kernels compute this view's forward (or, with ``grad_weight``,
-    its weight gradient): no groups, K a multiple of the vector lanes L, an image's padded
-    planes within their budget; the forward for K = L or 2L with weights within theirs,
-    the weight gradient for K = L or 2L or when C*R*S >= _DIRECT_GW_TAPS_PER_CHANNEL * K
-    (the transpose of grad_output per image costs in proportion K / (C*R*S))."""
+    its weight gradient): no groups, K a multiple of the vector lanes L and an image's
+    padded planes within their budget; then K of one or two vectors, or wider layers with
+    many taps per output channel (C*R*S >= _DIRECT_TAPS_PER_CHANNEL * K for the weight
+    gradient, whose per-image transpose of grad_output costs in proportion K / (C*R*S);
+    twice that and K <= 4L for the forward)."""
     image_bytes = v.c * (v.h + 2 * v.padding[0]) * _direct_pitch(v) * dtype.itemsize
     lane_n = lanes(dtype)
     if not (v.groups == 1 and v.k % lane_n == 0 and v.oh > 0 and v.ow > 0
             and image_bytes <= _DIRECT_MAX_IMAGE_BYTES):
         return False
+    if v.k <= 2 * lane_n:
+        return True
     if grad_weight:
-        return v.k <= 2 * lane_n or v.crs >= _DIRECT_GW_TAPS_PER_CHANNEL * v.k
-    return v.k <= 2 * lane_n and v.crs * v.k * dtype.itemsize <= _DIRECT_MAX_WEIGHT_BYTES
+        return v.crs >= _DIRECT_TAPS_PER_CHANNEL * v.k
+    return v.k <= 4 * lane_n and v.crs >= 2 * _DIRECT_TAPS_PER_CHANNEL * v.k
 
 
 def _direct_taps(v: _View, pitch: int) -> np.ndarray:
@@ -1030,11 +1059,22 @@ def _direct_taps(v: _View, pitch: int) -> np.ndarray:
     with rows of ``pitch``, in (c, r, s) order, followed by zeros up to a multiple of
     _DIRECT_TAPS (the weight gradient's blocks)."""
     plane = (v.h + 2 * v.padding[0]) * pitch
-    c, r, s = np.meshgrid(np.arange(v.c), np.arange(v.r), np.arange(v.s), indexing="ij")
-    offsets = c * plane + r * v.dilation[0] * pitch + s * v.dilation[1]
-    taps = np.zeros(-(-v.crs // _DIRECT_TAPS) * _DIRECT_TAPS, np.int64)
-    taps[:v.crs] = offsets.reshape(-1)
-    return taps
+    return _tap_offsets(v.c, v.r, v.s, plane, v.dilation[0] * pitch, v.dilation[1],
+                        -(-v.crs // _DIRECT_TAPS) * _DIRECT_TAPS)
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_offsets(a_n: int, b_n: int, c_n: int, a_step: int, b_step: int, c_step: int,
+                 size: int) -> np.ndarray:
+    """``a*a_step + b*b_step + c*c_step`` for (a, b, c) in row-major order over
+    ``(a_n, b_n, c_n)``, then zeros up to ``size``, as a read-only int64 array (cached:
+    a training step asks for the same few tables at every call)."""
+    offsets = np.zeros(size, np.int64)
+    offsets[:a_n * b_n * c_n] = (np.arange(a_n)[:, None, None] * a_step
+                                 + np.arange(b_n)[None, :, None] * b_step
+                                 + np.arange(c_n) * c_step).reshape(-1)
+    offsets.flags.writeable = False
+    return offsets
 
 
 def _direct_images(v: _View, dtype, run) -> list:
@@ -1110,8 +1150,8 @@ def _direct_grad_input(v: _View, w, gy, gx, gx_base) -> None:
     wt[:, :v.c] = w.transpose(0, 2, 3, 1).reshape(-1, v.c)
     basetab = np.zeros((c_pad, lane_n), w.dtype)
     basetab[:v.c] = gx_base[:, None]
-    k, r, s = np.meshgrid(np.arange(v.k), np.arange(v.r), np.arange(v.s), indexing="ij")
-    gtaps = (k * rows * pitch - r * v.dilation[0] * pitch - s * v.dilation[1]).reshape(-1)
+    gtaps = _tap_offsets(v.k, v.r, v.s, rows * pitch, -v.dilation[0] * pitch,
+                         -v.dilation[1], v.k * v.r * v.s)
     image_macs = max(1, v.macs // max(1, v.n))
     ranges = threads.split(v.n, -(-threads.MIN_TASK_MACS // image_macs))
 
