@@ -238,12 +238,24 @@ DIRECT_CASES = [c for c in CONV_CASES if c.id.endswith(("channels-stride-pad-dil
                                                          "channels-batch1-odd", "channels-5x5"))]
 
 
+# The numpy impl's forward kernel per direct case and dtype: the channel vectors where the
+# strides are not 1 or the rows of 10 would fill 10 of 16 lanes, the row vectors else
+# (in float64 the 32-channel case is four vectors with too few taps for the channels).
+FORWARD_PATHS = {
+    ("16-channels-stride-pad-dilation", "float32"): "channels",
+    ("16-channels-stride-pad-dilation", "float64"): "channels",
+    ("16-channels-batch1-odd", "float32"): "rows",
+    ("16-channels-batch1-odd", "float64"): "rows",
+    ("32-channels-5x5", "float32"): "channels",
+    ("32-channels-5x5", "float64"): "rows",
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
-    """The 16-channel cases run the numpy impl's direct forward and weight gradient in
-    both dtypes; the 32-channel one both in float32 (two vectors) and only the weight
-    gradient in float64 (four vectors, 150 taps); those with unit strides the direct
-    grad_input too; so that the reference comparisons above cover every path."""
+    """The direct cases run the numpy impl's direct weight gradient in both dtypes, those
+    with unit strides its direct grad_input too, and their forwards the kernels
+    ``FORWARD_PATHS`` names, so that the reference comparisons above cover every path."""
     from gpuconv.kernels.numpy_impl import conv as numpy_conv
     for case in DIRECT_CASES:
         x, w, _ = case.arrays(dtype)
@@ -251,11 +263,11 @@ def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
         pairs = [(a, a) if isinstance(a, int) else a
                  for a in (case.stride, case.padding, case.dilation)]
         view = numpy_conv._View(x.shape, w.shape, *pairs, 1, y.shape[2:])
-        direct = numpy_conv._direct_fits(view, np.dtype(dtype))
-        assert direct == (case.k == 16 or dtype == "float32"), case.id
         assert numpy_conv._direct_fits(view, np.dtype(dtype), grad_weight=True), case.id
         unit_strides = case.stride == 1
         assert numpy_conv._direct_grad_input_fits(view, np.dtype(dtype)) == unit_strides
+        assert numpy_conv._forward_path(view, np.dtype(dtype)) == FORWARD_PATHS[case.id,
+                                                                                  dtype]
 
 
 def _assert_same_nans_and_close(got, want, dtype, what):
@@ -297,16 +309,22 @@ def test_numpy_direct_paths_keep_inf_and_nan_where_the_windows_put_them(threads_
     _assert_same_nans_and_close(gw, want_gw, "float32", "grad_weight")
 
 
+@pytest.mark.parametrize("width, forward_path", [(16, "rows"), (17, "channels")])
 @pytest.mark.parametrize("where", ["x", "w", "gy"])
-def test_numpy_conv_with_unit_strides_puts_inf_and_nan_where_the_reference_does(where):
-    """A stride-1 convolution whose weight gradient and grad_input take the direct
-    kernels where the values are finite: an inf or NaN in x, in the weight or in
-    grad_output reaches exactly the outputs and gradients the reference's does (an inf
-    weight must not meet grad_output's zero border)."""
+def test_numpy_conv_with_unit_strides_puts_inf_and_nan_where_the_reference_does(
+        where, width, forward_path):
+    """A stride-1 convolution whose forward (along rows, or over channels), weight
+    gradient and grad_input take the direct kernels (grad_input where the weight is
+    finite): an inf or NaN in x, in the weight or in grad_output reaches exactly the
+    outputs and gradients the reference's does (an inf weight must not meet grad_output's
+    zero border)."""
+    from gpuconv.kernels.numpy_impl import conv as numpy_conv
     rng = rng_for("direct-special-unit-" + where)
-    x = rng.standard_normal((2, 4, 9, 17)).astype(np.float32)
+    x = rng.standard_normal((2, 4, 9, width)).astype(np.float32)
     w = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
-    gy = rng.standard_normal((2, 16, 9, 17)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 9, width)).astype(np.float32)
+    view = numpy_conv._View(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, (9, width))
+    assert numpy_conv._forward_path(view, x.dtype) == forward_path
     arrays = {"x": x, "w": w, "gy": gy}
     arrays[where][0, 1, 2, 2] = np.inf
     arrays[where][1, 2, 1, 0] = np.nan

@@ -57,7 +57,7 @@ import numpy as np
 from numba import njit
 
 from . import register
-from .simd import lanes, vadd, vfma, vlanes, vload, vstore, vzero
+from .simd import lanes, vadd, vfma, vlanes, vload, vrelu, vstore, vzero
 from ..reference.conv import _conv_bias_act
 from ... import backend, threads
 
@@ -111,6 +111,15 @@ _DIRECT_TAPS_PER_CHANNEL = 4
 # 1.1-2.2x faster on eight shapes (LeNet's second layer 2.2x at batch 128, CIFAR's 64 -> 64
 # 1.3x, weights of 288 KiB 1.14x), 0.91x on rows of 4 and 0.89x with weights of 590 KiB.
 _DIRECT_GX_CHANNELS = 6
+# A unit-stride forward runs as the direct grad_input of its transposed view (_rows_view,
+# vectors along the output rows) where that kernel's rules allow, unless the direct forward
+# (vectors of output channels) also can and the rows would leave more than a quarter of the
+# vector lanes idle. Against the GEMM or depthwise path on one thread, float32: 1.4-4.1x
+# faster on 13 shapes (LeNet's first layer 2.5x, CIFAR's 64 -> 64 1.7x), 0.92x with 128
+# channels (590 KiB of weights, which the grad_input rules refuse); against the direct
+# forward 1.25-2.25x faster on six shapes with rows of 16 and 32, 0.57x on LeNet's second
+# layer (rows of 10 in 16 lanes) (bench/NOTES.md, fifth pass).
+_ROWS_MIN_LANE_USE = 0.75
 _DIRECT_GX_MAX_WEIGHT_BYTES = 300 << 10
 
 
@@ -514,7 +523,8 @@ def _direct_grad_weight_kernel(x, gy, partial, buf, taps, pitch, sh, sw, ph, pw)
 
 
 @njit(cache=True, nogil=True)
-def _direct_grad_input_kernel(gy, wt, basetab, gx, gyp, gtaps, pitch, top, left, ph, pw):
+def _direct_grad_input_kernel(gy, wt, basetab, gx, relu, gyp, gtaps, pitch, top, left, ph,
+                              pw):
     """gx[b, c, i, j] = base[c] + sum over taps t = (k, r, s) of
     w[k, c, r, s] * gy[b, k, i + ph - r*dh, j + pw - s*dw] (zero outside gy): the input
     gradient of a convolution with unit strides, vectorised along gx's rows.
@@ -529,7 +539,8 @@ def _direct_grad_input_kernel(gy, wt, basetab, gx, gyp, gtaps, pitch, top, left,
     reduction: per tap two vector loads of grad_output (one per row, each shared by the six
     channels) and six broadcast weights, twelve fused multiply-adds. Stores skip the
     channels past C and a row past H; a row's last vector goes through a scratch when it
-    passes W. Sums run in (k, r, s) order, after the base.
+    passes W. With ``relu`` the stored sums go through a ReLU. Sums run in (k, r, s)
+    order, after the base.
     """
     n, c_n, h, w = gx.shape
     k_n, oh_n, ow_n = gy.shape[1], gy.shape[2], gy.shape[3]
@@ -565,6 +576,10 @@ def _direct_grad_input_kernel(gy, wt, basetab, gx, gyp, gtaps, pitch, top, left,
                         a4, b4 = vfma(a4, w4, u), vfma(b4, w4, v)
                         a5, b5 = vfma(a5, w5, u), vfma(b5, w5, v)
                     accs = (a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5)
+                    if relu:
+                        accs = (vrelu(a0), vrelu(a1), vrelu(a2), vrelu(a3), vrelu(a4),
+                                vrelu(a5), vrelu(b0), vrelu(b1), vrelu(b2), vrelu(b3),
+                                vrelu(b4), vrelu(b5))
                     count = min(w - j0, lane_n)
                     for row in range(min(2, h - i)):
                         for q in range(min(_DIRECT_GX_CHANNELS, c_n - c0)):
@@ -1139,9 +1154,10 @@ def _direct_gy_plane(v: _View, lane_n: int) -> tuple[int, int]:
     return rows, pitch
 
 
-def _direct_grad_input(v: _View, w, gy, gx, gx_base) -> None:
-    """``gx = conv^T(gy, w) + gx_base`` by :func:`_direct_grad_input_kernel`, ranges of
-    images on the thread pool, each task with its own padded grad_output."""
+def _direct_grad_input(v: _View, w, gy, gx, gx_base, relu: bool = False) -> None:
+    """``gx = conv^T(gy, w) + gx_base`` (through a ReLU with ``relu``) by
+    :func:`_direct_grad_input_kernel`, ranges of images on the thread pool, each task with
+    its own padded grad_output."""
     lane_n = lanes(w.dtype)
     rows, pitch = _direct_gy_plane(v, lane_n)
     top, left = (v.r - 1) * v.dilation[0], (v.s - 1) * v.dilation[1]
@@ -1158,10 +1174,47 @@ def _direct_grad_input(v: _View, w, gy, gx, gx_base) -> None:
     def task(t: int) -> None:
         images = slice(ranges[t].start, ranges[t].stop)
         gyp = np.zeros(v.k * rows * pitch, w.dtype)
-        _direct_grad_input_kernel(gy[images], wt, basetab.reshape(-1), gx[images], gyp,
-                                  gtaps, pitch, top, left, *v.padding)
+        _direct_grad_input_kernel(gy[images], wt, basetab.reshape(-1), gx[images], relu,
+                                  gyp, gtaps, pitch, top, left, *v.padding)
 
     threads.parallel_for(len(ranges), task)
+
+
+def _rows_view(v: _View) -> _View | None:
+    """The conv view whose input gradient is ``v``'s forward, when ``v`` has unit strides
+    and no groups (else None): from y's shape back to x's, the weight's channel axes
+    swapped and its taps flipped (:func:`_rows_weight`), padding ``(R-1)*d - p`` (None
+    when that is negative: padding wider than the kernel's reach). ``y[b, k, i, j] =
+    sum w[k, c, r, s] x[b, c, i - p + r*d, j - p + s*d]`` is that view's grad_input with
+    ``r -> R-1-r``, read over the same input positions."""
+    pad = tuple((k - 1) * d - p for k, d, p in zip((v.r, v.s), v.dilation, v.padding))
+    if tuple(v.stride) != (1, 1) or v.groups != 1 or min(pad) < 0:
+        return None
+    return _View((v.n, v.k, v.oh, v.ow), (v.c, v.k, v.r, v.s), (1, 1), pad, v.dilation, 1,
+                 (v.h, v.w))
+
+
+def _forward_path(v: _View, dtype) -> str:
+    """Which kernel computes the forward of ``v``: ``"rows"`` (the direct grad_input of
+    :func:`_rows_view`), ``"channels"`` (:func:`_direct_forward`), or ``"loops"`` (the
+    depthwise loops or the GEMM path)."""
+    rows = _rows_view(v)
+    rows_fit = rows is not None and _direct_grad_input_fits(rows, dtype)
+    channels = _direct_fits(v, dtype)
+    if rows_fit and (not channels or _lane_use(v.ow, dtype) >= _ROWS_MIN_LANE_USE):
+        return "rows"
+    return "channels" if channels else "loops"
+
+
+def _lane_use(width: int, dtype) -> float:
+    """The share of vector lanes a row of ``width`` elements fills, in whole vectors."""
+    lane_n = lanes(dtype)
+    return width / (-(-width // lane_n) * lane_n)
+
+
+def _rows_weight(w):
+    """w (K, C, R, S) as the weight of :func:`_rows_view`: (C, K, R, S), taps flipped."""
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
 
 
 def _contiguous(a):
@@ -1177,10 +1230,13 @@ def _pass(v: _View, w, *, x=None, gy=None, y=None, y_bias=None, gw=None, gx=None
         gx_base = np.zeros(v.c, w.dtype)
     if y is not None and y_bias is None:
         y_bias = np.zeros(v.k, w.dtype)
-    if v.depthwise:
-        _depthwise_pass(v, w, x, gy, y, y_bias, gw, gx, gx_base)
-    elif y is not None and gy is None and _direct_fits(v, w.dtype):
+    path = _forward_path(v, w.dtype) if y is not None and gy is None else None
+    if path == "rows":
+        _direct_grad_input(_rows_view(v), _rows_weight(w), x, y, y_bias, relu=v.relu)
+    elif path == "channels":
         _direct_forward(v, w, x, y, y_bias)
+    elif v.depthwise:
+        _depthwise_pass(v, w, x, gy, y, y_bias, gw, gx, gx_base)
     else:
         if gw is not None and y is None and _direct_fits(v, w.dtype, grad_weight=True):
             _direct_grad_weight(v, x, gy, gw)

@@ -16,7 +16,8 @@ reduction loop, and every multiply-add is one ``llvm.fma`` on the whole vector.
 - ``vload(a, i)``: ``a[i : i + L]`` of a 1-D C-contiguous array (unaligned; the caller keeps
   ``i + L <= a.size``);
 - ``vstore(a, i, v)``: ``a[i : i + L] = v``;
-- ``vadd(u, v)``: ``u + v``, lane by lane;
+- ``vadd(u, v)``: ``u + v``, lane by lane; ``vrelu(v)``: 0 in the lanes where ``v < 0``
+  (a NaN or -0 stays, as in torch.relu);
 - ``vfma(acc, s, w)``: ``acc + s * w`` for a scalar ``s`` broadcast to every lane, fused
   (one rounding), in lane order.
 
@@ -124,6 +125,17 @@ def vadd(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fadd(args[0], args[1])
     return a(a, b), codegen
+
+
+@intrinsic
+def vrelu(typingctx, v):
+    if not isinstance(v, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_llvm_vector(context, v), None)
+        return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
+    return v(v), codegen
 
 
 @intrinsic
