@@ -76,6 +76,12 @@ CONV_CASES = [
     ConvCase("16-channels-stride-pad-dilation", 2, 3, (9, 23), 16, (3, 2), 2, (1, 2), (1, 2)),
     ConvCase("16-channels-batch1-odd", 1, 5, (7, 13), 16, (3, 3), 1, 1),
     ConvCase("32-channels-5x5", 2, 6, (14, 12), 32, (5, 5), 1, (0, 1)),
+    # Channel vectors with stride 2: 48 channels (three vectors: three passes over the
+    # image), 64 (four: two passes of two, each in tap chunks), and 16 with 144 taps (tap
+    # chunks in float64).
+    ConvCase("48-channels-stride2", 2, 48, (9, 11), 48, (3, 3), 2, 1),
+    ConvCase("64-channels-stride2", 1, 64, (8, 8), 64, (3, 3), 2, 1),
+    ConvCase("16-channels-144-taps-stride2", 2, 16, (9, 9), 16, (3, 3), 2, 1),
 ]
 
 SMALL_CONV_CASES = [
@@ -234,8 +240,7 @@ def test_numpy_conv2d_chunking_does_not_change_results(monkeypatch):
             assert_close(got, want, "float64")
 
 
-DIRECT_CASES = [c for c in CONV_CASES if c.id.endswith(("channels-stride-pad-dilation",
-                                                         "channels-batch1-odd", "channels-5x5"))]
+DIRECT_CASES = [c for c in CONV_CASES if "-channels-" in c.id]
 
 
 # The numpy impl's forward kernel per direct case and dtype: the channel vectors where the
@@ -248,6 +253,12 @@ FORWARD_PATHS = {
     ("16-channels-batch1-odd", "float64"): "rows",
     ("32-channels-5x5", "float32"): "channels",
     ("32-channels-5x5", "float64"): "rows",
+    ("48-channels-stride2", "float32"): "channels",
+    ("48-channels-stride2", "float64"): "loops",
+    ("64-channels-stride2", "float32"): "channels",
+    ("64-channels-stride2", "float64"): "loops",
+    ("16-channels-144-taps-stride2", "float32"): "channels",
+    ("16-channels-144-taps-stride2", "float64"): "channels",
 }
 
 
@@ -256,7 +267,9 @@ def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
     """The direct cases run the numpy impl's direct weight gradient in both dtypes, those
     with unit strides its direct grad_input too, and their forwards the kernels
     ``FORWARD_PATHS`` names, so that the reference comparisons above cover every path."""
-    from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    from gpuconv.kernels.numpy_impl import conv as numpy_conv, simd
+    if simd.VECTOR_BYTES != 64:
+        pytest.skip("the paths named are those of 64-byte vectors (AVX-512)")
     for case in DIRECT_CASES:
         x, w, _ = case.arrays(dtype)
         y = conv2d(x, w, None, **case.args(), impl="reference")
@@ -275,6 +288,32 @@ def _assert_same_nans_and_close(got, want, dtype, what):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=what)
     ok = ~np.isnan(want)
     assert_close(got[ok], want[ok], dtype, what)
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=_ids(DIRECT_CASES))
+def test_numpy_direct_kernels_give_the_same_bits_on_any_thread_count(case):
+    """The direct forward and grad_input split the batch by images, each image's sums in
+    one order: 1, 2 and 3 threads give the same bits. (The weight gradient's per-range
+    partials depend on the ranges, as the GEMM path's do.)"""
+    from gpuconv import threads
+    x, w, b = case.arrays("float32")
+    x = np.concatenate([x] * 3)                # enough images for three ranges
+    gy = rng_for(case.id, "bits").standard_normal(
+        conv2d(x, w, b, **case.args(), impl="reference").shape).astype(np.float32)
+    before = threads.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            threads.set_num_threads(n)
+            results.append((conv2d(x, w, b, **case.args(), impl="numpy"),
+                            conv2d_backward(gy, x, w, b, **case.args(),
+                                            output_mask=(True, False, False),
+                                            impl="numpy")[0]))
+    finally:
+        threads.set_num_threads(before)
+    for y, gx in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(gx, results[0][1])
 
 
 @pytest.mark.parametrize("threads_n", [1, 3])
@@ -324,7 +363,8 @@ def test_numpy_conv_with_unit_strides_puts_inf_and_nan_where_the_reference_does(
     w = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
     gy = rng.standard_normal((2, 16, 9, width)).astype(np.float32)
     view = numpy_conv._View(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, (9, width))
-    assert numpy_conv._forward_path(view, x.dtype) == forward_path
+    assert numpy_conv.lanes(x.dtype) != 16 or numpy_conv._forward_path(view, x.dtype) == (
+        forward_path)
     arrays = {"x": x, "w": w, "gy": gy}
     arrays[where][0, 1, 2, 2] = np.inf
     arrays[where][1, 2, 1, 0] = np.nan

@@ -40,10 +40,16 @@ over the groups gives ``(K, n * OH * Wq)``.
 *Depthwise.* With one input channel per group the GEMM's inner dimension would be just
 ``R * S``; those convolutions run as direct numba loops instead.
 
-*Direct forward.* A forward with one or two vectors of output channels (16 or 32 in
-float32) and small weights, LeNet's second layer for one, runs as a register-blocked direct
-convolution on SIMD vectors (:func:`_direct_forward_kernel`, :mod:`.simd`): OpenBLAS runs
-16-row GEMMs at half its speed, and the direct loop needs no column matrix.
+*Direct kernels.* Register-blocked loops on SIMD vectors (:mod:`.simd`) replace the GEMM
+path where they measured faster (OpenBLAS runs 16-row GEMMs at half its speed, and they
+need no column matrix): the forward and the weight gradient vectorised over output
+channels (K a multiple of the lanes: one or two vectors, or many taps per output channel;
+:func:`_direct_forward_kernel`, :func:`_direct_grad_weight_kernel`), and grad_input with
+unit strides vectorised along gx's rows (:func:`_direct_grad_input_kernel`; only with a
+finite weight, which would else meet grad_output's zero border as 0 * inf). A unit-stride
+forward also runs as that row kernel on its transposed view (:func:`_rows_view`). Each
+reads exactly the input positions its outputs' windows read, so the semantics above hold;
+an image past their memory budgets takes the GEMM path, banded as above.
 
 Signatures follow the registry contract in :mod:`gpuconv.kernels.reference.conv`.
 """
@@ -57,6 +63,7 @@ import numpy as np
 from numba import njit
 
 from . import register
+# numba caches the kernels below keyed on this file alone: see simd.py before editing it.
 from .simd import lanes, vadd, vfma, vlanes, vload, vrelu, vstore, vzero
 from ..reference.conv import _conv_bias_act
 from ... import backend, threads
@@ -97,20 +104,26 @@ _GW_TRANSPOSED_WIDTH = 2
 # 3.3x), 1.27x on CIFAR's 64 -> 64 3x3 (576 taps), 0.96x with 288 taps for 64 channels,
 # 0.71-0.91x with K = 128 and 256; weight gradient 1.3-3.7x with K <= 2L, 1.07-1.55x with
 # 64-256 channels and 576-2,304 taps, 0.72-0.95x with 27 or 144 taps for 64.
-_DIRECT_PIXELS = 5
+_DIRECT_PIXELS = 5               # fixed by the kernel's code (a0..a4 and a5..a9)
 # The direct forward's passes over an image each take the taps whose weight vectors fit in
 # this many bytes, so that those stay in L1 through the pass; the partial sums wait in a
 # channels-last copy of the output between passes.
 _DIRECT_CHUNK_BYTES = 16 << 10
-_DIRECT_TAPS = 10                 # the weight gradient's taps per register block
+_DIRECT_TAPS = 10   # the weight gradient's taps per register block, fixed by its code
 _DIRECT_MAX_IMAGE_BYTES = 1 << 22
+# The direct forward and weight gradient keep an image's output (grad_output) channels-last
+# and read it back K times at a stride of K elements: past L2 every read is a miss. The
+# reviewed shapes past this budget ran at 0.16-0.6x the GEMM path, (8, 3, 224, 224) -> 32
+# among them; a unit-stride forward of that size takes the row kernel instead, 2.4x faster
+# than GEMM.
+_DIRECT_MAX_OUTPUT_BYTES = 1 << 20
 _DIRECT_TAPS_PER_CHANNEL = 4
 # The direct grad_input (unit strides): input channels per register block, each with two
 # rows of vectors (twelve accumulators). It takes rows of at least half a vector and
 # weights up to _DIRECT_GX_MAX_WEIGHT_BYTES: against the GEMM path on one thread, float32,
 # 1.1-2.2x faster on eight shapes (LeNet's second layer 2.2x at batch 128, CIFAR's 64 -> 64
 # 1.3x, weights of 288 KiB 1.14x), 0.91x on rows of 4 and 0.89x with weights of 590 KiB.
-_DIRECT_GX_CHANNELS = 6
+_DIRECT_GX_CHANNELS = 6          # fixed by the kernel's code (a0..a5, b0..b5)
 # A unit-stride forward runs as the direct grad_input of its transposed view (_rows_view,
 # vectors along the output rows) where that kernel's rules allow, unless the direct forward
 # (vectors of output channels) also can and the rows would leave more than a quarter of the
@@ -1052,15 +1065,17 @@ def _direct_pitch(v: _View) -> int:
 
 def _direct_fits(v: _View, dtype, grad_weight: bool = False) -> bool:
     """Whether the direct kernels compute this view's forward (or, with ``grad_weight``,
-    its weight gradient): no groups, K a multiple of the vector lanes L and an image's
-    padded planes within their budget; then K of one or two vectors, or wider layers with
+    its weight gradient): no groups, K a multiple of the vector lanes L, an image's padded
+    planes and its channels-last output (or grad_output) within their budgets; then K of one or two vectors, or wider layers with
     many taps per output channel (C*R*S >= _DIRECT_TAPS_PER_CHANNEL * K for the weight
     gradient, whose per-image transpose of grad_output costs in proportion K / (C*R*S);
     twice that and K <= 4L for the forward)."""
     image_bytes = v.c * (v.h + 2 * v.padding[0]) * _direct_pitch(v) * dtype.itemsize
+    output_bytes = v.k * v.oh * (v.ow + 2 * _DIRECT_PIXELS) * dtype.itemsize
     lane_n = lanes(dtype)
     if not (v.groups == 1 and v.k % lane_n == 0 and v.oh > 0 and v.ow > 0
-            and image_bytes <= _DIRECT_MAX_IMAGE_BYTES):
+            and image_bytes <= _DIRECT_MAX_IMAGE_BYTES
+            and output_bytes <= _DIRECT_MAX_OUTPUT_BYTES):
         return False
     if v.k <= 2 * lane_n:
         return True
@@ -1092,22 +1107,27 @@ def _tap_offsets(a_n: int, b_n: int, c_n: int, a_step: int, b_step: int, c_step:
     return offsets
 
 
-def _direct_images(v: _View, dtype, run) -> list:
-    """``run(images, buf, taps, pitch)`` for ranges of images on the thread pool, each task
-    with its own zero-padded planes ``buf`` of ``dtype``; returns the results in range
-    order."""
-    pitch = _direct_pitch(v)
-    taps = _direct_taps(v, pitch)
+def _by_images(v: _View, run) -> list:
+    """``run(images)`` for ranges of images (slices) on the thread pool, each task with
+    its own scratch; returns the results in range order."""
     image_macs = max(1, v.macs // max(1, v.n))
     ranges = threads.split(v.n, -(-threads.MIN_TASK_MACS // image_macs))
     results: list = [None] * len(ranges)
 
     def task(t: int) -> None:
-        buf = np.zeros(v.c * (v.h + 2 * v.padding[0]) * pitch, dtype)
-        results[t] = run(slice(ranges[t].start, ranges[t].stop), buf, taps, pitch)
+        results[t] = run(slice(ranges[t].start, ranges[t].stop))
 
     threads.parallel_for(len(ranges), task)
     return results
+
+
+def _direct_images(v: _View, dtype, run) -> list:
+    """``run(images, buf, taps, pitch)`` by :func:`_by_images`, ``buf`` a task's
+    zero-padded planes of ``dtype``."""
+    pitch = _direct_pitch(v)
+    taps = _direct_taps(v, pitch)
+    size = v.c * (v.h + 2 * v.padding[0]) * pitch
+    return _by_images(v, lambda images: run(images, np.zeros(size, dtype), taps, pitch))
 
 
 def _direct_forward(v: _View, w, x, y, y_bias) -> None:
@@ -1140,18 +1160,19 @@ def _direct_grad_input_fits(v: _View, dtype) -> bool:
     lane_n = lanes(dtype)
     return (v.groups == 1 and tuple(v.stride) == (1, 1) and v.h > 0 and 2 * v.w >= lane_n
             and v.k * v.crs * dtype.itemsize <= _DIRECT_GX_MAX_WEIGHT_BYTES
-            and v.k * math.prod(_direct_gy_plane(v, lane_n)) * dtype.itemsize
+            and v.k * math.prod(_direct_gy_plane(v, lane_n)[:2]) * dtype.itemsize
             <= _DIRECT_MAX_IMAGE_BYTES)
 
 
-def _direct_gy_plane(v: _View, lane_n: int) -> tuple[int, int]:
-    """(rows, pitch) of a padded grad_output plane for :func:`_direct_grad_input_kernel`:
-    gy at row (R-1)*dh and column (S-1)*dw, room below for the row past H that a pair of
-    rows reads and to the right for a row's last vector."""
+def _direct_gy_plane(v: _View, lane_n: int) -> tuple[int, int, int, int]:
+    """(rows, pitch, top, left) of a padded grad_output plane for
+    :func:`_direct_grad_input_kernel`: gy at row ``top = (R-1)*dh`` and column
+    ``left = (S-1)*dw``, room below for the row past H that a pair of rows reads and to
+    the right for a row's last vector."""
     top, left = (v.r - 1) * v.dilation[0], (v.s - 1) * v.dilation[1]
     rows = max(top + v.oh, v.h + v.padding[0] + top + 1)
     pitch = max(left + v.ow, -(-v.w // lane_n) * lane_n + v.padding[1] + left)
-    return rows, pitch
+    return rows, pitch, top, left
 
 
 def _direct_grad_input(v: _View, w, gy, gx, gx_base, relu: bool = False) -> None:
@@ -1159,8 +1180,7 @@ def _direct_grad_input(v: _View, w, gy, gx, gx_base, relu: bool = False) -> None
     :func:`_direct_grad_input_kernel`, ranges of images on the thread pool, each task with
     its own padded grad_output."""
     lane_n = lanes(w.dtype)
-    rows, pitch = _direct_gy_plane(v, lane_n)
-    top, left = (v.r - 1) * v.dilation[0], (v.s - 1) * v.dilation[1]
+    rows, pitch, top, left = _direct_gy_plane(v, lane_n)
     c_pad = -(-v.c // _DIRECT_GX_CHANNELS) * _DIRECT_GX_CHANNELS
     wt = np.zeros((v.k * v.r * v.s, c_pad), w.dtype)           # wt[(k, r, s), c]
     wt[:, :v.c] = w.transpose(0, 2, 3, 1).reshape(-1, v.c)
@@ -1168,16 +1188,9 @@ def _direct_grad_input(v: _View, w, gy, gx, gx_base, relu: bool = False) -> None
     basetab[:v.c] = gx_base[:, None]
     gtaps = _tap_offsets(v.k, v.r, v.s, rows * pitch, -v.dilation[0] * pitch,
                          -v.dilation[1], v.k * v.r * v.s)
-    image_macs = max(1, v.macs // max(1, v.n))
-    ranges = threads.split(v.n, -(-threads.MIN_TASK_MACS // image_macs))
-
-    def task(t: int) -> None:
-        images = slice(ranges[t].start, ranges[t].stop)
-        gyp = np.zeros(v.k * rows * pitch, w.dtype)
-        _direct_grad_input_kernel(gy[images], wt, basetab.reshape(-1), gx[images], relu,
-                                  gyp, gtaps, pitch, top, left, *v.padding)
-
-    threads.parallel_for(len(ranges), task)
+    _by_images(v, lambda images: _direct_grad_input_kernel(
+        gy[images], wt, basetab.reshape(-1), gx[images], relu,
+        np.zeros(v.k * rows * pitch, w.dtype), gtaps, pitch, top, left, *v.padding))
 
 
 def _rows_view(v: _View) -> _View | None:

@@ -1,6 +1,6 @@
-"""SIMD vectors for the numba CPU kernels: a value of 64 bytes of lanes (16 float32 or 8
-float64) that numba keeps in a vector register, and the operations the register-blocked
-kernels need.
+"""SIMD vectors for the numba CPU kernels: a value of one vector register's lanes (64 bytes,
+16 float32 or 8 float64, where numba compiles for AVX-512; else 32 bytes) that numba keeps
+in a register, and the operations the register-blocked kernels need.
 
 Why: numba's loops over arrays do not become register-blocked vector code. A block of
 accumulators kept in an array is re-loaded and stored around every multiply-add (LLVM cannot
@@ -15,24 +15,45 @@ reduction loop, and every multiply-add is one ``llvm.fma`` on the whole vector.
   ``vlanes(a)``: how many lanes (L) such a vector has, a constant;
 - ``vload(a, i)``: ``a[i : i + L]`` of a 1-D C-contiguous array (unaligned; the caller keeps
   ``i + L <= a.size``);
-- ``vstore(a, i, v)``: ``a[i : i + L] = v``;
+- ``vstore(a, i, v)``: ``a[i : i + L] = v`` into a writeable one;
 - ``vadd(u, v)``: ``u + v``, lane by lane; ``vrelu(v)``: 0 in the lanes where ``v < 0``
   (a NaN or -0 stays, as in torch.relu);
 - ``vfma(acc, s, w)``: ``acc + s * w`` for a scalar ``s`` broadcast to every lane, fused
   (one rounding), in lane order.
 
-``lanes(dtype)`` is L, for Python code. On a machine without 512-bit registers LLVM splits
-each operation into two or four narrower ones: the results are the same, the speed lower.
+``lanes(dtype)`` is L, for Python code. The width follows the CPU numba compiles for
+(``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``, else this machine), so that a kernel's ten or
+twelve accumulators and their operands fit its registers: 64-byte vectors on an AVX2
+machine would be split in two and spill (the direct grad_input then ran at 0.3-0.6x the
+GEMM path, timed with ``NUMBA_CPU_NAME=haswell``).
+
+The kernels that use these are cached by numba (``cache=True``), which keys a cache on the
+kernel's own source file only: after editing this module, clear ``__pycache__`` (or touch
+the modules that use it) so that no kernel keeps the old code.
 """
 from __future__ import annotations
 
 import numpy as np
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
-VECTOR_BYTES = 64   # one AVX-512 register
+
+
+def _target_vector_bytes() -> int:
+    """64 where numba compiles for a CPU with AVX-512F, else 32."""
+    if config.CPU_FEATURES is not None:
+        features = config.CPU_FEATURES
+    elif config.CPU_NAME in (None, "host"):
+        features = llvm.get_host_cpu_features().flatten()
+    else:
+        features = ""
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+VECTOR_BYTES = _target_vector_bytes()
 
 
 def lanes(dtype) -> int:
@@ -61,7 +82,8 @@ def _llvm_vector(context, vec: Vec) -> ir.VectorType:
 
 
 def _float_array(a) -> bool:
-    return isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.ndim == 1
+    return (isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.ndim == 1
+            and a.layout == "C")
 
 
 def _vector_pointer(context, builder, array_type, array, index, vec: Vec):
@@ -106,7 +128,8 @@ def vload(typingctx, a, index):
 
 @intrinsic
 def vstore(typingctx, a, index, v):
-    if not (_float_array(a) and isinstance(index, types.Integer) and v == Vec(a.dtype)):
+    if not (_float_array(a) and a.mutable and isinstance(index, types.Integer)
+            and v == Vec(a.dtype)):
         return None
 
     def codegen(context, builder, sig, args):
