@@ -82,6 +82,9 @@ CONV_CASES = [
     ConvCase("48-channels-stride2", 2, 48, (9, 11), 48, (3, 3), 2, 1),
     ConvCase("64-channels-stride2", 1, 64, (8, 8), 64, (3, 3), 2, 1),
     ConvCase("16-channels-144-taps-stride2", 2, 16, (9, 9), 16, (3, 3), 2, 1),
+    # Unit-stride forwards on the row kernel (rows of 16 and 15 elements).
+    ConvCase("16-channels-rows", 2, 3, (8, 16), 16, (3, 3), 1, 1),
+    ConvCase("rows-6-channels-dilated", 2, 2, (10, 16), 6, (3, 2), 1, (2, 0), (2, 1)),
 ]
 
 SMALL_CONV_CASES = [
@@ -240,19 +243,23 @@ def test_numpy_conv2d_chunking_does_not_change_results(monkeypatch):
             assert_close(got, want, "float64")
 
 
-DIRECT_CASES = [c for c in CONV_CASES if "-channels-" in c.id]
+DIRECT_CASES = [c for c in CONV_CASES if c.id.startswith(("16-", "32-", "48-", "64-"))]
 
 
-# The numpy impl's forward kernel per direct case and dtype: the channel vectors where the
-# strides are not 1 or the rows of 10 would fill 10 of 16 lanes, the row vectors else
-# (in float64 the 32-channel case is four vectors with too few taps for the channels).
+# The numpy impl's forward kernel per case and dtype (64-byte vectors): the row vectors
+# where the strides are 1 and rows and row pairs fill 80% of their multiply-adds, else the
+# channel vectors where K is a multiple of the lanes with enough taps, else the loops.
 FORWARD_PATHS = {
     ("16-channels-stride-pad-dilation", "float32"): "channels",
     ("16-channels-stride-pad-dilation", "float64"): "channels",
-    ("16-channels-batch1-odd", "float32"): "rows",
-    ("16-channels-batch1-odd", "float64"): "rows",
+    ("16-channels-batch1-odd", "float32"): "channels",
+    ("16-channels-batch1-odd", "float64"): "channels",
     ("32-channels-5x5", "float32"): "channels",
-    ("32-channels-5x5", "float64"): "rows",
+    ("32-channels-5x5", "float64"): "loops",
+    ("16-channels-rows", "float32"): "rows",
+    ("16-channels-rows", "float64"): "rows",
+    ("rows-6-channels-dilated", "float32"): "rows",
+    ("rows-6-channels-dilated", "float64"): "rows",
     ("48-channels-stride2", "float32"): "channels",
     ("48-channels-stride2", "float64"): "loops",
     ("64-channels-stride2", "float32"): "channels",
@@ -270,17 +277,21 @@ def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
     from gpuconv.kernels.numpy_impl import conv as numpy_conv, simd
     if simd.VECTOR_BYTES != 64:
         pytest.skip("the paths named are those of 64-byte vectors (AVX-512)")
-    for case in DIRECT_CASES:
+    by_id = {c.id: c for c in CONV_CASES}
+    for (case_id, case_dtype), path in FORWARD_PATHS.items():
+        if case_dtype != dtype:
+            continue
+        case = by_id[case_id]
         x, w, _ = case.arrays(dtype)
         y = conv2d(x, w, None, **case.args(), impl="reference")
         pairs = [(a, a) if isinstance(a, int) else a
                  for a in (case.stride, case.padding, case.dilation)]
         view = numpy_conv._View(x.shape, w.shape, *pairs, 1, y.shape[2:])
-        assert numpy_conv._direct_fits(view, np.dtype(dtype), grad_weight=True), case.id
-        unit_strides = case.stride == 1
-        assert numpy_conv._direct_grad_input_fits(view, np.dtype(dtype)) == unit_strides
-        assert numpy_conv._forward_path(view, np.dtype(dtype)) == FORWARD_PATHS[case.id,
-                                                                                  dtype]
+        assert numpy_conv._forward_path(view, np.dtype(dtype)) == path, case.id
+        if case in DIRECT_CASES:
+            assert numpy_conv._direct_fits(view, np.dtype(dtype), grad_weight=True), case.id
+            unit_strides = case.stride == 1
+            assert numpy_conv._direct_grad_input_fits(view, np.dtype(dtype)) == unit_strides
 
 
 def _assert_same_nans_and_close(got, want, dtype, what):
@@ -291,13 +302,14 @@ def _assert_same_nans_and_close(got, want, dtype, what):
 
 
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=_ids(DIRECT_CASES))
-def test_numpy_direct_kernels_give_the_same_bits_on_any_thread_count(case):
+def test_numpy_direct_kernels_give_the_same_bits_on_any_thread_count(case, monkeypatch):
     """The direct forward and grad_input split the batch by images, each image's sums in
     one order: 1, 2 and 3 threads give the same bits. (The weight gradient's per-range
     partials depend on the ranges, as the GEMM path's do.)"""
     from gpuconv import threads
+    monkeypatch.setattr(threads, "MIN_TASK_MACS", 16)    # a range per image or two
     x, w, b = case.arrays("float32")
-    x = np.concatenate([x] * 3)                # enough images for three ranges
+    x = np.concatenate([x] * 3)                # at least three images
     gy = rng_for(case.id, "bits").standard_normal(
         conv2d(x, w, b, **case.args(), impl="reference").shape).astype(np.float32)
     before = threads.get_num_threads()
@@ -317,13 +329,15 @@ def test_numpy_direct_kernels_give_the_same_bits_on_any_thread_count(case):
 
 
 @pytest.mark.parametrize("threads_n", [1, 3])
-def test_numpy_direct_paths_keep_inf_and_nan_where_the_windows_put_them(threads_n):
+def test_numpy_direct_paths_keep_inf_and_nan_where_the_windows_put_them(threads_n,
+                                                                       monkeypatch):
     """An inf in the last row and column, which stride-2 windows skip, reaches neither the
     output nor the weight gradient; a NaN reaches exactly the outputs and weight-gradient
     taps whose windows read it; the pixels a row's last block computes past OW are never
     stored. Compared with the reference, NaN for NaN, on one thread and on three (images
     split between tasks)."""
     from gpuconv import threads
+    monkeypatch.setattr(threads, "MIN_TASK_MACS", 16)    # one range per image
     rng = rng_for("direct-special")
     x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
     x[:, :, -1, :] = np.inf
@@ -363,8 +377,8 @@ def test_numpy_conv_with_unit_strides_puts_inf_and_nan_where_the_reference_does(
     w = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
     gy = rng.standard_normal((2, 16, 9, width)).astype(np.float32)
     view = numpy_conv._View(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, (9, width))
-    assert numpy_conv.lanes(x.dtype) != 16 or numpy_conv._forward_path(view, x.dtype) == (
-        forward_path)
+    if numpy_conv.lanes(x.dtype) == 16:   # the paths of 64-byte vectors
+        assert numpy_conv._forward_path(view, x.dtype) == forward_path
     arrays = {"x": x, "w": w, "gy": gy}
     arrays[where][0, 1, 2, 2] = np.inf
     arrays[where][1, 2, 1, 0] = np.nan

@@ -117,6 +117,10 @@ _DIRECT_MAX_IMAGE_BYTES = 1 << 22
 # among them; a unit-stride forward of that size takes the row kernel instead, 2.4x faster
 # than GEMM.
 _DIRECT_MAX_OUTPUT_BYTES = 1 << 20
+# The weight gradient reads its channels-last grad_output once per ten taps, and with many
+# taps still won up to 2 MiB of it (1.1-2x, the second review); (4, 3, 192, 192) -> 32, 4.7
+# MiB and 27 taps, ran at 0.37x.
+_DIRECT_GW_MAX_OUTPUT_BYTES = 3 << 20
 _DIRECT_TAPS_PER_CHANNEL = 4
 # The direct grad_input (unit strides): input channels per register block, each with two
 # rows of vectors (twelve accumulators). It takes rows of at least half a vector and
@@ -124,16 +128,16 @@ _DIRECT_TAPS_PER_CHANNEL = 4
 # 1.1-2.2x faster on eight shapes (LeNet's second layer 2.2x at batch 128, CIFAR's 64 -> 64
 # 1.3x, weights of 288 KiB 1.14x), 0.91x on rows of 4 and 0.89x with weights of 590 KiB.
 _DIRECT_GX_CHANNELS = 6          # fixed by the kernel's code (a0..a5, b0..b5)
-# A unit-stride forward runs as the direct grad_input of its transposed view (_rows_view,
-# vectors along the output rows) where that kernel's rules allow, unless the direct forward
-# (vectors of output channels) also can and the rows would leave more than a quarter of the
-# vector lanes idle. Against the GEMM or depthwise path on one thread, float32: 1.4-4.1x
-# faster on 13 shapes (LeNet's first layer 2.5x, CIFAR's 64 -> 64 1.7x), 0.92x with 128
-# channels (590 KiB of weights, which the grad_input rules refuse); against the direct
-# forward 1.25-2.25x faster on six shapes with rows of 16 and 32, 0.57x on LeNet's second
-# layer (rows of 10 in 16 lanes) (bench/NOTES.md, fifth pass).
-_ROWS_MIN_LANE_USE = 0.75
 _DIRECT_GX_MAX_WEIGHT_BYTES = 300 << 10
+# A unit-stride forward runs as the direct grad_input of its transposed view (_rows_view,
+# vectors along the output rows) where that kernel's rules allow and it would use at least
+# this share of its multiply-adds: the lanes a row fills times the rows of its row pairs
+# (a conv1d, one row, wastes half; the second review measured conv1d and three-row outputs
+# at 0.51-0.90x the paths before). Against the GEMM or depthwise path on one thread,
+# float32: 1.4-4.1x faster on 13 shapes (LeNet's first layer 2.5x, CIFAR's 64 -> 64 1.7x);
+# against the channel-vector forward 1.25-2.25x faster on six shapes with rows of 16 and
+# 32, 0.57x on LeNet's second layer (rows of 10 in 16 lanes) (bench/NOTES.md, fifth pass).
+_ROWS_MIN_USE = 0.8
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -1066,16 +1070,18 @@ def _direct_pitch(v: _View) -> int:
 def _direct_fits(v: _View, dtype, grad_weight: bool = False) -> bool:
     """Whether the direct kernels compute this view's forward (or, with ``grad_weight``,
     its weight gradient): no groups, K a multiple of the vector lanes L, an image's padded
-    planes and its channels-last output (or grad_output) within their budgets; then K of one or two vectors, or wider layers with
-    many taps per output channel (C*R*S >= _DIRECT_TAPS_PER_CHANNEL * K for the weight
-    gradient, whose per-image transpose of grad_output costs in proportion K / (C*R*S);
-    twice that and K <= 4L for the forward)."""
+    planes and its channels-last output (or grad_output) within their budgets; then K of
+    one or two vectors, or wider layers with many taps per output channel
+    (C*R*S >= _DIRECT_TAPS_PER_CHANNEL * K for the weight gradient, whose per-image
+    transpose of grad_output costs in proportion K / (C*R*S); twice that and K <= 4L for
+    the forward)."""
     image_bytes = v.c * (v.h + 2 * v.padding[0]) * _direct_pitch(v) * dtype.itemsize
     output_bytes = v.k * v.oh * (v.ow + 2 * _DIRECT_PIXELS) * dtype.itemsize
     lane_n = lanes(dtype)
-    if not (v.groups == 1 and v.k % lane_n == 0 and v.oh > 0 and v.ow > 0
+    if not (v.groups == 1 and v.k % lane_n == 0 and v.c > 0 and v.oh > 0 and v.ow > 0
             and image_bytes <= _DIRECT_MAX_IMAGE_BYTES
-            and output_bytes <= _DIRECT_MAX_OUTPUT_BYTES):
+            and output_bytes <= (_DIRECT_GW_MAX_OUTPUT_BYTES if grad_weight
+                                 else _DIRECT_MAX_OUTPUT_BYTES)):
         return False
     if v.k <= 2 * lane_n:
         return True
@@ -1159,6 +1165,7 @@ def _direct_grad_input_fits(v: _View, dtype) -> bool:
     budgets."""
     lane_n = lanes(dtype)
     return (v.groups == 1 and tuple(v.stride) == (1, 1) and v.h > 0 and 2 * v.w >= lane_n
+            and v.k > 0 and v.c > 0
             and v.k * v.crs * dtype.itemsize <= _DIRECT_GX_MAX_WEIGHT_BYTES
             and v.k * math.prod(_direct_gy_plane(v, lane_n)[:2]) * dtype.itemsize
             <= _DIRECT_MAX_IMAGE_BYTES)
@@ -1212,17 +1219,17 @@ def _forward_path(v: _View, dtype) -> str:
     :func:`_rows_view`), ``"channels"`` (:func:`_direct_forward`), or ``"loops"`` (the
     depthwise loops or the GEMM path)."""
     rows = _rows_view(v)
-    rows_fit = rows is not None and _direct_grad_input_fits(rows, dtype)
-    channels = _direct_fits(v, dtype)
-    if rows_fit and (not channels or _lane_use(v.ow, dtype) >= _ROWS_MIN_LANE_USE):
+    if (rows is not None and _direct_grad_input_fits(rows, dtype)
+            and _rows_use(v.oh, v.ow, dtype) >= _ROWS_MIN_USE):
         return "rows"
-    return "channels" if channels else "loops"
+    return "channels" if _direct_fits(v, dtype) else "loops"
 
 
-def _lane_use(width: int, dtype) -> float:
-    """The share of vector lanes a row of ``width`` elements fills, in whole vectors."""
+def _rows_use(height: int, width: int, dtype) -> float:
+    """The share of the row kernel's multiply-adds that reach a ``height`` x ``width``
+    output: whole vectors along a row, whole pairs of rows."""
     lane_n = lanes(dtype)
-    return width / (-(-width // lane_n) * lane_n)
+    return width / (-(-width // lane_n) * lane_n) * height / (-(-height // 2) * 2)
 
 
 def _rows_weight(w):

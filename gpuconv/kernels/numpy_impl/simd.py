@@ -22,10 +22,11 @@ reduction loop, and every multiply-add is one ``llvm.fma`` on the whole vector.
   (one rounding), in lane order.
 
 ``lanes(dtype)`` is L, for Python code. The width follows the CPU numba compiles for
-(``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``, else this machine), so that a kernel's ten or
-twelve accumulators and their operands fit its registers: 64-byte vectors on an AVX2
-machine would be split in two and spill (the direct grad_input then ran at 0.3-0.6x the
-GEMM path, timed with ``NUMBA_CPU_NAME=haswell``).
+(:func:`_target_vector_bytes`), so that a kernel's ten or twelve accumulators and their
+operands fit its registers: 64-byte vectors on an AVX2 target are split in two and spill
+(the direct grad_input then ran at 0.3-0.6x the GEMM path; with 32-byte vectors the direct
+paths ran 1.1-2.4x its speed, both timed on this AVX-512 machine compiling for AVX2
+features through ``NUMBA_CPU_FEATURES``, OpenBLAS on its Haswell kernels).
 
 The kernels that use these are cached by numba (``cache=True``), which keys a cache on the
 kernel's own source file only: after editing this module, clear ``__pycache__`` (or touch
@@ -34,22 +35,21 @@ the modules that use it) so that no kernel keeps the old code.
 from __future__ import annotations
 
 import numpy as np
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config
+from numba.core import cgutils, codegen, config
 from numba.extending import intrinsic, models, register_model
 
 
-
 def _target_vector_bytes() -> int:
-    """64 where numba compiles for a CPU with AVX-512F, else 32."""
-    if config.CPU_FEATURES is not None:
-        features = config.CPU_FEATURES
-    elif config.CPU_NAME in (None, "host"):
-        features = llvm.get_host_cpu_features().flatten()
-    else:
-        features = ""
+    """The vector width of the CPU numba compiles for, as numba decides it: its features
+    are ``NUMBA_CPU_FEATURES`` when set, else the host's; 64 bytes with AVX-512F, 16
+    without AVX (``NUMBA_ENABLE_AVX=0``, which numba also sets for some CPUs), else 32."""
+    if not config.ENABLE_AVX:
+        return 16
+    features = config.CPU_FEATURES
+    if features is None:
+        features = codegen.get_host_cpu_features()
     return 64 if "+avx512f" in features.split(",") else 32
 
 
