@@ -403,16 +403,17 @@ def _direct_forward_kernel(x, wp, base, y, relu, buf, taps, pitch, sh, sw, ph, p
     Algorithm: each image's planes are copied into ``buf``, zero-padded planes of
     ``pitch``-long rows (the borders and the columns past the padded width are zeros from
     its allocation and never written), so that the loops need no bounds tests. Ten vector
-    accumulators of L output channels each live in registers through the whole (c, r, s)
-    reduction: five output pixels of a row times two sets, the second set either the next
+    accumulators of L output channels each live in registers through a pass over a chunk
+    of taps: five output pixels of a row times two sets, the second set either the next
     L channels of the same pixels (when K is a multiple of 2L: each broadcast input pixel
     feeds two multiply-adds) or the same channels of the next five pixels. Each step loads
     the tap's weight vector(s) and does ten fused multiply-adds with broadcast input
     pixels; ten independent accumulators cover the multiply-add latency of two FMA units.
-    The accumulators of the pixels inside the row are stored to a channels-last copy of
-    the image's output (vector stores), which is then transposed into y's planes with the
-    bias (added after the sum, as the GEMM path does) and the ReLU. Pixels past OW read
-    zeros or padding and are not stored. Sums run in (c, r, s) order,
+    A chunk's weights (_DIRECT_CHUNK_BYTES) stay in L1 through its pass over the image;
+    between passes the sums wait in a channels-last copy of the image's output, its rows
+    padded to whole blocks (vector loads and stores), which is then transposed into y's
+    planes with the bias (added after the sum, as the GEMM path does) and the ReLU. Pixels
+    past OW read zeros or padding and are not transposed out. Sums run in (c, r, s) order,
     one rounding per multiply-add, independent of the threads.
     """
     n, k_n, oh_n, ow_n = y.shape
