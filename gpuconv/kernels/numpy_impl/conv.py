@@ -134,7 +134,7 @@ _DIRECT_GX_MAX_WEIGHT_BYTES = 300 << 10
 # this share of its multiply-adds: the lanes a row fills times the rows of its row pairs
 # (a conv1d, one row, wastes half; the second review measured conv1d and three-row outputs
 # at 0.51-0.90x the paths before). Against the GEMM or depthwise path on one thread,
-# float32: 1.4-4.1x faster on 13 shapes (LeNet's first layer 2.5x, CIFAR's 64 -> 64 1.7x);
+# float32: 1.36-4.1x faster on 14 shapes (LeNet's first layer 2.5x, CIFAR's 64 -> 64 1.5x);
 # against the channel-vector forward 1.25-2.25x faster on six shapes with rows of 16 and
 # 32, 0.57x on LeNet's second layer (rows of 10 in 16 lanes) (bench/NOTES.md, fifth pass).
 _ROWS_MIN_USE = 0.8

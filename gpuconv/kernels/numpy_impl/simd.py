@@ -23,10 +23,11 @@ reduction loop, and every multiply-add is one ``llvm.fma`` on the whole vector.
 
 ``lanes(dtype)`` is L, for Python code. The width follows the CPU numba compiles for
 (:func:`_target_vector_bytes`), so that a kernel's ten or twelve accumulators and their
-operands fit its registers: 64-byte vectors on an AVX2 target are split in two and spill
-(the direct grad_input then ran at 0.3-0.6x the GEMM path; with 32-byte vectors the direct
-paths ran 1.1-2.4x its speed, both timed on this AVX-512 machine compiling for AVX2
-features through ``NUMBA_CPU_FEATURES``, OpenBLAS on its Haswell kernels).
+operands fit its registers: 64-byte vectors on a target without AVX-512 are split and
+spill (compiled for one, a CIFAR-sized forward became 24 ymm FMAs and 160 stack moves and
+ran at 0.84x the GEMM path); with 32-byte vectors the direct paths ran 1.1-2.4x its speed,
+timed on this AVX-512 machine compiling for AVX2 features through ``NUMBA_CPU_FEATURES``,
+OpenBLAS on its Haswell kernels (the second review, bench/NOTES.md fifth pass).
 
 The kernels that use these are cached by numba (``cache=True``), which keys a cache on the
 kernel's own source file only: after editing this module, clear ``__pycache__`` (or touch
