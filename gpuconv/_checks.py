@@ -27,8 +27,10 @@ def _array_of_kind(op: str, name: str, x: Any, kind, what: str,
         raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
     dtype = np.dtype(x.dtype)
     # ml_dtypes' bfloat16 is a floating-point type that NumPy does not class as np.floating.
-    # The dtype's kind letter answers the common cases without issubdtype's class walk.
-    if not (dtype.kind in _KIND_LETTERS[kind] or np.issubdtype(dtype, kind)
+    # The kind letter of one of NumPy's own dtypes answers the common cases without
+    # issubdtype's class walk (ml_dtypes' float8 types have kind "f" but are not floating).
+    if not ((dtype.isbuiltin == 1 and dtype.kind in _KIND_LETTERS[kind])
+            or np.issubdtype(dtype, kind)
             or (kind is np.floating and dtype.name == "bfloat16")):
         raise TypeError(f"{op}: {name} must have {what} dtype, got {x.dtype}")
     if ndim is not None:

@@ -204,6 +204,7 @@ def export_array(a: Any, kind: str):
 
 
 def _is_foreign_array(x: Any) -> bool:
+    # Python numbers and strings first (no array library subclasses them), then the rest.
     if x is None or isinstance(x, (np.ndarray, int, float, str)) or _is_cupy(x):
         return False
     return hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__")

@@ -403,6 +403,14 @@ def test_integer_input_is_a_type_error():
         F.relu(np.zeros((2, 3), dtype=np.int32))
 
 
+def test_a_float8_input_is_a_type_error():
+    """ml_dtypes' float8 dtypes have NumPy's floating kind letter, but no op computes in
+    them: the check says so rather than letting a kernel fail inside."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    with pytest.raises(TypeError, match="relu: input must have a floating-point dtype"):
+        F.relu(np.zeros((2, 3), dtype=ml_dtypes.float8_e5m2))
+
+
 def test_list_input_is_a_type_error():
     with pytest.raises(TypeError, match="tanh: input must be an array"):
         F.tanh([1.0, 2.0])
