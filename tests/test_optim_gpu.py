@@ -1,5 +1,8 @@
 """The fused optimizer updates (ops ``<optimizer>_step``): every impl against the reference.
 
+The CPU's fused numba updates (impl ``numpy``, SGD and Adam) run everywhere: each matches
+the reference bit for bit, since they compute its operations in its order and dtype.
+
 Without a GPU (this machine, CI) three things run:
 
 - the numba.cuda kernels under the CUDA simulator;
@@ -188,6 +191,50 @@ def test_fused_impls_refuse_arrays_that_are_not_c_contiguous(impl):
     param, grad, *buffers = _inputs(case, "float64")
     with pytest.raises(ValueError, match="C-contiguous"):
         _impl(case.op, impl)(np.asfortranarray(param), grad, *buffers, *case.args())
+
+
+# --------------------------------------------------------------------------- the CPU's numba updates
+
+NUMPY_CASES = [c for c in CASES if c.op in ("sgd_step", "adam_step")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", NUMPY_CASES, ids=str)
+def test_numpy_step_matches_reference(case, dtype):
+    check_step(_impl(case.op, "numpy"), case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", NUMPY_CASES, ids=str)
+def test_numpy_step_equals_the_reference_in_the_same_dtype_bit_for_bit(case, dtype):
+    arrays = _inputs(case, dtype)
+    ref = [None if a is None else a.copy() for a in arrays]
+    _impl(case.op, "reference")(*ref, *case.args())
+    _impl(case.op, "numpy")(*arrays, *case.args())
+    for out, want in zip(arrays, ref):
+        if out is not None:
+            np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("op", ["sgd_step", "adam_step"])
+def test_numpy_step_of_a_large_parameter_splits_into_ranges_on_every_thread(op, monkeypatch):
+    """Cut into ranges on the pool (tiny ranges here), the update is the one-range update."""
+    from gpuconv import threads
+
+    case = max((c for c in NUMPY_CASES if c.op == op), key=lambda c: len(c.buffers))
+    whole = _inputs(case, "float32")
+    split = [None if a is None else a.copy() for a in whole]
+    _impl(op, "numpy")(*whole, *case.args())
+    monkeypatch.setattr(threads, "MIN_TASK_ELEMENTS", 2)
+    before = threads.get_num_threads()
+    threads.set_num_threads(3)
+    try:
+        _impl(op, "numpy")(*split, *case.args())
+    finally:
+        threads.set_num_threads(before)
+    for a, b in zip(split, whole):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- numba.cuda simulator

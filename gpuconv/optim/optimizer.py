@@ -123,10 +123,8 @@ class Optimizer:
             grad = p.grad
             if grad is None:
                 continue
-            name = f"params[{index}].grad"
-            C.float_array(self._name, f"{name} (parameter of shape {tuple(p.data.shape)})", grad)
-            C.same_kind(self._name, f"params[{index}].data", p.data, **{name: grad})
-            C.shape_is(self._name, name, grad, p.data.shape)
+            if not _numpy_pair(p.data, grad):
+                self._check_grad(index, p, grad)
             state = self.state.setdefault(index, {})
             if backend.device_of(p.data) == "cuda":
                 on_device.append((index, group, p, grad, state))
@@ -135,6 +133,13 @@ class Optimizer:
         if on_device:
             self._device_step(on_device)
         return loss
+
+    def _check_grad(self, index: int, p, grad) -> None:
+        """A float array of ``p.data``'s shape, dtype and device; else an error naming it."""
+        name = f"params[{index}].grad"
+        C.float_array(self._name, f"{name} (parameter of shape {tuple(p.data.shape)})", grad)
+        C.same_kind(self._name, f"params[{index}].data", p.data, **{name: grad})
+        C.shape_is(self._name, name, grad, p.data.shape)
 
     def _device_step(self, items: list) -> None:
         """One launch per dtype over ``items`` (index, group, param, grad, state); arrays of
@@ -330,6 +335,9 @@ def apply_update(op: str, param, grad, buffers: list, *scalars) -> None:
     on a GPU, the NumPy reference on the CPU. The update wants C-contiguous arrays; any other
     parameter or buffer is updated through a contiguous copy that is written back.
     """
+    if _contiguous_numpy(param, grad, buffers):   # the common case, without the copies' checks
+        kernels.dispatch(op, None, param, grad, *buffers, *scalars)
+        return
     xp = backend.array_module(param)
     arrays = [param, *buffers]
     dense = [a if a is None or a.flags.c_contiguous else xp.ascontiguousarray(a)
@@ -338,6 +346,24 @@ def apply_update(op: str, param, grad, buffers: list, *scalars) -> None:
     for a, d in zip(arrays, dense):
         if d is not a:
             a[...] = d
+
+
+# The gradient dtypes of the step's fast path: a gradient of one of them, of its parameter's
+# dtype and shape, both plain NumPy arrays, passes every check of _check_grad.
+_NUMPY_FLOATS = frozenset(np.dtype(d) for d in ("float16", "float32", "float64"))
+
+
+def _numpy_pair(data, grad) -> bool:
+    """Whether ``data`` and ``grad`` are NumPy float arrays of one shape and dtype."""
+    return (type(data) is np.ndarray and type(grad) is np.ndarray and grad.dtype == data.dtype
+            and grad.shape == data.shape and grad.dtype in _NUMPY_FLOATS)
+
+
+def _contiguous_numpy(param, grad, buffers: list) -> bool:
+    return (type(param) is np.ndarray and param.flags.c_contiguous
+            and type(grad) is np.ndarray and grad.flags.c_contiguous
+            and all(b is None or (type(b) is np.ndarray and b.flags.c_contiguous)
+                    for b in buffers))
 
 
 def _plain(value: Any):

@@ -1,0 +1,118 @@
+"""Fused CPU optimizer updates in numba (contract: :mod:`gpuconv.kernels.reference.optim`).
+
+The reference writes each update as NumPy operations: four to eight passes over the
+parameter's arrays with a temporary per operation, and a microsecond or more of call
+overhead per operation. These kernels read and write each element once, in one loop per
+parameter: SGD with momentum over LeNet-5's ten parameters took 17 us against the
+reference's 51 (warm caches, one thread; bench/NOTES.md, 2026-12-07).
+
+Each kernel computes the reference's operations in its order and in the array's dtype:
+the scalars are rounded to that dtype inside the kernel, as NumPy rounds a Python float
+that meets a float32 array, and numba contracts no multiply and add into an FMA without
+``fastmath``; ``sqrt`` and division round correctly in both. So an update equals the
+reference's in the same dtype bit for bit. Large parameters are cut into flat ranges on
+gpuconv's thread pool (:func:`gpuconv.threads.split`); each element's update reads and
+writes only that element.
+
+float16 parameters compute in float32 (:func:`gpuconv.kernels.numpy_impl.register`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ... import threads
+from . import register
+
+_DTYPES = ("float32", "float64")
+
+
+@njit(cache=True, nogil=True)
+def _regularised(p, g, weight_decay, l1):
+    """``g + weight_decay * p + l1 * sign(p)``, each term only when its factor is nonzero
+    (as the reference: ``weight_decay * p`` of an infinite ``p`` would be NaN)."""
+    if weight_decay != 0:
+        g = p * weight_decay + g
+    if l1 != 0:
+        g = g + np.sign(p) * l1
+    return g
+
+
+@njit(cache=True, nogil=True)
+def _sgd_kernel(param, grad, buf, lr, momentum, keep, weight_decay, l1, nesterov,
+                first_step):
+    t = param.dtype.type
+    lr, momentum, keep, weight_decay, l1 = t(lr), t(momentum), t(keep), t(weight_decay), t(l1)
+    for i in range(param.size):
+        g = _regularised(param[i], grad[i], weight_decay, l1)
+        if buf is not None:
+            b = g if first_step else buf[i] * momentum + keep * g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] = param[i] - lr * g
+
+
+@njit(cache=True, nogil=True)
+def _adam_kernel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1_keep,
+                 beta2, beta2_keep, eps, sqrt_correction2, weight_decay, l1, shrink):
+    t = param.dtype.type
+    step_size, beta1_keep, beta2, beta2_keep = t(step_size), t(beta1_keep), t(beta2), t(beta2_keep)
+    eps, sqrt_correction2, weight_decay, l1, shrink = (t(eps), t(sqrt_correction2),
+                                                       t(weight_decay), t(l1), t(shrink))
+    for i in range(param.size):
+        p = param[i]
+        g = _regularised(p, grad[i], weight_decay, l1)
+        if shrink != 1:
+            p = p * shrink
+        m = exp_avg[i]
+        m = m + (g - m) * beta1_keep
+        exp_avg[i] = m
+        v = exp_avg_sq[i] * beta2 + g * g * beta2_keep
+        exp_avg_sq[i] = v
+        second = v
+        if max_exp_avg_sq is not None:
+            kept = max_exp_avg_sq[i]
+            # np.maximum: the larger, NaN when either is NaN
+            second = v if (v > kept or v != v) else kept
+            max_exp_avg_sq[i] = second
+        param[i] = p - m / (np.sqrt(second) / sqrt_correction2 + eps) * step_size
+
+
+def _run(kernel, arrays: tuple, scalars: tuple) -> None:
+    """``kernel(*arrays, *scalars)`` over the flat elements of the C-contiguous ``arrays``
+    (None for an unused buffer), in ranges on the pool when they are large. The kernels
+    index from 0 (``range(param.size)``): numba proves such indices non-negative and
+    vectorises the loop, which it did not for ``range(start, stop)`` (69 against 11 us on
+    48,000 float32 elements), hence the slices."""
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    size = flat[0].size
+    # (split's own answer for less than two tasks' worth, without its bookkeeping)
+    ranges = (threads.split(size, threads.MIN_TASK_ELEMENTS)
+              if size >= 2 * threads.MIN_TASK_ELEMENTS else ())
+    if len(ranges) <= 1:
+        kernel(*flat, *scalars)
+        return
+
+    def task(t: int) -> None:
+        r = slice(ranges[t].start, ranges[t].stop)
+        kernel(*(None if a is None else a[r] for a in flat), *scalars)
+
+    threads.parallel_for(len(ranges), task)
+
+
+@register("sgd_step", dtypes=_DTYPES, updates=(0, 2))
+def sgd_step(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, l1,
+             nesterov, first_step):
+    _run(_sgd_kernel, (param, grad, momentum_buffer),
+         (float(lr), float(momentum), float(1 - dampening), float(weight_decay), float(l1),
+          bool(nesterov), bool(first_step)))
+
+
+@register("adam_step", dtypes=_DTYPES, updates=(0, 2, 3, 4))
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
+              weight_decay, l1, bias_correction1, bias_correction2, decoupled_weight_decay):
+    shrink = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
+    coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
+    _run(_adam_kernel, (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq),
+         tuple(float(v) for v in (lr / bias_correction1, 1 - beta1, beta2, 1 - beta2, eps,
+                                  bias_correction2 ** 0.5, coupled_decay, l1, shrink)))
