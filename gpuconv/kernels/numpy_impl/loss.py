@@ -1,14 +1,19 @@
-"""Fast CPU losses in vectorised NumPy (contract: :mod:`gpuconv.kernels.reference.loss`).
+"""Fast CPU losses (contract: :mod:`gpuconv.kernels.reference.loss`).
 
 Class-index losses view the scores as an ``(M, C)`` matrix, one row per target position
-(class axis moved last), and work on whole rows at once. Cross-entropy is fused: the forward
-pass shifts each row by its maximum, takes one log-sum-exp and reads the target's score and
-the weighted row sum from the shifted logits, never materialising log_softmax; the backward
-pass rebuilds softmax from the same shifted logits.
+(class axis moved last). Cross-entropy is one numba loop over the rows each way: the
+forward pass shifts each row by its maximum, takes one log-sum-exp and reads the target's
+score and the weighted row sum from the shifted logits, never materialising log_softmax;
+the backward pass rebuilds softmax from the same shifted logits. Its NumPy form took some
+twenty array operations each way, 0.13 ms forward and 0.12 ms backward on LeNet-5's
+(64, 10) scores, almost all of it call overhead (bench/NOTES.md, 2026-12-07). Each row
+computes in the input's dtype, and the sums over rows (the loss, the total weight) in
+float64. The other losses are vectorised NumPy.
 """
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from . import register
 
@@ -60,35 +65,124 @@ def _shifted_logits(x):
     return z, np.log(np.exp(z).sum(axis=1))
 
 
-@register("cross_entropy", "numpy")
+@njit(cache=True, nogil=True)
+def _target_weight(target, class_weights, ignore_index, i):
+    """``w[t]`` of row ``i``'s target ``t`` (1 without class weights), 0 where ignored."""
+    t = target[i]
+    if t == ignore_index:
+        return 0.0
+    return 1.0 if class_weights is None else class_weights[t]
+
+
+@njit(cache=True, nogil=True)
+def _log_sum_exp(rows, i):
+    """Row ``i``'s maximum (NaN if the row holds one) and ``log(sum(exp(row - max)))``."""
+    m = rows[i, 0]
+    for c in range(1, rows.shape[1]):
+        v = rows[i, c]
+        if v > m or v != v:
+            m = v
+        if m != m:
+            break
+    total = 0.0
+    for c in range(rows.shape[1]):
+        total += np.exp(rows[i, c] - m)
+    return m, rows.dtype.type(np.log(total))
+
+
+@njit(cache=True, nogil=True)
+def _cross_entropy_rows(rows, target, class_weights, ignore_index, smoothing, losses):
+    """Each row's loss into ``losses`` (0 where ignored); returns the sum of the losses and
+    of the target weights, in float64."""
+    t = rows.dtype.type
+    zero = t(0)
+    n_classes = rows.shape[1]
+    keep = 1 - smoothing
+    total = total_weight = 0.0
+    for i in range(rows.shape[0]):
+        w_t = _target_weight(target, class_weights, ignore_index, i)
+        total_weight += w_t
+        if target[i] == ignore_index:
+            losses[i] = zero
+            continue
+        m, lse = _log_sum_exp(rows, i)
+        loss = t(w_t) * (lse - (rows[i, target[i]] - m))
+        if smoothing > 0:   # sum_c w_c * (lse - z_c), as the reference: a -inf logit gives inf
+            smooth = zero
+            for c in range(n_classes):
+                w_c = 1.0 if class_weights is None else class_weights[c]
+                smooth += t(w_c) * (lse - (rows[i, c] - m))
+            loss = t(keep) * loss + t(smoothing / n_classes) * smooth
+        losses[i] = loss
+        total += loss
+    return total, total_weight
+
+
+@njit(cache=True, nogil=True)
+def _cross_entropy_backward_rows(grads, rows, target, class_weights, ignore_index, smoothing,
+                                 scale, per_position):
+    """Each row's gradient into ``grads``: ``g * ((1 - eps) w_t (softmax - onehot(t)) +
+    eps / C (W softmax - w))`` with ``g = scale * per_position[i]`` (``per_position`` None:
+    ``g = scale``), 0 where ignored."""
+    t = rows.dtype.type
+    zero = t(0)
+    n_classes = rows.shape[1]
+    keep = 1 - smoothing
+    weight_sum = 0.0
+    for c in range(n_classes):
+        weight_sum += 1.0 if class_weights is None else class_weights[c]
+    for i in range(rows.shape[0]):
+        if target[i] == ignore_index:
+            for c in range(n_classes):
+                grads[i, c] = zero
+            continue
+        g = t(scale) if per_position is None else t(scale) * per_position[i]
+        w_t = _target_weight(target, class_weights, ignore_index, i)
+        nll_part = t(keep) * t(w_t)
+        factor = g * (nll_part + t(smoothing / n_classes) * t(weight_sum))
+        m, lse = _log_sum_exp(rows, i)
+        for c in range(n_classes):
+            grads[i, c] = np.exp(rows[i, c] - m - lse) * factor
+        grads[i, target[i]] -= g * nll_part
+        if smoothing > 0:
+            for c in range(n_classes):
+                w_c = 1.0 if class_weights is None else class_weights[c]
+                grads[i, c] -= g * t(smoothing / n_classes) * t(w_c)
+
+
+def _class_rows(x, target):
+    """The ``(M, C)`` rows of ``x`` and the flat targets, both as the kernels read them."""
+    rows = x if x.ndim == 2 else _rows(x)
+    return rows, target.reshape(-1)
+
+
+@register("cross_entropy", "numpy", dtypes=("float32", "float64"))
 def cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing):
-    n_classes = x.shape[1]
-    tg = _Targets(target, weight, ignore_index, n_classes, x.dtype)
-    z, lse = _shifted_logits(x)
-    losses = tg.weight * (lse - z[tg.rows, tg.index])
-    if label_smoothing > 0:
-        w = tg.class_weights
-        smooth = np.where(tg.counted, w.sum() * lse - z @ w, 0)
-        losses = (1 - label_smoothing) * losses + (label_smoothing / n_classes) * smooth
-    return _reduce(losses, target.shape, reduction, tg.weight.sum())
+    rows, flat = _class_rows(x, target)
+    losses = np.empty(flat.size, x.dtype)
+    total, total_weight = _cross_entropy_rows(rows, flat, weight, int(ignore_index),
+                                              float(label_smoothing), losses)
+    if reduction == "none":
+        return losses.reshape(target.shape)
+    return np.asarray(total / total_weight if reduction == "mean" else total, x.dtype)
 
 
-@register("cross_entropy_backward", "numpy")
+@register("cross_entropy_backward", "numpy", dtypes=("float32", "float64"))
 def cross_entropy_backward(grad_output, x, target, weight, ignore_index, reduction,
                            label_smoothing):
-    n_classes = x.shape[1]
-    tg = _Targets(target, weight, ignore_index, n_classes, x.dtype)
-    z, lse = _shifted_logits(x)
-    g = tg.position_grads(grad_output, reduction)
-    nll_part = (1 - label_smoothing) * tg.weight
-    smooth_part = label_smoothing / n_classes
-    # softmax * g * ((1 - eps) w[t] + eps/C * W), minus the one-hot and smoothing terms
-    grad = np.exp(z - lse[:, None])
-    grad *= (g * (nll_part + smooth_part * tg.class_weights.sum()))[:, None]
-    grad[tg.rows, tg.index] -= g * nll_part
-    if label_smoothing > 0:
-        grad -= np.outer(g * smooth_part, tg.class_weights)
-    return _unrows(grad, x.shape)
+    rows, flat = _class_rows(x, target)
+    per_position, scale = None, 1.0
+    if reduction == "none":
+        per_position = grad_output.reshape(-1)
+    else:
+        scale = float(grad_output)
+        if reduction == "mean":
+            counted = flat != ignore_index
+            scale /= float(counted.sum() if weight is None else weight[flat[counted]].sum())
+    grads = np.empty(rows.shape, x.dtype)
+    _cross_entropy_backward_rows(grads, rows, flat, weight, int(ignore_index),
+                                 float(label_smoothing), scale, per_position)
+    return grads if x.ndim == 2 else _unrows(grads, x.shape)
 
 
 @register("nll_loss", "numpy")
