@@ -32,6 +32,18 @@ from ``__main__`` (a worker cannot import it), float32 or float64 NumPy paramete
 array each, a gpuconv loss with reduction "mean" or "sum", and a batch whose trailing shape
 and dtypes are the first batch's and which fits the workers' buffers (sized by it).
 
+How a step is handed over (:class:`_Channel`): the caller writes the shard's size and
+divisor into the worker's control words in the shared block and bumps its step number
+there; the worker writes its loss sum, correct count and which parameters got a gradient
+back the same way and bumps its done number. Each side spins on the other's number, so
+neither pickles, unpickles or makes a system call on the step's critical path (a socket
+reply cost 0.11 ms of cold Python per step: bench/NOTES.md, 2026-12-07). Each bump is
+followed by a one-byte message on the socket, which wakes a side that stopped spinning and
+carries errors, the closing and the workers' exit (end of file); a side that saw the bump
+in memory reads that byte later, while it waits anyway. Watching memory relies on x86's
+ordering of stores (the shard's data is visible before the number that announces it); on
+other processors each side waits for the byte instead, whose system calls order memory.
+
 The workers are Python processes started by :func:`start` with the caller's ``sys.path``,
 each handed its end of a socket pair, the model and the loss (pickled once, without their
 parameter arrays, which the workers map from the shared block, and without any saved
@@ -48,6 +60,7 @@ import io
 import json
 import os
 import pickle
+import platform
 import signal
 import socket
 import subprocess
@@ -82,12 +95,22 @@ TRIAL_STEPS = 5
 # How long a closing worker may take to exit before it is killed.
 CLOSE_SECONDS = 10.0
 _POLL_SECONDS = 0.005
-# How long the caller (for the workers' replies) and a worker (for the next step) poll
-# their socket before they sleep in a blocking read: waking a sleeping process took 0.1-0.7
+# How long the caller (for the workers' results) and a worker (for the next step) spin
+# (:meth:`_Channel.wait`) before they sleep in a blocking read of the socket: waking a sleeping process took 0.1-0.7
 # ms on the 2-core virtual machine. A sharded LeNet-5 step (batch 128, 2 shards) took
 # 15.12 / 17.45 ms without polling, 14.38 / 16.43 ms with 5 ms (two runs, 8 alternations
 # each; 2 ms: 14.69 / 16.84). The polling core is one a shard uses.
 SPIN_SECONDS = 0.005
+# Whether a side may watch the other's step numbers in the shared block (see the module's
+# docstring): x86 keeps stores in order as other cores see them.
+_WATCH_MEMORY = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+# A worker's control words (int64, then one has-gradient flag per parameter) and values
+# (float64) in the shared block.
+_START, _SIZE, _DONE, _FAILED, _COUNT, _HAS_GRAD = range(6)
+_DIVISOR, _LOSS_SUM = range(2)
+# The one-byte messages that follow a bump of the step number (caller) and of the done
+# number (worker); every other message is a pickle.
+_STEP, _STEP_DONE = b"s", b"d"
 _ALIGN = 64
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # The worker's start: the caller's sys.path (so that it imports the same gpuconv and the
@@ -182,7 +205,7 @@ def _summing(loss_fn):
 
 def is_class_target(out, y) -> bool:
     """Whether ``y`` holds integer class indices (N, ...) for scores ``out`` (N, C, ...)."""
-    return (np.issubdtype(np.dtype(y.dtype), np.integer) and out.ndim >= 2
+    return (np.dtype(y.dtype).kind in "iu" and out.ndim >= 2
             and tuple(y.shape) == (out.shape[0],) + tuple(out.shape[2:]))
 
 
@@ -191,7 +214,7 @@ def correct_count(out, y) -> int | None:
     ``y`` (N, ...); None when ``y`` is not class indices (nothing to count)."""
     if not is_class_target(out, y):
         return None
-    return int(np.sum(np.argmax(out, axis=1) == y))
+    return int(np.count_nonzero(out.argmax(axis=1) == y))
 
 
 def _add_counts(a: int | None, b: int | None) -> int | None:
@@ -227,6 +250,45 @@ def blockers(model, loss_fn) -> list[str]:
     return reasons
 
 
+class _Channel:
+    """One side's end of the step handover with one worker (see the module's docstring):
+    ``ctl`` and ``val`` the worker's control words and values in the shared block, ``conn``
+    the socket, ``watched`` the word this side waits on (``_DONE`` for the caller, ``_START``
+    for the worker)."""
+
+    def __init__(self, conn: Connection, ctl: np.ndarray, val: np.ndarray, watched: int):
+        self.conn, self.ctl, self.val, self.watched = conn, ctl, val, watched
+        self.owed = 0   # one-byte messages whose bump this side saw in memory, not yet read
+
+    def signal(self, word: int, number: int, byte: bytes) -> None:
+        """Set ``word`` to ``number`` (after everything written before it), then send
+        ``byte``."""
+        self.ctl[word] = number
+        self.conn.send_bytes(byte)
+
+    def wait(self, number: int, spin: float) -> bytes | None:
+        """Return None once the other side has set the watched word to ``number``, or the
+        pickled message it sent instead (an error, the closing); end of file raises
+        EOFError. Spins for ``spin`` seconds, then sleeps on the socket; the one-byte
+        messages of earlier bumps are read here, where this side waits anyway."""
+        deadline = time.perf_counter() + spin
+        ctl, conn, word = self.ctl, self.conn, self.watched
+        while True:
+            if _WATCH_MEMORY and ctl[word] == number:
+                self.owed += 1
+                return None
+            if conn.poll():
+                data = conn.recv_bytes()
+                if self.owed:   # an earlier bump's byte: they arrive in order
+                    self.owed -= 1
+                elif len(data) == 1:   # this bump's byte (its words are visible now)
+                    return None
+                else:
+                    return data
+            elif time.perf_counter() > deadline:
+                conn.poll(None)
+
+
 class _Worker:
     """One worker process and its connection."""
 
@@ -246,19 +308,38 @@ class _Worker:
             there.close()
         self.index = index
         self.conn = Connection(here.detach())
+        self.channel: _Channel | None = None   # once the block's views exist
 
-    def result(self, spin: float = 0.0):
-        """The worker's next reply; its error, or its exit, raised here."""
-        _spin(self.conn, spin)
+    def exited(self) -> RuntimeError:
+        try:
+            code = self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        return RuntimeError(f"data-parallel worker {self.index} exited (exit code {code})")
+
+    def result(self):
+        """The worker's next pickled reply; its error, or its exit, raised here."""
         try:
             reply = self.conn.recv()
         except (EOFError, OSError):
-            try:
-                code = self.process.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                code = None
-            raise RuntimeError(f"data-parallel worker {self.index} exited "
-                               f"(exit code {code})") from None
+            raise self.exited() from None
+        return self._checked(reply)
+
+    def finished(self, step: int, spin: float) -> tuple:
+        """The worker's results of step number ``step``: ``("done", loss_sum, correct,
+        has_grad)``; its error, or its exit, raised here."""
+        try:
+            data = self.channel.wait(step, spin)
+        except (EOFError, OSError):
+            raise self.exited() from None
+        if data is not None:   # an error, pickled
+            return self._checked(pickle.loads(data))
+        ctl, val = self.channel.ctl, self.channel.val
+        count = int(ctl[_COUNT])
+        return ("done", float(val[_LOSS_SUM]), None if count < 0 else count,
+                (ctl[_HAS_GRAD:] != 0).tolist())
+
+    def _checked(self, reply):
         if reply[0] == "error":
             _, exc, text = reply
             raise exc from RuntimeError(f"in data-parallel worker {self.index}:\n{text}")
@@ -317,6 +398,8 @@ class ShardedStep:
         for j in range(1, shards):
             arrays.update({f"grad{j}.{i}": (p.shape, p.dtype)
                            for i, p in enumerate(self.params)})
+            arrays[f"ctl{j}"] = ((_HAS_GRAD + len(self.params),), np.int64)
+            arrays[f"val{j}"] = ((2,), np.float64)
             arrays[f"x{j}"] = ((self.capacity,) + self.x_like[0], x.dtype)
             arrays[f"y{j}"] = ((self.capacity,) + self.y_like[0], y.dtype)
         offsets, size = _layout(arrays)
@@ -329,11 +412,15 @@ class ShardedStep:
         self._started = time.monotonic()
         self._broken = False
         self.spin = SPIN_SECONDS
+        self._step_number = 0
         try:
             _reserve(self._shm)
             for j in range(1, shards):
                 self.workers.append(_Worker(j))
                 self._waiting.append(self.workers[-1])
+                self.workers[-1].channel = _Channel(self.workers[-1].conn,
+                                                    self.views[f"ctl{j}"],
+                                                    self.views[f"val{j}"], _DONE)
             for w in self.workers:
                 w.conn.send({"shm": self._shm.name, "offsets": offsets, "worker": w.index,
                              "params": len(self.params), "spin": self.spin})
@@ -358,6 +445,8 @@ class ShardedStep:
     def close(self) -> None:
         """Stop the workers and free the shared block (once; later calls do nothing)."""
         self.views = {}
+        for w in self.workers:
+            w.channel = None   # its views of the block
         self._finalizer()
 
     def _takes(self, x, y) -> bool:
@@ -418,11 +507,14 @@ class ShardedStep:
 
     def _start_workers(self, x, y, bounds: list, divisor: float) -> None:
         try:
+            self._step_number += 1
             for j, w in enumerate(self.workers, 1):
                 size = bounds[j + 1] - bounds[j]
                 np.copyto(self.views[f"x{j}"][:size], x[bounds[j]:bounds[j + 1]])
                 np.copyto(self.views[f"y{j}"][:size], y[bounds[j]:bounds[j + 1]])
-                w.conn.send(("step", size, divisor))
+                w.channel.ctl[_SIZE] = size
+                w.channel.val[_DIVISOR] = divisor
+                w.channel.signal(_START, self._step_number, _STEP)
         except BaseException:   # some workers are running a step no one will read
             self._break()
             raise
@@ -433,7 +525,7 @@ class ShardedStep:
         try:
             for w in self.workers:
                 try:
-                    replies.append(w.result(self.spin))
+                    replies.append(w.finished(self._step_number, self.spin))
                 except Exception as exc:   # re-raised by step
                     replies.append(exc)
         except BaseException:   # interrupted: replies left unread, the workers out of step
@@ -579,43 +671,38 @@ def _work(conn: Connection) -> None:
         j = meta["worker"]
         grads = [views[f"grad{j}.{i}"] for i in range(len(params))]
         x_all, y_all = views[f"x{j}"], views[f"y{j}"]
+        channel = _Channel(conn, views[f"ctl{j}"], views[f"val{j}"], _START)
     except Exception as exc:
         _send_error(conn, exc)
         return
     _warm_up(model, loss_fn, x_all, y_all)
     conn.send(("ready",))
+    ctl, val = channel.ctl, channel.val
+    step = 0
     while True:
-        _spin(conn, meta["spin"])
-        message = conn.recv()
-        if message[0] == "close":
+        if channel.wait(step + 1, meta["spin"]) is not None:   # the closing
             break
-        _, size, divisor = message
+        step += 1
         try:
+            size, divisor = int(ctl[_SIZE]), float(val[_DIVISOR])
             x, y = x_all[:size], y_all[:size]
             out = model(x)
             loss_sum = float(loss_fn(out, y))
             model.backward_params(loss_fn.backward(1.0 / divisor))
-            has_grad = []
-            for p, g in zip(params, grads):
-                has_grad.append(p.grad is not None)
+            for i, (p, g) in enumerate(zip(params, grads)):
+                ctl[_HAS_GRAD + i] = p.grad is not None
                 if p.grad is not None:
                     np.copyto(g, p.grad)
-            conn.send(("done", loss_sum, correct_count(out, y), has_grad))
-        except Exception as exc:
+            count = correct_count(out, y)
+            ctl[_COUNT] = -1 if count is None else count
+            val[_LOSS_SUM] = loss_sum
+            channel.signal(_DONE, step, _STEP_DONE)
+        except Exception as exc:   # the done number stays: the caller reads this instead
             _send_error(conn, exc)
         finally:
             for p in params:
                 p.grad = None
     # The block stays mapped until the process exits: the model's arrays are views of it.
-
-
-def _spin(conn: Connection, seconds: float) -> None:
-    """Poll ``conn`` for up to ``seconds`` (``SPIN_SECONDS``) before a blocking read."""
-    if seconds <= 0:
-        return
-    deadline = time.perf_counter() + seconds
-    while not conn.poll() and time.perf_counter() < deadline:
-        pass
 
 
 def _warm_up(model, loss_fn, x, y) -> None:

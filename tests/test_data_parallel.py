@@ -168,6 +168,30 @@ def test_a_workers_error_is_raised_and_leaves_the_gradients_as_they_were(sharded
     _assert_step_is_unsharded(step, model, loss_fn, x, y)   # and the next step runs
 
 
+@pytest.mark.parametrize("spin, watch_memory", [
+    (0.0, True),      # both sides sleep on the socket at once: every byte read while waiting
+    (0.0, False),     # ... and the caller waits for the byte, as off x86
+    (data_parallel.SPIN_SECONDS, False),
+])
+def test_steps_and_errors_are_handed_over_whichever_way_a_side_waits(sharded, monkeypatch,
+                                                                       spin, watch_memory):
+    monkeypatch.setattr(data_parallel, "SPIN_SECONDS", spin)   # the workers get it at start
+    model, loss_fn = _model(), nn.CrossEntropyLoss()
+    x, y = _batch()
+    step = sharded(model, loss_fn, x, y)
+    monkeypatch.setattr(data_parallel, "_WATCH_MEMORY", watch_memory)   # this side's only
+    bad = y.copy()
+    bad[-1] = 7
+    for _ in range(3):
+        _assert_step_is_unsharded(step, model, loss_fn, x, y)
+        model.zero_grad()
+    with pytest.raises(ValueError, match="target"):
+        step.step(x, bad)
+    for _ in range(2):
+        _assert_step_is_unsharded(step, model, loss_fn, x, y)
+        model.zero_grad()
+
+
 def test_close_right_after_the_start_does_not_wait_for_the_workers():
     step = data_parallel.ShardedStep(_model(), nn.CrossEntropyLoss(), 2, *_batch())
     t0 = time.perf_counter()
