@@ -77,7 +77,7 @@ import numpy as np
 
 from . import threads
 from .nn.loss import _Loss
-from .nn.module import accumulate_grad, independent
+from .nn.module import accumulate_grad, independent, route_gradients
 
 __all__ = ["ShardedStep", "ChosenStep", "start", "blockers", "correct_count",
            "is_class_target", "MIN_SHARD_SAMPLES", "TRIAL_STEPS"]
@@ -676,6 +676,7 @@ def _work(conn: Connection) -> None:
         _send_error(conn, exc)
         return
     _warm_up(model, loss_fn, x_all, y_all)
+    route_gradients(params, grads)   # each step's gradients straight into the block
     conn.send(("ready",))
     ctl, val = channel.ctl, channel.val
     step = 0
@@ -691,7 +692,7 @@ def _work(conn: Connection) -> None:
             model.backward_params(loss_fn.backward(1.0 / divisor))
             for i, (p, g) in enumerate(zip(params, grads)):
                 ctl[_HAS_GRAD + i] = p.grad is not None
-                if p.grad is not None:
+                if p.grad is not None and p.grad is not g:   # not routed (another dtype)
                     np.copyto(g, p.grad)
             count = correct_count(out, y)
             ctl[_COUNT] = -1 if count is None else count

@@ -48,11 +48,29 @@ class Parameter:
                 f"device={backend.device_of(self.data)})")
 
 
+# Arrays that take a parameter's first gradient of a step in place of a new copy, by
+# id(param): set only in a data-parallel worker process (route_gradients), whose gradients
+# then land in the shared block that the caller reads without a second copy.
+_gradient_buffers: dict[int, Any] = {}
+
+
+def route_gradients(params: Iterable[Parameter], buffers: Iterable[Any]) -> None:
+    """From now on in this process, the first gradient of each of ``params`` is copied into
+    its array of ``buffers`` (same shape and dtype), which becomes its ``.grad``."""
+    _gradient_buffers.update((id(p), b) for p, b in zip(params, buffers))
+
+
 def accumulate_grad(param: Parameter, grad: Any) -> None:
     """``param.grad += grad``, or ``param.grad = `` a copy of ``grad`` when it is None (a
-    copy, so that later accumulation never writes into an array the caller still holds)."""
+    copy, so that later accumulation never writes into an array the caller still holds;
+    into the parameter's buffer of :func:`route_gradients` when it has one that fits)."""
     if param.grad is None:
-        param.grad = grad.copy()
+        buffer = _gradient_buffers.get(id(param))
+        if buffer is None or buffer.shape != grad.shape or buffer.dtype != grad.dtype:
+            param.grad = grad.copy()
+        else:
+            np.copyto(buffer, grad)
+            param.grad = buffer
     else:
         param.grad += grad
 
