@@ -222,6 +222,23 @@ def _export_tree(out: Any, kind: str):
     return export_array(out, kind)
 
 
+# Argument types that are never foreign arrays, nor hold one: every op call from NumPy or
+# CuPy code has only these (and tuples of them), and skips the import walk.
+_NATIVE = frozenset({np.ndarray, int, float, bool, str, type(None), np.float32, np.float64})
+
+
+def _all_native(values) -> bool:
+    for v in values:
+        t = type(v)
+        if t in _NATIVE:
+            continue
+        if t is tuple and all(type(e) in _NATIVE for e in v):
+            continue
+        if not _is_cupy(v):
+            return False
+    return True
+
+
 def _import_tree(x: Any, kinds: list, op: str, name: str):
     if _is_foreign_array(x):
         try:
@@ -246,6 +263,8 @@ def interop(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if _all_native(args) and (not kwargs or _all_native(kwargs.values())):
+            return fn(*args, **kwargs)
         kinds: list = []
         args = tuple(_import_tree(a, kinds, fn.__name__,
                                   names[i] if i < len(names) else "an argument")

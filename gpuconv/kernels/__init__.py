@@ -165,13 +165,19 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
         if not chosen.is_available():
             raise RuntimeError(f"{op}: impl {impl!r} cannot run on this machine")
         return chosen
-    candidates = [i for i in impls.values()
-                  if i.device == device and i.supports(dtype) and i.is_available()]
-    if not candidates:
+    # The first of the highest-scoring impls that run here (a loop: every op call asks).
+    chosen, best = None, None
+    for i in impls.values():
+        if i.device != device or not i.supports(dtype) or not i.is_available():
+            continue
+        score = i.score(args, kwargs)
+        if chosen is None or score > best:
+            chosen, best = i, score
+    if chosen is None:
         raise TypeError(f"{op}: no implementation runs on a {device} array of dtype {dtype} "
                         f"(input shape {tuple(array.shape)}); registered: "
                         f"{', '.join(f'{i.name} ({i.device})' for i in impls.values())}")
-    return max(candidates, key=lambda i: i.score(args, kwargs))
+    return chosen
 
 
 def dispatch(op: str, impl: str | None, *args, **kwargs):
