@@ -237,6 +237,47 @@ def test_numpy_step_of_a_large_parameter_splits_into_ranges_on_every_thread(op, 
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kw", [
+    dict(lr=0.1),
+    dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, l1=0.05),
+    dict(lr=0.1, momentum=0.9, nesterov=True),
+], ids=["plain", "momentum", "nesterov"])
+def test_sgd_steps_small_numpy_parameters_in_chunks_as_one_at_a_time(kw, monkeypatch):
+    """More parameters than a chunk, of two dtypes and two groups, one too large for a chunk
+    and one not contiguous: three steps equal the reference's update of each on its own,
+    bit for bit (a parameter's first step fills its momentum buffer)."""
+    from gpuconv.kernels.numpy_impl import optim as host
+
+    monkeypatch.setattr(host, "CHUNK_MAX_SIZE", 40)   # the (7, 7) parameter goes alone
+    rng = rng_for("sgd_chunks", str(kw))
+    shapes = [(3,), (2, 5), (4, 1, 3, 3), (7, 7), (1,), (6,), (3, 3), (2, 2), (5,), (2, 3, 2)]
+    dtypes = [np.float32] * 7 + [np.float64] * 3
+    arrays = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+    arrays.append(rng.standard_normal((4, 6))[:, ::2])   # not C-contiguous
+    params = [Param(a.copy()) for a in arrays]
+    params_ref = [a.copy() for a in arrays]
+    buffers = [None] * len(arrays)
+    opt = optim.SGD([{"params": params[:9]}, {"params": params[9:], "lr": 0.05}], **kw)
+    for step in range(3):
+        grads = [rng.standard_normal(a.shape).astype(a.dtype) for a in arrays]
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        for i, (w, g) in enumerate(zip(params_ref, grads)):
+            lr = 0.05 if i >= 9 else kw["lr"]
+            momentum = kw.get("momentum", 0.0)
+            if momentum and buffers[i] is None:
+                buffers[i] = np.empty_like(w)
+            _impl("sgd_step", "reference")(w, g, buffers[i], lr, momentum,
+                                           kw.get("dampening", 0.0), kw.get("weight_decay", 0.0),
+                                           kw.get("l1", 0.0), kw.get("nesterov", False),
+                                           step == 0)
+        for i, (p, w) in enumerate(zip(params, params_ref)):
+            np.testing.assert_array_equal(p.data, w, err_msg=f"parameter {i}, step {step + 1}")
+            if buffers[i] is not None:
+                np.testing.assert_array_equal(opt.state[i]["momentum_buffer"], buffers[i])
+
+
 # --------------------------------------------------------------------------- numba.cuda simulator
 
 simulator_only = pytest.mark.skipif(not simulator_enabled(),

@@ -118,7 +118,7 @@ class Optimizer:
         CuPy parameters are updated together, one launch per dtype, without a host
         synchronisation; NumPy parameters one by one."""
         loss = None if closure is None else closure()
-        on_device = []
+        on_device, on_host = [], []
         for index, group, p in self._indexed_params():
             grad = p.grad
             if grad is None:
@@ -126,13 +126,20 @@ class Optimizer:
             if not _numpy_pair(p.data, grad):
                 self._check_grad(index, p, grad)
             state = self.state.setdefault(index, {})
-            if backend.device_of(p.data) == "cuda":
-                on_device.append((index, group, p, grad, state))
-            else:
-                self._update(p, grad, state, group)
+            item = (index, group, p, grad, state)
+            (on_device if backend.device_of(p.data) == "cuda" else on_host).append(item)
+        if on_host:
+            self._host_step(on_host)
         if on_device:
             self._device_step(on_device)
         return loss
+
+    def _host_step(self, items: list) -> None:
+        """Update the NumPy parameters of ``items`` (index, group, param, grad, state), one
+        ``_update`` each; an optimizer with a multi-parameter CPU kernel takes some of them
+        together."""
+        for _, group, p, grad, state in items:
+            self._update(p, grad, state, group)
 
     def _check_grad(self, index: int, p, grad) -> None:
         """A float array of ``p.data``'s shape, dtype and device; else an error naming it."""

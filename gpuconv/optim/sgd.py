@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
+
 from .. import backend
 from ._multi_tensor import FLAG_FIRST_STEP
 from .optimizer import Optimizer, apply_update, real
 
 __all__ = ["SGD"]
+
+_CHUNKED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class SGD(Optimizer):
@@ -56,6 +60,36 @@ class SGD(Optimizer):
                      group["weight_decay"], group["l1"], group["nesterov"], first_step)
         if first_step:
             state["momentum_buffer"] = buf
+
+    def _host_step(self, items: list) -> None:
+        """Small float32/float64 C-contiguous parameters in chunks per group and dtype
+        (:func:`gpuconv.kernels.numpy_impl.optim.sgd_step_chunked`); the rest one by one."""
+        from ..kernels.numpy_impl import optim as host
+
+        chunks: dict[tuple, list] = {}
+        for item in items:
+            _, group, p, grad, state = item
+            if (p.data.dtype in _CHUNKED_DTYPES and p.data.size < host.CHUNK_MAX_SIZE
+                    and p.data.flags.c_contiguous and grad.flags.c_contiguous
+                    and (not group["momentum"] or state.get("momentum_buffer") is None
+                         or state["momentum_buffer"].flags.c_contiguous)):
+                chunks.setdefault((id(group), p.data.dtype), []).append(item)
+            else:
+                self._update(p, grad, state, group)
+        for chunk in chunks.values():
+            group = chunk[0][1]
+            buffers = firsts = None
+            if group["momentum"]:
+                firsts = [s.get("momentum_buffer") is None for *_, s in chunk]
+                for (_, _, p, _, s), first in zip(chunk, firsts):
+                    if first:
+                        s["momentum_buffer"] = np.empty_like(p.data)
+                buffers = [s["momentum_buffer"] for *_, s in chunk]
+            host.sgd_step_chunked([p.data for _, _, p, _, _ in chunk],
+                                  [g for _, _, _, g, _ in chunk], buffers,
+                                  firsts or [False] * len(chunk), group["lr"],
+                                  group["momentum"], group["dampening"],
+                                  group["weight_decay"], group["l1"], group["nesterov"])
 
     def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
         if not group["momentum"]:
