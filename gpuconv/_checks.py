@@ -21,18 +21,25 @@ def is_array(x: Any) -> bool:
 _KIND_LETTERS = {np.floating: "f", np.integer: "iu"}
 
 
+# NumPy dtypes that pass each kind's check at once (every op checks its arrays).
+_COMMON = {np.floating: frozenset(np.dtype(d) for d in ("float16", "float32", "float64")),
+           np.integer: frozenset(np.dtype(d) for d in ("int32", "int64"))}
+
+
 def _array_of_kind(op: str, name: str, x: Any, kind, what: str,
                    ndim: int | Sequence[int] | None):
-    if not is_array(x):
-        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
-    dtype = np.dtype(x.dtype)
-    # ml_dtypes' bfloat16 is a floating-point type that NumPy does not class as np.floating.
-    # The kind letter of one of NumPy's own dtypes answers the common cases without
-    # issubdtype's class walk (ml_dtypes' float8 types have kind "f" but are not floating).
-    if not ((dtype.isbuiltin == 1 and dtype.kind in _KIND_LETTERS[kind])
-            or np.issubdtype(dtype, kind)
-            or (kind is np.floating and dtype.name == "bfloat16")):
-        raise TypeError(f"{op}: {name} must have {what} dtype, got {x.dtype}")
+    if not (type(x) is np.ndarray and x.dtype in _COMMON[kind]):
+        if not is_array(x):
+            raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
+        dtype = np.dtype(x.dtype)
+        # ml_dtypes' bfloat16 is a floating-point type that NumPy does not class as
+        # np.floating. The kind letter of one of NumPy's own dtypes answers the common cases
+        # without issubdtype's class walk (ml_dtypes' float8 types have kind "f" but are not
+        # floating).
+        if not ((dtype.isbuiltin == 1 and dtype.kind in _KIND_LETTERS[kind])
+                or np.issubdtype(dtype, kind)
+                or (kind is np.floating and dtype.name == "bfloat16")):
+            raise TypeError(f"{op}: {name} must have {what} dtype, got {x.dtype}")
     if ndim is not None:
         ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in ranks:

@@ -63,7 +63,7 @@ def array_module(x: Any):
 
 def device_of(x: Any) -> str:
     """``"cpu"`` for NumPy arrays, ``"cuda"`` for CuPy arrays."""
-    return "cuda" if _is_cupy(x) else "cpu"
+    return "cpu" if type(x) is np.ndarray or not _is_cupy(x) else "cuda"
 
 
 def resolve_device(device: str) -> str:

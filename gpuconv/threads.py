@@ -62,8 +62,9 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Callable, Sequence
 
-__all__ = ["set_num_threads", "get_num_threads", "default_threads", "available_cores",
-           "cgroup_cpu_limit", "parallel_for", "serial", "split", "elementwise", "matmul"]
+__all__ = ["set_num_threads", "get_num_threads", "ensure_configured", "default_threads",
+           "available_cores", "cgroup_cpu_limit", "parallel_for", "serial", "split",
+           "elementwise", "matmul"]
 
 
 # ----------------------------------------------------------------------------- thread count
@@ -295,9 +296,14 @@ if hasattr(os, "register_at_fork"):
 
 
 def _the_pool() -> _Pool:
+    ensure_configured()
+    return _pool
+
+
+def ensure_configured() -> None:
+    """Set the default thread count (and BLAS at one thread) unless a count is set."""
     if _pool is None:
         set_num_threads(default_threads())
-    return _pool
 
 
 def get_num_threads() -> int:
@@ -343,6 +349,8 @@ def split(total: int, min_size: int, tasks_per_thread: int = 1) -> list[range]:
     one task and pays no handover), sizes differing by at most one."""
     if total <= 0:
         return []
+    if total < 2 * min_size:   # one task whatever the threads (most calls of a small step)
+        return [range(total)]
     count = max(1, min(get_num_threads() * tasks_per_thread, total // max(1, min_size)))
     bounds = [total * k // count for k in range(count + 1)]
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]

@@ -48,7 +48,8 @@ def _any_half(args: tuple) -> bool:
     """Whether an argument, or an array directly inside a list or tuple argument, is
     float16 (a plain loop: every CPU op call asks this)."""
     for a in args:
-        if isinstance(a, np.ndarray):
+        t = type(a)
+        if t is np.ndarray or isinstance(a, np.ndarray):
             if a.dtype == _HALF:
                 return True
         elif isinstance(a, (list, tuple)) and any(map(_is_half, a)):
@@ -60,7 +61,7 @@ def _numpy_op(fn: Callable, updates: tuple) -> Callable:
     """``fn`` as registered: the thread pool configured, float16 computed in float32."""
     @functools.wraps(fn)
     def op(*args):
-        threads.get_num_threads()
+        threads.ensure_configured()
         if not _any_half(args):
             return fn(*args)
         single = [_up(a) for a in args]
