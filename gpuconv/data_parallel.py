@@ -308,7 +308,20 @@ class _Worker:
             there.close()
         self.index = index
         self.conn = Connection(here.detach())
-        self.channel: _Channel | None = None   # once the block's views exist
+        self.channel: _Channel | None = None   # and the views below: attach()
+        self.x = self.y = None
+        self.grads: list = []
+
+    def attach(self, views: dict, params: int) -> None:
+        """Take this worker's views of the shared block (its handover words, input buffers
+        and gradients)."""
+        j = self.index
+        self.channel = _Channel(self.conn, views[f"ctl{j}"], views[f"val{j}"], _DONE)
+        self.x, self.y = views[f"x{j}"], views[f"y{j}"]
+        self.grads = [views[f"grad{j}.{i}"] for i in range(params)]
+
+    def detach(self) -> None:
+        self.channel, self.x, self.y, self.grads = None, None, None, []
 
     def exited(self) -> RuntimeError:
         try:
@@ -413,14 +426,13 @@ class ShardedStep:
         self._broken = False
         self.spin = SPIN_SECONDS
         self._step_number = 0
+        self._param_views = [self.views[f"param{i}"] for i in range(len(self.params))]
         try:
             _reserve(self._shm)
             for j in range(1, shards):
                 self.workers.append(_Worker(j))
                 self._waiting.append(self.workers[-1])
-                self.workers[-1].channel = _Channel(self.workers[-1].conn,
-                                                    self.views[f"ctl{j}"],
-                                                    self.views[f"val{j}"], _DONE)
+                self.workers[-1].attach(self.views, len(self.params))
             for w in self.workers:
                 w.conn.send({"shm": self._shm.name, "offsets": offsets, "worker": w.index,
                              "params": len(self.params), "spin": self.spin})
@@ -444,9 +456,9 @@ class ShardedStep:
 
     def close(self) -> None:
         """Stop the workers and free the shared block (once; later calls do nothing)."""
-        self.views = {}
+        self.views, self._param_views = {}, []
         for w in self.workers:
-            w.channel = None   # its views of the block
+            w.detach()
         self._finalizer()
 
     def _takes(self, x, y) -> bool:
@@ -478,8 +490,8 @@ class ShardedStep:
         bounds = [n * j // k for j in range(k + 1)]
         before = ([None if p.grad is None else p.grad.copy() for p in self.params]
                   if any(p.grad is not None for p in self.params) else None)
-        for i, p in enumerate(self.params):
-            np.copyto(self.views[f"param{i}"], p.data)
+        for p, view in zip(self.params, self._param_views):
+            np.copyto(view, p.data)
         self._start_workers(x, y, bounds, divisor)
         error = None
         try:
@@ -500,9 +512,9 @@ class ShardedStep:
         for w, (_, loss_sum, count, has_grad) in zip(self.workers, replies):
             total += loss_sum
             correct = _add_counts(correct, count)
-            for i, p in enumerate(self.params):
-                if has_grad[i]:
-                    accumulate_grad(p, self.views[f"grad{w.index}.{i}"])
+            for p, grad, has in zip(self.params, w.grads, has_grad):
+                if has:
+                    accumulate_grad(p, grad)
         return total / divisor, correct
 
     def _start_workers(self, x, y, bounds: list, divisor: float) -> None:
@@ -510,8 +522,8 @@ class ShardedStep:
             self._step_number += 1
             for j, w in enumerate(self.workers, 1):
                 size = bounds[j + 1] - bounds[j]
-                np.copyto(self.views[f"x{j}"][:size], x[bounds[j]:bounds[j + 1]])
-                np.copyto(self.views[f"y{j}"][:size], y[bounds[j]:bounds[j + 1]])
+                np.copyto(w.x[:size], x[bounds[j]:bounds[j + 1]])
+                np.copyto(w.y[:size], y[bounds[j]:bounds[j + 1]])
                 w.channel.ctl[_SIZE] = size
                 w.channel.val[_DIVISOR] = divisor
                 w.channel.signal(_START, self._step_number, _STEP)
