@@ -91,6 +91,17 @@ def shown(value: Any) -> str:
 _SHOWN_CHARS = 80
 
 
+def plain(*values: Any) -> bool:
+    """Whether every value is an int, a str, a bool, None or a tuple of ints: arguments
+    whose checks' answers may be kept by value (they are hashable and immutable)."""
+    for v in values:
+        t = type(v)
+        if not (t is int or t is str or t is bool or v is None
+                or (t is tuple and all(type(e) is int for e in v))):
+            return False
+    return True
+
+
 def ntuple(op: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
     """Normalise an int or a length-``n`` sequence of ints, each ``>= minimum``."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):

@@ -11,6 +11,7 @@ symmetric padding.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence, Union
 
 import numpy as np
@@ -103,10 +104,19 @@ def _same_padding(op: str, stride, dilation, kernel) -> tuple[tuple, tuple]:
 
 
 def _conv_geometry(op: str, input, weight, stride, padding, dilation, groups, n: int) -> _Conv:
-    """Validate the geometry of an ``n``-d convolution and return it as 2-d pairs."""
+    """Validate the geometry of an ``n``-d convolution and return it as 2-d pairs (kept
+    for arguments of plain ints and strings: a layer asks the same every step)."""
+    geometry = (_cached_conv_geometry if C.plain(stride, padding, dilation, groups)
+                else _conv_geometry_of)
+    return geometry(op, tuple(input.shape), tuple(weight.shape), stride, padding, dilation,
+                    groups, n)
+
+
+def _conv_geometry_of(op: str, input_shape: tuple, weight_shape: tuple, stride, padding,
+                      dilation, groups, n: int) -> _Conv:
     stride = C.ntuple(op, "stride", stride, n)
     dilation = C.ntuple(op, "dilation", dilation, n)
-    kernel = tuple(weight.shape[2:])
+    kernel = tuple(weight_shape[2:])
     if isinstance(padding, str):
         if padding == "valid":
             pad, extra = (0,) * n, (0,) * n
@@ -117,23 +127,27 @@ def _conv_geometry(op: str, input, weight, stride, padding, dilation, groups, n:
                              f"'valid' or 'same', got {C.shown(padding)}")
     else:
         pad, extra = C.ntuple(op, "padding", padding, n, minimum=0), (0,) * n
-    groups = _check_groups(op, groups, {"input channels": input.shape[1],
-                                        "output channels (weight.shape[0])": weight.shape[0]})
-    if input.shape[1] != weight.shape[1] * groups:
-        raise ValueError(f"{op}: input has {input.shape[1]} channels but weight "
-                         f"{tuple(weight.shape)} with groups={groups} expects "
-                         f"{weight.shape[1] * groups}")
+    groups = _check_groups(op, groups, {"input channels": input_shape[1],
+                                        "output channels (weight.shape[0])": weight_shape[0]})
+    if input_shape[1] != weight_shape[1] * groups:
+        raise ValueError(f"{op}: input has {input_shape[1]} channels but weight "
+                         f"{tuple(weight_shape)} with groups={groups} expects "
+                         f"{weight_shape[1] * groups}")
     out = []
-    for size, k, s, p, d, e in zip(input.shape[2:], kernel, stride, pad, dilation, extra):
+    for size, k, s, p, d, e in zip(input_shape[2:], kernel, stride, pad, dilation, extra):
         span = d * (k - 1) + 1
         if size + 2 * p + e < span:
             raise ValueError(f"{op}: kernel {kernel} with dilation {dilation} spans more than "
-                             f"the padded input (input {tuple(input.shape)}, padding {padding!r})")
+                             f"the padded input (input {input_shape}, padding {padding!r})")
         out.append((size + 2 * p + e - span) // s + 1)
     if n == 1:  # conv1d runs as conv2d over a height of 1
         return _Conv((1,) + stride, (0,) + pad, (1,) + dilation, groups, (0,) + extra,
                      (1,) + tuple(out))
     return _Conv(stride, pad, dilation, groups, extra, tuple(out))
+
+
+# typed: True and 1 are equal keys, but only 1 is a valid group count.
+_cached_conv_geometry = functools.lru_cache(maxsize=256, typed=True)(_conv_geometry_of)
 
 
 def _validated_conv(op: str, input, weight, bias, stride, padding, dilation, groups,

@@ -8,6 +8,7 @@ registry contract in :mod:`gpuconv.kernels.reference.pool`.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -98,7 +99,15 @@ def _out_len(op: str, shape: tuple, axis: str, size: int, k: int, s: int, p: int
 
 def _window(op: str, x4, dims: int, kernel_size, stride, padding, dilation,
             ceil_mode: bool) -> _Window:
-    """Validate the window arguments of a ``dims``-D pooling op and extend them to 2D."""
+    """Validate the window arguments of a ``dims``-D pooling op and extend them to 2D (kept
+    for arguments of plain ints: a layer asks the same every step)."""
+    window = (_cached_window if C.plain(kernel_size, stride, padding, dilation, ceil_mode)
+              else _window_of)
+    return window(op, tuple(x4.shape), dims, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _window_of(op: str, x4_shape: tuple, dims: int, kernel_size, stride, padding, dilation,
+               ceil_mode: bool) -> _Window:
     k = C.ntuple(op, "kernel_size", kernel_size, dims)
     s = k if stride is None else C.ntuple(op, "stride", stride, dims)
     p = C.ntuple(op, "padding", padding, dims, minimum=0)
@@ -106,12 +115,16 @@ def _window(op: str, x4, dims: int, kernel_size, stride, padding, dilation,
     if any(pi > ki // 2 for pi, ki in zip(p, k)):
         raise ValueError(f"{op}: padding {padding!r} must be at most half of kernel_size "
                          f"{kernel_size!r}")
-    shape = tuple(x4.shape[2:]) if dims == 2 else (x4.shape[3],)
-    out = tuple(_out_len(op, tuple(x4.shape), *args, bool(ceil_mode))
+    shape = tuple(x4_shape[2:]) if dims == 2 else (x4_shape[3],)
+    out = tuple(_out_len(op, x4_shape, *args, bool(ceil_mode))
                 for args in zip(_AXES[dims], shape, k, s, p, d))
     if dims == 1:
         return _Window((1,) + k, (1,) + s, (0,) + p, (1,) + d, (1,) + out)
     return _Window(k, s, p, d, out)
+
+
+# typed: True and 1 are equal keys, but True is no kernel size.
+_cached_window = functools.lru_cache(maxsize=256, typed=True)(_window_of)
 
 
 def _divisor(op: str, divisor_override) -> Optional[int]:
