@@ -150,6 +150,13 @@ def available(op: str, array: Any = None) -> list[str]:
 
 def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict | None = None) -> Impl:
     """The implementation of ``op`` to run for ``array`` (the op's main input)."""
+    if impl is None:   # a kept choice first (_CHOICES)
+        known = _CHOICES.get((op, _backend.device_of(array), array.dtype))
+        if known is not None:
+            impls = _REGISTRY.get(op)
+            if (known[0] is impls and known[1] == len(impls)
+                    and impls.get(known[2].name) is known[2]):
+                return known[2]
     kwargs = kwargs or {}
     _load()
     if op not in _REGISTRY:
@@ -171,11 +178,6 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
         if not chosen.is_available():
             raise RuntimeError(f"{op}: impl {impl!r} cannot run on this machine")
         return chosen
-    key = (op, device, dtype)
-    known = _CHOICES.get(key)
-    if (known is not None and known[0] is impls and known[1] == len(impls)
-            and impls.get(known[2].name) is known[2]):
-        return known[2]
     # The first of the highest-scoring impls that run here.
     chosen, best = None, None
     for i in impls.values():
@@ -186,7 +188,7 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
             chosen, best = i, score
     if (chosen is not None and device == "cpu"
             and not any(callable(i.priority) for i in impls.values())):
-        _CHOICES[key] = (impls, len(impls), chosen)
+        _CHOICES[(op, device, dtype)] = (impls, len(impls), chosen)
     if chosen is None:
         raise TypeError(f"{op}: no implementation runs on a {device} array of dtype {dtype} "
                         f"(input shape {tuple(array.shape)}); registered: "

@@ -48,12 +48,13 @@ def _any_half(args: tuple) -> bool:
     """Whether an argument, or an array directly inside a list or tuple argument, is
     float16 (a plain loop: every CPU op call asks this)."""
     for a in args:
-        t = type(a)
-        if t is np.ndarray or isinstance(a, np.ndarray):
+        if isinstance(a, np.ndarray):
             if a.dtype == _HALF:
                 return True
-        elif isinstance(a, (list, tuple)) and any(map(_is_half, a)):
-            return True
+        elif isinstance(a, (list, tuple)):
+            for e in a:
+                if isinstance(e, np.ndarray) and e.dtype == _HALF:
+                    return True
     return False
 
 
