@@ -36,13 +36,14 @@ How a step is handed over (:class:`_Channel`): the caller writes the shard's siz
 divisor into the worker's control words in the shared block and bumps its step number
 there; the worker writes its loss sum, correct count and which parameters got a gradient
 back the same way and bumps its done number. Each side spins on the other's number, so
-neither pickles, unpickles or makes a system call on the step's critical path (a socket
-reply cost 0.11 ms of cold Python per step: bench/NOTES.md, 2026-12-07). Each bump is
-followed by a one-byte message on the socket, which wakes a side that stopped spinning and
-carries errors, the closing and the workers' exit (end of file); a side that saw the bump
-in memory reads that byte later, while it waits anyway. Watching memory relies on x86's
-ordering of stores (the shard's data is visible before the number that announces it); on
-other processors each side waits for the byte instead, whose system calls order memory.
+neither pickles, unpickles or reads its socket between a bump and going on (a socket reply
+cost 0.11 ms of cold Python per step: bench/NOTES.md, 2026-12-07). Each bump is followed by
+a one-byte message on the socket, which wakes a side that stopped spinning and carries
+errors, the closing and the workers' exit (end of file); a side that saw the bump in memory
+reads that byte later, while it waits anyway. Watching memory relies on x86's ordering of
+stores (the shard's data is visible before the number that announces it; NumPy, BLAS and
+numba write with ordinary stores, and glibc's large copies fence their non-temporal ones);
+on other processors each side waits for the byte instead, whose system calls order memory.
 
 The workers are Python processes started by :func:`start` with the caller's ``sys.path``,
 each handed its end of a socket pair, the model and the loss (pickled once, without their
@@ -114,6 +115,9 @@ _STEP, _STEP_DONE = b"s", b"d"
 # Reads of the watched word between two polls of the socket (a system call of a few us):
 # some 10 us of reads.
 _READS_PER_POLL = 64
+# Owed bytes (see _Channel.wait) a side lets pile up before it reads those that have
+# arrived: a socket pair holds some 280 of them, and a full one blocks the other side's send.
+_MAX_OWED = 16
 _ALIGN = 64
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # The worker's start: the caller's sys.path (so that it imports the same gpuconv and the
@@ -281,10 +285,13 @@ class _Channel:
                 for _ in range(_READS_PER_POLL):
                     if ctl[word] == number:
                         self.owed += 1
+                        if self.owed > _MAX_OWED:   # else the other side's sends would block
+                            self._read_owed()
                         return None
             if conn.poll():
                 data = conn.recv_bytes()
                 if self.owed:   # an earlier bump's byte: they arrive in order
+                    assert len(data) == 1, "a message overtook a step's byte"
                     self.owed -= 1
                 elif len(data) == 1:   # this bump's byte (its words are visible now)
                     return None
@@ -292,6 +299,12 @@ class _Channel:
                     return data
             elif time.perf_counter() > deadline:
                 conn.poll(None)
+
+    def _read_owed(self) -> None:
+        """Read the owed bytes that have arrived (the rest are read by later waits)."""
+        while self.owed and self.conn.poll():
+            assert len(self.conn.recv_bytes()) == 1, "a message overtook a step's byte"
+            self.owed -= 1
 
 
 class _Worker:
@@ -370,6 +383,8 @@ def _shutdown(pid: int, workers: list, starting: list, shm: SharedMemory) -> Non
     child, whose parent owns both."""
     if os.getpid() != pid:
         return
+    for w in workers:
+        w.detach()   # its views of the block, which would keep the mapping open
     for w in workers:
         if w in starting:
             w.process.kill()
@@ -462,8 +477,7 @@ class ShardedStep:
     def close(self) -> None:
         """Stop the workers and free the shared block (once; later calls do nothing)."""
         self.views, self._param_views = {}, []
-        for w in self.workers:
-            w.detach()
+        self._broken = True   # a later step runs unsharded
         self._finalizer()
 
     def _takes(self, x, y) -> bool:

@@ -1,4 +1,5 @@
 """The array-module layer and the op registry: dispatch rules, impl forcing, interop."""
+import dataclasses
 import re
 import subprocess
 import sys
@@ -37,6 +38,23 @@ def test_dispatch_skips_unavailable_impl(registry):
 def test_priority_may_depend_on_the_arguments(registry):
     _toy(registry, fast_priority=lambda x: 1 if x.size > 4 else -200)
     assert registry.dispatch("toy", None, np.zeros(8))[0] == "numpy"
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
+
+
+def test_a_kept_choice_follows_an_entry_replaced_in_place(registry):
+    _toy(registry)
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "numpy"
+    impls = registry._REGISTRY["toy"]
+    impls["reference"] = dataclasses.replace(impls["reference"], priority=100)
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
+
+
+def test_an_impl_whose_availability_changes_is_asked_every_time(registry):
+    available = [True]
+    registry.register("toy", "reference", priority=-100)(lambda x: ("reference", x))
+    registry.register("toy", "numpy", available=lambda: available[0])(lambda x: ("numpy", x))
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "numpy"
+    available[0] = False
     assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
 
 

@@ -192,6 +192,48 @@ def test_steps_and_errors_are_handed_over_whichever_way_a_side_waits(sharded, mo
         model.zero_grad()
 
 
+@pytest.mark.parametrize("watch_memory", [True, False])
+def test_a_side_that_finds_each_bump_in_memory_reads_the_bytes_before_its_socket_fills(
+        monkeypatch, watch_memory):
+    """Thousands of steps whose results are ready before the caller looks: the other side's
+    one-byte messages never fill the socket (a full one would block that side's send; its
+    end here is non-blocking, so it would raise)."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    monkeypatch.setattr(data_parallel, "_WATCH_MEMORY", watch_memory)
+    here, there = socket.socketpair()
+    there.setblocking(False)
+    ctl, val = np.zeros(data_parallel._HAS_GRAD, np.int64), np.zeros(2)
+    caller = data_parallel._Channel(Connection(here.detach()), ctl, val, data_parallel._DONE)
+    worker = data_parallel._Channel(Connection(there.detach()), ctl, val, data_parallel._START)
+    for step in range(1, 3001):
+        worker.signal(data_parallel._DONE, step, data_parallel._STEP_DONE)
+        assert caller.wait(step, 0.0) is None
+        assert caller.owed <= data_parallel._MAX_OWED
+    caller.conn.close()
+    worker.conn.close()
+
+
+def test_routed_gradients_land_in_their_buffers_and_others_are_copied(monkeypatch):
+    """A worker's gradients go straight into the shared block (nn.module.route_gradients):
+    the first of a step is copied into the buffer, which becomes .grad, and later ones add
+    into it; a gradient the buffer cannot hold (another dtype) is copied as without one."""
+    from gpuconv.nn import module
+
+    monkeypatch.setattr(module, "_gradient_buffers", {})
+    routed, other = nn.Parameter(np.zeros(3)), nn.Parameter(np.zeros(3))
+    buffers = [np.full(3, np.nan), np.full(3, np.nan, np.float32)]
+    module.route_gradients([routed, other], buffers)
+    module.accumulate_grad(routed, np.array([1.0, 2.0, 3.0]))
+    module.accumulate_grad(routed, np.array([1.0, 1.0, 1.0]))
+    assert routed.grad is buffers[0]
+    np.testing.assert_array_equal(buffers[0], [2.0, 3.0, 4.0])
+    module.accumulate_grad(other, np.array([5.0, 6.0, 7.0]))
+    assert other.grad is not buffers[1] and other.grad.dtype == np.float64
+    assert np.isnan(buffers[1]).all()
+
+
 def test_close_right_after_the_start_does_not_wait_for_the_workers():
     step = data_parallel.ShardedStep(_model(), nn.CrossEntropyLoss(), 2, *_batch())
     t0 = time.perf_counter()
@@ -210,6 +252,7 @@ def test_close_stops_the_workers_and_frees_the_shared_block(sharded):
     with pytest.raises(FileNotFoundError):
         SharedMemory(name=name)
     step.close()   # a second close does nothing
+    assert step.step(*_batch()) is None   # and a step after it runs unsharded
 
 
 # --------------------------------------------------------------------------- what may be sharded

@@ -208,12 +208,45 @@ def test_numpy_step_matches_reference(case, dtype):
 @pytest.mark.parametrize("case", NUMPY_CASES, ids=str)
 def test_numpy_step_equals_the_reference_in_the_same_dtype_bit_for_bit(case, dtype):
     arrays = _inputs(case, dtype)
+    arrays[0][0, 1] = -0.0   # sign(-0) is +0 for the l1 term, as NumPy's
     ref = [None if a is None else a.copy() for a in arrays]
     _impl(case.op, "reference")(*ref, *case.args())
     _impl(case.op, "numpy")(*arrays, *case.args())
     for out, want in zip(arrays, ref):
         if out is not None:
             np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("case", NUMPY_CASES, ids=str)
+def test_numpy_step_of_float16_computes_in_float32(case):
+    """float16 arrays go through float32 copies (numpy impls' rule): the float32
+    reference's update, rounded to float16."""
+    arrays = _inputs(case, "float16")
+    ref = [None if a is None else a.astype(np.float32) for a in arrays]
+    _impl(case.op, "reference")(*ref, *case.args())
+    _impl(case.op, "numpy")(*arrays, *case.args())
+    for out, want in zip(arrays, ref):
+        if out is not None:
+            assert out.dtype == np.float16
+            np.testing.assert_array_equal(out, want.astype(np.float16))
+
+
+@pytest.mark.parametrize("case", [c for c in NUMPY_CASES if c.buffers], ids=str)
+def test_numpy_step_with_state_of_another_dtype_or_shape_is_the_references(case):
+    """State the kernels cannot read as the parameter (Module.to(dtype) converts the
+    parameters, not an optimizer's state): the reference's operations, its result or its
+    error, never a read past a buffer."""
+    arrays = _inputs(case, "float64")
+    other = [a if a is None or i < 2 else a.astype(np.float32) for i, a in enumerate(arrays)]
+    ref = [None if a is None else a.copy() for a in other]
+    _impl(case.op, "reference")(*ref, *case.args())
+    _impl(case.op, "numpy")(*other, *case.args())
+    for out, want in zip(other, ref):
+        if out is not None:
+            np.testing.assert_array_equal(out, want)
+    short = [a if a is None or i < 2 else a[:1].copy() for i, a in enumerate(arrays)]
+    with pytest.raises(ValueError):
+        _impl(case.op, "numpy")(*short, *case.args())
 
 
 @pytest.mark.parametrize("op", ["sgd_step", "adam_step"])
@@ -276,6 +309,32 @@ def test_sgd_steps_small_numpy_parameters_in_chunks_as_one_at_a_time(kw, monkeyp
             np.testing.assert_array_equal(p.data, w, err_msg=f"parameter {i}, step {step + 1}")
             if buffers[i] is not None:
                 np.testing.assert_array_equal(opt.state[i]["momentum_buffer"], buffers[i])
+
+
+def test_sgd_chunks_take_read_only_gradients_and_leave_subclasses_their_update():
+    rng = rng_for("sgd_chunk_edges", "")
+    data = [rng.standard_normal(s) for s in ((3,), (2, 2))]
+    grads = [rng.standard_normal(d.shape) for d in data]
+    for g in grads:
+        g.flags.writeable = False   # as np.asarray of a JAX array
+    params = [Param(d.copy()) for d in data]
+    want = [Param(d.copy()) for d in data]
+    for p, w, g in zip(params, want, grads):
+        p.grad, w.grad = g, g.copy()
+    optim.SGD(params, lr=0.1, momentum=0.9).step()
+    optim.SGD(want, lr=0.1, momentum=0.9).step()
+    for p, w in zip(params, want):
+        np.testing.assert_array_equal(p.data, w.data)
+
+    class Halved(optim.SGD):
+        def _update(self, p, grad, state, group):
+            super()._update(p, grad * 0.5, state, group)
+
+    p, w = Param(data[0].copy()), Param(data[0].copy())
+    p.grad, w.grad = grads[0], grads[0] * 0.5
+    Halved([p], lr=0.1).step()
+    optim.SGD([w], lr=0.1).step()
+    np.testing.assert_array_equal(p.data, w.data)
 
 
 # --------------------------------------------------------------------------- numba.cuda simulator

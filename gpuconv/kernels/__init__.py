@@ -69,10 +69,10 @@ class Impl:
 _REGISTRY: dict[str, dict[str, Impl]] = {}
 _loaded = False
 # select's default choices on the CPU, by (op, device, dtype), where every impl's priority
-# is a number (the choice then depends on nothing else): ``(impls, len(impls), chosen)``,
-# trusted only while the op's dict, its size and its entry for the chosen impl are the same
-# objects (a test's monkeypatch or a late register makes select choose again). Every CPU op
-# call asks; the choice loop cost some 3 us a call.
+# is a number (the choice then depends on nothing else): ``(the op's impls, chosen)``,
+# trusted only while the op's registered impls are still those (a test's monkeypatch, a
+# late register or a replaced entry makes select choose again), and only where every CPU
+# impl is always available. Every CPU op call asks; the choice loop cost some 3 us a call.
 _CHOICES: dict[tuple, tuple] = {}
 
 
@@ -154,9 +154,8 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
         known = _CHOICES.get((op, _backend.device_of(array), array.dtype))
         if known is not None:
             impls = _REGISTRY.get(op)
-            if (known[0] is impls and known[1] == len(impls)
-                    and impls.get(known[2].name) is known[2]):
-                return known[2]
+            if impls is not None and tuple(impls.values()) == known[0]:
+                return known[1]
     kwargs = kwargs or {}
     _load()
     if op not in _REGISTRY:
@@ -187,8 +186,9 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
         if chosen is None or score > best:
             chosen, best = i, score
     if (chosen is not None and device == "cpu"
-            and not any(callable(i.priority) for i in impls.values())):
-        _CHOICES[(op, device, dtype)] = (impls, len(impls), chosen)
+            and all(not callable(i.priority) and (i.device != "cpu" or i.is_available is _always)
+                    for i in impls.values())):
+        _CHOICES[(op, device, dtype)] = (tuple(impls.values()), chosen)
     if chosen is None:
         raise TypeError(f"{op}: no implementation runs on a {device} array of dtype {dtype} "
                         f"(input shape {tuple(array.shape)}); registered: "

@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ._multi_tensor import FLAG_FIRST_STEP
 from .optimizer import Optimizer, apply_update, real
 
@@ -62,34 +62,42 @@ class SGD(Optimizer):
             state["momentum_buffer"] = buf
 
     def _host_step(self, items: list) -> None:
-        """Small float32/float64 C-contiguous parameters in chunks per group and dtype
-        (:func:`gpuconv.kernels.numpy_impl.optim.sgd_step_chunked`); the rest one by one."""
+        """Small float32/float64 parameters in chunks per group and dtype
+        (:func:`gpuconv.kernels.numpy_impl.optim.sgd_step_chunked`) where the registry's
+        ``sgd_step`` is the numpy impl and ``_update`` is this class's; the rest one by
+        one."""
         from ..kernels.numpy_impl import optim as host
 
+        if type(self)._update is not SGD._update:
+            super()._host_step(items)
+            return
         chunks: dict[tuple, list] = {}
         for item in items:
             _, group, p, grad, state = item
+            buffer = state.get("momentum_buffer") if group["momentum"] else None
             if (p.data.dtype in _CHUNKED_DTYPES and p.data.size < host.CHUNK_MAX_SIZE
-                    and p.data.flags.c_contiguous and grad.flags.c_contiguous
-                    and (not group["momentum"] or state.get("momentum_buffer") is None
-                         or state["momentum_buffer"].flags.c_contiguous)):
+                    and host.uniform(p.data, (p.data, grad, buffer))
+                    and kernels.select("sgd_step", None, p.data).name == "numpy"):
                 chunks.setdefault((id(group), p.data.dtype), []).append(item)
             else:
                 self._update(p, grad, state, group)
         for chunk in chunks.values():
             group = chunk[0][1]
             buffers = firsts = None
-            if group["momentum"]:
-                firsts = [s.get("momentum_buffer") is None for *_, s in chunk]
-                for (_, _, p, _, s), first in zip(chunk, firsts):
-                    if first:
-                        s["momentum_buffer"] = np.empty_like(p.data)
-                buffers = [s["momentum_buffer"] for *_, s in chunk]
+            if group["momentum"]:   # a new buffer joins the state after its first update
+                buffers = [s.get("momentum_buffer") for *_, s in chunk]
+                firsts = [b is None for b in buffers]
+                buffers = [np.empty_like(p.data) if b is None else b
+                           for (_, _, p, _, _), b in zip(chunk, buffers)]
             host.sgd_step_chunked([p.data for _, _, p, _, _ in chunk],
                                   [g for _, _, _, g, _ in chunk], buffers,
                                   firsts or [False] * len(chunk), group["lr"],
                                   group["momentum"], group["dampening"],
                                   group["weight_decay"], group["l1"], group["nesterov"])
+            if firsts is not None:
+                for (*_, s), b, first in zip(chunk, buffers, firsts):
+                    if first:
+                        s["momentum_buffer"] = b
 
     def _device_entry(self, p, state: dict[str, Any], group: dict[str, Any]) -> tuple:
         if not group["momentum"]:

@@ -7,8 +7,10 @@ score and the weighted row sum from the shifted logits, never materialising log_
 the backward pass rebuilds softmax from the same shifted logits. Its NumPy form took some
 twenty array operations each way, 0.13 ms forward and 0.12 ms backward on LeNet-5's
 (64, 10) scores, almost all of it call overhead (bench/NOTES.md, 2026-12-07). Each row
-computes in the input's dtype, and the sums over rows (the loss, the total weight) in
-float64. The other losses are vectorised NumPy.
+computes in the input's dtype but for its sum of exponentials, which is float64 as are the
+sums over rows (the loss, the total weight). It takes float32 and float64 (float16 through
+float32); other dtypes (bfloat16, longdouble) take the reference. The other losses are
+vectorised NumPy.
 """
 from __future__ import annotations
 
@@ -150,38 +152,45 @@ def _cross_entropy_backward_rows(grads, rows, target, class_weights, ignore_inde
                 grads[i, c] -= g * t(smoothing / n_classes) * t(w_c)
 
 
-def _class_rows(x, target):
-    """The ``(M, C)`` rows of ``x`` and the flat targets, both as the kernels read them."""
+def _class_rows(x, target, ignore_index):
+    """The ``(M, C)`` rows of ``x``, the flat targets and ``ignore_index``, as the kernels
+    read them (an ignore_index past int64 equals no target: -1 does the same)."""
     rows = x if x.ndim == 2 else _rows(x)
-    return rows, target.reshape(-1)
+    ignore_index = int(ignore_index)
+    if not -2 ** 63 <= ignore_index < 2 ** 63:
+        ignore_index = -1
+    return rows, target.reshape(-1), ignore_index
 
 
 @register("cross_entropy", "numpy", dtypes=("float32", "float64"))
 def cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing):
-    rows, flat = _class_rows(x, target)
+    rows, flat, ignore_index = _class_rows(x, target, ignore_index)
     losses = np.empty(flat.size, x.dtype)
-    total, total_weight = _cross_entropy_rows(rows, flat, weight, int(ignore_index),
+    total, total_weight = _cross_entropy_rows(rows, flat, weight, ignore_index,
                                               float(label_smoothing), losses)
     if reduction == "none":
         return losses.reshape(target.shape)
+    # NumPy's division: no counted target gives NaN, as the reference, not an exception
+    total = np.float64(total)
     return np.asarray(total / total_weight if reduction == "mean" else total, x.dtype)
 
 
 @register("cross_entropy_backward", "numpy", dtypes=("float32", "float64"))
 def cross_entropy_backward(grad_output, x, target, weight, ignore_index, reduction,
                            label_smoothing):
-    rows, flat = _class_rows(x, target)
+    rows, flat, ignore_index = _class_rows(x, target, ignore_index)
     per_position, scale = None, 1.0
     if reduction == "none":
         per_position = grad_output.reshape(-1)
     else:
-        scale = float(grad_output)
+        scale = np.float64(grad_output)
         if reduction == "mean":
             counted = flat != ignore_index
-            scale /= float(counted.sum() if weight is None else weight[flat[counted]].sum())
+            scale = float(scale / (counted.sum() if weight is None
+                                   else weight[flat[counted]].sum(dtype=np.float64)))
     grads = np.empty(rows.shape, x.dtype)
-    _cross_entropy_backward_rows(grads, rows, flat, weight, int(ignore_index),
-                                 float(label_smoothing), scale, per_position)
+    _cross_entropy_backward_rows(grads, rows, flat, weight, ignore_index,
+                                 float(label_smoothing), float(scale), per_position)
     return grads if x.ndim == 2 else _unrows(grads, x.shape)
 
 

@@ -22,19 +22,31 @@ import numpy as np
 from numba import njit
 
 from ... import threads
+from ..reference import optim as reference
 from . import register
 
 _DTYPES = ("float32", "float64")
 
 
 @njit(cache=True, nogil=True)
-def _regularised(p, g, weight_decay, l1):
-    """``g + weight_decay * p + l1 * sign(p)``, each term only when its factor is nonzero
-    (as the reference: ``weight_decay * p`` of an infinite ``p`` would be NaN)."""
-    if weight_decay != 0:
+def _sign(p, one, zero):
+    """NumPy's ``sign``: -1, 0 (+0 for -0 too) or 1, NaN for NaN; numba's gives -0 for -0."""
+    if p > 0:
+        return one
+    if p < 0:
+        return -one
+    return zero if p == 0 else p
+
+
+@njit(cache=True, nogil=True)
+def _regularised(p, g, weight_decay, l1, decay, penalty, one, zero):
+    """``g + weight_decay * p + l1 * sign(p)``, each term only where the reference adds it
+    (``decay``/``penalty``: its Python factor is nonzero; a float32 factor may round to 0,
+    and ``weight_decay * p`` of an infinite ``p`` would be NaN)."""
+    if decay:
         g = p * weight_decay + g
-    if l1 != 0:
-        g = g + np.sign(p) * l1
+    if penalty:
+        g = g + _sign(p, one, zero) * l1
     return g
 
 
@@ -42,9 +54,11 @@ def _regularised(p, g, weight_decay, l1):
 def _sgd_kernel(param, grad, buf, lr, momentum, keep, weight_decay, l1, nesterov,
                 first_step):
     t = param.dtype.type
+    one, zero = t(1), t(0)
+    decay, penalty = weight_decay != 0, l1 != 0
     lr, momentum, keep, weight_decay, l1 = t(lr), t(momentum), t(keep), t(weight_decay), t(l1)
     for i in range(param.size):
-        g = _regularised(param[i], grad[i], weight_decay, l1)
+        g = _regularised(param[i], grad[i], weight_decay, l1, decay, penalty, one, zero)
         if buf is not None:
             b = g if first_step else buf[i] * momentum + keep * g
             buf[i] = b
@@ -56,12 +70,14 @@ def _sgd_kernel(param, grad, buf, lr, momentum, keep, weight_decay, l1, nesterov
 def _adam_kernel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1_keep,
                  beta2, beta2_keep, eps, sqrt_correction2, weight_decay, l1, shrink):
     t = param.dtype.type
+    one, zero = t(1), t(0)
+    decay, penalty = weight_decay != 0, l1 != 0
     step_size, beta1_keep, beta2, beta2_keep = t(step_size), t(beta1_keep), t(beta2), t(beta2_keep)
     eps, sqrt_correction2, weight_decay, l1, shrink = (t(eps), t(sqrt_correction2),
                                                        t(weight_decay), t(l1), t(shrink))
     for i in range(param.size):
         p = param[i]
-        g = _regularised(p, grad[i], weight_decay, l1)
+        g = _regularised(p, grad[i], weight_decay, l1, decay, penalty, one, zero)
         if shrink != 1:
             p = p * shrink
         m = exp_avg[i]
@@ -112,9 +128,23 @@ def _run(kernel, arrays: tuple, scalars: tuple) -> None:
     threads.parallel_for(len(ranges), task)
 
 
+def uniform(param, arrays) -> bool:
+    """Whether ``arrays`` (None allowed) are C-contiguous, writeable NumPy arrays of
+    ``param``'s shape and dtype, as the kernels read them (they check no bounds). An
+    optimizer's state can differ: ``Module.to(dtype)`` converts the parameters, not the
+    state; such updates take the reference's NumPy operations."""
+    return all(a is None or (type(a) is np.ndarray and a.shape == param.shape
+                             and a.dtype == param.dtype and a.flags.c_contiguous
+                             and a.flags.writeable) for a in arrays)
+
+
 @register("sgd_step", dtypes=_DTYPES, updates=(0, 2))
 def sgd_step(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, l1,
              nesterov, first_step):
+    if not uniform(param, (param, grad, momentum_buffer)):
+        reference.sgd_step(param, grad, momentum_buffer, lr, momentum, dampening,
+                           weight_decay, l1, nesterov, first_step)
+        return
     _run(_sgd_kernel, (param, grad, momentum_buffer),
          (float(lr), float(momentum), float(1 - dampening), float(weight_decay), float(l1),
           bool(nesterov), bool(first_step)))
@@ -123,6 +153,11 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay
 @register("adam_step", dtypes=_DTYPES, updates=(0, 2, 3, 4))
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
               weight_decay, l1, bias_correction1, bias_correction2, decoupled_weight_decay):
+    if not uniform(param, (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)):
+        reference.adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2,
+                            eps, weight_decay, l1, bias_correction1, bias_correction2,
+                            decoupled_weight_decay)
+        return
     shrink = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
     coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
     _run(_adam_kernel, (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq),
@@ -145,8 +180,9 @@ def sgd_step_chunked(params: list, grads: list, momentum_buffers: list | None,
     """``sgd_step`` of each parameter of ``params`` with its gradient and momentum buffer
     (``momentum_buffers`` None when ``momentum == 0``; ``first_steps[i]``: buffer ``i`` is
     new), CHUNK parameters per call; for :class:`gpuconv.optim.SGD` on the CPU, whose
-    per-parameter calls cost 10-15 us of Python each. All arrays are C-contiguous NumPy
-    arrays of one float32 or float64 dtype, each smaller than CHUNK_MAX_SIZE elements."""
+    per-parameter calls cost 10-15 us of Python each. Every parameter's arrays are
+    :func:`uniform`, of one float32 or float64 dtype across the call, each smaller than
+    CHUNK_MAX_SIZE elements."""
     empty = np.empty(0, params[0].dtype)
 
     def chunk(arrays: list, start: int) -> tuple:
