@@ -64,7 +64,7 @@ from typing import Callable, Sequence
 
 __all__ = ["set_num_threads", "get_num_threads", "ensure_configured", "default_threads",
            "available_cores", "cgroup_cpu_limit", "parallel_for", "serial", "split",
-           "elementwise", "matmul"]
+           "task_count", "elementwise", "matmul"]
 
 
 # ----------------------------------------------------------------------------- thread count
@@ -351,18 +351,32 @@ def split(total: int, min_size: int, tasks_per_thread: int = 1) -> list[range]:
         return []
     if total < 2 * min_size:   # one task whatever the threads (most calls of a small step)
         return [range(total)]
-    count = max(1, min(get_num_threads() * tasks_per_thread, total // max(1, min_size)))
+    count = task_count(total, min_size, tasks_per_thread)
     bounds = [total * k // count for k in range(count + 1)]
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def task_count(work: int, min_work: int, tasks_per_thread: int = 1) -> int:
+    """How many tasks to cut ``work`` into: up to ``tasks_per_thread`` per thread, none
+    smaller than ``min_work``, and past one per thread a multiple of the thread count
+    (equal tasks on whichever thread is free: three on two threads end no sooner than four,
+    later than two)."""
+    n = get_num_threads()
+    count = max(1, min(n * tasks_per_thread, work // max(1, min_work)))
+    return count - count % n if count > n else count
 
 
 # ----------------------------------------------------------------------------- helpers
 # Work below these sizes stays one task. A handover costs about 10-30 microseconds on a
 # bare machine, but more on the 2-core development machine, a virtual machine: there a call
 # with two 100-microsecond tasks took 259 on two threads (the worker started after 89, the
-# caller woke 69 after the last task ended); bench/NOTES.md, 2026-12-07.
-MIN_TASK_ELEMENTS = 1 << 16      # elementwise work: elements per task
-MIN_TASK_MACS = 1 << 21          # GEMMs: multiply-adds per task
+# caller woke 69 after the last task ended); bench/NOTES.md, 2026-12-07. With 2^21
+# multiply-adds and 2^16 elements per task (about 40 and 50 us of work), LeNet-5's training
+# step on two threads ran slower than on one up to batch 64 (batch 32: 3.86 against 3.48 ms;
+# 64: 5.38 against 5.26); with these, as fast (3.26 / 3.27, 4.89 / 4.93), and batch 128
+# kept its gain (7.95 against 8.56).
+MIN_TASK_ELEMENTS = 1 << 18      # elementwise work: elements per task
+MIN_TASK_MACS = 1 << 23          # GEMMs: multiply-adds per task
 # Work at memory speed (a scatter into a zeroed plane, a sum, relu): a few times less time
 # per element than the elementwise kernels, so a task needs this many elements (0.2-0.5
 # ms of such work here) to pay for its handover. With MIN_TASK_ELEMENTS, cifar_max_3x3_s2's

@@ -857,8 +857,7 @@ def _tiles(v: _View, itemsize: int, with_x: bool, with_gx: bool) -> list[_Tile]:
     if v.n == 0:
         return []
     per_row = max(1, v.crs * v.wq * itemsize * (int(with_x) + int(with_gx)))
-    tasks = min(threads.get_num_threads() * _TASKS_PER_THREAD,
-                max(1, v.macs // threads.MIN_TASK_MACS))
+    tasks = threads.task_count(v.macs, threads.MIN_TASK_MACS, _TASKS_PER_THREAD)
     if v.oh * per_row <= _BAND_ABOVE_BYTES:
         per_tile = max(1, _CHUNK_BYTES // (v.oh * per_row))
         count = -(-v.n // per_tile)
@@ -1037,8 +1036,7 @@ def _depthwise_pass(v: _View, w, x, gy, y, y_bias, gw, gx, gx_base):
             gw.fill(0)
         return
     w3 = w.reshape(v.k, v.r, v.s)
-    tasks = min(threads.get_num_threads() * _TASKS_PER_THREAD,
-                max(1, v.macs // threads.MIN_TASK_MACS))
+    tasks = threads.task_count(v.macs, threads.MIN_TASK_MACS, _TASKS_PER_THREAD)
     images = _even(v.n, min(v.n, tasks))
     channels = _even(v.c, min(v.c, -(-tasks // max(1, len(images)))))
     partials = np.zeros((len(images), v.k, v.r, v.s)) if gw is not None else None
