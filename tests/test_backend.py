@@ -49,6 +49,14 @@ def test_a_kept_choice_follows_an_entry_replaced_in_place(registry):
     assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
 
 
+def test_a_kept_choice_follows_an_entry_made_unavailable_in_place(registry):
+    _toy(registry)
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "numpy"
+    impls = registry._REGISTRY["toy"]
+    impls["numpy"] = dataclasses.replace(impls["numpy"], is_available=lambda: False)
+    assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
+
+
 def test_an_impl_whose_availability_changes_is_asked_every_time(registry):
     available = [True]
     registry.register("toy", "reference", priority=-100)(lambda x: ("reference", x))
