@@ -26,9 +26,11 @@ __all__ = ["call", "define", "arrays_of", "empty_if_none", "contiguous_like",
 
 
 def _array(t: Any, seen: list):
-    """A NumPy/CuPy view of tensor ``t``; lists recurse; anything else passes through."""
+    """A NumPy/CuPy view of tensor ``t``; lists and tuples recurse (a tuple stays one, so
+    that a stride of ints takes the ops' by-value caches); anything else passes through."""
     if isinstance(t, (list, tuple)):
-        return [_array(e, seen) for e in t]
+        items = [_array(e, seen) for e in t]
+        return tuple(items) if isinstance(t, tuple) else items
     if not isinstance(t, torch.Tensor):
         return t
     t = t.detach()
