@@ -198,6 +198,21 @@ def test_fused_impls_refuse_arrays_that_are_not_c_contiguous(impl):
 NUMPY_CASES = [c for c in CASES if c.op in ("sgd_step", "adam_step")]
 
 
+def _copy(a):
+    return None if a is None else a.copy()
+
+
+def _assert_numpy_update_is_the_references(case: Case, arrays: list, ref: list) -> None:
+    """The numpy impl's update of ``arrays`` equals, bit for bit and in their dtypes, the
+    reference's update of ``ref`` (the same values, in the dtype the numpy impl computes
+    in)."""
+    _impl(case.op, "reference")(*ref, *case.args())
+    _impl(case.op, "numpy")(*arrays, *case.args())
+    for out, want in zip(arrays, ref):
+        if out is not None:
+            np.testing.assert_array_equal(out, want.astype(out.dtype))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", NUMPY_CASES, ids=str)
 def test_numpy_step_matches_reference(case, dtype):
@@ -209,12 +224,7 @@ def test_numpy_step_matches_reference(case, dtype):
 def test_numpy_step_equals_the_reference_in_the_same_dtype_bit_for_bit(case, dtype):
     arrays = _inputs(case, dtype)
     arrays[0][0, 1] = -0.0   # sign(-0) is +0 for the l1 term, as NumPy's
-    ref = [None if a is None else a.copy() for a in arrays]
-    _impl(case.op, "reference")(*ref, *case.args())
-    _impl(case.op, "numpy")(*arrays, *case.args())
-    for out, want in zip(arrays, ref):
-        if out is not None:
-            np.testing.assert_array_equal(out, want)
+    _assert_numpy_update_is_the_references(case, arrays, [_copy(a) for a in arrays])
 
 
 @pytest.mark.parametrize("case", NUMPY_CASES, ids=str)
@@ -222,13 +232,8 @@ def test_numpy_step_of_float16_computes_in_float32(case):
     """float16 arrays go through float32 copies (numpy impls' rule): the float32
     reference's update, rounded to float16."""
     arrays = _inputs(case, "float16")
-    ref = [None if a is None else a.astype(np.float32) for a in arrays]
-    _impl(case.op, "reference")(*ref, *case.args())
-    _impl(case.op, "numpy")(*arrays, *case.args())
-    for out, want in zip(arrays, ref):
-        if out is not None:
-            assert out.dtype == np.float16
-            np.testing.assert_array_equal(out, want.astype(np.float16))
+    _assert_numpy_update_is_the_references(
+        case, arrays, [None if a is None else a.astype(np.float32) for a in arrays])
 
 
 @pytest.mark.parametrize("case", [c for c in NUMPY_CASES if c.buffers], ids=str)
@@ -238,12 +243,7 @@ def test_numpy_step_with_state_of_another_dtype_or_shape_is_the_references(case)
     error, never a read past a buffer."""
     arrays = _inputs(case, "float64")
     other = [a if a is None or i < 2 else a.astype(np.float32) for i, a in enumerate(arrays)]
-    ref = [None if a is None else a.copy() for a in other]
-    _impl(case.op, "reference")(*ref, *case.args())
-    _impl(case.op, "numpy")(*other, *case.args())
-    for out, want in zip(other, ref):
-        if out is not None:
-            np.testing.assert_array_equal(out, want)
+    _assert_numpy_update_is_the_references(case, other, [_copy(a) for a in other])
     short = [a if a is None or i < 2 else a[:1].copy() for i, a in enumerate(arrays)]
     with pytest.raises(ValueError):
         _impl(case.op, "numpy")(*short, *case.args())
