@@ -97,8 +97,8 @@ TRIAL_STEPS = 5
 CLOSE_SECONDS = 10.0
 _POLL_SECONDS = 0.005
 # How long the caller (for the workers' results) and a worker (for the next step) spin
-# (:meth:`_Channel.wait`) before they sleep in a blocking read of the socket: waking a sleeping process took 0.1-0.7
-# ms on the 2-core virtual machine. A sharded LeNet-5 step (batch 128, 2 shards) took
+# (:meth:`_Channel.wait`) before they sleep in a blocking read of the socket: waking a
+# sleeping process took 0.1-0.7 ms on the 2-core virtual machine. A sharded LeNet-5 step (batch 128, 2 shards) took
 # 15.12 / 17.45 ms without polling, 14.38 / 16.43 ms with 5 ms (two runs, 8 alternations
 # each; 2 ms: 14.69 / 16.84). The polling core is one a shard uses.
 SPIN_SECONDS = 0.005
@@ -107,7 +107,7 @@ SPIN_SECONDS = 0.005
 _WATCH_MEMORY = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 # A worker's control words (int64, then one has-gradient flag per parameter) and values
 # (float64) in the shared block.
-_START, _SIZE, _DONE, _FAILED, _COUNT, _HAS_GRAD = range(6)
+_START, _SIZE, _DONE, _COUNT, _HAS_GRAD = range(5)
 _DIVISOR, _LOSS_SUM = range(2)
 # The one-byte messages that follow a bump of the step number (caller) and of the done
 # number (worker); every other message is a pickle.

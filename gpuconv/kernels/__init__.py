@@ -24,8 +24,8 @@ those of the op they run as (:data:`RUNS_AS`).
 from __future__ import annotations
 
 import importlib as _importlib
-import operator as _operator
 import importlib.util as _importlib_util
+import operator as _operator
 from dataclasses import dataclass as _dataclass, field as _field
 from typing import Any, Callable, Iterable, Union
 
@@ -188,7 +188,8 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
         if chosen is None or score > best:
             chosen, best = i, score
     if (chosen is not None and device == "cpu"
-            and all(not callable(i.priority) and (i.device != "cpu" or i.is_available is _always)
+            and all(not callable(i.priority)
+                    and (i.device != "cpu" or i.is_available is _always)
                     for i in impls.values())):
         _CHOICES[(op, device, dtype)] = (tuple(impls.values()), chosen)
     if chosen is None:

@@ -60,13 +60,6 @@ def _reduce(losses, shape, reduction: str, total_weight):
     return np.asarray(total / total_weight if reduction == "mean" else total, losses.dtype)
 
 
-def _shifted_logits(x):
-    """Row-wise ``z = x - max(x)`` and ``log(sum(exp(z)))``."""
-    rows = _rows(x)
-    z = rows - rows.max(axis=1, keepdims=True)
-    return z, np.log(np.exp(z).sum(axis=1))
-
-
 @njit(cache=True, nogil=True)
 def _target_weight(target, class_weights, ignore_index, i):
     """``w[t]`` of row ``i``'s target ``t`` (1 without class weights), 0 where ignored."""

@@ -113,10 +113,7 @@ def _run(kernel, arrays: tuple, scalars: tuple) -> None:
     vectorises the loop, which it did not for ``range(start, stop)`` (69 against 11 us on
     48,000 float32 elements), hence the slices."""
     flat = [None if a is None else a.reshape(-1) for a in arrays]
-    size = flat[0].size
-    # (split's own answer for less than two tasks' worth, without its bookkeeping)
-    ranges = (threads.split(size, threads.MIN_TASK_ELEMENTS)
-              if size >= 2 * threads.MIN_TASK_ELEMENTS else ())
+    ranges = threads.split(flat[0].size, threads.MIN_TASK_ELEMENTS)
     if len(ranges) <= 1:
         kernel(*flat, *scalars)
         return
