@@ -119,14 +119,16 @@ class Optimizer:
         synchronisation; NumPy parameters one by one."""
         loss = None if closure is None else closure()
         on_device, on_host = [], []
+        states = self.state
         for index, group, p in self._indexed_params():
             grad = p.grad
             if grad is None:
                 continue
-            if not _numpy_pair(p.data, grad):
-                self._check_grad(index, p, grad)
-            state = self.state.setdefault(index, {})
-            item = (index, group, p, grad, state)
+            item = (index, group, p, grad, states.setdefault(index, {}))
+            if _numpy_pair(p.data, grad):   # the common case: a NumPy parameter, checked
+                on_host.append(item)
+                continue
+            self._check_grad(index, p, grad)
             (on_device if backend.device_of(p.data) == "cuda" else on_host).append(item)
         if on_host:
             self._host_step(on_host)

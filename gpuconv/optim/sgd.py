@@ -72,15 +72,21 @@ class SGD(Optimizer):
             super()._host_step(items)
             return
         chunks: dict[tuple, list] = {}
+        numpy_impl: dict = {}   # per dtype: whether the registry's sgd_step is the numpy impl
         for item in items:
             _, group, p, grad, state = item
+            data = p.data
             buffer = state.get("momentum_buffer") if group["momentum"] else None
-            if (p.data.dtype in _CHUNKED_DTYPES and p.data.size < host.CHUNK_MAX_SIZE
-                    and host.uniform(p.data, (p.data, grad, buffer))
-                    and kernels.select("sgd_step", None, p.data).name == "numpy"):
-                chunks.setdefault((id(group), p.data.dtype), []).append(item)
-            else:
-                self._update(p, grad, state, group)
+            if (data.dtype in _CHUNKED_DTYPES and data.size < host.CHUNK_MAX_SIZE
+                    and host.uniform(data, (data, grad, buffer))):
+                chosen = numpy_impl.get(data.dtype)
+                if chosen is None:
+                    chosen = numpy_impl[data.dtype] = (
+                        kernels.select("sgd_step", None, data).name == "numpy")
+                if chosen:
+                    chunks.setdefault((id(group), data.dtype), []).append(item)
+                    continue
+            self._update(p, grad, state, group)
         for chunk in chunks.values():
             group = chunk[0][1]
             buffers = firsts = None

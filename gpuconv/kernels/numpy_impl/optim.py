@@ -130,9 +130,13 @@ def uniform(param, arrays) -> bool:
     ``param``'s shape and dtype, as the kernels read them (they check no bounds). An
     optimizer's state can differ: ``Module.to(dtype)`` converts the parameters, not the
     state; such updates take the reference's NumPy operations."""
-    return all(a is None or (type(a) is np.ndarray and a.shape == param.shape
-                             and a.dtype == param.dtype and a.flags.c_contiguous
-                             and a.flags.writeable) for a in arrays)
+    shape, dtype = param.shape, param.dtype
+    for a in arrays:   # a plain loop: every CPU optimizer step asks this per parameter
+        if a is not None and not (type(a) is np.ndarray and a.shape == shape
+                                  and a.dtype == dtype and a.flags.c_contiguous
+                                  and a.flags.writeable):
+            return False
+    return True
 
 
 @register("sgd_step", dtypes=_DTYPES, updates=(0, 2))
@@ -180,17 +184,18 @@ def sgd_step_chunked(params: list, grads: list, momentum_buffers: list | None,
     per-parameter calls cost 10-15 us of Python each. Every parameter's arrays are
     :func:`uniform`, of one float32 or float64 dtype across the call, each smaller than
     CHUNK_MAX_SIZE elements."""
-    empty = np.empty(0, params[0].dtype)
+    padding = [np.empty(0, params[0].dtype)] * CHUNK
+    scalars = (float(lr), float(momentum), float(1 - dampening), float(weight_decay),
+               float(l1), bool(nesterov))
 
     def chunk(arrays: list, start: int) -> tuple:
-        flat = [a.reshape(-1) for a in arrays[start:start + CHUNK]]
-        return tuple(flat + [empty] * (CHUNK - len(flat)))
+        flat = [a if a.ndim == 1 else a.reshape(-1) for a in arrays[start:start + CHUNK]]
+        return tuple(flat + padding[len(flat):])
 
-    flags = np.zeros(CHUNK, np.bool_)
     for start in range(0, len(params), CHUNK):
-        flags[:] = False
-        flags[:len(first_steps[start:start + CHUNK])] = first_steps[start:start + CHUNK]
+        flags = np.zeros(CHUNK, np.bool_)
+        firsts = first_steps[start:start + CHUNK]
+        flags[:len(firsts)] = firsts
         _sgd_chunk_kernel(chunk(params, start), chunk(grads, start),
                           None if momentum_buffers is None else chunk(momentum_buffers, start),
-                          flags, float(lr), float(momentum), float(1 - dampening),
-                          float(weight_decay), float(l1), bool(nesterov))
+                          flags, *scalars)
