@@ -69,11 +69,13 @@ class Impl:
 
 _REGISTRY: dict[str, dict[str, Impl]] = {}
 _loaded = False
-# select's default choices on the CPU, by (op, device, dtype), where every impl's priority
-# is a number (the choice then depends on nothing else): ``(the op's impls, chosen)``,
-# trusted only while the op's registered impls are still those (a test's monkeypatch, a
-# late register or a replaced entry makes select choose again), and only where every CPU
-# impl is always available. Every CPU op call asks; the choice loop cost some 3 us a call.
+# select's default choices on the CPU, by (op, device, dtype), where every CPU impl's
+# priority is a number and every CPU impl is always available (the choice then depends on
+# nothing else; the GPU impls, whose priorities may weigh the arguments, never compete for
+# a CPU array): ``(the op's impls, chosen)``, trusted only while the op's registered impls
+# are still those (a test's monkeypatch, a late register or a replaced entry makes select
+# choose again). Every CPU op call asks; the choice loop cost some 3 us a call (conv2d's
+# and conv2d_backward's some 7 us).
 _CHOICES: dict[tuple, tuple] = {}
 
 
@@ -188,9 +190,8 @@ def select(op: str, impl: str | None, array: Any, args: tuple = (), kwargs: dict
         if chosen is None or score > best:
             chosen, best = i, score
     if (chosen is not None and device == "cpu"
-            and all(not callable(i.priority)
-                    and (i.device != "cpu" or i.is_available is _always)
-                    for i in impls.values())):
+            and all(not callable(i.priority) and i.is_available is _always
+                    for i in impls.values() if i.device == "cpu")):
         _CHOICES[(op, device, dtype)] = (tuple(impls.values()), chosen)
     if chosen is None:
         raise TypeError(f"{op}: no implementation runs on a {device} array of dtype {dtype} "
