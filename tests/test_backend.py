@@ -57,6 +57,18 @@ def test_a_kept_choice_follows_an_entry_made_unavailable_in_place(registry):
     assert registry.dispatch("toy", None, np.zeros(2))[0] == "reference"
 
 
+def test_a_gpu_impls_argument_priority_leaves_the_cpu_choice_kept(registry, monkeypatch):
+    """Only CPU impls compete for a CPU array, so a GPU priority that weighs the arguments
+    does not make every CPU call choose again."""
+    monkeypatch.setattr(registry, "_CHOICES", {})
+    registry.register("toy", "reference", priority=-100)(lambda x: ("reference", x))
+    registry.register("toy", "numpy")(lambda x: ("numpy", x))
+    registry.register("toy", "gpu", device="cuda", priority=lambda x: 50)(lambda x: ("gpu", x))
+    x = np.zeros(2, np.float32)
+    assert registry.dispatch("toy", None, x)[0] == "numpy"
+    assert registry._CHOICES[("toy", "cpu", x.dtype)][1].name == "numpy"
+
+
 def test_an_impl_whose_availability_changes_is_asked_every_time(registry):
     available = [True]
     registry.register("toy", "reference", priority=-100)(lambda x: ("reference", x))
