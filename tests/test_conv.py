@@ -286,12 +286,22 @@ def test_numpy_direct_kernels_take_the_cases_meant_for_them(dtype):
         y = conv2d(x, w, None, **case.args(), impl="reference")
         pairs = [(a, a) if isinstance(a, int) else a
                  for a in (case.stride, case.padding, case.dilation)]
-        view = numpy_conv._View(x.shape, w.shape, *pairs, 1, y.shape[2:])
+        # The ops' own view of the geometry, which keeps its choices per dtype.
+        view = numpy_conv._view(x.shape, w.shape, *pairs, 1, y.shape[2:])
         assert numpy_conv._forward_path(view, np.dtype(dtype)) == path, case.id
         if case in DIRECT_CASES:
             assert numpy_conv._direct_fits(view, np.dtype(dtype), grad_weight=True), case.id
             unit_strides = case.stride == 1
             assert numpy_conv._direct_grad_input_fits(view, np.dtype(dtype)) == unit_strides
+
+
+def test_a_geometry_has_one_view_and_relu_makes_another():
+    from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    geometry = ((2, 3, 9, 9), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, (9, 9))
+    view = numpy_conv._view(*geometry)
+    assert numpy_conv._view(*(list(a) if isinstance(a, tuple) else a for a in geometry)) is view
+    relu = numpy_conv._view(*geometry, relu=True)
+    assert relu is not view and relu.relu and not view.relu
 
 
 def _assert_same_nans_and_close(got, want, dtype, what):

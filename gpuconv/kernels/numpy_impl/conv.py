@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -792,9 +792,12 @@ def _tap_lanes(lanes, d0, gy_wide, padded, r_n, s_n, oh_n, ow_n, blk, wq, pitch,
 
 class _View:
     """Sizes of one conv view ``x: (N, C, H, W) * w: (K, C/groups, R, S) -> (N, K, OH, OW)``
-    and of its wide columns."""
+    and of its wide columns; ``relu``: the forward's output goes through a ReLU
+    (conv2d_bias_act). The registered ops take their views from :func:`_view`, one object
+    per geometry, which keeps what :meth:`memo` computed about it."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, out_hw):
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, out_hw,
+                 relu: bool = False):
         self.n, self.c, self.h, self.w = x_shape
         self.k, self.cg, self.r, self.s = w_shape
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
@@ -806,7 +809,18 @@ class _View:
         self.slack = (self.s - 1) * dilation[1] + stride[1]
         # Output rows before a band whose windows reach the band's first input rows.
         self.halo = (self.r - 1) * dilation[0] // stride[0]
-        self.relu = False   # the forward's output goes through a ReLU (conv2d_bias_act)
+        self.relu = relu
+        self._memo: dict = {}
+
+    def memo(self, key, compute: Callable[[], Any]):
+        """``compute()``, once per ``key`` for this view: the kernel choices that depend on
+        the geometry and dtype alone (a training step asks the same at every call, some
+        30 us of Python per LeNet-5 step)."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = compute()
+            return value
 
     @property
     def depthwise(self) -> bool:
@@ -1098,6 +1112,16 @@ def _direct_taps(v: _View, pitch: int) -> np.ndarray:
                         -(-v.crs // _DIRECT_TAPS) * _DIRECT_TAPS)
 
 
+_cached_view = functools.lru_cache(maxsize=256)(_View)
+
+
+def _view(x_shape, w_shape, stride, padding, dilation, groups: int, out_hw,
+          relu: bool = False) -> _View:
+    """The :class:`_View` of a geometry, made once (its memo kept with it)."""
+    return _cached_view(tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding),
+                        tuple(dilation), int(groups), tuple(out_hw), bool(relu))
+
+
 @functools.lru_cache(maxsize=64)
 def _tap_offsets(a_n: int, b_n: int, c_n: int, a_step: int, b_step: int, c_step: int,
                  size: int) -> np.ndarray:
@@ -1200,6 +1224,10 @@ def _direct_grad_input(v: _View, w, gy, gx, gx_base, relu: bool = False) -> None
 
 
 def _rows_view(v: _View) -> _View | None:
+    return v.memo("rows", lambda: _rows_view_of(v))
+
+
+def _rows_view_of(v: _View) -> _View | None:
     """The conv view whose input gradient is ``v``'s forward, when ``v`` has unit strides
     and no groups (else None): from y's shape back to x's, the weight's channel axes
     swapped and its taps flipped (:func:`_rows_weight`), padding ``(R-1)*d - p`` (None
@@ -1217,11 +1245,13 @@ def _forward_path(v: _View, dtype) -> str:
     """Which kernel computes the forward of ``v``: ``"rows"`` (the direct grad_input of
     :func:`_rows_view`), ``"channels"`` (:func:`_direct_forward`), or ``"loops"`` (the
     depthwise loops or the GEMM path)."""
-    rows = _rows_view(v)
-    if (rows is not None and _direct_grad_input_fits(rows, dtype)
-            and _rows_use(v.oh, v.ow, dtype) >= _ROWS_MIN_USE):
-        return "rows"
-    return "channels" if _direct_fits(v, dtype) else "loops"
+    def choose() -> str:
+        rows = _rows_view(v)
+        if (rows is not None and _direct_grad_input_fits(rows, dtype)
+                and _rows_use(v.oh, v.ow, dtype) >= _ROWS_MIN_USE):
+            return "rows"
+        return "channels" if _direct_fits(v, dtype) else "loops"
+    return v.memo(("path", dtype), choose)
 
 
 def _rows_use(height: int, width: int, dtype) -> float:
@@ -1257,12 +1287,16 @@ def _pass(v: _View, w, *, x=None, gy=None, y=None, y_bias=None, gw=None, gx=None
     elif v.depthwise:
         _depthwise_pass(v, w, x, gy, y, y_bias, gw, gx, gx_base)
     else:
-        if gw is not None and y is None and _direct_fits(v, w.dtype, grad_weight=True):
+        if gw is not None and y is None and v.memo(
+                ("direct grad_weight", w.dtype),
+                lambda: _direct_fits(v, w.dtype, grad_weight=True)):
             _direct_grad_weight(v, x, gy, gw)
             gw = None
         # The direct grad_input multiplies every weight by grad_output's zero border too:
         # exact with a finite weight, NaN from an inf one where no window puts a product.
-        if (gx is not None and y is None and _direct_grad_input_fits(v, w.dtype)
+        if (gx is not None and y is None
+                and v.memo(("direct grad_input", w.dtype),
+                           lambda: _direct_grad_input_fits(v, w.dtype))
                 and _all_finite(w.reshape(-1))):
             _direct_grad_input(v, w, gy, gx, gx_base)
             gx = None
@@ -1316,8 +1350,7 @@ _DTYPES = ("float32", "float64")
 def conv2d(x, weight, bias, stride, padding, dilation, groups, relu: bool = False):
     out_hw = tuple(_out_size(size, k, s, p, d) for size, k, s, p, d in
                    zip(x.shape[2:], weight.shape[2:], stride, padding, dilation))
-    v = _View(x.shape, weight.shape, stride, padding, dilation, groups, out_hw)
-    v.relu = relu
+    v = _view(x.shape, weight.shape, stride, padding, dilation, groups, out_hw, relu)
     y = backend.empty((v.n, v.k) + out_hw, x.dtype)
     _pass(v, weight, x=x, y=y, y_bias=bias)
     return y
@@ -1341,7 +1374,7 @@ def conv2d_bias_act(x, weight, bias, stride, padding, dilation, groups, activati
 @register("conv2d_backward", "numpy", dtypes=_DTYPES)
 def conv2d_backward(grad_out, x, weight, output_mask, stride, padding, dilation, groups):
     need_x, need_w, need_b = output_mask
-    v = _View(x.shape, weight.shape, stride, padding, dilation, groups, grad_out.shape[2:])
+    v = _view(x.shape, weight.shape, stride, padding, dilation, groups, grad_out.shape[2:])
     gx = backend.empty(x.shape, x.dtype) if need_x else None
     gw = backend.empty(weight.shape, x.dtype) if need_w else None
     if need_x or need_w:
