@@ -362,11 +362,23 @@ def test_backward_of_mean_over_all_ignored_targets_is_value_error(op):
         getattr(F, op + "_backward")(np.array(1.0), X, np.full(4, -100))
 
 
+@pytest.mark.parametrize("weight, ignore_index", [
+    ([0.0, 0.0, 1.0, 1.0, 0.0], 2),       # class 2 ignored, the rest weigh nothing
+    ([0.0, 0.0, 0.0, 1.0, 0.0], -100),    # nothing ignored, and every target weighs 0
+])
 @pytest.mark.parametrize("op", CLASS_OPS)
-def test_mean_with_zero_total_weight_is_value_error(op):
-    weight = np.array([0.0, 0.0, 1.0, 1.0, 0.0])
+def test_mean_with_zero_total_weight_is_value_error(op, weight, ignore_index):
     with pytest.raises(ValueError, match="weights of the non-ignored targets sum to zero"):
-        getattr(F, op)(X, np.array([0, 1, 4, 2]), weight, ignore_index=2)
+        getattr(F, op)(X, np.array([0, 1, 4, 2]), np.array(weight), ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("op", CLASS_OPS)
+def test_ignored_targets_outside_the_classes_are_not_out_of_range(op):
+    """A target equal to ignore_index is skipped wherever it lies; the rest are counted."""
+    target = np.array([0, -100, 4, -100])
+    got = getattr(F, op)(X + np.arange(5.0), target)
+    want = getattr(F, op)(X[[0, 2]] + np.arange(5.0), target[[0, 2]])
+    assert_close(np.asarray(got), np.asarray(want), np.float64, op)
 
 
 @pytest.mark.parametrize("op", CLASS_OPS)

@@ -65,7 +65,7 @@ def _class_targets(op: str, input, target, weight, ignore_index, reduction, impl
     if input.ndim < 1:
         raise ValueError(f"{op}: input must have shape (C,), (N, C) or (N, C, d1, ...), "
                          f"got shape {tuple(input.shape)}")
-    if C.is_array(target) and np.issubdtype(np.dtype(target.dtype), np.floating):
+    if C.is_array(target) and np.dtype(target.dtype).kind == "f":
         raise TypeError(f"{op}: target must hold integer class indices, got dtype {target.dtype}; "
                         "class-probability (soft) targets are not supported")
     C.int_array(op, "target", target)
@@ -94,18 +94,29 @@ def _class_targets(op: str, input, target, weight, ignore_index, reduction, impl
 
 
 def _check_target_values(op, target, weight, n_classes, ignore_index, reduction) -> None:
-    counted = target != ignore_index
-    bad = counted & ((target < 0) | (target >= n_classes))
-    if bool(bad.any()):
-        raise ValueError(f"{op}: target values must lie in [0, {n_classes}) or equal "
-                         f"ignore_index={ignore_index}; found {int(target[bad][0])}")
-    if reduction != "mean" or target.size == 0:
+    if target.size == 0:
         return
-    if not bool(counted.any()):
+    # Targets in [0, n_classes) are valid whatever ignore_index is, and all count when it
+    # lies outside their range: two reductions instead of seven array operations, twice
+    # per training step.
+    low, high = int(target.min()), int(target.max())
+    counted = None
+    if not (0 <= low and high < n_classes):
+        counted = target != ignore_index
+        bad = counted & ((target < 0) | (target >= n_classes))
+        if bool(bad.any()):
+            raise ValueError(f"{op}: target values must lie in [0, {n_classes}) or equal "
+                             f"ignore_index={ignore_index}; found {int(target[bad][0])}")
+    if reduction != "mean":
+        return
+    if low <= ignore_index <= high:
+        counted = target != ignore_index if counted is None else counted
+    if counted is not None and not bool(counted.any()):
         raise ValueError(f"{op}: all targets are ignored (every target equals "
                          f"ignore_index={ignore_index}), so reduction='mean' divides by zero; "
                          "torch returns NaN here, gpuconv raises")
-    if weight is not None and float(weight[target[counted]].sum()) == 0.0:
+    kept = target if counted is None else target[counted]
+    if weight is not None and float(weight[kept].sum()) == 0.0:
         raise ValueError(f"{op}: the class weights of the non-ignored targets sum to zero, "
                          "so reduction='mean' divides by zero")
 
