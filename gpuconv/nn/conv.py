@@ -5,6 +5,7 @@ from typing import Any
 
 from .. import _checks as C, backend, functional as F
 from ._defaults import float_dtype, new_parameter, reset_weight_and_bias
+from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .module import Module, accumulate_grad
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
@@ -127,8 +128,6 @@ class Conv2d(_Conv):
         """``(name, param)`` of ``activation`` for the fused epilogue when this layer and it
         can run as one call on ``input``, else None (an unbatched input, other activations;
         on the CPU, all but ReLU)."""
-        from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
-
         kind = type(activation)
         if getattr(input, "ndim", 0) != 4:   # conv2d_bias_act takes batched input only
             return None
