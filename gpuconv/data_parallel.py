@@ -8,12 +8,9 @@ between them. Two threads each running half of LeNet-5's step (each kernel seria
 processes, each training on 64 images, ran 1.7-1.9x the images/s of one process on 128
 (bench/NOTES.md, 2026-12-07). So a step with ``k`` shards is:
 
-- the parameters live in shared memory while the step is open (each parameter's ``data``
-  rebound to its array there, its own array given back by ``close``; a parameter that
-  cannot move is copied in at each step), so the ``k - 1`` workers' models, which use
-  those arrays as their parameters, read what the caller's optimizer wrote; the caller
-  copies each worker's shard of the batch into that worker's input buffers, then tells
-  the workers to start;
+- the caller copies the parameters into shared memory, which the ``k - 1`` workers' models
+  use as their parameters, and each worker's shard of the batch into that worker's input
+  buffers, then tells the workers to start;
 - every process runs forward, its shard's loss with ``reduction="sum"`` and
   ``backward_params`` with ``grad_output = 1 / divisor``, the *batch's* divisor of a mean
   (:meth:`gpuconv.nn.loss._Loss.mean_divisor`; 1 for a sum), so that the shards' gradients
@@ -450,7 +447,6 @@ class ShardedStep:
         self.spin = SPIN_SECONDS
         self._step_number = 0
         self._param_views = [self.views[f"param{i}"] for i in range(len(self.params))]
-        self._own = self._lend()
         try:
             _reserve(self._shm)
             for j in range(1, shards):
@@ -478,36 +474,8 @@ class ShardedStep:
             raise TimeoutError(f"a worker did not start in {STARTUP_SECONDS:.0f} s")
         return not self._waiting
 
-    def _lend(self) -> list:
-        """Rebind each parameter's ``data`` to its array in the block, its values copied
-        there, so that the optimizer's updates reach the workers without a copy per step
-        (0.045 ms of LeNet-5's 4.6 ms sharded step); returns the parameters' own arrays,
-        which ``close`` gives back with the final values. Only where every parameter owns
-        a distinct, C-contiguous, writeable NumPy array: else none moves (each step copies
-        them) and a view of one, or two parameters on one array, stay as they were."""
-        own = [p.data for p in self.params]
-        if len({id(a) for a in own}) != len(own) or not all(
-                type(a) is np.ndarray and a.base is None and a.flags.c_contiguous
-                and a.flags.writeable for a in own):
-            return []
-        for p, view in zip(self.params, self._param_views):
-            np.copyto(view, p.data)
-            p.data = view
-        return own
-
-    def _give_back(self) -> None:
-        """Undo ``_lend``: each parameter still on its array in the block gets its own
-        array back, with the values it has now."""
-        for p, own, view in zip(self.params, self._own, self._param_views):
-            if p.data is view:
-                np.copyto(own, view)
-                p.data = own
-        self._own = []
-
     def close(self) -> None:
-        """Give the parameters back their arrays, stop the workers and free the shared
-        block (once; later calls do nothing)."""
-        self._give_back()
+        """Stop the workers and free the shared block (once; later calls do nothing)."""
         self.views, self._param_views = {}, []
         self._broken = True   # a later step runs unsharded
         self._finalizer()
@@ -542,8 +510,7 @@ class ShardedStep:
         before = ([None if p.grad is None else p.grad.copy() for p in self.params]
                   if any(p.grad is not None for p in self.params) else None)
         for p, view in zip(self.params, self._param_views):
-            if p.data is not view:   # not lent, or rebound since
-                np.copyto(view, p.data)
+            np.copyto(view, p.data)
         self._start_workers(x, y, bounds, divisor)
         error = None
         try:

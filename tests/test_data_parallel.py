@@ -107,49 +107,6 @@ def test_workers_see_the_parameters_of_each_step(sharded):
     _assert_step_is_unsharded(step, model, loss_fn, x, y)
 
 
-def test_the_parameters_live_in_the_block_until_close_gives_back_their_arrays(sharded):
-    """While the step is open the optimizer updates the block in place (no copy per step);
-    close rebinds each parameter to its own array, holding the values it reached."""
-    model, loss_fn = _model(), nn.CrossEntropyLoss()
-    x, y = _batch()
-    own = [p.data for p in model.parameters()]
-    step = sharded(model, loss_fn, x, y)
-    assert all(p.data is view for p, view in zip(model.parameters(), step._param_views))
-    opt = optim.SGD(model.parameters(), lr=0.5)
-    step.step(x, y)
-    opt.step()
-    reached = [p.data.copy() for p in model.parameters()]
-    step.close()
-    for p, array, values in zip(model.parameters(), own, reached):
-        assert p.data is array
-        np.testing.assert_array_equal(p.data, values)
-
-
-@pytest.mark.parametrize("rebind", ["view of a larger array", "rebound while open"])
-def test_parameters_the_block_cannot_hold_are_copied_in_at_each_step(sharded, rebind):
-    """A parameter on a view of another array keeps it (the step copies its values in);
-    one rebound while the step is open is copied in and keeps its new array at close."""
-    model, loss_fn = _model(), nn.CrossEntropyLoss()
-    x, y = _batch()
-    fc = model.fc.weight
-    if rebind == "view of a larger array":
-        larger = np.zeros((2,) + fc.data.shape)
-        larger[1] = fc.data
-        fc.data = larger[1]
-    step = sharded(model, loss_fn, x, y)
-    if rebind == "rebound while open":
-        fc.data = fc.data + 0.25
-    mine = fc.data
-    _assert_step_is_unsharded(step, model, loss_fn, x, y)
-    model.zero_grad()
-    fc.data *= 0.5   # in place: the next step's workers see it too
-    _assert_step_is_unsharded(step, model, loss_fn, x, y)
-    step.close()
-    assert fc.data is mine
-    if rebind == "view of a larger array":
-        assert np.shares_memory(fc.data, larger)
-
-
 @pytest.mark.parametrize("x_shape, y_len", [
     ((2 * data_parallel.MIN_SHARD_SAMPLES - 1, 1, 8, 8), None),   # too few samples per shard
     ((BATCH + 10, 1, 8, 8), None),                                 # past the buffers' size
