@@ -225,10 +225,20 @@ def test_conv_transpose2d_backward_matches_reference(impl, dtype, case):
     _assert_grads_close(grads, refs, dtype)
 
 
-def test_numpy_conv2d_chunking_does_not_change_results(monkeypatch):
+@pytest.fixture
+def numpy_conv_limits(monkeypatch):
+    """The numpy conv module, for a test that patches its size limits: the views that keep
+    kernel choices made under other limits are dropped before the test and after it."""
+    from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    numpy_conv._cached_view.cache_clear()
+    yield numpy_conv
+    numpy_conv._cached_view.cache_clear()
+
+
+def test_numpy_conv2d_chunking_does_not_change_results(numpy_conv_limits, monkeypatch):
     """The numpy impl sweeps the batch in chunks; 1, 2 and 3 images per chunk (the last
     chunk partial) give the result of a single chunk."""
-    from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    numpy_conv = numpy_conv_limits
     case = ConvCase("chunks", 5, 4, (6, 5), 6, (3, 2), (2, 1), 1, 1, 2)
     x, w, b = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 6, 3, 6))
@@ -302,6 +312,29 @@ def test_a_geometry_has_one_view_and_relu_makes_another():
     assert numpy_conv._view(*(list(a) if isinstance(a, tuple) else a for a in geometry)) is view
     relu = numpy_conv._view(*geometry, relu=True)
     assert relu is not view and relu.relu and not view.relu
+
+
+def test_one_geometry_in_both_dtypes_runs_each_dtypes_kernels(numpy_conv_limits):
+    """The direct kernels' fits differ by dtype (K of one float64 vector is half a float32
+    one, and so is a row of 3/4 of it); the view asked in float64 first keeps its choices
+    apart from float32's, whose backward then matches the reference too."""
+    from gpuconv.kernels.numpy_impl import simd
+    numpy_conv = numpy_conv_limits
+    lanes = simd.lanes(np.float64)
+    k, h, w_ = lanes, 12, 3 * lanes // 4
+    view = numpy_conv._view((2, 3, h, w_), (k, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1, (h, w_))
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert numpy_conv._direct_fits(view, f64, grad_weight=True)
+    assert not numpy_conv._direct_fits(view, f32, grad_weight=True)
+    assert numpy_conv._direct_grad_input_fits(view, f64)
+    assert not numpy_conv._direct_grad_input_fits(view, f32)
+    rng = rng_for("one geometry, both dtypes")
+    x, w, gy = (rng.standard_normal(shape) for shape in
+                ((2, 3, h, w_), (k, 3, 3, 3), (2, k, h, w_)))
+    for dtype in ("float64", "float32"):
+        a = [t.astype(dtype) for t in (gy, x, w)]
+        _assert_grads_close(conv2d_backward(*a, None, padding=1, impl="numpy"),
+                            conv2d_backward(*a, None, padding=1, impl="reference"), dtype)
 
 
 def _assert_same_nans_and_close(got, want, dtype, what):
@@ -419,12 +452,13 @@ BAND_CASES = [
 
 @pytest.mark.parametrize("threads_n", [1, 3])
 @pytest.mark.parametrize("case", BAND_CASES, ids=_ids(BAND_CASES))
-def test_numpy_conv_in_bands_of_one_image_matches_the_reference(case, threads_n, monkeypatch):
+def test_numpy_conv_in_bands_of_one_image_matches_the_reference(case, threads_n,
+                                                               numpy_conv_limits, monkeypatch):
     """An image whose column matrix is too large runs in bands of output rows (grad_input
     with each band's halo); every pass and the transposed convolution match the reference,
     on one thread and on three."""
     from gpuconv import threads
-    from gpuconv.kernels.numpy_impl import conv as numpy_conv
+    numpy_conv = numpy_conv_limits
     monkeypatch.setattr(numpy_conv, "_DIRECT_MAX_IMAGE_BYTES", 0)  # the GEMM path, in bands
     monkeypatch.setattr(numpy_conv, "_CHUNK_BYTES", 1)       # bands of one output row ...
     monkeypatch.setattr(numpy_conv, "_BAND_ABOVE_BYTES", 1)  # ... for every image

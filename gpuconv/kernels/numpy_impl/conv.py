@@ -815,7 +815,8 @@ class _View:
     def memo(self, key, compute: Callable[[], Any]):
         """``compute()``, once per ``key`` for this view: the kernel choices that depend on
         the geometry and dtype alone (a training step asks the same at every call, some
-        30 us of Python per LeNet-5 step)."""
+        30 us of Python per LeNet-5 step), under this module's size limits as they were
+        then (a test that patches them clears ``_cached_view``)."""
         try:
             return self._memo[key]
         except KeyError:
@@ -1224,6 +1225,7 @@ def _direct_grad_input(v: _View, w, gy, gx, gx_base, relu: bool = False) -> None
 
 
 def _rows_view(v: _View) -> _View | None:
+    """:func:`_rows_view_of`, kept with ``v``."""
     return v.memo("rows", lambda: _rows_view_of(v))
 
 
@@ -1387,7 +1389,7 @@ def _transposed_view(x, weight, stride, padding, output_padding, dilation, group
     out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
                    zip(x.shape[2:], stride, padding, dilation, weight.shape[2:], output_padding))
     conv_x_shape = (x.shape[0], weight.shape[1] * groups) + out_hw
-    return _View(conv_x_shape, weight.shape, stride, padding, dilation, groups, x.shape[2:])
+    return _view(conv_x_shape, weight.shape, stride, padding, dilation, groups, x.shape[2:])
 
 
 @register("conv_transpose2d", "numpy", dtypes=_DTYPES)
