@@ -589,3 +589,4 @@ def test_a_gradient_that_is_not_a_float_array_is_a_type_error_naming_the_paramet
     opt = getattr(optim, name)(params, lr=0.1)
     with pytest.raises(TypeError, match=r"params\[1\]\.grad \(parameter of shape \(3,\)\)"):
         opt.step()
+    assert 1 not in opt.state   # the rejected parameter gets no state entry

@@ -311,6 +311,33 @@ def test_sgd_steps_small_numpy_parameters_in_chunks_as_one_at_a_time(kw, monkeyp
                 np.testing.assert_array_equal(opt.state[i]["momentum_buffer"], buffers[i])
 
 
+def test_sgd_chunks_start_each_momentum_buffer_at_its_parameters_first_gradient():
+    """Eleven small parameters of one group and dtype take two chunked calls; those without
+    a gradient at the first step (one in each chunk) start their momentum buffer at their
+    first gradient, as the reference does, bit for bit."""
+    rng = rng_for("sgd_chunk_first_steps", "")
+    arrays = [rng.standard_normal((i + 2,)).astype(np.float32) for i in range(11)]
+    late = {3, 9}   # parameter 9 is in the second chunk of eight
+    params = [Param(a.copy()) for a in arrays]
+    buffers = [None] * len(arrays)
+    opt = optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.1)
+    for step in range(3):
+        for i, (p, w) in enumerate(zip(params, arrays)):
+            p.grad = None
+            if step == 0 and i in late:
+                continue
+            g = rng.standard_normal(w.shape).astype(np.float32)
+            p.grad = g
+            first = buffers[i] is None
+            if first:
+                buffers[i] = np.empty_like(w)
+            _impl("sgd_step", "reference")(w, g, buffers[i], 0.1, 0.9, 0.1, 0.0, 0.0, False,
+                                           first)
+        opt.step()
+        for i, (p, w) in enumerate(zip(params, arrays)):
+            np.testing.assert_array_equal(p.data, w, err_msg=f"parameter {i}, step {step + 1}")
+
+
 def test_sgd_chunks_take_read_only_gradients_and_leave_subclasses_their_update():
     rng = rng_for("sgd_chunk_edges", "")
     data = [rng.standard_normal(s) for s in ((3,), (2, 2))]

@@ -124,11 +124,11 @@ class Optimizer:
             grad = p.grad
             if grad is None:
                 continue
-            item = (index, group, p, grad, states.setdefault(index, {}))
             if _numpy_pair(p.data, grad):   # the common case: a NumPy parameter, checked
-                on_host.append(item)
+                on_host.append((index, group, p, grad, states.setdefault(index, {})))
                 continue
             self._check_grad(index, p, grad)
+            item = (index, group, p, grad, states.setdefault(index, {}))
             (on_device if backend.device_of(p.data) == "cuda" else on_host).append(item)
         if on_host:
             self._host_step(on_host)

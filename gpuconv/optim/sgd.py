@@ -72,16 +72,16 @@ class SGD(Optimizer):
             super()._host_step(items)
             return
         chunks: dict[tuple, list] = {}
-        numpy_impl: dict = {}   # per dtype: whether the registry's sgd_step is the numpy impl
+        chunkable: dict = {}   # per dtype: whether the registry's sgd_step is the numpy impl
         for item in items:
             _, group, p, grad, state = item
             data = p.data
             buffer = state.get("momentum_buffer") if group["momentum"] else None
             if (data.dtype in _CHUNKED_DTYPES and data.size < host.CHUNK_MAX_SIZE
                     and host.uniform(data, (data, grad, buffer))):
-                chosen = numpy_impl.get(data.dtype)
+                chosen = chunkable.get(data.dtype)
                 if chosen is None:
-                    chosen = numpy_impl[data.dtype] = (
+                    chosen = chunkable[data.dtype] = (
                         kernels.select("sgd_step", None, data).name == "numpy")
                 if chosen:
                     chunks.setdefault((id(group), data.dtype), []).append(item)
