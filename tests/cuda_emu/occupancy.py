@@ -113,11 +113,16 @@ def resource_report(code: str, flags: list[str]) -> dict[str, Resources]:
         raise RuntimeError("emulated cupy: the occupancy of a kernel needs ptxas's resource "
                            "report, and nvcc is not installed")
     _CACHE.mkdir(parents=True, exist_ok=True)
-    source = _CACHE / f"{key}.resources.cu"
+    # A name of this process's own: two test runs at once must not compile each other's
+    # half-written source.
+    source = _CACHE / f"{key}.{os.getpid()}.resources.cu"
     source.write_text(code)
     cmd = [nvcc, "-std=c++17", f"-arch={arch}", "-cubin", "--resource-usage", *flags,
            "-o", os.devnull, str(source)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        source.unlink(missing_ok=True)
     if result.returncode != 0:
         raise RuntimeError(f"emulated cupy: {' '.join(cmd)} failed:\n{result.stderr}")
     report = parse_report(result.stdout + result.stderr)
