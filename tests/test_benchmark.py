@@ -415,6 +415,17 @@ def test_cpu_threads_compares_runs_of_the_same_round_and_takes_medians():
     assert "3 round(s)" in text and "| c | forward | 1.00x | 2.00x | 2.00x | 2.00x |" in text
 
 
+def test_cpu_threads_shows_a_scaling_just_under_its_goal_as_under_it():
+    """1.6989x over one thread misses 1.7x, and its goal row says so in three decimals
+    (two would print the 1.70x it missed)."""
+    ct = _cpu_threads_module()
+    benches = [_fake_bench("1", 0, 4.0, 4.0, 100.0, 50.0),
+               _fake_bench("2", 0, 2.0, 4.0, 169.89, 50.0),
+               _fake_bench("default", 0, 2.0, 4.0, 169.89, 50.0)]
+    _, text = ct.summarise(benches, [], [], None, when="now")
+    assert "| gpuconv training on 2 threads >= 1.7x its 1-thread rate | 1.699x | **no** |" in text
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_cpu_threads_quick_run_writes_every_table_with_its_load(tmp_path):
