@@ -98,9 +98,10 @@ CLOSE_SECONDS = 10.0
 _POLL_SECONDS = 0.005
 # How long the caller (for the workers' results) and a worker (for the next step) spin
 # (:meth:`_Channel.wait`) before they sleep in a blocking read of the socket: waking a
-# sleeping process took 0.1-0.7 ms on the 2-core virtual machine. A sharded LeNet-5 step (batch 128, 2 shards) took
-# 15.12 / 17.45 ms without polling, 14.38 / 16.43 ms with 5 ms (two runs, 8 alternations
-# each; 2 ms: 14.69 / 16.84). The polling core is one a shard uses.
+# sleeping process took 0.1-0.7 ms on the 2-core virtual machine. A sharded LeNet-5 step
+# (batch 128, 2 shards) took 15.12 / 17.45 ms without polling, 14.38 / 16.43 ms with 5 ms
+# (two runs, 8 alternations each; 2 ms: 14.69 / 16.84). The polling core is one a shard
+# uses.
 SPIN_SECONDS = 0.005
 # Whether a side may watch the other's step numbers in the shared block (see the module's
 # docstring): x86 keeps stores in order as other cores see them.

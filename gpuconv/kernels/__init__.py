@@ -74,8 +74,8 @@ _loaded = False
 # nothing else; the GPU impls, whose priorities may weigh the arguments, never compete for
 # a CPU array): ``(the op's impls, chosen)``, trusted only while the op's registered impls
 # are still those (a test's monkeypatch, a late register or a replaced entry makes select
-# choose again). Every CPU op call asks; the choice loop cost some 3 us a call (conv2d's
-# and conv2d_backward's some 7 us).
+# choose again). Every CPU op call asks; the choice loop cost some 3 us a call, and
+# conv2d_backward at batch 1 took 82 us without its kept choice, 70 with it.
 _CHOICES: dict[tuple, tuple] = {}
 
 

@@ -124,12 +124,13 @@ class Optimizer:
             grad = p.grad
             if grad is None:
                 continue
-            if _numpy_pair(p.data, grad):   # the common case: a NumPy parameter, checked
-                on_host.append((index, group, p, grad, states.setdefault(index, {})))
-                continue
-            self._check_grad(index, p, grad)
+            # A NumPy parameter with a gradient like it (the common case) needs no more checks.
+            on_numpy = _numpy_pair(p.data, grad)
+            if not on_numpy:
+                self._check_grad(index, p, grad)
             item = (index, group, p, grad, states.setdefault(index, {}))
-            (on_device if backend.device_of(p.data) == "cuda" else on_host).append(item)
+            on_gpu = not on_numpy and backend.device_of(p.data) == "cuda"
+            (on_device if on_gpu else on_host).append(item)
         if on_host:
             self._host_step(on_host)
         if on_device:

@@ -814,9 +814,10 @@ class _View:
 
     def memo(self, key, compute: Callable[[], Any]):
         """``compute()``, once per ``key`` for this view: the kernel choices that depend on
-        the geometry and dtype alone (a training step asks the same at every call, some
-        30 us of Python per LeNet-5 step), under this module's size limits as they were
-        then (a test that patches them clears ``_cached_view``)."""
+        the geometry and dtype alone (a training step asks the same at every call: LeNet-5's
+        first conv forward at batch 1 took 50 us choosing again, 27 with the kept
+        choices), under this module's size limits as they were then (a test that patches
+        them clears ``_cached_view``)."""
         try:
             return self._memo[key]
         except KeyError:
