@@ -96,12 +96,15 @@ def _class_targets(op: str, input, target, weight, ignore_index, reduction, impl
 def _check_target_values(op, target, weight, n_classes, ignore_index, reduction) -> None:
     if target.size == 0:
         return
-    # Targets in [0, n_classes) are valid whatever ignore_index is, and all count when it
-    # lies outside their range: two reductions instead of seven array operations, twice
-    # per training step.
-    low, high = int(target.min()), int(target.max())
+    # NumPy targets all in [0, n_classes) are valid whatever ignore_index is, and all count
+    # when it lies outside their range: two reductions instead of seven array operations,
+    # twice per training step. Device targets take the full check, whose reads to the host
+    # are fewer there.
+    low = high = None
+    if type(target) is np.ndarray:
+        low, high = int(target.min()), int(target.max())
     counted = None
-    if not (0 <= low and high < n_classes):
+    if low is None or not (0 <= low and high < n_classes):
         counted = target != ignore_index
         bad = counted & ((target < 0) | (target >= n_classes))
         if bool(bad.any()):
@@ -109,16 +112,17 @@ def _check_target_values(op, target, weight, n_classes, ignore_index, reduction)
                              f"ignore_index={ignore_index}; found {int(target[bad][0])}")
     if reduction != "mean":
         return
-    if low <= ignore_index <= high:
-        counted = target != ignore_index if counted is None else counted
+    if counted is None and low <= ignore_index <= high:
+        counted = target != ignore_index
     if counted is not None and not bool(counted.any()):
         raise ValueError(f"{op}: all targets are ignored (every target equals "
                          f"ignore_index={ignore_index}), so reduction='mean' divides by zero; "
                          "torch returns NaN here, gpuconv raises")
-    kept = target if counted is None else target[counted]
-    if weight is not None and float(weight[kept].sum()) == 0.0:
-        raise ValueError(f"{op}: the class weights of the non-ignored targets sum to zero, "
-                         "so reduction='mean' divides by zero")
+    if weight is not None:
+        kept = target if counted is None else target[counted]
+        if float(weight[kept].sum()) == 0.0:
+            raise ValueError(f"{op}: the class weights of the non-ignored targets sum to "
+                             "zero, so reduction='mean' divides by zero")
 
 
 def _per_position(input) -> tuple:
