@@ -4,8 +4,9 @@
 # 1. the gpu tests of the training path: no synchronisation in a step (cupyx.allow_synchronize),
 #    eager and CUDA-graph runs equal bit for bit, the multi-tensor optimizer and clipping,
 #    the device-side checks, the pinned-memory loader, the numba launch path;
-# 2. `gpuconv bench train`: one epoch of LeNet-5 on 60,000 random 28x28 images, gpuconv and
-#    torch, each eager and with a captured graph; JSON and Markdown written to $OUT.
+# 2. `gpuconv bench train`: five epochs of LeNet-5 on 60,000 random 28x28 images (the median
+#    epoch reported), gpuconv and torch, each eager and with a captured graph; JSON and
+#    Markdown written to $OUT.
 # Logs go to $OUT (the device tool's folder) or /tmp/gpu_train_check.
 set -u
 cd "$(dirname "$0")/.."

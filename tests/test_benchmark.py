@@ -319,6 +319,17 @@ def test_train_rows_time_an_epoch_of_gpuconv_on_the_cpu():
     assert ours["processes"] == 1   # batches of 8: too small to shard
 
 
+def test_train_rows_report_the_median_of_their_epochs():
+    from gpuconv.benchmark import training
+
+    rows = training.train_rows([{"label": "t", "images": 24, "batch": 8}], "cpu", False,
+                               lambda s: None)
+    for r in rows:
+        assert len(r["epoch_seconds"]) == training.EPOCHS
+        assert r["seconds"] == sorted(r["epoch_seconds"])[training.EPOCHS // 2]
+        assert r["images_per_s"] == 24 / r["seconds"]
+
+
 def test_train_rows_say_when_the_step_ran_in_several_processes(monkeypatch):
     from gpuconv import data_parallel, threads
     from gpuconv.benchmark.training import train_rows

@@ -1,5 +1,6 @@
-"""End-to-end training benchmark: one epoch of LeNet-5 on random 28x28 images with SGD
-(momentum 0.9), gpuconv beside PyTorch on the same device, in images per second.
+"""End-to-end training benchmark: epochs of LeNet-5 on random 28x28 images with SGD
+(momentum 0.9), gpuconv beside PyTorch on the same device, in images per second of the
+median epoch.
 
 Both run the same network (conv5x5(6, pad 2)-ReLU-maxpool-conv5x5(16)-ReLU-maxpool-
 fc120-ReLU-fc84-ReLU-fc10, cross-entropy) on the same synthetic data (no download), the
@@ -11,10 +12,12 @@ batches already on the device. Each framework runs in two modes on a GPU:
   step with ``cuda_graph=True``; torch: ``torch.cuda.graph`` with static input tensors, as
   its documentation shows), the last partial batch eager in both.
 
-Warm-up steps (and the capture) come before the clock starts. gpuconv's timed epoch also
-reads its loss sum and correct count once at its end, as ``fit`` does; on a GPU its steps
-run under ``cupyx.allow_synchronize(False)``, so a host synchronisation inside the epoch
-would stop the benchmark.
+Warm-up steps (and the capture) come before the clock starts. Each framework and mode then
+trains ``EPOCHS`` epochs in a row on the same model (one with ``quick``), each timed; a row
+gives the median epoch and every epoch's seconds. gpuconv's timed epoch also reads its loss
+sum and correct count once at its end, as ``fit`` does; on a GPU its steps run under
+``cupyx.allow_synchronize(False)``, so a host synchronisation inside the epoch would stop
+the benchmark.
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ MOMENTUM = 0.9
 MAX_CHOICE_STEPS = 1000
 # Eager steps before torch's capture, on a side stream (torch's documented recipe).
 TORCH_WARMUP_STEPS = 3
+# Epochs timed per framework and mode (odd: the median is one of them). One epoch of the
+# CPU suite is 47 steps, 0.17-0.31 s on the 2-core machine, and twelve 2-thread epochs in
+# one process ranged over 14% (bench/NOTES.md, eighth pass): a single epoch's figure said
+# as much about the machine as about the step.
+EPOCHS = 5
 
 
 def _data(images: int, seed: int = 0):
@@ -46,9 +54,10 @@ def _batches(x, y, batch: int, to_device) -> list:
             for i in range(0, len(x), batch)]
 
 
-def _gpuconv_epoch(x, y, batch: int, device: str, graph: bool) -> tuple[float, int]:
-    """Seconds for one epoch, and the processes each step ran in (fit's choice on the CPU:
-    more than 1 when it shards the batch, gpuconv.data_parallel)."""
+def _gpuconv_epochs(x, y, batch: int, device: str, graph: bool,
+                    epochs: int) -> tuple[list, int]:
+    """Seconds of each of ``epochs`` epochs, and the processes each step ran in (fit's choice
+    on the CPU: more than 1 when it shards the batch, gpuconv.data_parallel)."""
     from .. import graphs, models, nn, optim
     from ..train import _Trainer
 
@@ -63,21 +72,27 @@ def _gpuconv_epoch(x, y, batch: int, device: str, graph: bool) -> tuple[float, i
         for _ in range(2):  # the eager warm-up step; in graph mode the capture and a replay
             trainer.run(*batches[0])
         # On the CPU, until fit has timed its data-parallel step against the plain one and
-        # chosen (gpuconv.data_parallel): the epoch measures the step fit settles on.
+        # chosen (gpuconv.data_parallel): the epochs measure the step fit settles on.
         for _ in range(MAX_CHOICE_STEPS):
             if trainer.cpu_step is None or trainer.cpu_step.chosen is not None:
                 break
             trainer.run(*batches[0])
-        trainer.stats.read()
-        t0 = time.perf_counter()
-        trainer.stats.reset()
-        with _no_sync(on_gpu):
-            for xb, yb in batches:
-                trainer.run(xb, yb)
-        trainer.stats.read()  # fit's one read per epoch; waits for the last step
-        seconds = time.perf_counter() - t0
+        seconds = [_gpuconv_epoch(trainer, batches, on_gpu) for _ in range(epochs)]
         sharded = trainer.cpu_step.sharded if trainer.cpu_step is not None else None
         return seconds, sharded.shards if sharded is not None else 1
+
+
+def _gpuconv_epoch(trainer, batches: list, on_gpu: bool) -> float:
+    """Seconds for one epoch of ``trainer`` on ``batches``, from an idle device to the
+    epoch's statistics read back."""
+    trainer.stats.read()
+    t0 = time.perf_counter()
+    trainer.stats.reset()
+    with _no_sync(on_gpu):
+        for xb, yb in batches:
+            trainer.run(xb, yb)
+    trainer.stats.read()  # fit's one read per epoch; waits for the last step
+    return time.perf_counter() - t0
 
 
 def _no_sync(on_gpu: bool):
@@ -99,7 +114,8 @@ def _torch_model(torch, device: str):
     ).to(device)
 
 
-def _torch_epoch(torch, x, y, batch: int, device: str, graph: bool) -> float:
+def _torch_epochs(torch, x, y, batch: int, device: str, graph: bool, epochs: int) -> list:
+    """Seconds of each of ``epochs`` epochs of torch's step (eager, or its CUDA graph)."""
     model = _torch_model(torch, device)
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
@@ -115,12 +131,15 @@ def _torch_epoch(torch, x, y, batch: int, device: str, graph: bool) -> float:
         run = _torch_graph_step(torch, step, batches[0])
     else:
         step(*batches[0])
-    _torch_sync(torch, device)
-    t0 = time.perf_counter()
-    for xb, yb in batches:
-        run(xb, yb)
-    _torch_sync(torch, device)
-    return time.perf_counter() - t0
+    seconds = []
+    for _ in range(epochs):
+        _torch_sync(torch, device)
+        t0 = time.perf_counter()
+        for xb, yb in batches:
+            run(xb, yb)
+        _torch_sync(torch, device)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
 
 
 def _torch_graph_step(torch, step, first):
@@ -152,30 +171,35 @@ def _torch_sync(torch, device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _row(case: dict, impl: str, source: str, seconds: float, device: str,
+def _row(case: dict, impl: str, source: str, epoch_seconds: list, device: str,
          processes: int | None = None) -> dict:
+    """A row of the median of ``epoch_seconds`` (an odd count: the median is one epoch's)."""
+    seconds = float(np.median(epoch_seconds))
     return {"case": case["label"], "pass": "epoch", "op": "train_lenet5", "source": source,
             "impl": impl, "dtype": "float32", "device": device, "seconds": seconds,
-            "images_per_s": case["images"] / seconds, "correct": True,
-            "processes": processes}
+            "epoch_seconds": list(epoch_seconds), "images_per_s": case["images"] / seconds,
+            "correct": True, "processes": processes}
 
 
 def train_rows(cases: list, device: str, quick: bool, log) -> list:
-    """One row per framework and mode per case; ``ratio_to_best_reference`` compares
-    images/s with the fastest torch row, ``ratio_to_torch_<mode>`` with each torch row."""
+    """One row per framework and mode per case, of the median of ``EPOCHS`` epochs (one
+    with ``quick``); ``ratio_to_best_reference`` compares images/s with the fastest torch
+    row, ``ratio_to_torch_<mode>`` with each torch row."""
     rows = []
+    epochs = 1 if quick else EPOCHS
     modes = (("eager", False), ("graph", True)) if device == "cuda" else (("eager", False),)
     torch = _torch(device)
     for case in cases:
         x, y = _data(case["images"])
         case_rows = []
         for mode, graph in modes:
-            seconds, processes = _gpuconv_epoch(x, y, case["batch"], device, graph)
+            seconds, processes = _gpuconv_epochs(x, y, case["batch"], device, graph, epochs)
             case_rows.append(_row(case, f"gpuconv_{mode}", "gpuconv", seconds, device,
                                   processes))
         if torch is not None:
             case_rows += [_row(case, f"torch_{mode}", "torch",
-                               _torch_epoch(torch, x, y, case["batch"], device, graph), device)
+                               _torch_epochs(torch, x, y, case["batch"], device, graph, epochs),
+                               device)
                           for mode, graph in modes]
         refs = {r["impl"]: r["images_per_s"] for r in case_rows if r["source"] == "torch"}
         best_ref = max(refs.values(), default=None)
@@ -184,6 +208,7 @@ def train_rows(cases: list, device: str, quick: bool, log) -> list:
             for impl, ips in refs.items():
                 r[f"ratio_to_{impl}"] = r["images_per_s"] / ips
             log(f"{r['case']:>22s} {r['impl']:>14s} {r['seconds']:8.3f} s/epoch "
+                f"(median of {len(r['epoch_seconds'])}) "
                 f"{r['images_per_s']:10.0f} images/s"
                 + "".join(f"  {r[f'ratio_to_{impl}']:.2f}x {impl}" for impl in refs)
                 + (f"  (batch in {r['processes']} processes)" if (r["processes"] or 1) > 1
