@@ -417,6 +417,11 @@ def matmul(a, b, out):
 
     m, k = a.shape
     n = b.shape[1]
+    if k == 1:
+        # An outer product. NumPy's matmul takes its own loop, not BLAS, for an inner size
+        # of 1: LeNet-5's batch-1 linear grad_weight, (120, 1) @ (1, 400), took 72 us that
+        # way and 17 us as a broadcast multiply (which gives the same products).
+        return np.multiply(a, b, out=out)
     rows = split(m, max(8, -(-MIN_TASK_MACS // max(1, k * n))))
     if len(rows) <= 1:
         return np.matmul(a, b, out=out)
