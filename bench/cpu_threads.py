@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/cpu_threads.py [--wait-quiet 0.5] [--max-wait 3600] [--out DIR]
 
-1. ``gpuconv bench conv pool lstm train --impl numpy`` at ``--threads 1``, ``--threads 2``
-   and the default (no flag: the cores this process may use), in ``--rounds`` rounds
-   (1, 2, default, 1, 2, default, ...), the first round's runs writing their JSON and
-   Markdown (``results_cpu_t1``, ``_t2``, ``_tdefault`` under DIR): gpuconv's numpy impl and
-   LeNet-5 training against PyTorch on the same threads. Every ratio is a median over the
-   rounds: a ratio to torch within each run, and gpuconv's 2-thread over 1-thread speed from
-   the two runs of the same round, so that a machine whose speed drifts from minute to
+1. ``gpuconv bench conv pool lstm --impl numpy`` at ``--threads 1``, ``--threads 2`` and
+   the default (no flag: the cores this process may use), then ``gpuconv bench train`` at
+   the three counts back to back (in reverse order every other round), in ``--rounds``
+   rounds, the first round's runs writing their JSON and Markdown (``results_cpu_t1``,
+   ``_t2``, ``_tdefault`` and ``results_cpu_train_t1``, ... under DIR): gpuconv's numpy impl
+   and LeNet-5 training against PyTorch on the same threads. Every ratio is a median over
+   the rounds: a ratio to torch within each run, and gpuconv's 2-thread over 1-thread speed
+   from the two runs of the same round, so that a machine whose speed drifts from minute to
    minute (the 2-core development machine's serial code ran 1.5x slower in one run than in
-   the run before) does not decide the comparison of two runs far apart;
+   the run before) does not decide the comparison of two runs far apart. The training runs
+   are apart from the kernel runs so that those two are some 10 s apart, not a minute;
 2. ``gpuconv train`` (LeNet-5 on digits) with the default threads and with ``--threads 1``,
    twice each, alternating;
 3. the peak memory of one conv2d forward on a (1, 3, 2048, 2048) image with a 3x3 kernel
@@ -70,10 +72,15 @@ def wait_quiet(limit: float, max_wait: float, log) -> dict:
         time.sleep(120)
 
 
-def run_bench(threads: str, out: Path, quick: bool, log, round_: int = 0) -> dict:
-    stem = out / f"results_cpu_t{threads}"
+KERNEL_FAMILIES = ("conv", "pool", "lstm")
+
+
+def run_bench(threads: str, families: tuple, stem: Path, quick: bool, log,
+              round_: int = 0) -> dict:
+    """One ``gpuconv bench`` run of ``families`` at ``threads``, its JSON and Markdown
+    written to ``stem``.json and .md."""
     # Only gpuconv's numpy impl beside the references: the goals compare it with torch.
-    cmd = GPUCONV + ["bench", "conv", "pool", "lstm", "train", "--impl", "numpy",
+    cmd = GPUCONV + ["bench", *families, "--impl", "numpy",
                      "--json", f"{stem}.json", "--markdown", f"{stem}.md"]
     cmd += ["--quick"] if quick else []
     if threads != "default":
@@ -83,6 +90,22 @@ def run_bench(threads: str, out: Path, quick: bool, log, round_: int = 0) -> dic
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return {"threads": threads, "round": round_, "loadavg_before": load,
             "report": json.loads(Path(f"{stem}.json").read_text())}
+
+
+def run_round(round_: int, out: Path, quick: bool, log) -> list[dict]:
+    """One round: the kernel runs at each thread count, then the training runs back to back
+    (reversed every other round, so that neither count always runs first). One entry per
+    count, its report holding both runs' rows, ``train_loadavg_before`` the training run's
+    load."""
+    kernels = {t: run_bench(t, KERNEL_FAMILIES, out / f"results_cpu_t{t}", quick, log, round_)
+               for t in THREADS}
+    order = THREADS if round_ % 2 == 0 else THREADS[::-1]
+    train = {t: run_bench(t, ("train",), out / f"results_cpu_train_t{t}", quick, log, round_)
+             for t in order}
+    return [{**kernels[t], "train_loadavg_before": train[t]["loadavg_before"],
+             "report": {**kernels[t]["report"],
+                        "rows": kernels[t]["report"]["rows"] + train[t]["report"]["rows"]}}
+            for t in THREADS]
 
 
 def run_train(threads: str, quick: bool, log) -> dict:
@@ -163,7 +186,8 @@ def _training_section(by_t: dict) -> tuple[dict, dict, list]:
     vs_torch = {t: _median([r["gpuconv"] / r["torch"] for r in runs])
                 for t, runs in per_round.items()}
     rows = [(f"{t} ({by_t[t][0]['report']['environment']['cpu_threads']})",
-             " ".join(f"{b['loadavg_before'][0]:.2f}" for b in by_t[t]),
+             " ".join(f"{b.get('train_loadavg_before', b['loadavg_before'])[0]:.2f}"
+                      for b in by_t[t]),
              f"{r['gpuconv']:.0f}", f"{r['torch']:.0f}", _x(vs_torch[t]))
             for t, r in train.items()]
     lines = _table(["threads", "load before each round", "gpuconv images/s (median)",
@@ -265,7 +289,8 @@ def summarise(benches: list, trains: list, memory: list, quiet: dict | None,
     by_t: dict = {}
     for b in benches:
         by_t.setdefault(b["threads"], []).append(b)
-    load = [s["loadavg_before"][0] for s in benches + trains + memory]
+    load = ([s["loadavg_before"][0] for s in benches + trains + memory]
+            + [b["train_loadavg_before"][0] for b in benches if "train_loadavg_before" in b])
     when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"Measured by `bench/cpu_threads.py` on {when}"
              f"; 1-minute load average before each step {min(load):.2f}-{max(load):.2f}"
@@ -310,7 +335,10 @@ def write_results_section(path: Path, body: str, out: Path) -> None:
     """Replace this script's section of ``path`` (bench/RESULTS.md) with ``body``, or append
     the section when the file has none (creating the file)."""
     files = ", ".join(f"`{n}`" for n in ("cpu_threads.json", "results_cpu_t1.json",
-                                         "results_cpu_t2.json", "results_cpu_tdefault.json"))
+                                         "results_cpu_t2.json", "results_cpu_tdefault.json",
+                                         "results_cpu_train_t1.json",
+                                         "results_cpu_train_t2.json",
+                                         "results_cpu_train_tdefault.json"))
     section = (f"{BEGIN}\n## CPU threads (issue 13)\n\nCommand: `python bench/cpu_threads.py"
                f" --out {out}`; JSON: {files} beside this file (each bench run's full "
                f"table: the matching `.md`).\n\n{body}{END}\n")
@@ -343,8 +371,8 @@ def main() -> int:
         MEMORY_SHAPE["x"] = (1, 3, 256, 256)
     rounds = 1 if args.quick else max(1, args.rounds)
     with tempfile.TemporaryDirectory() as later:   # the later rounds' JSON: summarised only
-        benches = [run_bench(t, out if r == 0 else Path(later), args.quick, log, r)
-                   for r in range(rounds) for t in THREADS]
+        benches = [b for r in range(rounds)
+                   for b in run_round(r, out if r == 0 else Path(later), args.quick, log)]
     digits_rounds = 1 if args.quick else 2
     trains = [run_train(t, args.quick, log) for _ in range(digits_rounds)
               for t in ("default", "1")]

@@ -428,6 +428,41 @@ def test_cpu_threads_compares_runs_of_the_same_round_and_takes_medians():
     assert "3 round(s)" in text and "| c | forward | 1.00x | 2.00x | 2.00x | 2.00x |" in text
 
 
+def _recorded_round(monkeypatch, round_: int) -> tuple[list, list]:
+    """bench/cpu_threads.py's ``run_round`` with ``run_bench`` recording its calls: the
+    calls (threads, families) and the round's entries."""
+    ct = _cpu_threads_module()
+    calls = []
+
+    def run_bench(threads, families, stem, quick, log, round_=0):
+        calls.append((threads, families))
+        return {"threads": threads, "round": round_, "loadavg_before": [len(calls)] * 3,
+                "report": {"rows": [{"families": families, "threads": threads}],
+                           "environment": {"cpu_threads": 2}}}
+
+    monkeypatch.setattr(ct, "run_bench", run_bench)
+    return calls, ct.run_round(round_, Path("unused"), True, lambda s: None)
+
+
+@pytest.mark.parametrize("round_, train_order", [(0, ["1", "2", "default"]),
+                                                 (1, ["default", "2", "1"])])
+def test_cpu_threads_runs_the_training_counts_back_to_back_after_the_kernels(
+        monkeypatch, round_, train_order):
+    calls, _ = _recorded_round(monkeypatch, round_)
+    kernels = ("conv", "pool", "lstm")
+    assert calls == [(t, kernels) for t in ("1", "2", "default")] + [
+        (t, ("train",)) for t in train_order]
+
+
+def test_cpu_threads_round_entries_hold_both_runs_of_their_count(monkeypatch):
+    calls, entries = _recorded_round(monkeypatch, 1)
+    for entry in entries:
+        t = entry["threads"]
+        assert [(r["threads"], r["families"]) for r in entry["report"]["rows"]] == [
+            (t, ("conv", "pool", "lstm")), (t, ("train",))]
+        assert entry["train_loadavg_before"][0] == calls.index((t, ("train",))) + 1
+
+
 def test_cpu_threads_shows_a_scaling_just_under_its_goal_as_under_it():
     """1.6989x over one thread misses 1.7x, and its goal row says so in three decimals
     (two would print the 1.70x it missed)."""
@@ -451,8 +486,9 @@ def test_cpu_threads_quick_run_writes_every_table_with_its_load(tmp_path):
     summary = json.loads((tmp_path / "cpu_threads.json").read_text())
     assert [b["threads"] for b in summary["benches"]] == ["1", "2", "default"]
     for t in ("1", "2", "default"):
-        report = json.loads((tmp_path / f"results_cpu_t{t}.json").read_text())
-        assert report["environment"]["loadavg_before"] is not None
+        for stem in ("results_cpu_t", "results_cpu_train_t"):
+            report = json.loads((tmp_path / f"{stem}{t}.json").read_text())
+            assert report["environment"]["loadavg_before"] is not None
         assert {"gpuconv", "torch"} <= set(summary["training"][t])
     assert len(summary["goals"]) == 7 and all(isinstance(g["met"], bool) for g in summary["goals"])
     assert sorted(r["threads"] for r in summary["train_digits"]) == ["1", "default"]
