@@ -3,7 +3,8 @@
 #   source .device/env.sh && bash bench/gpu_train_check.sh
 # 1. the gpu tests of the training path: no synchronisation in a step (cupyx.allow_synchronize),
 #    eager and CUDA-graph runs equal bit for bit, the multi-tensor optimizer and clipping,
-#    the device-side checks, the pinned-memory loader, the numba launch path;
+#    the device-side checks, the pinned-memory loader, the numba launch path, the training
+#    bench's five epochs of each mode;
 # 2. `gpuconv bench train`: five epochs of LeNet-5 on 60,000 random 28x28 images (the median
 #    epoch reported), gpuconv and torch, each eager and with a captured graph; JSON and
 #    Markdown written to $OUT.
@@ -15,7 +16,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_train.py tests/test_graphs.py \
     tests/test_device_checks.py tests/test_optim_gpu.py tests/test_data.py \
-    tests/test_numba_cuda.py 2>&1 | tee "$out/train_tests.log"
+    tests/test_numba_cuda.py tests/test_benchmark.py 2>&1 | tee "$out/train_tests.log"
 tests_rc=${PIPESTATUS[0]}
 python3 -m gpuconv bench train --json "$out/results_train_gpu.json" \
     --markdown "$out/results_train_gpu.md" 2>&1 | tee "$out/bench_train.log"

@@ -325,7 +325,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     train = [r for r in report["rows"] if "images_per_s" in r]
     if train:
-        lines += ["| training | framework | s/epoch | images/s | vs torch eager | "
+        lines += ["| training | framework | median s/epoch | images/s | vs torch eager | "
                   "vs torch graph |", "|---|---|---|---|---|---|"]
         for r in train:
             ratios = [r.get(f"ratio_to_torch_{mode}") for mode in ("eager", "graph")]
