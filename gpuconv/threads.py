@@ -418,9 +418,10 @@ def matmul(a, b, out):
     m, k = a.shape
     n = b.shape[1]
     if k == 1 and b.shape[0] == 1 and out.shape == (m, n):
-        # An outer product (the shapes checked as matmul would: a multiply broadcasts). NumPy's matmul takes its own loop, not BLAS, for an inner size
+        # An outer product. NumPy's matmul takes its own loop, not BLAS, for an inner size
         # of 1: LeNet-5's batch-1 linear grad_weight, (120, 1) @ (1, 400), took 72 us that
-        # way and 17 us as a broadcast multiply (which gives the same products).
+        # way and 17 us as a broadcast multiply (which gives the same products). The shapes
+        # are checked first, as matmul checks them: a multiply would broadcast a mismatch.
         return np.multiply(a, b, out=out)
     rows = split(m, max(8, -(-MIN_TASK_MACS // max(1, k * n))))
     if len(rows) <= 1:
