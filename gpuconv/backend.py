@@ -116,6 +116,11 @@ def empty(shape, dtype, xp=np):
     return xp.empty(shape, dtype=dtype)
 
 
+def poisoning() -> bool:
+    """Whether :func:`empty` fills floating outputs with NaN here (inside ``poisoned()``)."""
+    return _poison
+
+
 class poisoned:
     """Context manager: outputs allocated with :func:`empty` start as NaN."""
 

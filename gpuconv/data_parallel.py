@@ -33,17 +33,19 @@ array each, a gpuconv loss with reduction "mean" or "sum", and a batch whose tra
 and dtypes are the first batch's and which fits the workers' buffers (sized by it).
 
 How a step is handed over (:class:`_Channel`): the caller writes the shard's size and
-divisor into the worker's control words in the shared block and bumps its step number
-there; the worker writes its loss sum, correct count and which parameters got a gradient
-back the same way and bumps its done number. Each side spins on the other's number, so
-neither pickles, unpickles or reads its socket between a bump and going on (a socket reply
-cost 0.11 ms of cold Python per step: bench/NOTES.md, 2026-12-07). Each bump is followed by
-a one-byte message on the socket, which wakes a side that stopped spinning and carries
-errors, the closing and the workers' exit (end of file); a side that saw the bump in memory
-reads that byte later, while it waits anyway. Watching memory relies on x86's ordering of
-stores (the shard's data is visible before the number that announces it; NumPy, BLAS and
-numba write with ordinary stores, and glibc's large copies fence their non-temporal ones);
-on other processors each side waits for the byte instead, whose system calls order memory.
+divisor, and whether it poisons new outputs (:func:`gpuconv.backend.poisoned`, which the
+worker's shard then does too), into the worker's control words in the shared block and bumps
+its step number there; the worker writes its loss sum, correct count and which parameters
+got a gradient back the same way and bumps its done number. Each side spins on the other's
+number, so neither pickles, unpickles or reads its socket between a bump and going on (a
+socket reply cost 0.11 ms of cold Python per step: bench/NOTES.md, 2026-12-07). Each bump is
+followed by a one-byte message on the socket, which wakes a side that stopped spinning and
+carries errors, the closing and the workers' exit (end of file); a side that saw the bump in
+memory reads that byte later, while it waits anyway. Watching memory relies on x86's
+ordering of stores (the shard's data is visible before the number that announces it; NumPy,
+BLAS and numba write with ordinary stores, and glibc's large copies fence their non-temporal
+ones); on other processors each side waits for the byte instead, whose system calls order
+memory.
 
 The workers are Python processes started by :func:`start` with the caller's ``sys.path``,
 each handed its end of a socket pair, the model and the loss (pickled once, without their
@@ -56,6 +58,7 @@ are left as they were before it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -76,7 +79,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from . import threads
+from . import backend, threads
 from .nn.loss import _Loss
 from .nn.module import accumulate_grad, independent, route_gradients
 
@@ -108,7 +111,7 @@ SPIN_SECONDS = 0.005
 _WATCH_MEMORY = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 # A worker's control words (int64, then one has-gradient flag per parameter) and values
 # (float64) in the shared block.
-_START, _SIZE, _DONE, _COUNT, _HAS_GRAD = range(5)
+_START, _SIZE, _DONE, _COUNT, _POISON, _HAS_GRAD = range(6)
 _DIVISOR, _LOSS_SUM = range(2)
 # The one-byte messages that follow a bump of the step number (caller) and of the done
 # number (worker); every other message is a pickle.
@@ -545,6 +548,7 @@ class ShardedStep:
                 np.copyto(w.x[:size], x[bounds[j]:bounds[j + 1]])
                 np.copyto(w.y[:size], y[bounds[j]:bounds[j + 1]])
                 w.channel.ctl[_SIZE] = size
+                w.channel.ctl[_POISON] = backend.poisoning()
                 w.channel.val[_DIVISOR] = divisor
                 w.channel.signal(_START, self._step_number, _STEP)
         except BaseException:   # some workers are running a step no one will read
@@ -719,9 +723,10 @@ def _work(conn: Connection) -> None:
         try:
             size, divisor = int(ctl[_SIZE]), float(val[_DIVISOR])
             x, y = x_all[:size], y_all[:size]
-            out = model(x)
-            loss_sum = float(loss_fn(out, y))
-            model.backward_params(loss_fn.backward(1.0 / divisor))
+            with backend.poisoned() if ctl[_POISON] else contextlib.nullcontext():
+                out = model(x)
+                loss_sum = float(loss_fn(out, y))
+                model.backward_params(loss_fn.backward(1.0 / divisor))
             for i, (p, g) in enumerate(zip(params, grads)):
                 ctl[_HAS_GRAD + i] = p.grad is not None
                 if p.grad is not None and p.grad is not g:   # not routed (another dtype)

@@ -3,6 +3,7 @@ give the whole batch's loss, correct count and gradients; what may be sharded; a
 error reaches the caller; the workers stop when the step is closed."""
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 
@@ -11,7 +12,7 @@ import pytest
 
 from support import assert_close
 
-from gpuconv import data, data_parallel, models, nn, optim, threads
+from gpuconv import backend, data, data_parallel, models, nn, optim, threads
 from gpuconv.nn.module import independent as module_independent
 from gpuconv.train import fit
 
@@ -153,6 +154,39 @@ def test_layers_outside_the_registries_and_tied_weights_reach_the_workers(sharde
     model, loss_fn = _Routed(), nn.CrossEntropyLoss()
     x, y = _batch()
     _assert_step_is_unsharded(sharded(model, loss_fn, x, y), model, loss_fn, x, y)
+
+
+class _ForgetfulAway(nn.Module):
+    """The identity, except that in a process other than the one that made it, it leaves
+    each sample's first feature of its output unwritten, as a faulty impl would."""
+
+    samples_independent = True
+
+    def __init__(self):
+        super().__init__()
+        self.home = os.getpid()
+
+    def forward(self, x):
+        out = backend.empty(x.shape, x.dtype)
+        start = 0 if os.getpid() == self.home else 1
+        out[:, start:] = x[:, start:]
+        return out
+
+    def backward(self, grad_output):
+        return grad_output
+
+
+def test_workers_poison_new_outputs_when_the_caller_does(sharded):
+    """Inside ``backend.poisoned()`` (every test runs in it: conftest), an output a worker
+    leaves unwritten is NaN, as it would be in the caller."""
+    assert backend.poisoning()
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), _ForgetfulAway(), nn.Linear(64, 5, dtype=np.float64))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = _batch()
+    assert np.isfinite(_unsharded(model, loss_fn, x, y)[0])   # written in full here
+    loss, _ = sharded(model, loss_fn, x, y).step(x, y)
+    assert np.isnan(loss)
 
 
 def test_a_workers_error_is_raised_and_leaves_the_gradients_as_they_were(sharded):
