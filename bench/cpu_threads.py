@@ -4,15 +4,17 @@
 
 1. ``gpuconv bench conv pool lstm --impl numpy`` at ``--threads 1``, ``--threads 2`` and
    the default (no flag: the cores this process may use), then ``gpuconv bench train`` at
-   the three counts back to back (in reverse order every other round), in ``--rounds``
-   rounds, the first round's runs writing their JSON and Markdown (``results_cpu_t1``,
-   ``_t2``, ``_tdefault`` and ``results_cpu_train_t1``, ... under DIR): gpuconv's numpy impl
-   and LeNet-5 training against PyTorch on the same threads. Every ratio is a median over
-   the rounds: a ratio to torch within each run, and gpuconv's 2-thread over 1-thread speed
-   from the two runs of the same round, so that a machine whose speed drifts from minute to
-   minute (the 2-core development machine's serial code ran 1.5x slower in one run than in
-   the run before) does not decide the comparison of two runs far apart. The training runs
-   are apart from the kernel runs so that those two are some 10 s apart, not a minute;
+   the three counts back to back, in ``--rounds`` rounds (an even number: the training
+   counts run 1, 2, default in one half of the rounds and in reverse in the other, so that
+   neither count always runs first), the first round's runs writing their JSON and Markdown
+   (``results_cpu_t1``, ``_t2``, ``_tdefault`` and ``results_cpu_train_t1``, ... under
+   DIR): gpuconv's numpy impl and LeNet-5 training against PyTorch on the same threads.
+   Every ratio is a median over the rounds: a ratio to torch within each run, and gpuconv's
+   2-thread over 1-thread speed from the two runs of the same round, so that a machine whose
+   speed drifts from minute to minute (the 2-core development machine's serial code ran 1.5x
+   slower in one run than in the run before) does not decide the comparison of two runs far
+   apart. The training runs at 1 and 2 threads run back to back, some 10 s apart, not a
+   minute as when each followed its kernel runs;
 2. ``gpuconv train`` (LeNet-5 on digits) with the default threads and with ``--threads 1``,
    twice each, alternating;
 3. the peak memory of one conv2d forward on a (1, 3, 2048, 2048) image with a 3x3 kernel
@@ -95,8 +97,8 @@ def run_bench(threads: str, families: tuple, stem: Path, quick: bool, log,
 def run_round(round_: int, out: Path, quick: bool, log) -> list[dict]:
     """One round: the kernel runs at each thread count, then the training runs back to back
     (reversed every other round, so that neither count always runs first). One entry per
-    count, its report holding both runs' rows, ``train_loadavg_before`` the training run's
-    load."""
+    count, in THREADS order, its report holding both runs' rows, ``loadavg_before`` the
+    kernel run's load and ``train_loadavg_before`` the training run's."""
     kernels = {t: run_bench(t, KERNEL_FAMILIES, out / f"results_cpu_t{t}", quick, log, round_)
                for t in THREADS}
     order = THREADS if round_ % 2 == 0 else THREADS[::-1]
@@ -357,8 +359,10 @@ def main() -> int:
                    help="folder for the JSON, the Markdown and RESULTS.md's section (bench)")
     p.add_argument("--wait-quiet", type=float, help="wait for a 1-minute load average below this")
     p.add_argument("--max-wait", type=float, default=3600)
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of the three bench runs; ratios are medians over them (3)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="rounds of the six bench runs, rounded up to an even number (each "
+                        "order of the training runs in half of them); ratios are medians "
+                        "over them (4)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: tiny shapes, one epoch once per thread count, a 256x256 "
                         "image")
@@ -369,7 +373,7 @@ def main() -> int:
     quiet = wait_quiet(args.wait_quiet, args.max_wait, log) if args.wait_quiet else None
     if args.quick:
         MEMORY_SHAPE["x"] = (1, 3, 256, 256)
-    rounds = 1 if args.quick else max(1, args.rounds)
+    rounds = 1 if args.quick else max(2, args.rounds + args.rounds % 2)
     with tempfile.TemporaryDirectory() as later:   # the later rounds' JSON: summarised only
         benches = [b for r in range(rounds)
                    for b in run_round(r, out if r == 0 else Path(later), args.quick, log)]

@@ -457,11 +457,21 @@ def test_cpu_threads_runs_the_training_counts_back_to_back_after_the_kernels(
 
 def test_cpu_threads_round_entries_hold_both_runs_of_their_count(monkeypatch):
     calls, entries = _recorded_round(monkeypatch, 1)
+    assert [e["threads"] for e in entries] == ["1", "2", "default"]
     for entry in entries:
         t = entry["threads"]
         assert [(r["threads"], r["families"]) for r in entry["report"]["rows"]] == [
             (t, ("conv", "pool", "lstm")), (t, ("train",))]
+        assert entry["loadavg_before"][0] == calls.index((t, ("conv", "pool", "lstm"))) + 1
         assert entry["train_loadavg_before"][0] == calls.index((t, ("train",))) + 1
+
+
+def test_cpu_threads_training_table_shows_the_training_runs_load():
+    ct = _cpu_threads_module()
+    benches = [{**_fake_bench(t, 0, 4.0, 4.0, 100.0, 50.0), "train_loadavg_before": [9.5] * 3}
+               for t in ("1", "2", "default")]
+    _, text = ct.summarise(benches, [], [], None, when="now")
+    assert "| 1 (2) | 9.50 | 100 | 50 | 2.00x |" in text
 
 
 def test_cpu_threads_shows_a_scaling_just_under_its_goal_as_under_it():
