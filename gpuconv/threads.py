@@ -12,8 +12,15 @@ calling thread, and:
   holds its core) claims nothing, and the call finishes without it: the call waits only for
   tasks that have started, not for a fixed share of the work as a static split does (a
   task a worker holds when another process preempts it still waits for that worker);
-- **idle threads sleep** on a lock, never spin, so between two parallel regions the cores
-  are free for the serial NumPy work around them (and for other processes);
+- **idle threads spin briefly, then sleep**: after a job a worker watches for the next one
+  for ``IDLE_SPIN_SECONDS`` (1 ms) with the GIL released, then sleeps on its queue; the
+  caller, its own tasks done, watches the workers' count of finished tasks the same way.
+  On the 2-core development machine (a virtual machine) a sleeping thread took 0.1-0.7 ms
+  to wake, and a job of two 100-microsecond tasks took longer on two threads than on one;
+  with the spin it takes 141 against 195 us (:mod:`gpuconv._spin`). The worker spins
+  through the serial Python between a step's parallel regions (LeNet-5's unsharded step
+  at batch 64 on two threads: 3.49 ms with a 1 ms spin, 3.54 with 5 ms, 3.71 with 0.1 ms)
+  and sleeps when the process stops calling gpuconv's kernels;
 - **inside a task everything is serial**: the numba kernels are compiled with
   ``nogil=True`` and without ``parallel=True``, NumPy's copies, ufuncs and GEMMs release the
   GIL, and the BLAS library behind NumPy runs on one thread (set through threadpoolctl when
@@ -27,6 +34,13 @@ waits at a barrier for a thread another process has descheduled. LeNet-5 trainin
 *slower* on two threads than on one (bench/NOTES.md has the measurements). OpenBLAS alone
 at two threads made a LeNet convolution 6x slower, because its worker spins through the
 serial numba work between GEMMs.
+
+This pool's own spin is of another kind: there is no second pool for it to take a core
+from, it spins only between its own jobs and at most 1 ms, and the caller's Python meanwhile
+runs on a core of its own. It costs CPU time all the same: on a many-core machine every
+worker that took part in the last job spins through the serial Python between jobs (on
+cores the process was given), and a spinning thread spends a cgroup's CPU quota, so under a
+quota smaller than the thread count the pool does not spin at all.
 
 Training steps: processes, not threads
 ---------------------------------------
@@ -55,9 +69,11 @@ from the heap).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Callable, Sequence
@@ -158,80 +174,145 @@ def default_threads() -> int:
 # ----------------------------------------------------------------------------- the pool
 
 class _Job:
-    """``fn(i)`` for ``i < n``: tasks claimed one at a time by whichever thread asks next."""
+    """``fn(i)`` for ``i < n``: tasks claimed one at a time by whichever thread asks next.
+    ``done[0]`` counts the tasks the pool's workers have finished (atomic adds: a worker's
+    last one after it has released the GIL, see :class:`_Pool`)."""
 
     def __init__(self, fn: Callable[[int], None], n: int):
+        import numpy as np
+
         self.fn, self.n = fn, n
-        self._lock = threading.Lock()
-        self._claimed = self._finished = 0
-        self._all_finished = threading.Event()
+        self._next = itertools.count()   # next() is atomic under the GIL
+        self.done = np.zeros(1, np.int64)
         self.error: BaseException | None = None
 
-    def _claim(self) -> int | None:
-        with self._lock:
-            if self._claimed == self.n:
-                return None
-            self._claimed += 1
-            return self._claimed - 1
+    def claim(self) -> int | None:
+        i = next(self._next)
+        return i if i < self.n else None
 
-    def work(self) -> None:
-        """Run tasks until none is left unclaimed."""
-        while (i := self._claim()) is not None:
-            try:
-                if self.error is None:
-                    self.fn(i)
-            except BaseException as exc:   # handed to the caller by wait()
-                self.error = self.error or exc
-            with self._lock:
-                self._finished += 1
-                if self._finished == self.n:
-                    self._all_finished.set()
-
-    def wait(self) -> None:
-        """Block (sleeping) until every task has finished; re-raise a task's error."""
-        self._all_finished.wait()
-        if self.error is not None:
-            raise self.error
+    def run(self, i: int) -> None:
+        """Task ``i``, unless an earlier one failed; its error is kept for the caller."""
+        try:
+            if self.error is None:
+                self.fn(i)
+        except BaseException as exc:   # raised by the caller once every task has ended
+            self.error = self.error or exc
 
 
 _local = threading.local()   # .in_task: this thread is running a task (no nested pools)
 
 
 class _Pool:
-    """``size - 1`` daemon worker threads, each blocked on its own queue until a job comes."""
+    """``size - 1`` daemon worker threads and the calling thread (see the module's
+    docstring).
+
+    A job reaches worker ``k`` two ways: its queue (the job itself) and its word in
+    ``_posted`` (a count of jobs, bumped after the job is queued). An idle worker spins on
+    its word with the GIL released for ``IDLE_SPIN_SECONDS`` (:mod:`gpuconv._spin`), so
+    that the next job of a step finds it awake, and then sleeps on its queue; either way it
+    takes the job from the queue, which alone says what there is to do (the count only
+    ends a spin; the worker takes it up again whenever its queue is empty). The caller runs
+    tasks too, then spins, without the GIL, until the workers' count of finished tasks
+    covers the tasks they claimed (``WAIT_SPIN_SECONDS``, then it polls). A worker counts
+    its last task of a job only after releasing the GIL for its idle spin, so the caller,
+    seeing the count, takes the GIL at once. Under a cgroup CPU quota smaller than the
+    thread count nobody spins: a spinning thread would spend the quota the working ones
+    need, and the whole group would be throttled.
+    """
 
     def __init__(self, size: int):
         self.size = size
         self._queues: list[SimpleQueue] = []
+        if size == 1:
+            return
+        import numpy as np
+
+        from . import _spin
+
+        _spin.warm_up()
+        rate = 0.0 if _quota_below(size) else _spin.rounds_per_second()
+        self._idle_rounds = int(rate * IDLE_SPIN_SECONDS)
+        self._wait_rounds = int(rate * WAIT_SPIN_SECONDS)
+        # One word per worker, each on a cache line of its own.
+        self._posted = np.zeros((size - 1) * _WORDS_PER_LINE, np.int64)
         for k in range(size - 1):
             q: SimpleQueue = SimpleQueue()
-            threading.Thread(target=self._serve, args=(q,), name=f"gpuconv-{k + 1}",
+            threading.Thread(target=self._serve, args=(k, q), name=f"gpuconv-{k + 1}",
                              daemon=True).start()
             self._queues.append(q)
 
-    @staticmethod
-    def _serve(queue: SimpleQueue) -> None:
+    def _serve(self, k: int, queue: SimpleQueue) -> None:
+        from . import _spin
+
         _local.in_task = True
+        posted, word, seen = self._posted, k * _WORDS_PER_LINE, 0
+        owed: _Job | None = None   # the job whose last task this worker has not counted
         while True:
+            if owed is None:
+                _spin.wait_while(posted, word, seen, self._idle_rounds)
+            else:
+                _spin.add_then_wait_while(owed.done, 0, posted, word, seen,
+                                          self._idle_rounds)
+                owed = None
             job = queue.get()
             if job is None:
                 return
-            job.work()
+            seen = seen + 1 if not queue.empty() else int(posted[word])
+            i = job.claim()
+            while i is not None:
+                job.run(i)
+                i = job.claim()
+                if i is None:
+                    owed = job
+                else:
+                    _spin.add(job.done, 0)
+
+    def _post(self, k: int, job) -> None:
+        from . import _spin
+
+        self._queues[k].put(job)
+        _spin.add(self._posted, k * _WORDS_PER_LINE)
 
     def run(self, fn: Callable[[int], None], n: int) -> None:
+        from . import _spin
+
         job = _Job(fn, n)
-        for q in self._queues[:n - 1]:
-            q.put(job)
+        for k in range(min(n - 1, len(self._queues))):
+            self._post(k, job)
+        ran = 0
         _local.in_task = True
         try:
-            job.work()
+            while (i := job.claim()) is not None:
+                job.run(i)
+                ran += 1
         finally:
             _local.in_task = False
-        job.wait()
+        theirs = n - ran   # claimed by workers, each running it now or done
+        while _spin.wait_until(job.done, 0, theirs, self._wait_rounds) != theirs:
+            time.sleep(_POLL_SECONDS)
+        if job.error is not None:
+            raise job.error
 
     def close(self) -> None:
-        for q in self._queues:
-            q.put(None)
+        for k in range(len(self._queues)):
+            self._post(k, None)
+
+
+# How long an idle worker spins for the next job before it sleeps, and how long the caller
+# spins for the workers' last tasks before it polls (every _POLL_SECONDS).
+IDLE_SPIN_SECONDS = 1e-3
+WAIT_SPIN_SECONDS = 1e-3
+_POLL_SECONDS = 1e-4
+_WORDS_PER_LINE = 8   # int64 words in a 64-byte cache line
+
+
+def _quota_below(threads: int) -> bool:
+    """Whether this process's cgroup CPU quota allows fewer than ``threads`` CPUs."""
+    try:
+        quota = cgroup_cpu_limit(Path("/proc/self/cgroup").read_text())
+    except OSError:
+        return False
+    return quota is not None and quota < threads
 
 
 _state_lock = threading.Lock()
@@ -276,13 +357,15 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
     global _pool
     with _state_lock:
-        _limit_blas_to_one_thread()
         _keep_freed_memory()
-        if _pool is not None and _pool.size == n:
-            return
-        if _pool is not None:
-            _pool.close()
-        _pool = _Pool(n)
+        if _pool is None or _pool.size != n:
+            new = _Pool(n)   # first: making it can fail (numba's compile, an interrupt)
+            if _pool is not None:
+                _pool.close()
+            _pool = new
+        # After the pool: its spin functions' compilation loads numba, which may load
+        # another BLAS library (SciPy's).
+        _limit_blas_to_one_thread()
 
 
 def _forget_pool_in_child() -> None:
@@ -367,22 +450,20 @@ def task_count(work: int, min_work: int, tasks_per_thread: int = 1) -> int:
 
 
 # ----------------------------------------------------------------------------- helpers
-# Work below these sizes stays one task. A handover costs about 10-30 microseconds on a
-# bare machine, but more on the 2-core development machine, a virtual machine: there a call
-# with two 100-microsecond tasks took 259 on two threads (the worker started after 89, the
-# caller woke 69 after the last task ended); bench/NOTES.md, 2026-12-07. With 2^21
-# multiply-adds and 2^16 elements per task (about 40 and 50 us of work), LeNet-5's training
-# step on two threads ran slower than on one up to batch 64 (batch 32: 3.86 against 3.48 ms;
-# 64: 5.38 against 5.26); with these, as fast (3.26 / 3.27, 4.89 / 4.93), and batch 128
-# kept its gain (7.95 against 8.56).
-MIN_TASK_ELEMENTS = 1 << 18      # elementwise work: elements per task
-MIN_TASK_MACS = 1 << 23          # GEMMs: multiply-adds per task
+# Work below these sizes stays one task. With spinning workers a job of two tasks ends some
+# 40-47 us after its tasks would with a free handover on the 2-core development machine, a
+# virtual machine: two tasks of 25 us took 72 us against 53 in order, of 50 us 91 against
+# 100, of 100 us 141 against 195
+# (bench/NOTES.md, 2026-12-08). LeNet-5's unsharded training step on two threads against
+# one, over the minimums below halved and doubled (2^20 .. 2^23 multiply-adds, with the
+# element counts alongside): batch 32 0.96-1.05x, 64 1.00-1.17x, 128 1.13-1.34x; these
+# gave 1.02x, 1.17x and 1.32x (2^23 and 2^18, the minimums of the sleeping pool: 1.00x,
+# 1.00x, 1.14x).
+MIN_TASK_ELEMENTS = 1 << 15      # elementwise work: elements per task
+MIN_TASK_MACS = 1 << 21          # GEMMs: multiply-adds per task
 # Work at memory speed (a scatter into a zeroed plane, a sum, relu): a few times less time
-# per element than the elementwise kernels, so a task needs this many elements (0.2-0.5
-# ms of such work here) to pay for its handover. With MIN_TASK_ELEMENTS, cifar_max_3x3_s2's
-# backward (524K elements, split in two) took 0.30-0.36 ms on two threads against 0.24-0.32
-# on one, timed in one process.
-MIN_TASK_STREAM_ELEMENTS = 1 << 20
+# per element than the elementwise kernels, so a task needs four times the elements.
+MIN_TASK_STREAM_ELEMENTS = 1 << 17
 
 
 def elementwise(fn: Callable, out, *arrays, streaming: bool = False, **params):

@@ -156,6 +156,117 @@ def test_parallel_for_reraises_a_task_error_after_the_others_finish(pool_of):
     assert {0, 1, 2, 3} <= set(done)
 
 
+@pytest.fixture
+def spinning_pool(pool_of, monkeypatch):
+    """A new pool of ``size`` threads whose idle workers spin ``idle`` seconds and whose
+    caller spins ``wait`` seconds for the workers' tasks before it polls. Torn down before
+    monkeypatch, which is torn down before pool_of: the session's pool is made anew with
+    the real times."""
+    def make(size: int, idle: float, wait: float) -> None:
+        monkeypatch.setattr(threads, "IDLE_SPIN_SECONDS", idle)
+        monkeypatch.setattr(threads, "WAIT_SPIN_SECONDS", wait)
+        pool_of(1)                      # the next call makes a new pool with these times
+        pool_of(size)
+    yield make
+    pool_of(1)
+
+
+@pytest.mark.parametrize("idle, wait", [(1e-3, 1e-3), (0.0, 0.0), (1e-3, 0.0), (0.0, 1e-3)])
+def test_jobs_back_to_back_run_every_task_once(idle, wait, spinning_pool):
+    """Workers that spin, sleep, or do either between jobs and between tasks: every task of
+    every job runs once, and a job returns only after all of its tasks have."""
+    spinning_pool(3, idle, wait)
+    rng = np.random.default_rng(0)
+    for job in range(300):
+        n = int(rng.integers(1, 9))
+        out = np.zeros(n, np.int64)
+
+        def task(i, out=out, delay=float(rng.choice([0.0, 0.0, 1e-4, 2e-3]))):
+            if delay:
+                time.sleep(delay)      # the GIL released, as a numba kernel releases it
+            out[i] += 1
+
+        threads.parallel_for(n, task)
+        assert out.tolist() == [1] * n, f"job {job}"
+
+
+def test_a_task_longer_than_the_callers_spin_is_waited_for(spinning_pool):
+    spinning_pool(2, 1e-3, 1e-5)
+    ended = []
+    started = threading.Barrier(2, timeout=10)
+
+    def task(i):
+        started.wait()                 # both threads hold a task: the worker has one
+        time.sleep(0.02)
+        ended.append(i)
+
+    threads.parallel_for(2, task)
+    assert sorted(ended) == [0, 1]
+
+
+def test_no_thread_spins_under_a_cpu_quota_smaller_than_the_threads(pool_of, monkeypatch):
+    """Spinning would spend the quota the working threads need (the group is throttled)."""
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda *_: 1.5)
+    pool_of(1)
+    pool_of(2)
+    assert (threads._pool._idle_rounds, threads._pool._wait_rounds) == (0, 0)
+    out = np.zeros(6)
+    threads.parallel_for(6, lambda i: out.__setitem__(i, i))
+    assert out.tolist() == list(range(6))
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda *_: 2.0)
+    pool_of(1)
+    pool_of(2)
+    assert threads._pool._idle_rounds > 0 and threads._pool._wait_rounds > 0
+    pool_of(1)   # pool_of's teardown makes the session's pool under the real quota
+
+
+def test_a_pool_that_fails_to_start_leaves_the_old_one_working(pool_of, monkeypatch):
+    pool_of(2)
+
+    def fail(self, size):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(threads._Pool, "__init__", fail)
+        with pytest.raises(KeyboardInterrupt):
+            threads.set_num_threads(3)
+    assert threads.get_num_threads() == 2
+    out = np.zeros(4)
+    threads.parallel_for(4, lambda i: out.__setitem__(i, 1))
+    assert out.tolist() == [1] * 4
+
+
+def test_the_spin_primitives_see_another_threads_writes():
+    from numba import njit
+
+    from gpuconv import _spin
+
+    @njit(nogil=True)
+    def add_many(counter, times):      # adds side by side with the other thread's
+        for _ in range(times):
+            _spin._increment(counter, 0)
+
+    words = np.zeros(8, np.int64)
+    counter = np.zeros(1, np.int64)
+    add_many(counter, 0)               # compiled before the threads start
+
+    def adder():
+        add_many(counter, 1_000_000)
+        words[0] = 7                   # an ordinary store, as the pool's caller makes
+
+    t = threading.Thread(target=adder)
+    t.start()
+    add_many(counter, 1_000_000)
+    assert _spin.wait_while(words, 0, 0, int(5 * _spin.rounds_per_second())) == 7
+    t.join()
+    assert counter[0] == 2_000_000     # no add lost between the two threads
+    _spin.add(counter, 0)
+    assert _spin.add_then_wait_while(counter, 0, words, 0, 7, 10) == 7
+    assert counter[0] == 2_000_002
+    assert _spin.wait_until(words, 0, 7, 1) == 7
+    assert _spin.wait_until(words, 0, 8, 10) == 7     # gives up after its rounds
+
+
 def test_nested_parallel_for_runs_inline(pool_of):
     pool_of(2)
     out = np.zeros((4, 4))
