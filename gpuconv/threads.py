@@ -453,12 +453,11 @@ def task_count(work: int, min_work: int, tasks_per_thread: int = 1) -> int:
 # Work below these sizes stays one task. With spinning workers a job of two tasks ends some
 # 40-47 us after its tasks would with a free handover on the 2-core development machine, a
 # virtual machine: two tasks of 25 us took 72 us against 53 in order, of 50 us 91 against
-# 100, of 100 us 141 against 195
-# (bench/NOTES.md, 2026-12-08). LeNet-5's unsharded training step on two threads against
-# one, over the minimums below halved and doubled (2^20 .. 2^23 multiply-adds, with the
-# element counts alongside): batch 32 1.00-1.05x, 64 1.00-1.17x, 128 1.14-1.34x; these
-# gave 1.02x, 1.17x and 1.32x (2^23 and 2^18, the minimums of the sleeping pool: 1.00x,
-# 1.00x, 1.14x).
+# 100, of 100 us 141 against 195 (bench/NOTES.md, 2026-12-08). LeNet-5's unsharded training
+# step on two threads against one, over the minimums below halved and doubled (2^20 .. 2^23
+# multiply-adds, with the element counts alongside): batch 32 1.00-1.05x, 64 1.00-1.17x,
+# 128 1.14-1.34x; these gave 1.02x, 1.17x and 1.32x (2^23 and 2^18, the minimums of the
+# sleeping pool: 1.00x, 1.00x, 1.14x).
 MIN_TASK_ELEMENTS = 1 << 15      # elementwise work: elements per task
 MIN_TASK_MACS = 1 << 21          # GEMMs: multiply-adds per task
 # Work at memory speed (a scatter into a zeroed plane, a sum, relu): a few times less time
