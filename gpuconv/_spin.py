@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["wait_while", "add_then_wait_while", "wait_until", "add", "warm_up",
+__all__ = ["wait_while", "add_then_wait_while", "wait_until", "add", "words", "warm_up",
            "rounds_per_second"]
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
@@ -111,6 +111,11 @@ def wait_until(words, i, target, rounds):
 def add(counter, j):
     """``counter[j] += 1``, atomic, the GIL held throughout (no handover mid-job)."""
     _increment(counter, j)
+
+
+def words(n: int) -> np.ndarray:
+    """``n`` zeroed words, the arrays the functions here watch and count in."""
+    return np.zeros(n, np.int64)
 
 
 def warm_up() -> None:

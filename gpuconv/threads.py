@@ -141,6 +141,15 @@ def cgroup_cpu_limit(proc_cgroup: str, fs_root: Path = Path("/sys/fs/cgroup")) -
     return min((x for x in limits if x is not None), default=None)
 
 
+def _cgroup_quota() -> float | None:
+    """This process's cgroup CPU quota in CPUs (:func:`cgroup_cpu_limit`), None when it has
+    none or the cgroup cannot be read."""
+    try:
+        return cgroup_cpu_limit(Path("/proc/self/cgroup").read_text())
+    except OSError:
+        return None
+
+
 def available_cores() -> int:
     """The cores this process may use: its CPU affinity, capped by the cgroup CPU quota
     (rounded up), at least 1."""
@@ -148,10 +157,7 @@ def available_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    try:
-        quota = cgroup_cpu_limit(Path("/proc/self/cgroup").read_text())
-    except OSError:
-        quota = None
+    quota = _cgroup_quota()
     if quota is not None:
         cores = min(cores, math.ceil(quota))
     return max(1, cores)
@@ -178,12 +184,9 @@ class _Job:
     ``done[0]`` counts the tasks the pool's workers have finished (atomic adds: a worker's
     last one after it has released the GIL, see :class:`_Pool`)."""
 
-    def __init__(self, fn: Callable[[int], None], n: int):
-        import numpy as np
-
-        self.fn, self.n = fn, n
+    def __init__(self, fn: Callable[[int], None], n: int, done):
+        self.fn, self.n, self.done = fn, n, done
         self._next = itertools.count()   # next() is atomic under the GIL
-        self.done = np.zeros(1, np.int64)
         self.error: BaseException | None = None
 
     def claim(self) -> int | None:
@@ -225,16 +228,16 @@ class _Pool:
         self._queues: list[SimpleQueue] = []
         if size == 1:
             return
-        import numpy as np
+        from . import _spin   # numba: imported with the first pool of two threads or more
 
-        from . import _spin
-
+        self._spin = _spin
         _spin.warm_up()
-        rate = 0.0 if _quota_below(size) else _spin.rounds_per_second()
+        quota = _cgroup_quota()
+        rate = 0.0 if quota is not None and quota < size else _spin.rounds_per_second()
         self._idle_rounds = int(rate * IDLE_SPIN_SECONDS)
         self._wait_rounds = int(rate * WAIT_SPIN_SECONDS)
         # One word per worker, each on a cache line of its own.
-        self._posted = np.zeros((size - 1) * _WORDS_PER_LINE, np.int64)
+        self._posted = _spin.words((size - 1) * _WORDS_PER_LINE)
         for k in range(size - 1):
             q: SimpleQueue = SimpleQueue()
             threading.Thread(target=self._serve, args=(k, q), name=f"gpuconv-{k + 1}",
@@ -242,8 +245,7 @@ class _Pool:
             self._queues.append(q)
 
     def _serve(self, k: int, queue: SimpleQueue) -> None:
-        from . import _spin
-
+        _spin = self._spin
         _local.in_task = True
         posted, word, seen = self._posted, k * _WORDS_PER_LINE, 0
         owed: _Job | None = None   # the job whose last task this worker has not counted
@@ -268,15 +270,11 @@ class _Pool:
                     _spin.add(job.done, 0)
 
     def _post(self, k: int, job) -> None:
-        from . import _spin
-
         self._queues[k].put(job)
-        _spin.add(self._posted, k * _WORDS_PER_LINE)
+        self._spin.add(self._posted, k * _WORDS_PER_LINE)
 
     def run(self, fn: Callable[[int], None], n: int) -> None:
-        from . import _spin
-
-        job = _Job(fn, n)
+        job = _Job(fn, n, self._spin.words(1))
         for k in range(min(n - 1, len(self._queues))):
             self._post(k, job)
         ran = 0
@@ -288,7 +286,7 @@ class _Pool:
         finally:
             _local.in_task = False
         theirs = n - ran   # claimed by workers, each running it now or done
-        while _spin.wait_until(job.done, 0, theirs, self._wait_rounds) != theirs:
+        while self._spin.wait_until(job.done, 0, theirs, self._wait_rounds) != theirs:
             time.sleep(_POLL_SECONDS)
         if job.error is not None:
             raise job.error
@@ -306,13 +304,6 @@ _POLL_SECONDS = 1e-4
 _WORDS_PER_LINE = 8   # int64 words in a 64-byte cache line
 
 
-def _quota_below(threads: int) -> bool:
-    """Whether this process's cgroup CPU quota allows fewer than ``threads`` CPUs."""
-    try:
-        quota = cgroup_cpu_limit(Path("/proc/self/cgroup").read_text())
-    except OSError:
-        return False
-    return quota is not None and quota < threads
 
 
 _state_lock = threading.Lock()
